@@ -1,0 +1,263 @@
+"""One config tree: frozen dataclasses with commented defaults.
+
+Files in ``configs/`` override a subset of these fields; ``--set a.b=value``
+overrides are parsed as YAML scalars and type-checked against the field.
+An unknown key is an error that names the valid ones. Each run saves its
+resolved config (``config.yaml``) so a run directory says how it was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from landscape.errors import UserError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "cifar10"  # cifar10 | synthetic (generated images, for tests) | gaussian (DLN regression)
+    batch_size: int = 128  # examples per step; 0 = the whole training set (full-batch gradient descent)
+    augment: bool = False  # random crop with 4-pixel padding + horizontal flip (off in the paper)
+    train_subset: int = 0  # train on a fixed random subset of N examples, the same for every run (0 = all)
+    test_subset: int = 0  # evaluate on a fixed random subset of N test examples (0 = all)
+    synthetic_size: int = 256  # examples per split for dataset=synthetic
+    gaussian_samples: int = 1000  # examples for dataset=gaussian; x ~ N(0, I), y = A x
+    gaussian_dim: int = 10  # input and output dimension for dataset=gaussian
+    gaussian_seed: int = 0  # seed of the fixed Gaussian matrix A and of the inputs
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Noise injected after each BatchNorm by norm=noisy_batch (PAPER.md, Experiment 2)."""
+
+    mean_range: tuple[float, float] = (-0.5, 0.5)  # mu ~ U(lo, hi), one per layer and step
+    scale_range: tuple[float, float] = (1.0, 1.25)  # sigma ~ U(lo, hi), one per layer and step
+    mean_spread: float = 0.1  # m[i,j] ~ U(mu - spread, mu + spread), per sample i and channel j
+    scale_std: float = 0.1  # s[i,j] ~ N(sigma, scale_std**2), per sample i and channel j
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "vgg"  # vgg | dln (deep linear network)
+    vgg_depth: int = 11  # VGG configuration: 11 | 13 | 16 | 19
+    width: float = 1.0  # VGG channel multiplier: 0.25 gives 16..128 channels instead of 64..512
+    head: str = "linear"  # VGG head: linear (one layer) | mlp (512-512-10, scaled by width)
+    norm: str = "none"  # none | batch | noisy_batch | l1 | l2 | linf, placed conv -> norm -> ReLU
+    init: str = "xavier"  # xavier (Glorot uniform, the paper) | kaiming | torch_default
+    dln_depth: int = 25  # DLN: number of linear layers
+    dln_width: int = 10  # DLN: width of every hidden layer
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 0.1  # constant learning rate
+    momentum: float = 0.0  # SGD momentum (0 in the paper)
+    weight_decay: float = 0.0  # L2 weight decay (0 in the paper)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    train_every: int = 50  # steps between train loss/accuracy records (means over the interval)
+    eval_every: int = 500  # steps between test-set evaluations (0 = only at the end)
+    checkpoint_every: int = 500  # steps between checkpoints (the last step is always saved)
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "run"  # run directory name under --out
+    steps: int = 15000  # optimizer updates (15,000 x batch 128 is ~38 CIFAR-10 epochs)
+    seed: int = 0  # model initialisation
+    data_seed: int = 0  # batch order and augmentation; equal across compared runs pairs them
+    noise_seed: int = 0  # noisy-BN noise
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
+    loss: str = "cross_entropy"  # cross_entropy | sum_squares (sum over batch of ||f(x) - y||^2) | mse
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "loss": ("cross_entropy", "sum_squares", "mse"),
+    "data.dataset": ("cifar10", "synthetic", "gaussian"),
+    "model.arch": ("vgg", "dln"),
+    "model.head": ("linear", "mlp"),
+    "model.norm": ("none", "batch", "noisy_batch", "l1", "l2", "linf"),
+    "model.init": ("xavier", "kaiming", "torch_default"),
+}
+VGG_DEPTHS = (11, 13, 16, 19)
+
+
+def field_paths(cls: type = Config, prefix: str = "") -> dict[str, Any]:
+    """Every leaf key of the tree (``optim.lr``, ...) mapped to its type."""
+    out: dict[str, Any] = {}
+    for name, tp in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(tp):
+            out.update(field_paths(tp, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = tp
+    return out
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    def bad(expected: str) -> UserError:
+        return UserError(f"config key '{key}' expects {expected}, got {value!r}")
+
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise bad(f"a list of {len(args)} numbers, e.g. [0.5, 1.0]")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    raise TypeError(f"unsupported config type {tp} for {key}")  # a bug, not bad input
+
+
+def _merge(cls: type, base: Any, updates: dict, prefix: str) -> Any:
+    if not isinstance(updates, dict):
+        raise UserError(f"config section '{prefix.rstrip('.') or 'top'}' must be a mapping, got {updates!r}")
+    hints = typing.get_type_hints(cls)
+    changes = {}
+    for key, value in updates.items():
+        if key not in hints:
+            valid = ", ".join(sorted(field_paths(cls, prefix)))
+            raise UserError(f"unknown config key '{prefix}{key}'; valid keys: {valid}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            changes[key] = _merge(tp, getattr(base, key), value, f"{prefix}{key}.")
+        else:
+            changes[key] = _coerce(value, tp, f"{prefix}{key}")
+    return dataclasses.replace(base, **changes)
+
+
+def parse_override(text: str) -> dict:
+    """``"optim.lr=0.5"`` -> ``{"optim": {"lr": 0.5}}``; values are YAML scalars."""
+    if "=" not in text:
+        raise UserError(f"--set expects key=value (e.g. optim.lr=0.5), got '{text}'")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise UserError(f"--set expects key=value (e.g. optim.lr=0.5), got '{text}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    nested: dict = {}
+    node = nested
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return nested
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file '{path}' not found; pass a YAML file such as configs/vgg_bn.yaml")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"config file '{path}' is not valid YAML ({first}); fix the file") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise UserError(f"config file '{path}' must hold a mapping of keys, got {type(loaded).__name__}")
+    return loaded
+
+
+def build_config(updates: list[dict] = (), base: Config | None = None) -> Config:
+    """Apply each mapping of updates in order to ``base`` (defaults) and validate."""
+    cfg = base or Config()
+    for update in updates:
+        cfg = _merge(Config, cfg, update, "")
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), base: Config | None = None) -> Config:
+    """Defaults, then the YAML file, then each ``--set key=value`` in order."""
+    updates = [read_yaml(path)] if path is not None else []
+    updates += [parse_override(o) for o in overrides]
+    return build_config(updates, base)
+
+
+def _get(cfg: Config, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def validate(cfg: Config) -> None:
+    """Nonsense values (negative sizes, unknown choices) end here, before any work."""
+    for key, allowed in CHOICES.items():
+        if _get(cfg, key) not in allowed:
+            raise UserError(f"config key '{key}' must be one of {', '.join(allowed)}; got '{_get(cfg, key)}'")
+    if cfg.model.arch == "vgg" and cfg.model.vgg_depth not in VGG_DEPTHS:
+        raise UserError(f"model.vgg_depth must be one of {VGG_DEPTHS}; got {cfg.model.vgg_depth}")
+    positive = ["steps", "model.dln_depth", "model.dln_width", "log.train_every", "log.checkpoint_every",
+                "data.synthetic_size", "data.gaussian_samples", "data.gaussian_dim"]
+    for key in positive:
+        if _get(cfg, key) <= 0:
+            raise UserError(f"config key '{key}' must be positive; got {_get(cfg, key)}")
+    non_negative = ["data.batch_size", "data.train_subset", "data.test_subset", "log.eval_every",
+                    "optim.momentum", "optim.weight_decay", "model.noise.mean_spread", "model.noise.scale_std"]
+    for key in non_negative:
+        if _get(cfg, key) < 0:
+            raise UserError(f"config key '{key}' must be >= 0; got {_get(cfg, key)}")
+    if not (cfg.optim.lr > 0 and math.isfinite(cfg.optim.lr)):
+        raise UserError(f"optim.lr must be a positive finite number; got {cfg.optim.lr}")
+    if not cfg.model.width > 0:
+        raise UserError(f"model.width must be positive; got {cfg.model.width}")
+    for key in ("model.noise.mean_range", "model.noise.scale_range"):
+        lo, hi = _get(cfg, key)
+        if lo > hi:
+            raise UserError(f"config key '{key}' must be [low, high] with low <= high; got [{lo}, {hi}]")
+    if not cfg.name or "/" in cfg.name or cfg.name in (".", ".."):
+        raise UserError(f"name must be a plain directory name; got '{cfg.name}'")
+
+
+def to_dict(cfg: Config) -> dict:
+    """Plain nested dict (tuples as lists) for YAML/JSON records."""
+
+    def plain(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (tuple, list)):
+            return [plain(v) for v in x]
+        return x
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def from_dict(d: dict) -> Config:
+    """Inverse of :func:`to_dict` (used to read a run's saved config)."""
+    return build_config([d])
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

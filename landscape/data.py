@@ -1,0 +1,302 @@
+"""Data sets as tensors held on the training device, and seeded batches drawn from them.
+
+CIFAR-10 comes from torchvision's official (md5-verified) download, or offline from
+``--data-dir``: either the official ``cifar-10-batches-py`` folder or a class-folder
+image tree (``train/<class>/*.jpg|png``, ``test/<class>/...``). Each split is decoded
+once into a uint8 tensor (N, 3, 32, 32) and cached on disk, so the second run starts in
+seconds. Batches are a pure function of ``(data_seed, step)``: a resumed run, or a
+paired run with another model, sees exactly the same examples in the same order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from landscape.errors import UserError
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+CACHE_VERSION = 1
+
+
+@dataclass
+class Split:
+    """One split: ``inputs`` (uint8 images or float features) and ``targets``."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def to(self, device: torch.device | str) -> "Split":
+        return Split(self.inputs.to(device), self.targets.to(device))
+
+    def subset(self, n: int, seed: int = 0) -> "Split":
+        """``n`` examples drawn by a seeded permutation (files are often sorted by class), in
+        their original order; the same ``seed`` gives every compared run the same subset."""
+        if n <= 0 or n >= len(self):
+            return self
+        idx = torch.randperm(len(self), generator=seeded_generator(seed, 3))[:n].sort().values
+        return Split(self.inputs[idx], self.targets[idx])
+
+
+def seeded_generator(*keys: int) -> torch.Generator:
+    """A CPU generator whose stream depends on every key (numpy's SeedSequence mixing)."""
+    state = np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LANDSCAPE_CACHE", Path.home() / ".cache" / "landscape"))
+
+
+# ---------------------------------------------------------------- CIFAR-10 loading
+
+
+def _read_official_batches(folder: Path) -> dict[str, Split]:
+    """The pickled ``cifar-10-batches-py`` layout (data_batch_1..5, test_batch)."""
+    out = {}
+    for split, names in (("train", [f"data_batch_{i}" for i in range(1, 6)]), ("test", ["test_batch"])):
+        images, labels = [], []
+        for name in names:
+            path = folder / name
+            try:
+                with open(path, "rb") as f:
+                    entry = pickle.load(f, encoding="latin1")
+                images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                labels.extend(entry.get("labels", entry.get("fine_labels", [])))
+            except FileNotFoundError:
+                raise UserError(f"CIFAR-10 batch file '{path}' is missing; the folder must hold "
+                                "data_batch_1..5 and test_batch") from None
+            except Exception as exc:  # truncated or foreign pickle
+                raise UserError(f"CIFAR-10 batch file '{path}' is unreadable ({type(exc).__name__}); "
+                                "re-extract the official archive") from None
+        out[split] = Split(torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64))
+    return out
+
+
+def _class_dirs(split_dir: Path) -> list[Path]:
+    dirs = sorted(p for p in split_dir.iterdir() if p.is_dir())
+    names = [d.name for d in dirs]
+    if set(names) == set(CIFAR10_CLASSES):  # CIFAR-10's label order, not the alphabet's
+        dirs = [split_dir / c for c in CIFAR10_CLASSES]
+    return dirs
+
+
+def _read_image_tree(root: Path) -> dict[str, Split]:
+    """``root/{train,test}/<class>/*.jpg|png``; labels follow CIFAR-10's order when the names match."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    train_classes = [d.name for d in _class_dirs(root / "train")]
+    out = {}
+    for split in ("train", "test"):
+        dirs = _class_dirs(root / split)
+        if [d.name for d in dirs] != train_classes:
+            raise UserError(f"'{root / split}' has classes {[d.name for d in dirs]} but train has "
+                            f"{train_classes}; both splits need the same class folders")
+        images, labels = [], []
+        for label, d in enumerate(dirs):
+            for path in sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+                try:
+                    img = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+                except Exception:
+                    raise UserError(f"cannot decode image '{path}'; remove or replace it") from None
+                if tuple(img.shape) != (3, 32, 32):
+                    raise UserError(f"image '{path}' is {tuple(img.shape[1:])} pixels; CIFAR-10 images are 32x32")
+                images.append(img)
+                labels.append(label)
+        if not images:
+            raise UserError(f"no .jpg/.png images under '{root / split}'")
+        out[split] = Split(torch.stack(images), torch.tensor(labels, dtype=torch.int64))
+    return out
+
+
+def _tree_fingerprint(root: Path) -> str:
+    """Cheap cache key: the path, the class folders, their file counts and modification times."""
+    h = hashlib.sha256(f"v{CACHE_VERSION}:{root.resolve()}".encode())
+    for split in ("train", "test"):
+        for d in _class_dirs(root / split):
+            st = d.stat()
+            h.update(f"{split}/{d.name}:{sum(1 for _ in d.iterdir())}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def _cached(cache_file: Path, build) -> dict[str, Split]:
+    if cache_file.is_file():
+        try:
+            raw = torch.load(cache_file, weights_only=True)
+            return {k: Split(v["inputs"], v["targets"]) for k, v in raw.items()}
+        except Exception:
+            pass  # a corrupt cache is rebuilt, never trusted
+    splits = build()
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
+    torch.save({k: {"inputs": s.inputs, "targets": s.targets} for k, s in splits.items()}, tmp)
+    os.replace(tmp, cache_file)
+    return splits
+
+
+def find_layout(data_dir: Path) -> tuple[str, Path]:
+    """Which layout ``data_dir`` holds: ('batches', folder) or ('tree', folder)."""
+    candidates = [data_dir, data_dir / "cifar-10-batches-py"]
+    for c in candidates:
+        if (c / "data_batch_1").is_file():
+            return "batches", c
+    if data_dir.is_dir():  # the tree itself, or one folder down (as the shared tarball extracts)
+        for c in [data_dir] + sorted(p for p in data_dir.iterdir() if p.is_dir()):
+            if (c / "train").is_dir() and (c / "test").is_dir():
+                return "tree", c
+    raise UserError(f"no CIFAR-10 found in '{data_dir}': expected cifar-10-batches-py/ (data_batch_1..5, "
+                    "test_batch) or train/<class>/*.jpg and test/<class>/*.jpg")
+
+
+def load_cifar10(data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
+                 download: bool = True) -> dict[str, Split]:
+    """CIFAR-10 train and test splits as uint8 (N, 3, 32, 32) images and int64 labels (on the CPU)."""
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    if data_dir is not None:
+        data_dir = Path(data_dir).expanduser()
+        if not data_dir.exists():
+            raise UserError(f"--data-dir '{data_dir}' does not exist; pass the folder holding "
+                            "cifar-10-batches-py/ or train/<class>/ and test/<class>/ images")
+        layout, folder = find_layout(data_dir)
+        if layout == "batches":
+            return _read_official_batches(folder)
+        return _cached(cache_dir / f"cifar10-tree-{_tree_fingerprint(folder)}.pt", lambda: _read_image_tree(folder))
+
+    root = cache_dir / "cifar10"
+    if (root / "cifar-10-batches-py" / "data_batch_1").is_file() or download:
+        try:
+            from torchvision.datasets import CIFAR10
+
+            splits = {}
+            for split in ("train", "test"):
+                ds = CIFAR10(str(root), train=split == "train", download=download)
+                splits[split] = Split(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(),
+                                      torch.tensor(ds.targets, dtype=torch.int64))
+            return splits
+        except Exception as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserError(f"CIFAR-10 not found in '{root}' and the download failed ({reason}); "
+                            "pass --data-dir PATH to an extracted copy") from None
+    raise UserError(f"CIFAR-10 not found in '{root}'; pass --data-dir PATH to an extracted copy")
+
+
+# ---------------------------------------------------------------- generated data
+
+
+def synthetic_images(n: int, seed: int, num_classes: int = 10) -> Split:
+    """Learnable CIFAR-shaped data for tests: each class a smooth colour pattern plus noise."""
+    g = seeded_generator(seed, 7)
+    patterns = torch.rand(num_classes, 3, 4, 4, generator=g)
+    patterns = torch.nn.functional.interpolate(patterns, size=32, mode="bilinear", align_corners=False)
+    labels = torch.randint(0, num_classes, (n,), generator=g)
+    images = 0.6 * patterns[labels] + 0.4 * torch.rand(n, 3, 32, 32, generator=g)
+    return Split((images * 255).round().clamp(0, 255).to(torch.uint8), labels)
+
+
+def gaussian_regression(n: int, dim: int, seed: int, sample_seed: int) -> Split:
+    """x ~ N(0, I), y = A x with A a fixed dim x dim Gaussian matrix chosen by ``seed``."""
+    A = torch.randn(dim, dim, generator=seeded_generator(seed, 11))
+    x = torch.randn(n, dim, generator=seeded_generator(seed, 13, sample_seed))
+    return Split(x, x @ A.T)
+
+
+def load_splits(dataset: str, data_dir: str | Path | None, synthetic_size: int = 256,
+                gaussian_samples: int = 1000, gaussian_dim: int = 10, gaussian_seed: int = 0) -> dict[str, Split]:
+    if dataset == "cifar10":
+        return load_cifar10(data_dir)
+    if dataset == "synthetic":
+        return {"train": synthetic_images(synthetic_size, 0), "test": synthetic_images(synthetic_size, 1)}
+    if dataset == "gaussian":
+        return {"train": gaussian_regression(gaussian_samples, gaussian_dim, gaussian_seed, 0),
+                "test": gaussian_regression(gaussian_samples, gaussian_dim, gaussian_seed, 1)}
+    raise UserError(f"unknown dataset '{dataset}'")
+
+
+# ---------------------------------------------------------------- batches
+
+
+def augment_batch(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop (zero padding ``pad``) and horizontal flip of a whole NCHW batch, tensor ops only."""
+    n, _, h, w = x.shape
+    shifts = torch.randint(0, 2 * pad + 1, (n, 2), generator=g).to(x.device)
+    flips = (torch.rand(n, generator=g) < 0.5).to(x.device)
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    rows = shifts[:, :1] + torch.arange(h, device=x.device)  # (n, h)
+    cols = shifts[:, 1:] + torch.arange(w, device=x.device)  # (n, w)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    idx_rows = rows[:, None, :, None].expand(n, x.shape[1], h, padded.shape[3])
+    out = padded.gather(2, idx_rows)
+    idx_cols = cols[:, None, None, :].expand(n, x.shape[1], h, w)
+    return out.gather(3, idx_cols)
+
+
+class Batches:
+    """Seeded batches from a tensor-resident split: ``batches(step)`` is pure in (seed, step).
+
+    Each epoch is a permutation drawn from a generator keyed by (seed, epoch); the last
+    incomplete batch of an epoch is dropped. Image batches are converted to float,
+    optionally augmented, and normalised on the device, a whole batch at a time.
+    ``batch_size=0`` (or >= N) gives the whole split every step (full-batch descent).
+    """
+
+    def __init__(self, split: Split, batch_size: int, seed: int, augment: bool = False,
+                 device: torch.device | str = "cpu", mean=CIFAR10_MEAN, std=CIFAR10_STD):
+        self.split = split.to(device)
+        self.n = len(split)
+        self.batch_size = self.n if batch_size <= 0 or batch_size >= self.n else batch_size
+        self.steps_per_epoch = self.n // self.batch_size
+        self.seed = seed
+        self.augment = augment
+        self.is_image = split.inputs.dtype == torch.uint8
+        if self.is_image:
+            std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
+            self.scale = 1.0 / (255.0 * std_t)
+            self.shift = -torch.tensor(mean, device=device).view(1, -1, 1, 1) / std_t
+        self._epoch, self._perm = -1, None
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            self._perm = torch.randperm(self.n, generator=seeded_generator(self.seed, epoch))
+            self._epoch = epoch
+        return self._perm
+
+    def indices(self, step: int) -> torch.Tensor:
+        """Example indices (CPU) of batch number ``step`` (0-based)."""
+        if self.batch_size == self.n:
+            return torch.arange(self.n)
+        epoch, k = divmod(step, self.steps_per_epoch)
+        return self.permutation(epoch)[k * self.batch_size:(k + 1) * self.batch_size]
+
+    def prepare(self, inputs: torch.Tensor, step: int | None = None) -> torch.Tensor:
+        """uint8 images -> normalised float (augmented when ``step`` is given and augment is on)."""
+        if not self.is_image:
+            return inputs
+        x = inputs.float()
+        if self.augment and step is not None:
+            x = augment_batch(x, seeded_generator(self.seed, step, 1))
+        return x * self.scale + self.shift
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.batch_size == self.n:
+            inputs, targets = self.split.inputs, self.split.targets
+        else:
+            idx = self.indices(step).to(self.split.inputs.device, non_blocking=True)
+            inputs, targets = self.split.inputs[idx], self.split.targets[idx]
+        return self.prepare(inputs, step), targets
+
+    def eval_batches(self, batch_size: int = 1000):
+        """The whole split in order, without augmentation (for test-set evaluation)."""
+        for i in range(0, self.n, batch_size):
+            yield self.prepare(self.split.inputs[i:i + batch_size]), self.split.targets[i:i + batch_size]

@@ -1,0 +1,48 @@
+"""Model builders: config in, flat arguments to the model classes, seeded initialisation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from landscape.config import ModelConfig
+from landscape.models.dln import DeepLinear
+from landscape.models.norms import LpNorm, NoisyBatchNorm, make_norm
+from landscape.models.vgg import VGG
+
+__all__ = ["VGG", "DeepLinear", "LpNorm", "NoisyBatchNorm", "make_norm", "build_model", "initialize"]
+
+
+def initialize(model: nn.Module, scheme: str) -> None:
+    """Re-initialise conv and linear weights: ``xavier`` (Glorot uniform, biases 0; the paper),
+    ``kaiming`` (He normal for ReLU, fan-in, biases 0) or ``torch_default`` (left as built).
+    Normalisation layers keep gamma = 1, beta = 0."""
+    if scheme == "torch_default":
+        return
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if scheme == "xavier":
+                nn.init.xavier_uniform_(m.weight)
+            elif scheme == "kaiming":
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            else:
+                raise ValueError(f"unknown init '{scheme}'")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def build_model(cfg: ModelConfig, seed: int = 0, noise_seed: int = 0, in_dim: int = 10, out_dim: int = 10) -> nn.Module:
+    """Build on the CPU from ``seed`` without touching the global RNG (so init is device-independent)."""
+    noise = dataclasses.asdict(cfg.noise)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if cfg.arch == "vgg":
+            model = VGG(cfg.vgg_depth, cfg.width, cfg.head, cfg.norm, out_dim, noise, noise_seed)
+        elif cfg.arch == "dln":
+            model = DeepLinear(cfg.dln_depth, in_dim, cfg.dln_width, out_dim, cfg.norm, noise, noise_seed)
+        else:
+            raise ValueError(f"unknown arch '{cfg.arch}'")
+        initialize(model, cfg.init)
+    return model

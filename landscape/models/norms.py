@@ -1,0 +1,121 @@
+"""Normalisation layers beyond BatchNorm: noisy BatchNorm (ICS_distrib) and l_p normalisation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from landscape.data import seeded_generator
+
+
+def _channel_view(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    """(N, C) per-sample-per-channel values broadcast over the spatial dimensions."""
+    return v.view(*v.shape, *([1] * (ndim - 2)))
+
+
+class NoisyBatchNorm(nn.BatchNorm2d):
+    """BatchNorm followed by noise that changes every step (PAPER.md, Experiment 2).
+
+    After normalisation, for sample i and channel j: ``a[i,j] <- s[i,j] * a[i,j] + m[i,j]``,
+    with, per layer and per step, ``mu ~ U(mean_range)``, ``sigma ~ U(scale_range)``, then
+    ``m[i,j] ~ U(mu - mean_spread, mu + mean_spread)`` and ``s[i,j] ~ N(sigma, scale_std**2)``.
+    For conv layers one (m, s) pair per sample and channel is shared by all spatial positions.
+    The noise is applied in train mode only.
+
+    The noise is a pure function of (seed, layer, step): ``noise_step`` is a buffer that
+    counts train-mode forwards, so a resumed run draws the same noise, and a probe (which
+    runs on cloned buffers) neither advances the count nor sees different noise between
+    its own evaluations.
+    """
+
+    def __init__(self, channels: int, seed: int = 0, layer: int = 0, mean_range=(-0.5, 0.5),
+                 scale_range=(1.0, 1.25), mean_spread: float = 0.1, scale_std: float = 0.1, **bn_kwargs):
+        super().__init__(channels, **bn_kwargs)
+        self.seed, self.layer = seed, layer
+        self.mean_range, self.scale_range = tuple(mean_range), tuple(scale_range)
+        self.mean_spread, self.scale_std = mean_spread, scale_std
+        self.register_buffer("noise_step", torch.zeros((), dtype=torch.int64))
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:  # serves conv (4-D) and linear (2-D) layers
+        if x.dim() not in (2, 4):
+            raise ValueError(f"expected 2-D or 4-D input, got {x.dim()}-D")
+
+    def draw(self, batch: int, step: int) -> dict[str, torch.Tensor]:
+        """The noise of ``step`` for a batch: mu, sigma (scalars), m, s of shape (batch, channels)."""
+        g = seeded_generator(self.seed, self.layer, step)
+        (lo_m, hi_m), (lo_s, hi_s) = self.mean_range, self.scale_range
+        mu = lo_m + (hi_m - lo_m) * torch.rand((), generator=g)
+        sigma = lo_s + (hi_s - lo_s) * torch.rand((), generator=g)
+        m = mu + self.mean_spread * (2 * torch.rand(batch, self.num_features, generator=g) - 1)
+        s = sigma + self.scale_std * torch.randn(batch, self.num_features, generator=g)
+        return {"mu": mu, "sigma": sigma, "m": m, "s": s}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        if not self.training:
+            return y
+        # One host read of the counter per layer and step: the price of noise that is a pure
+        # function of (seed, layer, step) and so survives resume and probes unchanged.
+        noise = self.draw(x.shape[0], int(self.noise_step))
+        self.noise_step.add_(1)
+        s = _channel_view(noise["s"].to(device=y.device, dtype=y.dtype), y.dim())
+        m = _channel_view(noise["m"].to(device=y.device, dtype=y.dtype), y.dim())
+        return y * s + m
+
+
+class LpNorm(nn.Module):
+    """l_p normalisation (PAPER.md, Appendix): subtract the per-channel mean, as BN does, then
+    divide by the channel's average l_p norm computed before mean-shifting.
+
+    With the channel's M values over batch and space, the average l_p norm is the power mean
+    ``(mean |x|^p)^(1/p)`` for p = 1, 2 (the l_p norm divided by M^(1/p), so it does not grow
+    with the batch or the feature map), and ``max |x|`` for p = inf. Affine gamma/beta and
+    running estimates for eval mode work as in BatchNorm.
+    """
+
+    def __init__(self, channels: int, p: float, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        if p not in (1, 2, float("inf")):
+            raise ValueError(f"p must be 1, 2 or inf, got {p}")
+        self.p, self.eps, self.momentum = p, eps, momentum
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_scale", torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = [d for d in range(x.dim()) if d != 1]
+        if self.training:
+            mean = x.mean(dims)
+            if self.p == float("inf"):
+                scale = x.abs().amax(dims)
+            else:
+                scale = x.abs().pow(self.p).mean(dims).pow(1.0 / self.p)
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.detach(), self.momentum)
+                self.running_scale.lerp_(scale.detach(), self.momentum)
+        else:
+            mean, scale = self.running_mean, self.running_scale
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        y = (x - mean.view(shape)) / (scale.view(shape) + self.eps)
+        return y * self.weight.view(shape) + self.bias.view(shape)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.numel()}, p={self.p}"
+
+
+def make_norm(kind: str, channels: int, layer: int, conv: bool = True, noise: dict | None = None,
+              noise_seed: int = 0) -> nn.Module:
+    """The normalisation module for ``kind`` (none | batch | noisy_batch | l1 | l2 | linf).
+
+    ``conv`` picks BatchNorm2d (N, C, H, W) or BatchNorm1d (N, C); the others take either.
+    """
+    if kind == "none":
+        return nn.Identity()
+    if kind == "batch":
+        return nn.BatchNorm2d(channels) if conv else nn.BatchNorm1d(channels)
+    if kind == "noisy_batch":
+        return NoisyBatchNorm(channels, seed=noise_seed, layer=layer, **(noise or {}))
+    if kind in ("l1", "l2", "linf"):
+        return LpNorm(channels, {"l1": 1, "l2": 2, "linf": float("inf")}[kind])
+    raise ValueError(f"unknown norm '{kind}'")
