@@ -93,9 +93,22 @@ def _class_dirs(split_dir: Path) -> list[Path]:
     return dirs
 
 
+def _decode(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            img = np.asarray(im.convert("RGB"))
+    except Exception:
+        raise UserError(f"cannot decode image '{path}'; remove or replace it") from None
+    if img.shape != (32, 32, 3):
+        raise UserError(f"image '{path}' is {img.shape[1]}x{img.shape[0]} pixels; CIFAR-10 images are 32x32")
+    return img
+
+
 def _read_image_tree(root: Path) -> dict[str, Split]:
     """``root/{train,test}/<class>/*.jpg|png``; labels follow CIFAR-10's order when the names match."""
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    from concurrent.futures import ThreadPoolExecutor
 
     train_classes = [d.name for d in _class_dirs(root / "train")]
     out = {}
@@ -104,20 +117,17 @@ def _read_image_tree(root: Path) -> dict[str, Split]:
         if [d.name for d in dirs] != train_classes:
             raise UserError(f"'{root / split}' has classes {[d.name for d in dirs]} but train has "
                             f"{train_classes}; both splits need the same class folders")
-        images, labels = [], []
+        paths, labels = [], []
         for label, d in enumerate(dirs):
-            for path in sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-                try:
-                    img = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-                except Exception:
-                    raise UserError(f"cannot decode image '{path}'; remove or replace it") from None
-                if tuple(img.shape) != (3, 32, 32):
-                    raise UserError(f"image '{path}' is {tuple(img.shape[1:])} pixels; CIFAR-10 images are 32x32")
-                images.append(img)
-                labels.append(label)
-        if not images:
+            files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            paths += files
+            labels += [label] * len(files)
+        if not paths:
             raise UserError(f"no .jpg/.png images under '{root / split}'")
-        out[split] = Split(torch.stack(images), torch.tensor(labels, dtype=torch.int64))
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL decodes without the GIL
+            images = np.stack(list(pool.map(_decode, paths, chunksize=256)))
+        out[split] = Split(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+                           torch.tensor(labels, dtype=torch.int64))
     return out
 
 

@@ -170,7 +170,8 @@ def _train(cfg: Config, run: Run, device: torch.device, data_dir, resume: bool, 
     test_batches = Batches(test_split, 0, cfg.data_seed, False, device)
     is_image = train_split.inputs.dtype == torch.uint8
     in_dim = 3 if is_image else train_split.inputs.shape[1]
-    out_dim = int(train_split.targets.max()) + 1 if classify else train_split.targets.shape[1]
+    out_dim = (int(max(train_split.targets.max(), test_split.targets.max())) + 1 if classify
+               else train_split.targets.shape[1])
     if classify and cfg.model.arch == "dln":
         raise UserError("the deep linear network is a regression model; set loss=sum_squares or loss=mse")
     if is_image != (cfg.model.arch == "vgg"):

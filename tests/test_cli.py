@@ -1,0 +1,79 @@
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cli import app
+from tests.conftest import make_image_tree
+
+runner = CliRunner()
+
+
+def write_config(tmp_path, **extra):
+    cfg = {"name": "clirun", "steps": 4, "device": "cpu",
+           "data": {"dataset": "synthetic", "batch_size": 8, "synthetic_size": 32},
+           "model": {"width": 0.0625}, "log": {"train_every": 2, "eval_every": 2, "checkpoint_every": 2}}
+    cfg.update(extra)
+    path = tmp_path / "c.yaml"
+    path.write_text("# landscape train c.yaml\n" + yaml.safe_dump(cfg))
+    return path
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_help_is_complete():
+    top = invoke("--help")
+    assert top.exit_code == 0 and "train" in top.output
+    sub = invoke("train", "--help")
+    for option in ["--set", "--data-dir", "--out", "--device", "--resume", "--force"]:
+        assert option in sub.output
+
+
+def test_train_then_refuse_then_resume_then_force(tmp_path):
+    cfg = write_config(tmp_path)
+    out = tmp_path / "runs"
+    first = invoke("train", cfg, "--out", out, "--no-progress")
+    assert first.exit_code == 0, first.output
+    assert "clirun: done at step 4" in first.output
+    again = invoke("train", cfg, "--out", out)
+    assert again.exit_code == 2
+    assert again.stderr.strip().count("\n") == 0 and "already exists" in again.stderr
+    assert invoke("train", cfg, "--out", out, "--resume").exit_code == 0
+    forced = invoke("train", cfg, "--out", out, "--force", "--set", "steps=2", "--no-progress")
+    assert forced.exit_code == 0 and "done at step 2" in forced.output
+
+
+def test_train_on_an_image_tree_with_overrides(tmp_path):
+    make_image_tree(tmp_path / "data", per_class=2)
+    cfg = write_config(tmp_path, data={"dataset": "cifar10", "batch_size": 10})
+    res = invoke("train", cfg, "--data-dir", tmp_path / "data", "--out", tmp_path / "runs",
+                 "--set", "optim.lr=0.01", "--name", "tree", "--no-progress")
+    assert res.exit_code == 0, res.output
+    saved = yaml.safe_load((tmp_path / "runs" / "tree" / "config.yaml").read_text())
+    assert saved["optim"]["lr"] == 0.01 and saved["name"] == "tree"
+    status = json.loads((tmp_path / "runs" / "tree" / "status.json").read_text())
+    assert status["status"] == "done"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "missing.yaml"], "not found"),
+    (["train", "{cfg}", "--set", "optim.lr=abc"], "expects a number"),
+    (["train", "{cfg}", "--set", "optim.nope=1"], "valid keys"),
+    (["train", "{cfg}", "--set", "steps=-3"], "must be positive"),
+    (["train", "{cfg}", "--device", "quantum"], "unknown device"),
+    (["train", "{cfg}", "--set", "data.dataset=cifar10", "--data-dir", "{tmp}/nope"], "does not exist"),
+    (["train", "{cfg}", "--resume", "--force"], "contradict"),
+    (["train", "{bad}"], "not valid YAML"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    cfg = write_config(tmp_path)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {norm: [batch\n")
+    args = [a.format(cfg=cfg, tmp=tmp_path, bad=bad) for a in args]
+    res = invoke(*args, "--out", tmp_path / "runs")
+    assert res.exit_code == 2, res.output
+    assert message in res.stderr
+    assert res.stderr.startswith("error: ") and res.stderr.strip().count("\n") == 0

@@ -1,0 +1,76 @@
+import pytest
+
+from landscape.config import Config, build_config, field_paths, load_config, parse_override
+from landscape.errors import UserError
+from tests.conftest import ROOT
+
+SHIPPED = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def test_configs_are_shipped():
+    names = {p.name for p in SHIPPED}
+    assert {"vgg_standard.yaml", "vgg_bn.yaml", "vgg_noisy_bn.yaml", "dln.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_opens_with_its_command(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# landscape "), f"{path.name} must open with the command that uses it"
+
+
+def test_yaml_then_overrides_in_order(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("optim:\n  lr: 0.5\nmodel:\n  norm: batch\n")
+    cfg = load_config(f, ["optim.lr=0.25", "model.noise.mean_range=[-1, 1]", "data.augment=true"])
+    assert cfg.optim.lr == 0.25 and isinstance(cfg.optim.lr, float)
+    assert cfg.model.norm == "batch"
+    assert cfg.model.noise.mean_range == (-1.0, 1.0)
+    assert cfg.data.augment is True
+
+
+def test_int_accepted_for_float_but_not_the_reverse():
+    assert build_config([{"optim": {"lr": 1}}]).optim.lr == 1.0
+    with pytest.raises(UserError, match="expects an integer"):
+        build_config([{"steps": 1.5}])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lrr=0.1", "unknown config key 'optim.lrr'; valid keys: optim.lr, optim.momentum"),
+    ("bogus=1", "unknown config key 'bogus'"),
+    ("steps=many", "'steps' expects an integer"),
+    ("data.augment=3", "'data.augment' expects true or false"),
+    ("model.norm=group", "'model.norm' must be one of none, batch"),
+    ("optim.lr=-1", "optim.lr must be a positive finite number"),
+    ("steps=0", "'steps' must be positive"),
+    ("model.vgg_depth=12", "model.vgg_depth must be one of"),
+    ("model.noise.scale_range=[2, 1]", "low <= high"),
+    ("model.noise.scale_range=1", "a list of 2 numbers"),
+    ("optim", "--set expects key=value"),
+    ("name=a/b", "plain directory name"),
+])
+def test_bad_overrides_are_one_line_user_errors(override, message):
+    with pytest.raises(UserError) as err:
+        load_config(None, [override])
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("3\n")
+    with pytest.raises(UserError, match="mapping"):
+        load_config(scalar)
+
+
+def test_field_paths_cover_the_tree():
+    paths = field_paths()
+    assert "optim.lr" in paths and "model.noise.scale_std" in paths and "log.train_every" in paths
+    assert parse_override("a.b.c=1") == {"a": {"b": {"c": 1}}}

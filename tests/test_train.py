@@ -1,0 +1,133 @@
+import json
+
+import pytest
+import torch
+
+import landscape.train as train_mod
+from landscape.errors import UserError
+from landscape.runs import Run, read_metrics
+from landscape.train import train
+from tests.conftest import tiny_config
+
+TIMING = {"examples_per_s", "elapsed_s"}
+
+
+def without_timing(records):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+def test_training_smoke_run_writes_a_complete_run_directory(tmp_path):
+    cfg = tiny_config(steps=40, model={"norm": "batch"}, optim={"lr": 0.1})
+    status = train(cfg, out=tmp_path)
+    run = tmp_path / "tiny"
+    assert status["status"] == "done" and status["step"] == 40
+    assert {"config.yaml", "env.json", "metrics.jsonl", "status.json", "checkpoint.pt"} <= {p.name for p in run.iterdir()}
+    records = read_metrics(run / "metrics.jsonl")
+    train_recs = [r for r in records if r["kind"] == "train"]
+    assert [r["step"] for r in train_recs] == list(range(2, 41, 2))
+    assert train_recs[-1]["loss"] < 0.8 * train_recs[0]["loss"], "loss must go down on learnable data"
+    assert [r["step"] for r in records if r["kind"] == "test"] == [6, 12, 18, 24, 30, 36, 40]
+    env = json.loads((run / "env.json").read_text())
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu"
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 40 and ckpt["config"]["model"]["init"] == "xavier"
+    assert Run(run).config() == cfg
+
+
+def test_resume_after_a_kill_gives_the_same_records_and_weights(tmp_path, monkeypatch):
+    cfg = tiny_config(steps=12, model={"norm": "noisy_batch"}, optim={"lr": 0.05, "momentum": 0.9},
+                      data={"augment": True})
+    train(cfg, out=tmp_path / "whole")
+    whole = read_metrics(tmp_path / "whole" / "tiny" / "metrics.jsonl")
+
+    real_log = Run.log
+
+    def dying_log(self, record):  # the process dies right after writing step 10's record
+        real_log(self, record)
+        if record["step"] == 10 and record["kind"] == "train":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Run, "log", dying_log)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out=tmp_path / "cut")
+    monkeypatch.setattr(Run, "log", real_log)
+    cut = tmp_path / "cut" / "tiny"
+    assert json.loads((cut / "status.json").read_text())["status"] == "failed"
+    assert max(r["step"] for r in read_metrics(cut / "metrics.jsonl")) == 10  # past the checkpoint at 8
+    train(cfg, out=tmp_path / "cut", resume=True)
+    assert without_timing(read_metrics(cut / "metrics.jsonl")) == without_timing(whole)
+    a = torch.load(cut / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "whole" / "tiny" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resuming_a_finished_run_does_nothing(tmp_path):
+    cfg = tiny_config(steps=4)
+    train(cfg, out=tmp_path)
+    before = (tmp_path / "tiny" / "metrics.jsonl").read_text()
+    assert train(cfg, out=tmp_path, resume=True)["status"] == "done"
+    assert (tmp_path / "tiny" / "metrics.jsonl").read_text() == before
+
+
+def test_existing_run_is_never_overwritten_without_force(tmp_path):
+    cfg = tiny_config(steps=4)
+    train(cfg, out=tmp_path)
+    before = (tmp_path / "tiny" / "metrics.jsonl").read_text()
+    with pytest.raises(UserError, match="already exists; pass --resume to continue it or --force"):
+        train(cfg, out=tmp_path)
+    with pytest.raises(UserError, match="different config"):
+        train(tiny_config(steps=4, optim={"lr": 0.3}), out=tmp_path, resume=True)
+    assert (tmp_path / "tiny" / "metrics.jsonl").read_text() == before
+    train(tiny_config(steps=2), out=tmp_path, force=True)
+    assert len(read_metrics(tmp_path / "tiny" / "metrics.jsonl")) == 2
+
+
+def test_corrupt_checkpoint_is_a_user_error_and_keeps_the_run(tmp_path):
+    cfg = tiny_config(steps=4)
+    train(cfg, out=tmp_path)
+    (tmp_path / "tiny" / "status.json").write_text('{"status": "running", "step": 4}')
+    (tmp_path / "tiny" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="checkpoint .* is unreadable"):
+        train(cfg, out=tmp_path, resume=True)
+    assert (tmp_path / "tiny" / "checkpoint.pt").read_bytes() == b"not a checkpoint"
+
+
+def test_divergence_is_a_recorded_result(tmp_path):
+    cfg = tiny_config(steps=30, optim={"lr": 1e6})
+    status = train(cfg, out=tmp_path)
+    assert status["status"] == "diverged"
+    assert 1 <= status["diverged_step"] <= status["step"] < 30
+    records = read_metrics(tmp_path / "tiny" / "metrics.jsonl")
+    assert any(r["loss"] is None for r in records if r["kind"] == "train")  # NaN stored as null
+
+
+def test_a_run_stuck_on_the_plateau_says_so(tmp_path):
+    status = train(tiny_config(steps=6, optim={"lr": 1e-9}), out=tmp_path)
+    assert status["status"] == "done" and status["stuck_on_plateau"] and status["left_plateau_step"] is None
+    moving = train(tiny_config(name="moving", steps=40, model={"norm": "batch"}, optim={"lr": 0.1}), out=tmp_path)
+    assert not moving["stuck_on_plateau"] and moving["left_plateau_step"] <= 40
+
+
+def test_deep_linear_network_full_batch_regression(tmp_path):
+    cfg = tiny_config(name="dln", steps=50, loss="sum_squares",
+                      data={"dataset": "gaussian", "batch_size": 0, "gaussian_samples": 64},
+                      model={"arch": "dln", "dln_depth": 6}, optim={"lr": 1e-4},
+                      log={"train_every": 10, "eval_every": 25, "checkpoint_every": 25})
+    status = train(cfg, out=tmp_path)
+    recs = [r for r in read_metrics(tmp_path / "dln" / "metrics.jsonl") if r["kind"] == "train"]
+    assert status["status"] == "done" and recs[-1]["loss"] < recs[0]["loss"]
+    assert "acc" not in recs[0] and recs[0]["epoch"] == 10.0
+
+
+def test_mismatched_model_and_data_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="regression model"):
+        train(tiny_config(model={"arch": "dln"}), out=tmp_path)
+
+
+def test_unknown_device_is_a_user_error():
+    with pytest.raises(UserError, match="unknown device"):
+        train_mod.resolve_device("tpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="CUDA is not available"):
+            train_mod.resolve_device("cuda")
+    assert train_mod.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
