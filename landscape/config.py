@@ -70,6 +70,24 @@ class LogConfig:
     checkpoint_every: int = 500  # steps between checkpoints (the last step is always saved)
 
 
+PROBES = ("gradient_sweep", "ics_opti", "activation_stats", "sharpness")
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    enabled: tuple[str, ...] = ()  # any of: gradient_sweep, ics_opti, activation_stats, sharpness
+    schedule: str = "every"  # every (N steps) | log (log-spaced) | list (explicit steps)
+    every: int = 100  # schedule=every: probe at step 1 and every N steps
+    points: int = 20  # schedule=log: about this many steps, evenly spaced in log(step)
+    steps: tuple[int, ...] = ()  # schedule=list: probe at exactly these steps
+    etas: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)  # gradient_sweep steps, multiples of optim.lr
+    layers: tuple[str, ...] = ()  # module names for ics_opti/activation_stats (empty: every module owning parameters)
+    activation_batch: int = 256  # size of the fixed train-split batch activation_stats measures every time
+    sharpness_iters: int = 20  # Lanczos iterations (Hessian-vector products) at most
+    sharpness_tol: float = 1e-3  # stop when the eigenvalue's error bound is below this relative tolerance
+    eval_mode: bool = False  # probe in eval mode (running statistics) instead of the training mode
+
+
 @dataclass(frozen=True)
 class Config:
     name: str = "run"  # run directory name under --out
@@ -83,6 +101,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    probes: ProbeConfig = field(default_factory=ProbeConfig)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -92,6 +111,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.head": ("linear", "mlp"),
     "model.norm": ("none", "batch", "noisy_batch", "l1", "l2", "linf"),
     "model.init": ("xavier", "kaiming", "torch_default"),
+    "probes.schedule": ("every", "log", "list"),
 }
 VGG_DEPTHS = (11, 13, 16, 19)
 
@@ -129,6 +149,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if typing.get_origin(tp) is tuple:
         args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: any length
+            if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+                value = [value]  # --set probes.enabled=sharpness
+            if not isinstance(value, (list, tuple)):
+                raise bad(f"a list, e.g. [{'1.0, 2.0' if args[0] is float else 'a, b'}]")
+            return tuple(_coerce(v, args[0], key) for v in value)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise bad(f"a list of {len(args)} numbers, e.g. [0.5, 1.0]")
         return tuple(_coerce(v, a, key) for v, a in zip(value, args))
@@ -237,6 +263,16 @@ def validate(cfg: Config) -> None:
         lo, hi = _get(cfg, key)
         if lo > hi:
             raise UserError(f"config key '{key}' must be [low, high] with low <= high; got [{lo}, {hi}]")
+    unknown = [p for p in cfg.probes.enabled if p not in PROBES]
+    if unknown:
+        raise UserError(f"unknown probe '{unknown[0]}' in probes.enabled; choose from {', '.join(PROBES)}")
+    if not cfg.probes.etas or any(not (e > 0 and math.isfinite(e)) for e in cfg.probes.etas):
+        raise UserError(f"probes.etas must be positive multiples of the lr; got {list(cfg.probes.etas)}")
+    for key in ("probes.every", "probes.points", "probes.activation_batch", "probes.sharpness_iters"):
+        if _get(cfg, key) <= 0:
+            raise UserError(f"config key '{key}' must be positive; got {_get(cfg, key)}")
+    if cfg.probes.schedule == "list" and cfg.probes.enabled and not cfg.probes.steps:
+        raise UserError("probes.schedule=list needs probes.steps, e.g. --set probes.steps=[1,100,1000]")
     if not cfg.name or "/" in cfg.name or cfg.name in (".", ".."):
         raise UserError(f"name must be a plain directory name; got '{cfg.name}'")
 

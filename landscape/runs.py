@@ -155,6 +155,21 @@ class Run:
         _atomic_write(run.path / "config.yaml", dump_yaml(cfg))
         return run
 
+    @classmethod
+    def fresh(cls, path: str | Path, force: bool = False) -> "Run":
+        """A new, empty run directory for records from any loop (see ``landscape.probes.Monitor``)."""
+        run = cls(path)
+        if run.path.exists() and any(run.path.iterdir()):
+            if not force:
+                raise UserError(f"run '{run.path}' already exists; pass force=True to overwrite it or pick another path")
+            shutil.rmtree(run.path)
+        run.path.mkdir(parents=True, exist_ok=True)
+        return run
+
+    def write_settings(self, settings: dict) -> None:
+        """Settings of a run not made by ``landscape train`` (``monitor.yaml``)."""
+        _atomic_write(self.path / "monitor.yaml", yaml.safe_dump(_finite(settings), sort_keys=False))
+
     def config(self) -> Config | None:
         try:
             return from_dict(yaml.safe_load((self.path / "config.yaml").read_text()) or {})

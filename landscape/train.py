@@ -22,6 +22,7 @@ from landscape.config import Config, to_dict
 from landscape.data import Batches, Split, load_splits
 from landscape.errors import UserError
 from landscape.models import build_model
+from landscape.probes import Monitor, every, explicit, log_spaced
 from landscape.runs import FINISHED, Run
 
 PLATEAU_MARGIN = 0.1  # nats below ln(num_classes): a train loss under it has left the initial plateau
@@ -134,6 +135,24 @@ def _progress(enabled: bool):
                     TimeRemainingColumn(), disable=not enabled, transient=False)
 
 
+def _monitor(cfg: Config, run: Run, model, optimizer, loss_fn, batches: Batches, train_split: Split):
+    """The probes of ``cfg.probes`` as a Monitor writing into the run (None when none are enabled)."""
+    p = cfg.probes
+    if not p.enabled:
+        return None
+    schedule = {"every": lambda: every(p.every), "log": lambda: log_spaced(cfg.steps, p.points),
+                "list": lambda: explicit(p.steps)}[p.schedule]()
+    fixed = train_split.subset(p.activation_batch, seed=cfg.data_seed)
+    probe_batch = (batches.prepare(fixed.inputs.to(batches.split.inputs.device)),
+                   fixed.targets.to(batches.split.targets.device))
+    try:
+        return Monitor(run.log, model, optimizer, loss_fn, schedule, probes=p.enabled, eta_multiples=p.etas,
+                       layers=list(p.layers) or None, probe_batch=probe_batch, sharpness_iters=p.sharpness_iters,
+                       sharpness_tol=p.sharpness_tol, eval_mode=p.eval_mode)
+    except KeyError as exc:
+        raise UserError(f"probes.layers: {exc.args[0]}") from None
+
+
 def train(cfg: Config, out: str | Path = "runs", data_dir: str | Path | None = None, resume: bool = False,
           force: bool = False, progress: bool = False, splits: dict[str, Split] | None = None) -> dict:
     """Train one run into ``out/cfg.name``; returns its final status record.
@@ -188,6 +207,7 @@ def _train(cfg: Config, run: Run, device: torch.device, data_dir, resume: bool, 
     plateau = math.log(out_dim) - PLATEAU_MARGIN if classify else None
     left_plateau_step = None
 
+    monitor = _monitor(cfg, run, model, optimizer, loss_fn, batches, train_split)
     start = 0
     checkpoint = run.load_checkpoint(device) if resume else None
     if checkpoint is not None:
@@ -196,6 +216,8 @@ def _train(cfg: Config, run: Run, device: torch.device, data_dir, resume: bool, 
         meter.load_state_dict(checkpoint["meter"])
         _set_rng_state(checkpoint["rng"], device)
         start, left_plateau_step = checkpoint["step"], checkpoint["left_plateau_step"]
+        if monitor is not None:
+            monitor.load_state_dict(checkpoint["monitor"])
     run.truncate(start)
     run.write_env(device)
     run.set_status("running", start)
@@ -203,7 +225,8 @@ def _train(cfg: Config, run: Run, device: torch.device, data_dir, resume: bool, 
     def save_checkpoint(step: int) -> None:
         run.save_checkpoint({"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                              "meter": meter.state_dict(), "rng": _rng_state(device),
-                             "left_plateau_step": left_plateau_step, "config": to_dict(cfg)})
+                             "left_plateau_step": left_plateau_step, "config": to_dict(cfg),
+                             "monitor": monitor.state_dict() if monitor is not None else {}})
 
     status, diverged_step, last_test = "done", None, None
     t_start = t_log = time.perf_counter()
@@ -215,11 +238,15 @@ def _train(cfg: Config, run: Run, device: torch.device, data_dir, resume: bool, 
             x, y = batches(step - 1)
             if device.type == "cuda" and is_image:
                 x = x.contiguous(memory_format=torch.channels_last)
+            if monitor is not None:
+                monitor.before_forward(step)  # probe steps only: snapshot buffers and RNG
             output = model(x)
             loss = loss_fn(output, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            if monitor is not None:
+                monitor.observe(step, (x, y), loss)  # due probes; they change nothing
+            optimizer.step()  # the monitor's post-step hook measures ics_opti with the new weights
             meter.add(step, loss, output, y)
             examples_since_log += len(y)
             bar.advance(task)
@@ -248,6 +275,8 @@ def _train(cfg: Config, run: Run, device: torch.device, data_dir, resume: bool, 
                 save_checkpoint(step)
                 run.set_status("running", step)
 
+    if monitor is not None:
+        monitor.close()
     final = {"steps": cfg.steps, "test": last_test, "left_plateau_step": left_plateau_step,
              "stuck_on_plateau": plateau is not None and left_plateau_step is None,
              "train_seconds": time.perf_counter() - t_start}

@@ -1,0 +1,18 @@
+"""Probes of the loss landscape and of internal covariate shift, for any ``nn.Module``.
+
+A ``batch`` is ``(inputs, targets)``; ``loss_fn(outputs, targets)`` returns a scalar.
+Inputs may be a tensor, a tuple of positional arguments or a dict of keyword arguments;
+a model returning a tuple, dict or object with ``.logits`` has its first tensor / logits
+passed to the loss (``output_fn=`` picks another). Every probe is pure: it leaves
+parameters, ``.grad``, buffers, optimizer state and RNG state exactly as it found them.
+"""
+
+from landscape.probes.functional import resolve_layers
+from landscape.probes.ics import ActivationStats, IcsResult, activation_stats, distribution_shift, ics_opti
+from landscape.probes.landscape import SharpnessResult, SweepResult, gradient_sweep, sharpness
+from landscape.probes.monitor import Monitor
+from landscape.probes.schedules import every, explicit, log_spaced
+
+__all__ = ["gradient_sweep", "sharpness", "ics_opti", "activation_stats", "distribution_shift", "Monitor",
+           "SweepResult", "SharpnessResult", "IcsResult", "ActivationStats", "resolve_layers", "every",
+           "log_spaced", "explicit"]

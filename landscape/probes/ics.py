@@ -1,0 +1,166 @@
+"""Internal covariate shift, both views of PAPER.md.
+
+ICS_opti (Experiment 3), for layer i at step t on one batch:
+    ``G  = grad_{W_i} L(W_1^t, ..., W_k^t)``
+    ``G' = grad_{W_i} L(W_1^{t+1}, ..., W_{i-1}^{t+1}, W_i^t, ..., W_k^t)``
+i.e. only the layers before i have taken this step's actual optimizer update, and the
+measures are ``||G - G'||_2`` (0 without shift) and ``cos(G, G')`` (1 without shift).
+"Before" is registration order, which is forward order for sequential models.
+
+ICS_distrib (Experiment 2): the distribution of a layer's input over training, measured
+on a fixed batch by :func:`activation_stats`; :func:`distribution_shift` compares two
+measurements (change of mean and std, and the Wasserstein-1 distance).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from landscape.probes.functional import (Batch, Objective, Params, current_params, dot, norm, resolve_layers,
+                                         untouched)
+
+
+@dataclass
+class IcsResult:
+    layers: list[str]
+    l2: dict[str, float]  # ||G - G'||_2 per layer
+    cosine: dict[str, float]  # cos(G, G') per layer
+    grad_norm: dict[str, float]  # ||G|| per layer, to read l2 relative to it
+    cost: dict
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def ics_opti(model: nn.Module, loss_fn: Callable, batch: Batch, next_params: Params, *,
+             params: Params | None = None, layers: Iterable | dict | None = None, grad: Params | None = None,
+             eval_mode: bool = False, buffers: Params | None = None, rng: dict | None = None,
+             output_fn: Callable | None = None) -> IcsResult:
+    """ICS_opti per layer. ``next_params`` are the weights after the optimizer's real update.
+
+    ``params`` are the weights at step t (default: the model's current weights; the trainer
+    calls this after ``optimizer.step()`` and so passes the pre-step weights it saved).
+    ``grad`` (G for all layers, e.g. the step's ``p.grad``) saves one pass: L layers then
+    cost at most L passes (the first layer, with nothing before it, costs none), and each
+    G' backpropagates only down to its own layer.
+    """
+    with untouched(model, eval_mode):
+        f = Objective.of(model, loss_fn, batch, buffers, rng, output_fn)
+        w = params if params is not None else current_params(model)
+        groups = resolve_layers(model, layers)
+        if grad is None:
+            _, grad = f.value_and_grad(w)
+        order = {n: i for i, n in enumerate(w)}
+        l2, cos, gnorm = {}, {}, {}
+        for label, names in groups:
+            first = min(order[n] for n in names)
+            before = [n for n in w if order[n] < first]
+            G = {n: grad[n].detach() for n in names}
+            if before:
+                mixed = {**w, **{n: next_params[n].detach() for n in before}}
+                G_new = f.grad_of(names, mixed)
+            else:
+                G_new = G  # nothing precedes this layer: G' = G exactly
+            diff = {n: G[n] - G_new[n] for n in names}
+            l2[label] = norm(diff)
+            denom = norm(G) * norm(G_new)
+            cos[label] = dot(G, G_new) / denom if denom > 0 else torch.tensor(math.nan)
+            gnorm[label] = norm(G)
+        return IcsResult(layers=[label for label, _ in groups], l2={k: float(v) for k, v in l2.items()},
+                         cosine={k: float(v) for k, v in cos.items()},
+                         grad_norm={k: float(v) for k, v in gnorm.items()}, cost=f.cost.as_dict())
+
+
+QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+MAX_QUANTILE_ELEMENTS = 1 << 22  # torch.quantile's input limit is 2**24; subsample evenly above this
+
+
+@dataclass
+class ActivationStats:
+    where: str  # "input" or "output" of each layer module
+    layers: list[str]
+    stats: dict[str, dict]  # per layer: numel, mean, std, min, max, quantiles, hist {edges, counts}, sketch
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _summarise(x: torch.Tensor, bins: int, sketch: int) -> dict:
+    x = x.detach().reshape(-1).double()
+    sample = x[:: max(1, math.ceil(x.numel() / MAX_QUANTILE_ELEMENTS))]
+    qs = torch.quantile(sample, torch.tensor(QUANTILES, dtype=torch.float64, device=x.device))
+    sk = torch.quantile(sample, torch.linspace(0, 1, sketch, dtype=torch.float64, device=x.device))
+    lo, hi = float(x.min()), float(x.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return {"numel": x.numel(), "mean": math.nan, "std": math.nan, "min": lo, "max": hi, "quantiles": {},
+                "hist": {"edges": [], "counts": []}, "sketch": []}
+    if hi == lo:
+        hi = lo + 1e-12
+    counts = torch.histc(x, bins=bins, min=lo, max=hi)
+    return {"numel": x.numel(), "mean": float(x.mean()), "std": float(x.std()), "min": lo, "max": float(x.max()),
+            "quantiles": {str(q): float(v) for q, v in zip(QUANTILES, qs)},
+            "hist": {"edges": torch.linspace(lo, hi, bins + 1).tolist(), "counts": [int(c) for c in counts]},
+            "sketch": sk.tolist()}
+
+
+def activation_stats(model: nn.Module, batch: Batch | torch.Tensor, layers: Iterable[str] | None = None, *,
+                     where: str = "input", bins: int = 50, sketch: int = 128, eval_mode: bool = False,
+                     params: Params | None = None, buffers: Params | None = None, rng: dict | None = None
+                     ) -> ActivationStats:
+    """Distribution of each layer's input (``where="input"``, default: what the layer sees,
+    the quantity ICS_distrib is about) or output, on one batch, in the model's mode.
+
+    ``layers`` are module names (default: every module that owns parameters). Per layer:
+    mean, std, min, max, the quantiles in ``QUANTILES``, a ``bins``-bin histogram over
+    [min, max], and a ``sketch`` of evenly spaced quantiles used by :func:`distribution_shift`.
+    ``batch`` may be ``(inputs, targets)`` or just the inputs.
+    """
+    if where not in ("input", "output"):
+        raise ValueError(f"where must be 'input' or 'output', got {where!r}")
+    inputs = batch[0] if isinstance(batch, tuple) and len(batch) == 2 else batch
+    names = list(layers) if layers is not None else [label for label, _ in resolve_layers(model)]
+    modules = dict(model.named_modules())
+    missing = [n for n in names if n not in modules]
+    if missing:
+        raise KeyError(f"no module named {missing}; see model.named_modules()")
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def fn(module, args, output):
+            value = args[0] if where == "input" else output
+            captured[name] = value.detach().clone()  # an in-place ReLU after it would overwrite it
+        return fn
+
+    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+    try:
+        with untouched(model, eval_mode), torch.no_grad():
+            f = Objective.of(model, lambda out, t: out, (inputs, None), buffers, rng, output_fn=lambda o: o)
+            f(params if params is not None else current_params(model))
+    finally:
+        for h in handles:
+            h.remove()
+    return ActivationStats(where=where, layers=names, stats={n: _summarise(captured[n], bins, sketch) for n in names})
+
+
+def distribution_shift(before: ActivationStats | dict, after: ActivationStats | dict) -> dict[str, dict]:
+    """ICS_distrib between two measurements of the same layers (on the same fixed batch):
+    per layer, the change of mean and std, and the Wasserstein-1 distance (scipy) between
+    the two distributions, computed on their quantile sketches."""
+    from scipy.stats import wasserstein_distance
+
+    a = before.stats if isinstance(before, ActivationStats) else before["stats"]
+    b = after.stats if isinstance(after, ActivationStats) else after["stats"]
+    out = {}
+    for layer in a:
+        if layer not in b:
+            continue
+        sa, sb = a[layer], b[layer]
+        finite = sa["sketch"] and sb["sketch"]
+        out[layer] = {"mean_change": sb["mean"] - sa["mean"], "std_change": sb["std"] - sa["std"],
+                      "wasserstein": float(wasserstein_distance(sa["sketch"], sb["sketch"])) if finite else math.nan}
+    return out

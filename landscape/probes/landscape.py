@@ -1,0 +1,144 @@
+"""The loss landscape along the gradient (PAPER.md, Experiment 4) and its curvature.
+
+Definitions, at weights ``w`` with gradient ``g = grad L(w)`` on one batch ``B``, for
+absolute step sizes ``eta`` (trainer configs give them as multiples of the lr):
+
+- loss variation:            ``losses[k] = L(w - eta_k g)``
+- gradient predictiveness:   ``grad_change[k] = ||grad L(w - eta_k g) - grad L(w)||_2``
+- effective beta-smoothness: ``beta_eff = max_k grad_change[k] / ||eta_k g||_2``
+- sharpness:                 the top eigenvalue of the Hessian ``grad^2 L(w)``
+
+All are evaluated on the same batch, with the buffers and random state of one forward
+(see :mod:`landscape.probes.functional`), and never change the model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from landscape.probes.functional import Batch, Objective, Params, current_params, norm, untouched
+
+
+@dataclass
+class SweepResult:
+    etas: list[float]  # absolute step sizes
+    loss: float  # L(w)
+    grad_norm: float  # ||g||
+    losses: list[float]  # L(w - eta_k g)
+    grad_change: list[float]  # ||grad L(w - eta_k g) - g||  (gradient predictiveness)
+    beta_eff: float  # max_k grad_change[k] / (eta_k ||g||)
+    cost: dict
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def gradient_sweep(model: nn.Module, loss_fn: Callable, batch: Batch, etas: Sequence[float], *,
+                   eval_mode: bool = False, params: Params | None = None, grad: Params | None = None,
+                   loss: float | torch.Tensor | None = None, buffers: Params | None = None, rng: dict | None = None,
+                   output_fn: Callable | None = None) -> SweepResult:
+    """Step along the gradient by each ``eta`` and measure loss, gradient change and beta_eff.
+
+    ``grad`` and ``loss`` may be passed when they come from this very forward (same weights,
+    buffers and random state, e.g. the training step's ``p.grad``): that saves one pass, so a
+    K-point sweep costs K forward-backward passes. ``buffers`` and ``rng`` fix the state the
+    evaluations use (defaults: the model's current buffers, cloned per evaluation, and the
+    current RNG state). ``params`` evaluates at other weights than the model's.
+    """
+    with untouched(model, eval_mode):
+        f = Objective.of(model, loss_fn, batch, buffers, rng, output_fn)
+        w = params if params is not None else current_params(model)
+        if grad is None or loss is None:
+            loss, grad = f.value_and_grad(w)
+        g = {n: grad[n].detach() for n in w}
+        g_norm = norm(g)
+        losses, changes = [], []
+        for eta in etas:
+            stepped = {n: w[n] - eta * g[n] for n in w}
+            loss_k, grad_k = f.value_and_grad(stepped)
+            losses.append(loss_k)
+            changes.append(norm({n: grad_k[n] - g[n] for n in w}))
+        losses_f = [float(v) for v in losses]  # one host read at the end, not per point
+        changes_f = [float(v) for v in changes]
+        g_norm_f = float(g_norm)
+        ratios = [c / (eta * g_norm_f) if eta * g_norm_f > 0 else math.nan for c, eta in zip(changes_f, etas)]
+        return SweepResult(etas=[float(e) for e in etas], loss=float(loss), grad_norm=g_norm_f, losses=losses_f,
+                           grad_change=changes_f, beta_eff=max(ratios) if ratios else math.nan, cost=f.cost.as_dict())
+
+
+@dataclass
+class SharpnessResult:
+    value: float  # top Hessian eigenvalue (largest Ritz value)
+    hvps: int  # Hessian-vector products used
+    residual: float  # ||H y - value y|| for the Ritz vector y: |lambda - value| <= residual
+    converged: bool  # residual <= tol * |value|
+    cost: dict
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _flat(d: Params, names: list[str]) -> torch.Tensor:
+    return torch.cat([d[n].reshape(-1) for n in names])
+
+
+def _unflat(v: torch.Tensor, like: Params, names: list[str]) -> Params:
+    out, i = {}, 0
+    for n in names:
+        k = like[n].numel()
+        out[n] = v[i:i + k].view_as(like[n])
+        i += k
+    return out
+
+
+def sharpness(model: nn.Module, loss_fn: Callable, batch: Batch, *, iters: int = 20, tol: float = 1e-3,
+              seed: int = 0, eval_mode: bool = False, params: Params | None = None, buffers: Params | None = None,
+              rng: dict | None = None, output_fn: Callable | None = None) -> SharpnessResult:
+    """Top Hessian eigenvalue by Lanczos on Hessian-vector products (``jvp`` over ``grad``).
+
+    Lanczos with full reorthogonalisation; it stops when the Ritz residual, a bound on the
+    error of the eigenvalue, is below ``tol`` times its magnitude, or after ``iters`` HVPs.
+    The start vector is drawn from ``seed`` (the global RNG is not used).
+    """
+    with untouched(model, eval_mode):
+        f = Objective.of(model, loss_fn, batch, buffers, rng, output_fn)
+        w = params if params is not None else current_params(model)
+        names = list(w)
+        n_params = sum(w[n].numel() for n in names)
+        gen = torch.Generator().manual_seed(seed)
+        q = torch.randn(n_params, generator=gen, dtype=torch.float64).to(device=w[names[0]].device,
+                                                                         dtype=w[names[0]].dtype)
+        q = q / q.norm()
+        basis, alphas, betas = [q], [], []
+        value, residual, converged = math.nan, math.inf, False
+        for _ in range(min(iters, n_params)):
+            hq = _flat(f.hvp(w, _unflat(basis[-1], w, names)), names)
+            alpha = torch.dot(hq, basis[-1])
+            hq = hq - alpha * basis[-1] - (betas[-1] * basis[-2] if betas else 0)
+            Q = torch.stack(basis)
+            for _ in range(2):  # full reorthogonalisation, twice is enough (Kahan)
+                hq = hq - Q.T @ (Q @ hq)
+            beta = hq.norm()
+            alphas.append(float(alpha))
+            T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+            if betas:
+                off = torch.tensor(betas, dtype=torch.float64)
+                T += torch.diag(off, 1) + torch.diag(off, -1)
+            evals, evecs = torch.linalg.eigh(T)
+            value = float(evals[-1])
+            residual = abs(float(beta)) * abs(float(evecs[-1, -1]))
+            if residual <= tol * abs(value):
+                converged = True
+                break
+            if float(beta) <= 1e-10 * max(abs(value), 1e-30):  # invariant subspace: exact
+                converged, residual = True, 0.0
+                break
+            betas.append(float(beta))
+            basis.append(hq / beta)
+        return SharpnessResult(value=value, hvps=f.cost.hvp, residual=residual, converged=converged,
+                               cost=f.cost.as_dict())
