@@ -131,3 +131,62 @@ def test_unknown_device_is_a_user_error():
         with pytest.raises(UserError, match="CUDA is not available"):
             train_mod.resolve_device("cuda")
     assert train_mod.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.parametrize("norm", ["noisy_batch", "batch"])
+def test_probes_never_change_training(tmp_path, norm):
+    """All probes on, every 2 steps: bitwise the same weights, buffers and train records as probes off."""
+    base = dict(steps=8, model={"norm": norm}, optim={"lr": 0.05, "momentum": 0.9}, data={"augment": True})
+    off = tiny_config(name="off", **base)
+    on = tiny_config(name="on", **base, probes={"enabled": ["gradient_sweep", "ics_opti", "activation_stats",
+                                                            "sharpness"], "every": 2, "sharpness_iters": 4,
+                                                "activation_batch": 32})
+    train(off, out=tmp_path)
+    train(on, out=tmp_path)
+    a = torch.load(tmp_path / "off" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "on" / "checkpoint.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    recs_on = read_metrics(tmp_path / "on" / "metrics.jsonl")
+    plain = [r for r in recs_on if r["kind"] != "probe"]
+    assert without_timing(plain) == without_timing(read_metrics(tmp_path / "off" / "metrics.jsonl"))
+    probes = {(r["step"], r["probe"]) for r in recs_on if r["kind"] == "probe"}
+    assert probes == {(s, p) for s in (1, 2, 4, 6, 8)
+                      for p in ("gradient_sweep", "ics_opti", "activation_stats", "sharpness")}
+    sweep = next(r for r in recs_on if r.get("probe") == "gradient_sweep")
+    assert sweep["values"]["etas"] == pytest.approx([m * 0.05 for m in on.probes.etas])
+    assert sweep["cost"]["backward"] == len(on.probes.etas)  # reuses the training step's gradient
+    sharp = next(r for r in recs_on if r.get("probe") == "sharpness")
+    assert sharp["values"]["threshold"] == pytest.approx(2 * 1.9 / 0.05)
+    stats = [r for r in recs_on if r.get("probe") == "activation_stats"]
+    assert stats[0]["values"]["shift"] is None and stats[1]["values"]["shift"]
+
+
+def test_probe_records_survive_resume(tmp_path, monkeypatch):
+    cfg = tiny_config(steps=12, model={"norm": "batch"},
+                      probes={"enabled": ["gradient_sweep", "activation_stats"], "schedule": "list",
+                              "steps": [3, 9, 11], "activation_batch": 16})
+    train(cfg, out=tmp_path / "whole")
+    real_log = Run.log
+
+    def dying_log(self, record):
+        real_log(self, record)
+        if record["step"] == 10 and record["kind"] == "train":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Run, "log", dying_log)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out=tmp_path / "cut")
+    monkeypatch.setattr(Run, "log", real_log)
+    train(cfg, out=tmp_path / "cut", resume=True)
+
+    def strip(records):
+        out = []
+        for r in without_timing(records):
+            r = dict(r)
+            if "cost" in r:
+                r["cost"] = {k: v for k, v in r["cost"].items() if k != "seconds"}
+            out.append(r)
+        return out
+
+    assert strip(read_metrics(tmp_path / "cut" / "tiny" / "metrics.jsonl")) == \
+        strip(read_metrics(tmp_path / "whole" / "tiny" / "metrics.jsonl"))

@@ -144,7 +144,9 @@ def activation_stats(model: nn.Module, batch: Batch | torch.Tensor, layers: Iter
     finally:
         for h in handles:
             h.remove()
-    return ActivationStats(where=where, layers=names, stats={n: _summarise(captured[n], bins, sketch) for n in names})
+    seen = [n for n in names if n in captured]  # modules whose forward never runs (MultiheadAttention's
+    return ActivationStats(where=where, layers=seen,  # out_proj is used through its weights) are left out
+                           stats={n: _summarise(captured[n], bins, sketch) for n in seen})
 
 
 def distribution_shift(before: ActivationStats | dict, after: ActivationStats | dict) -> dict[str, dict]:
