@@ -422,3 +422,17 @@ def test_schedules():
     chosen = [t for t in range(1, 1001) if log_spaced(1000, 10)(t)]
     assert chosen[0] == 1 and chosen[-1] == 1000 and len(chosen) == 10
     assert np.all(np.diff(np.log(chosen)) > 0.5)
+
+
+def test_both_hessian_vector_product_routes_agree():
+    from landscape.probes.functional import Objective, current_params
+
+    model = small_cnn()
+    f = Objective.of(model, CE, batch_for(model))
+    w = current_params(model)
+    v = {n: torch.randn_like(t) for n, t in w.items()}
+    _, _, hvp = f.hessian_operator(w)
+    a, b = hvp(v), f.hvp(w, v)
+    for n in w:
+        torch.testing.assert_close(a[n], b[n], rtol=1e-10, atol=1e-12)
+    assert f.cost.hvp == 2

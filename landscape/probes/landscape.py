@@ -97,33 +97,48 @@ def _unflat(v: torch.Tensor, like: Params, names: list[str]) -> Params:
 
 
 def sharpness(model: nn.Module, loss_fn: Callable, batch: Batch, *, iters: int = 20, tol: float = 1e-3,
-              seed: int = 0, eval_mode: bool = False, params: Params | None = None, buffers: Params | None = None,
-              rng: dict | None = None, output_fn: Callable | None = None) -> SharpnessResult:
-    """Top Hessian eigenvalue by Lanczos on Hessian-vector products (``jvp`` over ``grad``).
+              seed: int = 0, start: str = "gradient", eval_mode: bool = False, params: Params | None = None,
+              buffers: Params | None = None, rng: dict | None = None,
+              output_fn: Callable | None = None) -> SharpnessResult:
+    """Top Hessian eigenvalue by Lanczos on Hessian-vector products.
 
-    Lanczos with full reorthogonalisation; it stops when the Ritz residual, a bound on the
-    error of the eigenvalue, is below ``tol`` times its magnitude, or after ``iters`` HVPs.
-    The start vector is drawn from ``seed`` (the global RNG is not used).
+    The products are backward passes through the retained graph of one differentiable
+    gradient (reverse over reverse). Lanczos runs with full reorthogonalisation and stops
+    when the Ritz residual, a bound on the eigenvalue's error, is below ``tol`` times its
+    magnitude, or after ``iters`` products.
+
+    ``start="gradient"`` starts from the normalised gradient plus a 0.3-weight random
+    direction: the gradient lies mostly in the top Hessian subspace (Gur-Ari et al., 2018),
+    which cut the products needed for 1% accuracy on VGG from 18 to 6 (bench_probes.py),
+    and the random part keeps every eigenvector reachable. ``start="random"`` is the
+    textbook start. Random draws use ``seed``, not the global RNG.
     """
+    if start not in ("gradient", "random"):
+        raise ValueError(f"start must be 'gradient' or 'random', got {start!r}")
     with untouched(model, eval_mode):
         f = Objective.of(model, loss_fn, batch, buffers, rng, output_fn)
         w = params if params is not None else current_params(model)
         names = list(w)
-        n_params = sum(w[n].numel() for n in names)
+        _, grad, hvp = f.hessian_operator(w)
+        like = w[names[0]]
         gen = torch.Generator().manual_seed(seed)
-        q = torch.randn(n_params, generator=gen, dtype=torch.float64).to(device=w[names[0]].device,
-                                                                         dtype=w[names[0]].dtype)
+        q = torch.randn(sum(w[n].numel() for n in names), generator=gen, dtype=torch.float64)
+        q = (q / q.norm()).to(device=like.device, dtype=like.dtype)
+        if start == "gradient":
+            g = _flat(grad, names)
+            if g.norm() > 0:
+                q = g / g.norm() + 0.3 * q
         q = q / q.norm()
         basis, alphas, betas = [q], [], []
         value, residual, converged = math.nan, math.inf, False
-        for _ in range(min(iters, n_params)):
-            hq = _flat(f.hvp(w, _unflat(basis[-1], w, names)), names)
+        for _ in range(min(iters, q.numel())):
+            hq = _flat(hvp(_unflat(basis[-1], w, names)), names)
             alpha = torch.dot(hq, basis[-1])
             hq = hq - alpha * basis[-1] - (betas[-1] * basis[-2] if betas else 0)
             Q = torch.stack(basis)
             for _ in range(2):  # full reorthogonalisation, twice is enough (Kahan)
                 hq = hq - Q.T @ (Q @ hq)
-            beta = hq.norm()
+            beta = float(hq.norm())
             alphas.append(float(alpha))
             T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
             if betas:
@@ -131,14 +146,14 @@ def sharpness(model: nn.Module, loss_fn: Callable, batch: Batch, *, iters: int =
                 T += torch.diag(off, 1) + torch.diag(off, -1)
             evals, evecs = torch.linalg.eigh(T)
             value = float(evals[-1])
-            residual = abs(float(beta)) * abs(float(evecs[-1, -1]))
+            residual = abs(beta) * abs(float(evecs[-1, -1]))
             if residual <= tol * abs(value):
                 converged = True
                 break
-            if float(beta) <= 1e-10 * max(abs(value), 1e-30):  # invariant subspace: exact
+            if beta <= 1e-10 * max(abs(value), 1e-30):  # invariant subspace: the Ritz values are exact
                 converged, residual = True, 0.0
                 break
-            betas.append(float(beta))
+            betas.append(beta)
             basis.append(hq / beta)
         return SharpnessResult(value=value, hvps=f.cost.hvp, residual=residual, converged=converged,
                                cost=f.cost.as_dict())
