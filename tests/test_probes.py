@@ -436,3 +436,17 @@ def test_both_hessian_vector_product_routes_agree():
     for n in w:
         torch.testing.assert_close(a[n], b[n], rtol=1e-10, atol=1e-12)
     assert f.cost.hvp == 2
+
+
+def test_the_readme_monitor_example_runs_as_written(tmp_path, monkeypatch):
+    """The README's Python example, executed verbatim (in a temporary directory)."""
+    from tests.conftest import ROOT
+
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```python\nimport torch, torchvision\nfrom landscape.probes import Monitor")
+    code = text[start + len("```python\n"):text.index("```", start + 10)]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    recs = read_metrics(tmp_path / "runs" / "resnet18" / "metrics.jsonl")
+    assert {r["probe"] for r in recs if r["kind"] == "probe"} == {"gradient_sweep", "ics_opti", "sharpness"}
+    assert [r["step"] for r in recs if r.get("probe") == "sharpness"] == [1, 10, 20]
