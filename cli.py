@@ -82,6 +82,89 @@ def train(
     typer.echo(f"{summary} -> {Path(out) / cfg.name}")
 
 
+PRESET_HELP = "smoke (seconds, generated data) | quick (2-core CPU, ~15 min for reproduce) | paper (PAPER.md, GPU)."
+EXPERIMENT_HELP = {
+    "train-compare": "Figure 1: VGG standard vs BN at lr 0.1 and 0.5 (training curves, activation distributions).",
+    "ics-distrib": "Figure 2: standard vs BN vs noisy BN (accuracy and ICS_distrib, the activation shift).",
+    "ics-opti": "Figure 3: ICS_opti (l2 and cosine between G and G') for VGG and the deep linear network.",
+    "smoothness": "Figure 4: loss variation, gradient predictiveness, beta_eff and sharpness, VGG and DLN.",
+    "norms": "Appendix: l1, l2 and l_inf normalisation against BN and standard.",
+}
+
+
+def _experiment_command(experiment: str):
+    @user_errors
+    def command(
+        preset: str = typer.Option("quick", "--preset", help=PRESET_HELP),
+        seeds: int = typer.Option(1, "--seeds", help="Seeds per configuration; >= 2 adds 95% confidence intervals."),
+        data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_HELP),
+        out: Optional[str] = typer.Option(None, "--out", help="Results folder (default: results/PRESET)."),
+        device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (default: auto)."),
+        set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP + " Applied to every run."),
+        progress: bool = typer.Option(False, "--progress/--no-progress", help="Progress bar per run."),
+    ):
+        from landscape.experiments import run_experiment
+
+        summary = run_experiment(experiment, preset, seeds, out or f"results/{preset}", data_dir, device,
+                                 list(set_ or []), progress)
+        _print_claims(summary)
+
+    command.__doc__ = EXPERIMENT_HELP[experiment] + " Skips finished runs and resumes interrupted ones."
+    command.__name__ = experiment.replace("-", "_")
+    return command
+
+
+for _name in EXPERIMENT_HELP:
+    app.command(_name)(_experiment_command(_name))
+
+
+def _print_claims(summary: dict) -> None:
+    for name, run in summary["runs"].items():
+        if run["status"] != "done":
+            typer.echo(f"  run {name}: {run['status_text']}")
+    for c in summary["claims"]:
+        mean = "n/a" if c["mean"] is None else f"{c['mean']:.4g}"
+        ci = "" if not c.get("ci") else f" [95% CI {c['ci'][0]:.3g}, {c['ci'][1]:.3g}]"
+        typer.echo(f"  {c['verdict']:>15}: {c['claim']} ({c['quantity']} = {mean}{ci})")
+
+
+@app.command()
+@user_errors
+def reproduce(
+    preset: str = typer.Option("quick", "--preset", help=PRESET_HELP),
+    seeds: int = typer.Option(1, "--seeds", help="Seeds per configuration; >= 2 adds 95% confidence intervals."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_HELP),
+    out: Optional[str] = typer.Option(None, "--out", help="Results folder (default: results/PRESET)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (default: auto)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP + " Applied to every run."),
+    report: Optional[str] = typer.Option(None, "--report", help="Report file (default: OUT/report.html)."),
+    progress: bool = typer.Option(False, "--progress/--no-progress", help="Progress bar per run."),
+):
+    """Every experiment (runs shared between them), then the claims table and the HTML report."""
+    import time
+
+    from landscape.experiments import EXPERIMENTS, run_experiment
+
+    out = out or f"results/{preset}"
+    t0 = time.perf_counter()
+    for experiment in EXPERIMENTS:
+        typer.echo(f"== {experiment}")
+        summary = run_experiment(experiment, preset, seeds, out, data_dir, device, list(set_ or []), progress)
+        _print_claims(summary)
+    typer.echo(f"all experiments in {time.perf_counter() - t0:.0f} s -> {out}")
+    _write_report([out], report or str(Path(out) / "report.html"))
+
+
+def _write_report(paths: list[str], output: str) -> None:
+    try:
+        from landscape.report import build_report
+    except ImportError:  # the report module is a separate piece of work
+        typer.echo("report: landscape.report is not available in this version")
+        return
+    path = build_report(paths, output)
+    typer.echo(f"report -> {path}")
+
+
 def main() -> None:
     app()
 

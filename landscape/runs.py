@@ -34,14 +34,14 @@ STATUSES = ("running", "done", "diverged", "failed")
 FINISHED = ("done", "diverged")
 
 
-def _finite(x: Any) -> Any:
+def json_safe(x: Any) -> Any:
     """JSON has no NaN/inf: non-finite floats become null (the record keeps its other fields)."""
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
+        return {k: json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
+        return [json_safe(v) for v in x]
     return x
 
 
@@ -168,7 +168,7 @@ class Run:
 
     def write_settings(self, settings: dict) -> None:
         """Settings of a run not made by ``landscape train`` (``monitor.yaml``)."""
-        _atomic_write(self.path / "monitor.yaml", yaml.safe_dump(_finite(settings), sort_keys=False))
+        _atomic_write(self.path / "monitor.yaml", yaml.safe_dump(json_safe(settings), sort_keys=False))
 
     def config(self) -> Config | None:
         try:
@@ -185,13 +185,13 @@ class Run:
     def set_status(self, status: str, step: int, **info: Any) -> None:
         assert status in STATUSES, status
         record = {"status": status, "step": step, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info}
-        _atomic_write(self.status_path, json.dumps(_finite(record), indent=2))
+        _atomic_write(self.status_path, json.dumps(json_safe(record), indent=2))
 
     # -- records
     def log(self, record: dict) -> None:
         if self._metrics is None:
             self._metrics = open(self.metrics_path, "a")
-        self._metrics.write(json.dumps(_finite(record)) + "\n")
+        self._metrics.write(json.dumps(json_safe(record)) + "\n")
         self._metrics.flush()
 
     def records(self) -> list[dict]:

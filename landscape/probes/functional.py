@@ -201,7 +201,8 @@ def resolve_layers(model: nn.Module, layers: Iterable | None = None) -> list[tup
 
     By default a layer is every module that owns trainable parameters directly. ``layers``
     may select or group: a list of module names (each module with all parameters beneath
-    it), or a dict ``{label: [module names]}`` to group several modules as one layer.
+    it; ``"type:Conv2d"`` selects every module of a class), or a dict ``{label: [module
+    names]}`` to group several modules as one layer.
     """
     params = dict(model.named_parameters())
     modules = dict(model.named_modules())
@@ -213,6 +214,8 @@ def resolve_layers(model: nn.Module, layers: Iterable | None = None) -> list[tup
         stem = f"{prefix}." if prefix else ""
         return [n for n in params if n.startswith(stem) and params[n].requires_grad]
 
+    if layers is not None and not isinstance(layers, dict):
+        layers = expand_layer_names(model, layers)
     if layers is None:
         return [(name, [f"{name}.{p}" if name else p for p, t in m.named_parameters(recurse=False)
                         if t.requires_grad]) for name, m in _owning(model)]
@@ -223,6 +226,21 @@ def resolve_layers(model: nn.Module, layers: Iterable | None = None) -> list[tup
         groups = [(prefix, names_under(prefix)) for prefix in layers]
     order = {n: i for i, n in enumerate(params)}
     return [(label, sorted(set(names), key=order.get)) for label, names in groups if names]
+
+
+def expand_layer_names(model: nn.Module, names: Iterable[str]) -> list[str]:
+    """Module names, where ``"type:Conv2d"`` stands for every module of that class (in order)."""
+    out: list[str] = []
+    for name in names:
+        if name.startswith("type:"):
+            cls = name[len("type:"):]
+            matches = [n for n, m in model.named_modules() if type(m).__name__ == cls]
+            if not matches:
+                raise KeyError(f"no module of type '{cls}' in {type(model).__name__}")
+            out += [n for n in matches if n not in out]
+        elif name not in out:
+            out.append(name)
+    return out
 
 
 def _owning(model: nn.Module) -> list[tuple[str, nn.Module]]:

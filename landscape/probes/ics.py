@@ -21,8 +21,8 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from landscape.probes.functional import (Batch, Objective, Params, current_params, dot, norm, resolve_layers,
-                                         untouched)
+from landscape.probes.functional import (Batch, Objective, Params, current_params, dot, expand_layer_names, norm,
+                                         resolve_layers, untouched)
 
 
 @dataclass
@@ -123,7 +123,7 @@ def activation_stats(model: nn.Module, batch: Batch | torch.Tensor, layers: Iter
     if where not in ("input", "output"):
         raise ValueError(f"where must be 'input' or 'output', got {where!r}")
     inputs = batch[0] if isinstance(batch, tuple) and len(batch) == 2 else batch
-    names = list(layers) if layers is not None else [label for label, _ in resolve_layers(model)]
+    names = expand_layer_names(model, layers) if layers is not None else [label for label, _ in resolve_layers(model)]
     modules = dict(model.named_modules())
     missing = [n for n in names if n not in modules]
     if missing:

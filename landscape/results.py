@@ -1,0 +1,168 @@
+"""Reading run directories back: the one place experiments' summaries and the report get records from.
+
+Nothing here computes a new measurement; it selects, groups and reduces recorded numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import yaml
+
+from landscape.runs import read_json, read_metrics
+
+
+@dataclass
+class RunRecords:
+    """Everything a run directory holds, read leniently: a missing or unreadable file is
+    listed in ``problems`` instead of raising."""
+
+    path: Path
+    name: str
+    config: dict | None
+    env: dict | None
+    status: dict
+    records: list[dict]
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def state(self) -> str:
+        return self.status.get("status", "unknown")
+
+    def kind(self, kind: str) -> list[dict]:
+        return [r for r in self.records if r.get("kind") == kind]
+
+    def probe(self, name: str) -> list[dict]:
+        return [r for r in self.records if r.get("kind") == "probe" and r.get("probe") == name]
+
+    def describe_status(self) -> str:
+        s = self.state
+        if s == "diverged":
+            return f"diverged at step {self.status.get('diverged_step')}"
+        if s == "running":
+            return f"running (step {self.status.get('step', 0)})"
+        if s == "failed":
+            return f"failed at step {self.status.get('step', 0)}: {self.status.get('error', 'unknown error')}"
+        if s == "done" and self.status.get("stuck_on_plateau"):
+            return "done, never left the initial plateau"
+        return s
+
+
+def read_run(path: str | Path) -> RunRecords:
+    path = Path(path)
+    problems = []
+    config = None
+    for name in ("config.yaml", "monitor.yaml"):
+        f = path / name
+        if f.exists():
+            try:
+                config = yaml.safe_load(f.read_text())
+            except (OSError, yaml.YAMLError):
+                problems.append(f"{name} is unreadable")
+            break
+    else:
+        problems.append("no config.yaml")
+    env = read_json(path / "env.json")
+    if env is None:
+        problems.append("env.json missing or unreadable")
+    status = read_json(path / "status.json")
+    if status is None:
+        problems.append("status.json missing or unreadable")
+        status = {}
+    if not (path / "metrics.jsonl").exists():
+        problems.append("metrics.jsonl missing")
+    records = read_metrics(path / "metrics.jsonl")
+    return RunRecords(path, path.name, config if isinstance(config, dict) else None, env, status, records, problems)
+
+
+def find_runs(paths: list[str | Path]) -> list[RunRecords]:
+    """Every run directory at or below each path (a run directory holds status.json,
+    config.yaml or metrics.jsonl), in path order, without duplicates."""
+    seen, runs = set(), []
+    for p in paths:
+        p = Path(p)
+        candidates = [p] if _is_run(p) else sorted(d.parent for d in p.rglob("*") if d.name in _MARKERS)
+        for c in candidates:
+            key = c.resolve()
+            if key not in seen and _is_run(c):
+                seen.add(key)
+                runs.append(read_run(c))
+    return runs
+
+
+_MARKERS = ("status.json", "config.yaml", "monitor.yaml", "metrics.jsonl")
+
+
+def _is_run(p: Path) -> bool:
+    return p.is_dir() and any((p / m).exists() for m in _MARKERS)
+
+
+# ------------------------------------------------------------------ reductions of recorded numbers
+
+
+def finite(values) -> list[float]:
+    return [float(v) for v in values if v is not None and isinstance(v, (int, float)) and math.isfinite(v)]
+
+
+def med(values) -> float | None:
+    vals = finite(values)
+    return median(vals) if vals else None
+
+
+def final_train(run: RunRecords, last: int = 2) -> dict:
+    """Mean train loss/accuracy over the last ``last`` train records (None if absent or non-finite)."""
+    recs = run.kind("train")[-last:]
+    out = {}
+    for key in ("loss", "acc"):
+        vals = [r.get(key) for r in recs]
+        out[key] = sum(vals) / len(vals) if vals and all(v is not None for v in vals) else None
+    return out
+
+
+def final_test(run: RunRecords) -> dict:
+    recs = run.kind("test")
+    return {k: recs[-1].get(k) for k in ("loss", "acc")} if recs else {"loss": None, "acc": None}
+
+
+def probe_series(run: RunRecords, probe: str, fn) -> list[tuple[int, Any]]:
+    """``[(step, fn(values))]`` over a probe's records."""
+    out = []
+    for r in run.probe(probe):
+        try:
+            out.append((r["step"], fn(r["values"])))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+def loss_band(values: dict) -> float | None:
+    """Width of the loss-variation band at one step: max - min of L(w - eta g) over the grid."""
+    losses = finite(values.get("losses", []))
+    return max(losses) - min(losses) if len(losses) == len(values.get("losses", [])) and losses else None
+
+
+def max_grad_change(values: dict) -> float | None:
+    changes = values.get("grad_change", [])
+    vals = finite(changes)
+    return max(vals) if vals and len(vals) == len(changes) else None
+
+
+def mean_over_layers(values: dict, key: str, skip_first: bool = True) -> float | None:
+    """Mean of a per-layer ICS value; the first layer (G' = G by definition) is left out."""
+    layers = values.get("layers", [])
+    if skip_first:
+        layers = layers[1:]
+    vals = finite(values.get(key, {}).get(layer) for layer in layers)
+    return sum(vals) / len(vals) if vals else None
+
+
+def mean_shift(values: dict) -> float | None:
+    shift = values.get("shift")
+    if not shift:
+        return None
+    vals = finite(s.get("wasserstein") for s in shift.values())
+    return sum(vals) / len(vals) if vals else None
