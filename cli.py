@@ -156,13 +156,19 @@ def reproduce(
 
 
 def _write_report(paths: list[str], output: str) -> None:
-    try:
-        from landscape.report import build_report
-    except ImportError:  # the report module is a separate piece of work
-        typer.echo("report: landscape.report is not available in this version")
-        return
-    path = build_report(paths, output)
-    typer.echo(f"report -> {path}")
+    from landscape.report import build_report
+
+    typer.echo(f"report -> {build_report(paths, output)}")
+
+
+@app.command()
+@user_errors
+def report(
+    paths: List[str] = typer.Argument(..., help="Run directories, experiment folders, or parents of either."),
+    output: str = typer.Option("reports/index.html", "-o", "--output", help="The HTML file to write."),
+):
+    """Build one self-contained HTML report (figures, claims, configs, status) from records."""
+    _write_report(paths, output)
 
 
 def main() -> None:

@@ -31,6 +31,10 @@ DLN_NORMS = {"standard": "none", "bn": "batch"}
 PRESET_KEYS = ("lrs", "vgg", "dln")
 
 
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
 @dataclass(frozen=True)
 class RunSpec:
     name: str
@@ -99,7 +103,7 @@ def plan(experiment: str, preset: dict, seeds: list[int], overrides: list[dict] 
 
 
 def execute(specs: list[RunSpec], out: Path, data_dir, device: str | None, progress: bool = False,
-            log: Callable[[str], None] = print) -> dict[str, str]:
+            log: Callable[[str], None] = _say) -> dict[str, str]:
     """Train every spec that is not finished (resuming interrupted ones); returns name -> status.
 
     Data sets are loaded once and shared between runs. A run that raises is recorded as
@@ -283,7 +287,7 @@ EXPERIMENTS = ("train-compare", "ics-distrib", "ics-opti", "smoothness", "norms"
 
 def run_experiment(experiment: str, preset_name: str, seeds: int, out: str | Path, data_dir=None,
                    device: str | None = None, overrides: list[str] = (), progress: bool = False,
-                   log: Callable[[str], None] = print) -> dict:
+                   log: Callable[[str], None] = _say) -> dict:
     from landscape.config import parse_override
 
     if seeds < 1:

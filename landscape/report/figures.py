@@ -1,0 +1,278 @@
+"""Figures from run records (seaborn/matplotlib), returned as PNG bytes. Nothing here measures:
+every number drawn is a recorded one, or a mean/confidence band over seeds of recorded ones."""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from landscape.results import RunRecords, finite, loss_band, max_grad_change, mean_over_layers, mean_shift  # noqa: E402
+from landscape.stats import mean_ci  # noqa: E402
+
+MAX_POINTS = 300  # long series are downsampled for drawing
+NET_ORDER = ["standard", "bn", "noisy_bn", "l1", "l2", "linf"]
+NET_LABELS = {"standard": "standard", "bn": "BatchNorm", "noisy_bn": "noisy BN", "l1": "l1 norm", "l2": "l2 norm",
+              "linf": "l_inf norm"}
+NORM_TO_NET = {"none": "standard", "batch": "bn", "noisy_batch": "noisy_bn", "l1": "l1", "l2": "l2", "linf": "linf"}
+
+sns.set_theme(style="whitegrid", context="paper", font_scale=1.05)
+
+
+def net_of(run: RunRecords) -> str:
+    model = (run.config or {}).get("model", {})
+    return NORM_TO_NET.get(model.get("norm"), run.name) if isinstance(model, dict) else run.name
+
+
+def color_of(net: str) -> str:
+    palette = sns.color_palette("colorblind", len(NET_ORDER) + 4)
+    return palette[NET_ORDER.index(net)] if net in NET_ORDER else palette[len(NET_ORDER) + hash(net) % 4]
+
+
+def label_of(net: str) -> str:
+    return NET_LABELS.get(net, net)
+
+
+def downsample(steps, values):
+    if len(steps) <= MAX_POINTS:
+        return list(steps), list(values)
+    idx = np.unique(np.linspace(0, len(steps) - 1, MAX_POINTS).round().astype(int))
+    return [steps[i] for i in idx], [values[i] for i in idx]
+
+
+def to_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def seed_band(series_per_seed: list[list[tuple[int, float]]]):
+    """Mean and 95% CI over seeds at the steps all seeds recorded (one seed: the line, no band)."""
+    by_step = defaultdict(list)
+    for series in series_per_seed:
+        for step, v in series:
+            if v is not None:
+                by_step[step].append(v)
+    steps = sorted(s for s, vals in by_step.items() if len(vals) == len(series_per_seed))
+    mean, low, high = [], [], []
+    for s in steps:
+        agg = mean_ci(by_step[s])
+        mean.append(agg["mean"] if agg["mean"] is not None else np.nan)
+        lo, hi = agg["ci"] if agg["ci"] else (np.nan, np.nan)
+        low.append(lo)
+        high.append(hi)
+    return steps, mean, low, high
+
+
+def plot_lines(ax, groups: dict[str, list[RunRecords]], series_fn, logy: bool = False) -> None:
+    """One line per net (mean over its seeds, with a 95% band when there are several)."""
+    for net, runs in groups.items():
+        steps, mean, low, high = seed_band([series_fn(r) for r in runs])
+        if not steps:
+            continue
+        s, m = downsample(steps, mean)
+        ax.plot(s, m, color=color_of(net), label=label_of(net) + (f" ({len(runs)} seeds)" if len(runs) > 1 else ""))
+        if len(runs) > 1:
+            s, lo = downsample(steps, low)
+            _, hi = downsample(steps, high)
+            ax.fill_between(s, lo, hi, color=color_of(net), alpha=0.2, linewidth=0)
+        for r in runs:
+            if r.state == "diverged" and r.status.get("diverged_step"):
+                ax.axvline(r.status["diverged_step"], color=color_of(net), ls=":", lw=1)
+    if logy:
+        ax.set_yscale("log")
+
+
+def _metric(kind: str, key: str):
+    return lambda run: [(r["step"], r.get(key)) for r in run.kind(kind) if r.get(key) is not None]
+
+
+def training_curves(groups: dict[str, list[RunRecords]], title: str) -> bytes:
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.3))
+    for ax, (kind, key, label) in zip(axes, [("train", "loss", "train loss"), ("train", "acc", "train accuracy"),
+                                             ("test", "loss", "test loss"), ("test", "acc", "test accuracy")]):
+        plot_lines(ax, groups, _metric(kind, key))
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title + "  (dotted: step of divergence)", y=1.03)
+    return to_png(fig)
+
+
+def regression_curves(groups: dict[str, list[RunRecords]], title: str) -> bytes:
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.3))
+    for ax, kind in zip(axes, ("train", "test")):
+        plot_lines(ax, groups, _metric(kind, "loss"), logy=True)
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"{kind} loss (log scale)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, y=1.03)
+    return to_png(fig)
+
+
+def middle_layer(runs: list[RunRecords]) -> str | None:
+    for run in runs:
+        for r in run.probe("activation_stats"):
+            layers = r["values"].get("layers", [])
+            if layers:
+                return layers[len(layers) // 2]
+    return None
+
+
+def activation_ridges(groups: dict[str, list[RunRecords]], layer: str, title: str, max_steps: int = 8) -> bytes:
+    """Per net, the histogram of the layer's input at each probe step, stacked (a ridge plot)."""
+    nets = list(groups)
+    fig, axes = plt.subplots(1, len(nets), figsize=(3.6 * len(nets), 4.2), squeeze=False)
+    for ax, net in zip(axes[0], nets):
+        run = groups[net][0]
+        recs = [r for r in run.probe("activation_stats") if layer in r["values"].get("stats", {})]
+        if len(recs) > max_steps:
+            recs = [recs[i] for i in np.unique(np.linspace(0, len(recs) - 1, max_steps).round().astype(int))]
+        for i, r in enumerate(recs):
+            h = r["values"]["stats"][layer]["hist"]
+            if not h["counts"]:
+                continue
+            edges, counts = np.array(h["edges"]), np.array(h["counts"], dtype=float)
+            centers = (edges[:-1] + edges[1:]) / 2
+            dens = counts / max(counts.max(), 1) * 0.9
+            ax.fill_between(centers, i, i + dens, color=color_of(net), alpha=0.55, linewidth=0.6, edgecolor="k")
+        ax.set_yticks(range(len(recs)))
+        ax.set_yticklabels([str(r["step"]) for r in recs])
+        ax.set_ylabel("step")
+        ax.set_xlabel(f"input of {layer}")
+        ax.set_title(label_of(net) + f" ({run.name})", fontsize=9)
+    fig.suptitle(title, y=1.02)
+    return to_png(fig)
+
+
+def shift_curves(groups: dict[str, list[RunRecords]], title: str) -> bytes:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.3))
+    plot_lines(axes[0], groups, lambda run: [(r["step"], mean_shift(r["values"])) for r in run.probe("activation_stats")
+                                             if mean_shift(r["values"]) is not None], logy=True)
+    axes[0].set_ylabel("Wasserstein-1 shift\n(mean over layers)")
+
+    def std_series(run):
+        out = []
+        for r in run.probe("activation_stats"):
+            vals = finite(s.get("std") for s in r["values"].get("stats", {}).values())
+            if vals:
+                out.append((r["step"], sum(vals) / len(vals)))
+        return out
+
+    plot_lines(axes[1], groups, std_series, logy=True)
+    axes[1].set_ylabel("std of layer inputs\n(mean over layers)")
+    for ax in axes:
+        ax.set_xlabel("step")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, y=1.03)
+    return to_png(fig)
+
+
+def ics_heatmaps(groups: dict[str, list[RunRecords]], title: str) -> bytes:
+    """Layers against probe steps, per net: ||G - G'|| (log colour) and cos(G, G')."""
+    nets = [n for n in groups if groups[n][0].probe("ics_opti")]
+    fig, axes = plt.subplots(len(nets) or 1, 2, figsize=(12, 2.8 * max(len(nets), 1)), squeeze=False)
+    for row, net in zip(axes, nets):
+        recs = groups[net][0].probe("ics_opti")
+        layers = recs[0]["values"]["layers"]
+        steps = [r["step"] for r in recs]
+        for ax, key, cmap in zip(row, ("l2", "cosine"), ("mako", "vlag_r")):
+            grid = np.array([[r["values"][key].get(layer, np.nan) if r["values"][key].get(layer) is not None
+                              else np.nan for r in recs] for layer in layers], dtype=float)
+            if key == "l2":
+                grid = np.log10(np.maximum(grid, 1e-12))
+            sns.heatmap(grid, ax=ax, cmap=cmap, vmin=-1 if key == "cosine" else None, vmax=1 if key == "cosine" else None,
+                        xticklabels=steps, yticklabels=layers,
+                        cbar_kws={"label": "log10 ||G - G'||" if key == "l2" else "cos(G, G')"})
+            ax.set_xlabel("step")
+            ax.set_title(f"{label_of(net)} ({groups[net][0].name})", fontsize=9)
+            ax.tick_params(axis="x", labelrotation=90, labelsize=7)
+            ax.tick_params(axis="y", labelsize=7)
+    fig.suptitle(title, y=1.01)
+    fig.tight_layout()
+    return to_png(fig)
+
+
+def ics_curves(groups: dict[str, list[RunRecords]], title: str) -> bytes:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.3))
+    for ax, key, logy in zip(axes, ("l2", "cosine"), (True, False)):
+        plot_lines(ax, groups, lambda run, key=key: [(r["step"], mean_over_layers(r["values"], key))
+                                                     for r in run.probe("ics_opti")], logy=logy)
+        ax.set_xlabel("step")
+        ax.set_ylabel("||G - G'||" if key == "l2" else "cos(G, G')")
+    axes[1].axhline(1.0, color="grey", lw=0.8)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title + " (mean over layers after the first)", y=1.03)
+    return to_png(fig)
+
+
+def landscape_panels(groups: dict[str, list[RunRecords]], title: str) -> bytes:
+    """Figure 4: loss-variation band, gradient-predictiveness band (min-max over the eta grid),
+    effective beta-smoothness, and sharpness against the optimizer's stability threshold."""
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.5))
+    for net, runs in groups.items():
+        run = runs[0]
+        recs = run.probe("gradient_sweep")
+        for ax, key in ((axes[0], "losses"), (axes[1], "grad_change")):
+            pts = [(r["step"], finite(r["values"].get(key, []))) for r in recs]
+            pts = [(s, v) for s, v in pts if v]
+            if pts:
+                s = [p[0] for p in pts]
+                ax.fill_between(s, [min(v) for _, v in pts], [max(v) for _, v in pts], color=color_of(net), alpha=0.35,
+                                label=label_of(net))
+                ax.plot(s, [min(v) for _, v in pts], color=color_of(net), lw=0.8)
+                ax.plot(s, [max(v) for _, v in pts], color=color_of(net), lw=0.8)
+    plot_lines(axes[2], groups, lambda run: [(r["step"], r["values"].get("beta_eff"))
+                                             for r in run.probe("gradient_sweep")], logy=True)
+    plot_lines(axes[3], groups, lambda run: [(r["step"], r["values"].get("value")) for r in run.probe("sharpness")],
+               logy=True)
+    thresholds = {}
+    for net, runs in groups.items():
+        for r in runs[0].probe("sharpness"):
+            if r["values"].get("threshold"):
+                thresholds[r["values"]["threshold"]] = net
+    for thr in thresholds:
+        axes[3].axhline(thr, color="k", ls="--", lw=1)
+        axes[3].annotate(f"2(1+m)/lr = {thr:.3g}", (0.02, thr), xycoords=("axes fraction", "data"), fontsize=7,
+                         va="bottom")
+    for ax, label in zip(axes, ("loss L(w - eta g), min-max over eta", "||grad L(w - eta g) - g||, min-max",
+                                "effective beta-smoothness", "top Hessian eigenvalue")):
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+    for ax in axes[:2]:
+        ax.set_yscale("log")
+    axes[0].legend(fontsize=8)
+    axes[2].legend(fontsize=8)
+    fig.suptitle(title, y=1.03)
+    return to_png(fig)
+
+
+def summary_bars(groups: dict[str, list[RunRecords]], title: str) -> bytes:
+    """Per net: median beta_eff, loss band and max gradient change over probe steps (log scale)."""
+    from landscape.results import med
+
+    rows = []
+    for net, runs in groups.items():
+        for run in runs:
+            recs = [r["values"] for r in run.probe("gradient_sweep")]
+            rows.append((net, med(loss_band(v) for v in recs), med(max_grad_change(v) for v in recs),
+                         med(v.get("beta_eff") for v in recs)))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3))
+    for ax, i, label in zip(axes, (1, 2, 3), ("loss band", "gradient change", "beta_eff")):
+        nets = [r[0] for r in rows if r[i] is not None]
+        vals = [r[i] for r in rows if r[i] is not None]
+        if vals:
+            sns.barplot(x=[label_of(n) for n in nets], y=vals, ax=ax, hue=[label_of(n) for n in nets],
+                        palette=[color_of(n) for n in dict.fromkeys(nets)], legend=False)
+            ax.set_yscale("log")
+        ax.set_ylabel(f"median {label}")
+        ax.tick_params(axis="x", labelrotation=20)
+    fig.suptitle(title, y=1.04)
+    return to_png(fig)
