@@ -206,13 +206,19 @@ def claims_for(experiment: str, runs: dict[str, RunRecords], specs: list[RunSpec
                             f"VGG at lr {lr:g}", "test acc (BN) - test acc (standard), paired by seed",
                             _diff(bn, std), 0.0))
     if experiment == "ics-distrib":
-        acc = {net: S("vgg", net, lr0, _test_acc) for net in ("standard", "bn", "noisy_bn")}
+        # Figure 2 compares training accuracy; noisy BN's test accuracy also pays for the noise
+        # being off at evaluation, which is not the paper's point.
+        acc = {net: S("vgg", net, lr0, lambda r: None if r.state == "diverged" else final_train(r)["acc"])
+               for net in ("standard", "bn", "noisy_bn")}
         shift = {net: S("vgg", net, lr0, _median_probe("activation_stats", mean_shift))
                  for net in ("standard", "bn", "noisy_bn")}
         c.append(_claim("fig2.noisy_bn_beats_standard", "noisy BN trains better than the standard VGG",
-                        "test acc (noisy BN) - test acc (standard)", _diff(acc["noisy_bn"], acc["standard"]), 0.0))
-        c.append(_claim("fig2.noisy_bn_close_to_bn", "noisy BN trains almost as well as BN (within 5 points)",
-                        "test acc (noisy BN) - test acc (BN)", _diff(acc["noisy_bn"], acc["bn"]), -0.05))
+                        "final train acc (noisy BN) - train acc (standard)", _diff(acc["noisy_bn"], acc["standard"]),
+                        0.0))
+        gap = [(n - s) / (b - s) if None not in (n, s, b) and b != s else None for n, s, b in
+               zip(*(([acc[k].get(seed) for seed in sorted(acc["bn"])]) for k in ("noisy_bn", "standard", "bn")))]
+        c.append(_claim("fig2.noisy_bn_close_to_bn", "noisy BN trains almost as well as BN: it closes most of the "
+                        "gap between standard and BN", "(train acc noisy BN - standard) / (BN - standard)", gap, 0.5))
         c.append(_claim("fig2.noisy_bn_least_stable", "noisy BN's layer inputs shift more than BN's (ICS_distrib)",
                         "median Wasserstein-1 shift between consecutive measurements, noisy BN / BN",
                         _ratio(shift["noisy_bn"], shift["bn"]), 1.0))
