@@ -92,6 +92,22 @@ EXPERIMENT_HELP = {
 }
 
 
+LAUNCHER_HELP = "local (this process, one run after another) | ray (one Ray task per run)."
+ADDRESS_HELP = "Ray cluster address (host:port), or auto to join a running one; none starts a local instance."
+
+
+def _launch(launcher: str, address: Optional[str], cpus: float, gpus: float, progress: bool):
+    from landscape.experiments import Launch
+
+    if launcher not in ("local", "ray"):
+        raise UserError(f"--launcher must be local or ray; got '{launcher}'")
+    if cpus <= 0 or gpus < 0:
+        raise UserError("--cpus-per-run must be > 0 and --gpus-per-run >= 0")
+    if launcher == "local" and address:
+        raise UserError("--address needs --launcher ray")
+    return Launch(launcher, address, cpus, gpus, progress)
+
+
 def _experiment_command(experiment: str):
     @user_errors
     def command(
@@ -101,12 +117,17 @@ def _experiment_command(experiment: str):
         out: Optional[str] = typer.Option(None, "--out", help="Results folder (default: results/PRESET)."),
         device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (default: auto)."),
         set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP + " Applied to every run."),
-        progress: bool = typer.Option(False, "--progress/--no-progress", help="Progress bar per run."),
+        launcher: str = typer.Option("local", "--launcher", help=LAUNCHER_HELP),
+        address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+        cpus_per_run: float = typer.Option(1.0, "--cpus-per-run", help="Ray CPUs (and torch threads) per run."),
+        gpus_per_run: float = typer.Option(0.0, "--gpus-per-run", help="Ray GPUs per run."),
+        progress: bool = typer.Option(False, "--progress/--no-progress", help="Progress bar per run (local)."),
     ):
         from landscape.experiments import run_experiment
 
+        launch = _launch(launcher, address, cpus_per_run, gpus_per_run, progress)
         summary = run_experiment(experiment, preset, seeds, out or f"results/{preset}", data_dir, device,
-                                 list(set_ or []), progress)
+                                 list(set_ or []), launch)
         _print_claims(summary)
 
     command.__doc__ = EXPERIMENT_HELP[experiment] + " Skips finished runs and resumes interrupted ones."
@@ -138,7 +159,11 @@ def reproduce(
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (default: auto)."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP + " Applied to every run."),
     report: Optional[str] = typer.Option(None, "--report", help="Report file (default: OUT/report.html)."),
-    progress: bool = typer.Option(False, "--progress/--no-progress", help="Progress bar per run."),
+    launcher: str = typer.Option("local", "--launcher", help=LAUNCHER_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+    cpus_per_run: float = typer.Option(1.0, "--cpus-per-run", help="Ray CPUs (and torch threads) per run."),
+    gpus_per_run: float = typer.Option(0.0, "--gpus-per-run", help="Ray GPUs per run."),
+    progress: bool = typer.Option(False, "--progress/--no-progress", help="Progress bar per run (local)."),
 ):
     """Every experiment (runs shared between them), then the claims table and the HTML report."""
     import time
@@ -146,10 +171,20 @@ def reproduce(
     from landscape.experiments import EXPERIMENTS, run_experiment
 
     out = out or f"results/{preset}"
+    launch = _launch(launcher, address, cpus_per_run, gpus_per_run, progress)
     t0 = time.perf_counter()
-    for experiment in EXPERIMENTS:
+    if launcher == "ray":  # every experiment's runs as one batch of tasks, so the cluster stays busy
+        from landscape.experiments import execute, load_preset, plan
+
+        preset_cfg = load_preset(preset)
+        from landscape.config import parse_override
+
+        specs = [s for e in EXPERIMENTS for s in plan(e, preset_cfg, list(range(seeds)),
+                                                        [parse_override(o) for o in set_ or []])]
+        execute(specs, Path(out), data_dir, device, launch)
+    for experiment in EXPERIMENTS:  # with ray: every run is complete here, so this only summarises
         typer.echo(f"== {experiment}")
-        summary = run_experiment(experiment, preset, seeds, out, data_dir, device, list(set_ or []), progress)
+        summary = run_experiment(experiment, preset, seeds, out, data_dir, device, list(set_ or []), launch)
         _print_claims(summary)
     typer.echo(f"all experiments in {time.perf_counter() - t0:.0f} s -> {out}")
     _write_report([out], report or str(Path(out) / "report.html"))

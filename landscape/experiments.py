@@ -102,29 +102,66 @@ def plan(experiment: str, preset: dict, seeds: list[int], overrides: list[dict] 
 # ------------------------------------------------------------------ executing runs
 
 
-def execute(specs: list[RunSpec], out: Path, data_dir, device: str | None, progress: bool = False,
-            log: Callable[[str], None] = _say) -> dict[str, str]:
-    """Train every spec that is not finished (resuming interrupted ones); returns name -> status.
+@dataclass
+class Launch:
+    """Where runs execute: ``local`` (in this process, one after another) or ``ray`` (one Ray
+    task per run; ``address`` "auto" joins a running cluster, None starts a local instance)."""
 
-    Data sets are loaded once and shared between runs. A run that raises is recorded as
-    failed by the trainer and the next run starts; bad input (a UserError) still stops all.
-    """
-    from landscape.data import load_splits
-    from landscape.train import train
+    launcher: str = "local"
+    address: str | None = None
+    cpus_per_run: float = 1.0
+    gpus_per_run: float = 0.0
+    progress: bool = False
 
-    out = Path(out) / "runs"
-    cache: dict[tuple, dict] = {}
-    statuses = {}
+
+def pending(specs: list[RunSpec], out: Path, device: str | None, log: Callable[[str], None]
+            ) -> tuple[list[Config], dict[str, str]]:
+    """Configs still to train, and the status of the runs already finished (skipped).
+
+    A run directory made with another config is refused before any work starts."""
+    todo, finished = [], {}
     unique = {s.name: s for s in specs}
     for i, spec in enumerate(unique.values(), 1):
         cfg = spec.cfg if device is None else build_config([{"device": device}], base=spec.cfg)
         if (out / spec.name).exists():
-            Run.open(out / spec.name, cfg, resume=True)  # refuses a run made with another config
+            Run.open(out / spec.name, cfg, resume=True)
             run = read_run(out / spec.name)
             if run.state in FINISHED:
-                statuses[spec.name] = run.state
+                finished[spec.name] = run.state
                 log(f"[{i}/{len(unique)}] {spec.name}: {run.describe_status()} (already complete, skipped)")
                 continue
+        todo.append(cfg)
+    return todo, finished
+
+
+def execute(specs: list[RunSpec], out: Path, data_dir, device: str | None, launch: Launch | None = None,
+            log: Callable[[str], None] = _say) -> dict[str, str]:
+    """Train every spec that is not finished (resuming interrupted ones); returns name -> status.
+
+    A run that raises is recorded as failed and the others go on; bad input (a UserError)
+    still stops everything, before any run starts where it can be checked up front."""
+    launch = launch or Launch()
+    out = Path(out) / "runs"
+    todo, statuses = pending(specs, out, device, log)
+    if launch.launcher == "ray":
+        from landscape.launchers import run_on_ray
+
+        statuses.update(run_on_ray(todo, out, data_dir, launch, log))
+    elif launch.launcher == "local":
+        statuses.update(run_locally(todo, out, data_dir, launch.progress, log))
+    else:
+        raise UserError(f"unknown launcher '{launch.launcher}'; use local or ray")
+    return statuses
+
+
+def run_locally(todo: list[Config], out: Path, data_dir, progress: bool, log: Callable[[str], None]) -> dict[str, str]:
+    """One run after another in this process; data sets are loaded once and shared."""
+    from landscape.data import load_splits
+    from landscape.train import train
+
+    cache: dict[tuple, dict] = {}
+    statuses = {}
+    for i, cfg in enumerate(todo, 1):
         d = cfg.data
         key = (d.dataset, d.synthetic_size, d.gaussian_samples, d.gaussian_dim, d.gaussian_seed)
         if key not in cache:
@@ -132,15 +169,15 @@ def execute(specs: list[RunSpec], out: Path, data_dir, device: str | None, progr
                                      d.gaussian_seed)
         t0 = time.perf_counter()
         try:
-            status = train(cfg, out=out, data_dir=data_dir, resume=True, progress=progress, splits=cache[key])
-            statuses[spec.name] = status["status"]
+            statuses[cfg.name] = train(cfg, out=out, data_dir=data_dir, resume=True, progress=progress,
+                                       splits=cache[key])["status"]
         except UserError:
             raise
         except Exception as exc:  # recorded in the run's status.json by the trainer
-            statuses[spec.name] = "failed"
-            log(f"[{i}/{len(unique)}] {spec.name}: failed ({type(exc).__name__}: {exc})")
+            statuses[cfg.name] = "failed"
+            log(f"[{i}/{len(todo)} to train] {cfg.name}: failed ({type(exc).__name__}: {exc})")
             continue
-        log(f"[{i}/{len(unique)}] {spec.name}: {read_run(out / spec.name).describe_status()} "
+        log(f"[{i}/{len(todo)} to train] {cfg.name}: {read_run(out / cfg.name).describe_status()} "
             f"in {time.perf_counter() - t0:.0f} s")
     return statuses
 
@@ -292,7 +329,7 @@ EXPERIMENTS = ("train-compare", "ics-distrib", "ics-opti", "smoothness", "norms"
 
 
 def run_experiment(experiment: str, preset_name: str, seeds: int, out: str | Path, data_dir=None,
-                   device: str | None = None, overrides: list[str] = (), progress: bool = False,
+                   device: str | None = None, overrides: list[str] = (), launch: Launch | None = None,
                    log: Callable[[str], None] = _say) -> dict:
     from landscape.config import parse_override
 
@@ -302,5 +339,5 @@ def run_experiment(experiment: str, preset_name: str, seeds: int, out: str | Pat
     parsed = [parse_override(o) for o in overrides]
     seed_list = list(range(seeds))
     specs = plan(experiment, preset, seed_list, parsed)
-    execute(specs, Path(out), data_dir, device, progress, log)
+    execute(specs, Path(out), data_dir, device, launch, log)
     return summarise(experiment, specs, Path(out), preset, seed_list)

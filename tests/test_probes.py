@@ -450,3 +450,16 @@ def test_the_readme_monitor_example_runs_as_written(tmp_path, monkeypatch):
     recs = read_metrics(tmp_path / "runs" / "resnet18" / "metrics.jsonl")
     assert {r["probe"] for r in recs if r["kind"] == "probe"} == {"gradient_sweep", "ics_opti", "sharpness"}
     assert [r["step"] for r in recs if r.get("probe") == "sharpness"] == [1, 10, 20]
+
+
+def test_probes_on_diverged_weights_return_nan_instead_of_raising():
+    model = mlp_bn()
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")
+    batch = batch_for(model)
+    assert math.isnan(sharpness(model, CE, batch, iters=5).value)
+    assert math.isnan(gradient_sweep(model, CE, batch, [0.1]).loss)
+    ics = ics_opti(model, CE, batch, {n: p.detach() for n, p in model.named_parameters()})
+    assert any(math.isnan(v) for v in ics.l2.values())
+    acts = activation_stats(model, batch)
+    assert math.isnan(acts.stats["5"]["mean"])

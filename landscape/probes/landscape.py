@@ -139,6 +139,9 @@ def sharpness(model: nn.Module, loss_fn: Callable, batch: Batch, *, iters: int =
             for _ in range(2):  # full reorthogonalisation, twice is enough (Kahan)
                 hq = hq - Q.T @ (Q @ hq)
             beta = float(hq.norm())
+            if not (math.isfinite(float(alpha)) and math.isfinite(beta)):  # diverged weights: no eigenvalue
+                value, residual = math.nan, math.nan
+                break
             alphas.append(float(alpha))
             T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
             if betas:

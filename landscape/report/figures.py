@@ -186,8 +186,8 @@ def ics_heatmaps(groups: dict[str, list[RunRecords]], title: str) -> bytes:
         for ax, key, cmap in zip(row, ("l2", "cosine"), ("mako", "vlag_r")):
             grid = np.array([[r["values"][key].get(layer, np.nan) if r["values"][key].get(layer) is not None
                               else np.nan for r in recs] for layer in layers], dtype=float)
-            if key == "l2":
-                grid = np.log10(np.maximum(grid, 1e-12))
+            if key == "l2":  # the first layer's G' = G exactly: blank, not log(0)
+                grid = np.log10(np.where(grid > 0, grid, np.nan))
             sns.heatmap(grid, ax=ax, cmap=cmap, vmin=-1 if key == "cosine" else None, vmax=1 if key == "cosine" else None,
                         xticklabels=steps, yticklabels=layers,
                         cbar_kws={"label": "log10 ||G - G'||" if key == "l2" else "cos(G, G')"})

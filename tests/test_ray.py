@@ -1,0 +1,124 @@
+"""The Ray launcher: same records as the local launcher, a real `ray start --head` cluster, and a
+worker killed mid-run. CI installs Ray (`pip install -e .[dev,ray]`); elsewhere these skip
+without it."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import landscape.experiments as ex
+from landscape.results import read_run
+
+ray = pytest.importorskip("ray") if not os.environ.get("CI") else __import__("ray")
+pytestmark = pytest.mark.ray
+
+TIMING = {"examples_per_s", "elapsed_s", "seconds", "train_seconds", "updated"}
+
+
+def strip(x):
+    if isinstance(x, dict):
+        return {k: strip(v) for k, v in x.items() if k not in TIMING}
+    if isinstance(x, list):
+        return [strip(v) for v in x]
+    return x
+
+
+def records(out):
+    return {p.name: strip(read_run(p).records) for p in sorted((out / "runs").iterdir())}
+
+
+@pytest.fixture
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_reproduce_smoke_on_ray_matches_the_local_launcher(tmp_path, local_ray):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the Ray tasks pin one thread per CPU they are granted
+    try:
+        for e in ex.EXPERIMENTS:
+            ex.run_experiment(e, "smoke", 1, tmp_path / "local", log=lambda s: None)
+    finally:
+        torch.set_num_threads(threads)
+    launch = ex.Launch("ray", cpus_per_run=1)
+    specs = [s for e in ex.EXPERIMENTS for s in ex.plan(e, ex.load_preset("smoke"), [0])]
+    statuses = ex.execute(specs, tmp_path / "ray", None, None, launch, log=lambda s: None)
+    assert set(statuses) == {s.name for s in specs} and set(statuses.values()) <= {"done", "diverged"}
+    for e in ex.EXPERIMENTS:
+        a = ex.run_experiment(e, "smoke", 1, tmp_path / "ray", launch=launch, log=lambda s: None)
+        b = json.loads((tmp_path / "local" / e / "summary.json").read_text())
+        assert strip(a["claims"]) == strip(b["claims"])
+    assert records(tmp_path / "ray") == records(tmp_path / "local")  # bitwise: same numbers, same threads
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_experiment_on_a_real_cluster_head(tmp_path):
+    port = free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    start = subprocess.run(["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                            "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert start.returncode == 0, start.stderr[-2000:]
+    try:
+        res = subprocess.run([sys.executable, "-m", "cli", "ics-distrib", "--preset", "smoke", "--out",
+                              str(tmp_path), "--launcher", "ray", "--address", f"127.0.0.1:{port}"],
+                             capture_output=True, text=True, env=env, timeout=300, cwd=ex.CONFIGS.parent)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert "ray: 3 runs on 2 CPUs" in res.stdout
+        summary = json.loads((tmp_path / "ics-distrib" / "summary.json").read_text())
+        assert all(r["status"] == "done" for r in summary["runs"].values())
+    finally:
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
+
+
+def test_a_killed_worker_becomes_a_failed_run_and_the_rerun_completes_only_it(tmp_path):
+    cmd = [sys.executable, "-m", "cli", "ics-distrib", "--preset", "smoke", "--out", str(tmp_path),
+           "--launcher", "ray", "--set", "steps=400", "--set", "probes.steps=[1]"]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                              cwd=ex.CONFIGS.parent)
+    victim = tmp_path / "runs" / "vgg-bn-lr0.1-s0"
+    deadline = time.time() + 180
+    pid = None
+    while time.time() < deadline and pid is None:  # wait for the run to be under way, then kill its worker
+        env_file = victim / "env.json"
+        status = victim / "status.json"
+        if env_file.exists() and status.exists():
+            try:
+                if json.loads(status.read_text())["step"] >= 3:
+                    pid = json.loads(env_file.read_text())["pid"]
+            except (ValueError, KeyError):
+                pass
+        time.sleep(0.05)
+    assert pid is not None, "the run never started"
+    os.kill(pid, signal.SIGKILL)
+    out, err = driver.communicate(timeout=300)
+    assert driver.returncode == 0, err[-3000:]
+    killed = read_run(victim)
+    assert killed.state == "failed" and "ray task failed" in killed.status["error"]
+    others = [read_run(p) for p in (tmp_path / "runs").iterdir() if p.name != victim.name]
+    assert all(r.state == "done" for r in others)
+    before = {r.name: (r.path / "metrics.jsonl").read_text() for r in others}
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=ex.CONFIGS.parent)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert rerun.stdout.count("already complete, skipped") == 2
+    assert "ray: 1 runs" in rerun.stdout
+    assert read_run(victim).state == "done"
+    assert before == {r.name: (r.path / "metrics.jsonl").read_text() for r in others}
+    steps = [r["step"] for r in read_run(victim).kind("train")]
+    assert steps == sorted(set(steps)) and steps[-1] == 400  # resumed: no record lost or repeated
