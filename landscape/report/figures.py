@@ -248,8 +248,9 @@ def landscape_panels(groups: dict[str, list[RunRecords]], title: str) -> bytes:
         ax.set_ylabel(label)
     for ax in axes[:2]:
         ax.set_yscale("log")
-    axes[0].legend(fontsize=8)
-    axes[2].legend(fontsize=8)
+    for ax in (axes[0], axes[2]):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.suptitle(title, y=1.03)
     return to_png(fig)
 
