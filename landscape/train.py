@@ -11,6 +11,7 @@ per ``log.train_every`` steps.
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -161,6 +162,7 @@ def train(cfg: Config, out: str | Path = "runs", data_dir: str | Path | None = N
     is already finished is not trained again when resumed.
     """
     device = resolve_device(cfg.device)
+    fresh = force or not (Path(out) / cfg.name).exists()
     run = Run.open(Path(out) / cfg.name, cfg, resume=resume, force=force)
     if resume and run.status().get("status") in FINISHED:
         return run.status()
@@ -170,7 +172,11 @@ def train(cfg: Config, out: str | Path = "runs", data_dir: str | Path | None = N
         run.set_status("failed", run.status().get("step", 0), error="interrupted")
         raise
     except UserError:
-        run.set_status("failed", run.status().get("step", 0), error="bad input")
+        run.close()
+        if fresh and not run.checkpoint_path.exists():  # bad input before any work: leave nothing behind
+            shutil.rmtree(run.path, ignore_errors=True)
+        else:
+            run.set_status("failed", run.status().get("step", 0), error="bad input")
         raise
     except Exception as exc:
         run.set_status("failed", run.status().get("step", 0), error=f"{type(exc).__name__}: {exc}")

@@ -77,3 +77,13 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert res.exit_code == 2, res.output
     assert message in res.stderr
     assert res.stderr.startswith("error: ") and res.stderr.strip().count("\n") == 0
+
+
+def test_bad_input_before_any_work_leaves_no_run_behind(tmp_path):
+    cfg = write_config(tmp_path, data={"dataset": "cifar10"})
+    res = invoke("train", cfg, "--out", tmp_path / "runs", "--data-dir", tmp_path / "empty_dir_missing")
+    assert res.exit_code == 2
+    (tmp_path / "empty").mkdir()
+    res = invoke("train", cfg, "--out", tmp_path / "runs", "--data-dir", tmp_path / "empty")
+    assert res.exit_code == 2 and "no CIFAR-10 found" in res.stderr
+    assert not (tmp_path / "runs" / "clirun").exists()
