@@ -47,6 +47,9 @@ class RunSpec:
 
 def load_preset(name: str) -> dict:
     path = CONFIGS / "presets" / f"{name}.yaml"
+    if not (CONFIGS / "presets").is_dir():
+        raise UserError(f"preset files not found in '{CONFIGS / 'presets'}'; install landscape from a clone of the "
+                        "repository with `pip install -e .` so configs/ sits beside the package")
     if name not in PRESETS or not path.is_file():
         raise UserError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
     preset = read_yaml(path)
