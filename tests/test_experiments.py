@@ -158,3 +158,21 @@ def test_experiment_bad_input_is_one_line(tmp_path):
     assert res.exit_code == 2 and res.stderr.startswith("error: unknown preset")
     res = runner.invoke(app, ["norms", "--preset", "smoke", "--seeds", "0", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "--seeds" in res.stderr
+
+
+@pytest.mark.parametrize("preset", ex.PRESETS)
+def test_every_shipped_preset_builds_every_experiment(preset):
+    path = ex.CONFIGS / "presets" / f"{preset}.yaml"
+    assert path.read_text().startswith("# landscape reproduce --preset " + preset)
+    p = ex.load_preset(preset)
+    for experiment in ex.EXPERIMENTS:
+        specs = ex.plan(experiment, p, [0, 1])
+        assert specs and all(s.cfg.probes.enabled for s in specs)
+    if preset == "paper":  # PAPER.md's protocol
+        vgg = ex.plan("train-compare", p, [0])[0].cfg
+        dln = ex.plan("ics-opti", p, [0])[-1].cfg
+        assert (vgg.steps, vgg.data.batch_size, vgg.optim.momentum, vgg.model.init, vgg.data.augment) == \
+            (15000, 128, 0.0, "xavier", False)
+        assert [e * 0.1 for e in (vgg.probes.etas[0], vgg.probes.etas[-1])] == pytest.approx([0.05, 0.4])
+        assert (dln.steps, dln.optim.lr, dln.model.dln_depth, dln.data.batch_size) == (10000, 1e-6, 25, 0)
+        assert (dln.probes.etas[0], dln.probes.etas[-1]) == (0.01, 30.0)
