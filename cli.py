@@ -174,13 +174,11 @@ def reproduce(
     launch = _launch(launcher, address, cpus_per_run, gpus_per_run, progress)
     t0 = time.perf_counter()
     if launcher == "ray":  # every experiment's runs as one batch of tasks, so the cluster stays busy
+        from landscape.config import parse_override
         from landscape.experiments import execute, load_preset, plan
 
-        preset_cfg = load_preset(preset)
-        from landscape.config import parse_override
-
-        specs = [s for e in EXPERIMENTS for s in plan(e, preset_cfg, list(range(seeds)),
-                                                        [parse_override(o) for o in set_ or []])]
+        overrides = [parse_override(o) for o in set_ or []]
+        specs = [s for e in EXPERIMENTS for s in plan(e, load_preset(preset), list(range(seeds)), overrides)]
         execute(specs, Path(out), data_dir, device, launch)
     for experiment in EXPERIMENTS:  # with ray: every run is complete here, so this only summarises
         typer.echo(f"== {experiment}")
