@@ -162,12 +162,19 @@ def train(cfg: Config, out: str | Path = "runs", data_dir: str | Path | None = N
     is already finished is not trained again when resumed.
     """
     device = resolve_device(cfg.device)
-    fresh = force or not (Path(out) / cfg.name).exists()
-    run = Run.open(Path(out) / cfg.name, cfg, resume=resume, force=force)
-    if resume and run.status().get("status") in FINISHED:
-        return run.status()
+    path = Path(out) / cfg.name
+    if path.exists() and not force:  # refuse, or find a finished run, before any work
+        existing = Run.open(path, cfg, resume=resume)
+        if existing.status().get("status") in FINISHED:
+            return existing.status()
+    if splits is None:  # a bad data path fails here, before anything on disk changes (even with --force)
+        d = cfg.data
+        splits = load_splits(d.dataset, data_dir, d.synthetic_size, d.gaussian_samples, d.gaussian_dim,
+                             d.gaussian_seed)
+    fresh = force or not path.exists()
+    run = Run.open(path, cfg, resume=resume, force=force)
     try:
-        return _train(cfg, run, device, data_dir, resume, progress, splits)
+        return _train(cfg, run, device, resume, progress, splits)
     except KeyboardInterrupt:
         run.set_status("failed", run.status().get("step", 0), error="interrupted")
         raise
@@ -185,10 +192,8 @@ def train(cfg: Config, out: str | Path = "runs", data_dir: str | Path | None = N
         run.close()
 
 
-def _train(cfg: Config, run: Run, device: torch.device, data_dir, resume: bool, progress: bool, splits) -> dict:
+def _train(cfg: Config, run: Run, device: torch.device, resume: bool, progress: bool, splits) -> dict:
     d = cfg.data
-    splits = splits or load_splits(d.dataset, data_dir, d.synthetic_size, d.gaussian_samples, d.gaussian_dim,
-                                   d.gaussian_seed)
     classify = cfg.loss == "cross_entropy"
     train_split, test_split = splits["train"].subset(d.train_subset), splits["test"].subset(d.test_subset)
     batches = Batches(train_split, d.batch_size, cfg.data_seed, d.augment, device)

@@ -87,3 +87,13 @@ def test_bad_input_before_any_work_leaves_no_run_behind(tmp_path):
     res = invoke("train", cfg, "--out", tmp_path / "runs", "--data-dir", tmp_path / "empty")
     assert res.exit_code == 2 and "no CIFAR-10 found" in res.stderr
     assert not (tmp_path / "runs" / "clirun").exists()
+
+
+def test_force_with_a_bad_data_path_keeps_the_existing_run(tmp_path):
+    cfg = write_config(tmp_path)
+    assert invoke("train", cfg, "--out", tmp_path / "runs").exit_code == 0
+    before = (tmp_path / "runs" / "clirun" / "metrics.jsonl").read_text()
+    res = invoke("train", cfg, "--out", tmp_path / "runs", "--force", "--set", "data.dataset=cifar10",
+                 "--data-dir", tmp_path / "missing")
+    assert res.exit_code == 2 and "does not exist" in res.stderr
+    assert (tmp_path / "runs" / "clirun" / "metrics.jsonl").read_text() == before
