@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
@@ -108,21 +108,25 @@ def _launch(launcher: str, address: Optional[str], cpus: float, gpus: float, pro
     return Launch(launcher, address, cpus, gpus, progress)
 
 
+# Options shared by every experiment command and reproduce (typer reads them from Annotated).
+Preset = Annotated[str, typer.Option("--preset", help=PRESET_HELP)]
+Seeds = Annotated[int, typer.Option("--seeds", help="Seeds per configuration; >= 2 adds 95% confidence intervals.")]
+DataDir = Annotated[Optional[str], typer.Option("--data-dir", help=DATA_HELP)]
+Out = Annotated[Optional[str], typer.Option("--out", help="Results folder (default: results/PRESET).")]
+Device = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda | cuda:N (default: auto).")]
+Sets = Annotated[Optional[List[str]], typer.Option("--set", help=SET_HELP + " Applied to every run.")]
+Launcher = Annotated[str, typer.Option("--launcher", help=LAUNCHER_HELP)]
+Address = Annotated[Optional[str], typer.Option("--address", help=ADDRESS_HELP)]
+CpusPerRun = Annotated[float, typer.Option("--cpus-per-run", help="Ray CPUs (and torch threads) per run.")]
+GpusPerRun = Annotated[float, typer.Option("--gpus-per-run", help="Ray GPUs per run.")]
+Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar per run (local).")]
+
+
 def _experiment_command(experiment: str):
     @user_errors
-    def command(
-        preset: str = typer.Option("quick", "--preset", help=PRESET_HELP),
-        seeds: int = typer.Option(1, "--seeds", help="Seeds per configuration; >= 2 adds 95% confidence intervals."),
-        data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_HELP),
-        out: Optional[str] = typer.Option(None, "--out", help="Results folder (default: results/PRESET)."),
-        device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (default: auto)."),
-        set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP + " Applied to every run."),
-        launcher: str = typer.Option("local", "--launcher", help=LAUNCHER_HELP),
-        address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
-        cpus_per_run: float = typer.Option(1.0, "--cpus-per-run", help="Ray CPUs (and torch threads) per run."),
-        gpus_per_run: float = typer.Option(0.0, "--gpus-per-run", help="Ray GPUs per run."),
-        progress: bool = typer.Option(False, "--progress/--no-progress", help="Progress bar per run (local)."),
-    ):
+    def command(preset: Preset = "quick", seeds: Seeds = 1, data_dir: DataDir = None, out: Out = None,
+                device: Device = None, set_: Sets = None, launcher: Launcher = "local", address: Address = None,
+                cpus_per_run: CpusPerRun = 1.0, gpus_per_run: GpusPerRun = 0.0, progress: Progress = False):
         from landscape.experiments import run_experiment
 
         launch = _launch(launcher, address, cpus_per_run, gpus_per_run, progress)
@@ -151,20 +155,11 @@ def _print_claims(summary: dict) -> None:
 
 @app.command()
 @user_errors
-def reproduce(
-    preset: str = typer.Option("quick", "--preset", help=PRESET_HELP),
-    seeds: int = typer.Option(1, "--seeds", help="Seeds per configuration; >= 2 adds 95% confidence intervals."),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_HELP),
-    out: Optional[str] = typer.Option(None, "--out", help="Results folder (default: results/PRESET)."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (default: auto)."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP + " Applied to every run."),
-    report: Optional[str] = typer.Option(None, "--report", help="Report file (default: OUT/report.html)."),
-    launcher: str = typer.Option("local", "--launcher", help=LAUNCHER_HELP),
-    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
-    cpus_per_run: float = typer.Option(1.0, "--cpus-per-run", help="Ray CPUs (and torch threads) per run."),
-    gpus_per_run: float = typer.Option(0.0, "--gpus-per-run", help="Ray GPUs per run."),
-    progress: bool = typer.Option(False, "--progress/--no-progress", help="Progress bar per run (local)."),
-):
+def reproduce(preset: Preset = "quick", seeds: Seeds = 1, data_dir: DataDir = None, out: Out = None,
+              device: Device = None, set_: Sets = None,
+              report: Annotated[Optional[str], typer.Option("--report", help="Report file (default: OUT/report.html).")] = None,
+              launcher: Launcher = "local", address: Address = None, cpus_per_run: CpusPerRun = 1.0,
+              gpus_per_run: GpusPerRun = 0.0, progress: Progress = False):
     """Every experiment (runs shared between them), then the claims table and the HTML report."""
     import time
 

@@ -16,6 +16,21 @@ def without_timing(records):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
 
 
+def train_killed_after(cfg, out, monkeypatch, step: int) -> None:
+    """Train until the train record of ``step`` is written, then die as a kill would."""
+    real_log = Run.log
+
+    def dying_log(self, record):
+        real_log(self, record)
+        if record["step"] == step and record["kind"] == "train":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Run, "log", dying_log)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out=out)
+    monkeypatch.setattr(Run, "log", real_log)
+
+
 def test_training_smoke_run_writes_a_complete_run_directory(tmp_path):
     cfg = tiny_config(steps=40, model={"norm": "batch"}, optim={"lr": 0.1})
     status = train(cfg, out=tmp_path)
@@ -40,17 +55,7 @@ def test_resume_after_a_kill_gives_the_same_records_and_weights(tmp_path, monkey
     train(cfg, out=tmp_path / "whole")
     whole = read_metrics(tmp_path / "whole" / "tiny" / "metrics.jsonl")
 
-    real_log = Run.log
-
-    def dying_log(self, record):  # the process dies right after writing step 10's record
-        real_log(self, record)
-        if record["step"] == 10 and record["kind"] == "train":
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Run, "log", dying_log)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, out=tmp_path / "cut")
-    monkeypatch.setattr(Run, "log", real_log)
+    train_killed_after(cfg, tmp_path / "cut", monkeypatch, step=10)
     cut = tmp_path / "cut" / "tiny"
     assert json.loads((cut / "status.json").read_text())["status"] == "failed"
     assert max(r["step"] for r in read_metrics(cut / "metrics.jsonl")) == 10  # past the checkpoint at 8
@@ -166,17 +171,7 @@ def test_probe_records_survive_resume(tmp_path, monkeypatch):
                       probes={"enabled": ["gradient_sweep", "activation_stats"], "schedule": "list",
                               "steps": [3, 9, 11], "activation_batch": 16})
     train(cfg, out=tmp_path / "whole")
-    real_log = Run.log
-
-    def dying_log(self, record):
-        real_log(self, record)
-        if record["step"] == 10 and record["kind"] == "train":
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Run, "log", dying_log)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, out=tmp_path / "cut")
-    monkeypatch.setattr(Run, "log", real_log)
+    train_killed_after(cfg, tmp_path / "cut", monkeypatch, step=10)
     train(cfg, out=tmp_path / "cut", resume=True)
 
     def strip(records):
