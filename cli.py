@@ -51,7 +51,7 @@ def train(
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_HELP),
     out: str = typer.Option("runs", "--out", help="Parent folder of run directories."),
     device: Optional[str] = typer.Option(None, "--device", help="auto (CUDA when present) | cpu | cuda | cuda:N."),
-    name: Optional[str] = typer.Option(None, "--name", help="Run name (default: the config's name, else its file name)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name (default: the config's name, else file name)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run from its last checkpoint."),
     force: bool = typer.Option(False, "--force", help="Delete an existing run of the same name and start again."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
@@ -157,7 +157,8 @@ def _print_claims(summary: dict) -> None:
 @user_errors
 def reproduce(preset: Preset = "quick", seeds: Seeds = 1, data_dir: DataDir = None, out: Out = None,
               device: Device = None, set_: Sets = None,
-              report: Annotated[Optional[str], typer.Option("--report", help="Report file (default: OUT/report.html).")] = None,
+              report: Annotated[Optional[str], typer.Option("--report", help="Report file (default: OUT/report.html).")
+                                ] = None,
               launcher: Launcher = "local", address: Address = None, cpus_per_run: CpusPerRun = 1.0,
               gpus_per_run: GpusPerRun = 0.0, progress: Progress = False):
     """Every experiment (runs shared between them), then the claims table and the HTML report."""

@@ -19,8 +19,8 @@ from typing import Callable
 
 from landscape.config import Config, build_config, read_yaml
 from landscape.errors import UserError
-from landscape.results import (RunRecords, final_test, final_train, loss_band, max_grad_change, mean_over_layers,
-                               mean_shift, med, probe_series, read_run)
+from landscape.results import (RunRecords, beta_eff, final_test, final_train, loss_band, max_grad_change,
+                               mean_over_layers, mean_shift, med, probe_series, read_run)
 from landscape.runs import FINISHED, Run, json_safe
 from landscape.stats import mean_ci, verdict
 
@@ -226,10 +226,6 @@ def _test_acc(run: RunRecords) -> float | None:
     return final_test(run)["acc"]
 
 
-def _smooth(probe_fn, reduce=med):
-    return lambda run: reduce(v for _, v in probe_series(run, "gradient_sweep", probe_fn))
-
-
 def _median_probe(probe: str, fn):
     return lambda run: med(v for _, v in probe_series(run, probe, fn))
 
@@ -284,20 +280,20 @@ def claims_for(experiment: str, runs: dict[str, RunRecords], specs: list[RunSpec
         for arch in ("vgg", "dln"):
             lr = lr0 if arch == "vgg" else None
             for cid, text, metric in (
-                    ("loss_band", "the loss-variation band is narrower with BN", _smooth(loss_band)),
-                    ("grad_predictiveness", "the gradient changes less along the gradient with BN",
-                     _smooth(max_grad_change)),
-                    ("beta_eff", "effective beta-smoothness is lower with BN", _smooth(lambda v: v.get("beta_eff")))):
+                    ("loss_band", "the loss-variation band is narrower with BN", loss_band),
+                    ("grad_predictiveness", "the gradient changes less along the gradient with BN", max_grad_change),
+                    ("beta_eff", "effective beta-smoothness is lower with BN", beta_eff)):
+                metric = _median_probe("gradient_sweep", metric)
                 std, bn = S(arch, "standard", lr, metric), S(arch, "bn", lr, metric)
                 c.append(_claim(f"fig4.{arch}.{cid}", f"{arch.upper()}: {text}",
-                                f"median over probe steps, standard / BN", _ratio(std, bn), 1.0))
+                                "median over probe steps, standard / BN", _ratio(std, bn), 1.0))
             sharp = lambda net: S(arch, net, lr, _median_probe("sharpness", lambda v: v.get("value")))  # noqa: E731
             c.append(_claim(f"beyond.{arch}.sharpness", f"{arch.upper()}: the top Hessian eigenvalue is lower with BN "
                             "(beyond the paper)", "median sharpness, standard / BN",
                             _ratio(sharp("standard"), sharp("bn")), 1.0))
     if experiment == "norms":
         acc = {net: S("vgg", net, lr0, _test_acc) for net in ("standard", "bn", "l1", "l2", "linf")}
-        beta = {net: S("vgg", net, lr0, _smooth(lambda v: v.get("beta_eff"))) for net in acc}
+        beta = {net: S("vgg", net, lr0, _median_probe("gradient_sweep", beta_eff)) for net in acc}
         for net in ("l1", "l2", "linf"):
             c.append(_claim(f"appendix.{net}.trains_like_bn", f"{net} normalisation trains as well as BN "
                             "(within 3 points) or better", f"test acc ({net}) - test acc (BN)",

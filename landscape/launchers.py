@@ -70,7 +70,7 @@ def run_on_ray(todo: list[Config], out: Path, data_dir, launch, log: Callable[[s
     slots = max(1, int(ray.cluster_resources().get("CPU", 1) // max(launch.cpus_per_run, 1e-9)))
     if launch.gpus_per_run:
         slots = min(slots, max(1, int(ray.cluster_resources().get("GPU", 0) // launch.gpus_per_run)))
-    statuses, durations, t0 = {}, [], time.perf_counter()
+    statuses, t0 = {}, time.perf_counter()
     remaining = list(refs)
     log(f"ray: {len(todo)} runs on {ray.cluster_resources().get('CPU', 0):g} CPUs, up to {slots} at once")
     while remaining:
@@ -83,11 +83,9 @@ def run_on_ray(todo: list[Config], out: Path, data_dir, launch, log: Callable[[s
                 error = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
                 mark_failed(out, cfg, f"ray task failed: {error}")
                 statuses[cfg.name] = "failed"
-            durations.append(time.perf_counter() - t0)
             done = len(statuses)
             running = min(len(remaining), slots)
-            per_slot = (time.perf_counter() - t0) / done * min(slots, len(todo)) if done else 0
-            eta = per_slot * len(remaining) / max(slots, 1)
+            eta = (time.perf_counter() - t0) / done * len(remaining)  # at the throughput so far
             log(f"ray: {cfg.name}: {statuses[cfg.name]} | done {done}, running {running}, "
                 f"pending {len(remaining) - running} | ETA {eta:.0f} s")
     return statuses

@@ -151,6 +151,10 @@ def max_grad_change(values: dict) -> float | None:
     return max(vals) if vals and len(vals) == len(changes) else None
 
 
+def beta_eff(values: dict) -> float | None:
+    return values.get("beta_eff")
+
+
 def mean_over_layers(values: dict, key: str, skip_first: bool = True) -> float | None:
     """Mean of a per-layer ICS value; the first layer (G' = G by definition) is left out."""
     layers = values.get("layers", [])

@@ -162,7 +162,8 @@ class Run:
         run = cls(path)
         if run.path.exists() and any(run.path.iterdir()):
             if not force:
-                raise UserError(f"run '{run.path}' already exists; pass force=True to overwrite it or pick another path")
+                raise UserError(f"run '{run.path}' already exists; pass force=True to overwrite it "
+                                "or pick another path")
             shutil.rmtree(run.path)
         run.path.mkdir(parents=True, exist_ok=True)
         return run

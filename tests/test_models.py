@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from landscape.config import ModelConfig, NoiseConfig
-from landscape.models import VGG, DeepLinear, LpNorm, NoisyBatchNorm, build_model
+from landscape.config import ModelConfig
+from landscape.models import LpNorm, NoisyBatchNorm, build_model
 
 
 @pytest.mark.parametrize("depth, convs", [(11, 8), (13, 10), (16, 13), (19, 16)])

@@ -131,11 +131,6 @@ class Objective:
         out = functional_call(self.model, (params, buffers), self.args, self.kwargs, strict=False)
         return self.loss_fn(self.output_fn(out), self.targets)
 
-    def value(self, params: Params) -> torch.Tensor:
-        self.cost.forward += 1
-        with torch.no_grad():
-            return self(params).detach()
-
     # Gradients come from torch.autograd.grad on the functional call: nothing accumulates in
     # .grad, and it measured 23% faster than torch.func.grad on VGG (benchmarks/bench_probes.py).
     def _grad(self, names: Sequence[str], params: Params, create_graph: bool = False):

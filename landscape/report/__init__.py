@@ -163,7 +163,10 @@ def generic_figures(runs: list[RunRecords]) -> list[dict]:
 def find_summaries(paths: list[Path]) -> list[tuple[Path, dict | None]]:
     out = []
     for p in paths:
-        files = [p] if p.is_file() and p.name == "summary.json" else sorted(p.rglob("summary.json")) if p.is_dir() else []
+        if p.is_dir():
+            files = sorted(p.rglob("summary.json"))
+        else:
+            files = [p] if p.name == "summary.json" else []
         for f in files:
             try:
                 out.append((f, json.loads(f.read_text())))

@@ -188,7 +188,8 @@ def ics_heatmaps(groups: dict[str, list[RunRecords]], title: str) -> bytes:
                               else np.nan for r in recs] for layer in layers], dtype=float)
             if key == "l2":  # the first layer's G' = G exactly: blank, not log(0)
                 grid = np.log10(np.where(grid > 0, grid, np.nan))
-            sns.heatmap(grid, ax=ax, cmap=cmap, vmin=-1 if key == "cosine" else None, vmax=1 if key == "cosine" else None,
+            limits = {"vmin": -1, "vmax": 1} if key == "cosine" else {}
+            sns.heatmap(grid, ax=ax, cmap=cmap, **limits,
                         xticklabels=steps, yticklabels=layers,
                         cbar_kws={"label": "log10 ||G - G'||" if key == "l2" else "cos(G, G')"})
             ax.set_xlabel("step")
