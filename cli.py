@@ -201,7 +201,26 @@ def report(
 
 
 def main() -> None:
-    app()
+    """Entry point: typer's own usage errors (bad option type, missing argument) also end in one line."""
+    import sys
+
+    try:  # recent typer vendors click; older releases use click itself
+        from typer._click.exceptions import NoArgsIsHelpError, UsageError
+    except ImportError:
+        from click.exceptions import NoArgsIsHelpError, UsageError
+
+    try:
+        code = typer.main.get_command(app).main(prog_name="landscape", standalone_mode=False)
+    except NoArgsIsHelpError as exc:  # `landscape` alone: the help text, as usual
+        typer.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        sys.exit(2)
+    except UsageError as exc:
+        where = f"; see `{exc.ctx.command_path} --help`" if exc.ctx else ""
+        typer.echo(f"error: {' '.join(exc.format_message().split()).rstrip('.')}{where}", err=True)
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
