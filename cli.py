@@ -1,8 +1,14 @@
-"""The ``landscape`` command line. Every command ends bad input with one line and exit status 2."""
+"""The ``landscape`` command line: parses options, calls the library, and ends bad input
+(a ``UserError``, or a usage error of typer's) with one line on stderr and exit status 2.
+
+One command per registered experiment (``landscape.experiments.REGISTRY``), plus ``train``,
+``reproduce`` and ``report``.
+"""
 
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -21,6 +27,9 @@ app = typer.Typer(
 SET_HELP = "Override a config key, e.g. --set optim.lr=0.5 (repeatable; values are YAML scalars)."
 DATA_HELP = ("CIFAR-10 folder: cifar-10-batches-py/ or train/<class>/*.jpg + test/<class>/. "
              "Without it, the official archive is downloaded into ~/.cache/landscape (LANDSCAPE_CACHE).")
+PRESET_HELP = "smoke (seconds, generated data) | quick (2-core CPU, ~15 min for reproduce) | paper (PAPER.md, GPU)."
+LAUNCHER_HELP = "local (this process, one run after another) | ray (one Ray task per run)."
+ADDRESS_HELP = "Ray cluster address (host:port), or auto to join a running one; none starts a local instance."
 
 
 @app.callback()
@@ -30,7 +39,8 @@ def root() -> None:
 
 
 def user_errors(fn):
-    """Turn a UserError into one line on stderr and exit status 2."""
+    """Bad input (a UserError) and file-system failures end in one line on stderr and exit
+    status 2; Ctrl-C or SIGTERM in one line and status 130, the run left resumable."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -39,6 +49,15 @@ def user_errors(fn):
         except UserError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
+        except OSError as exc:  # not writable, not a directory, no space left, a name too long...
+            where = f" '{exc.filename}'" if exc.filename else ""
+            typer.echo(f"error: cannot use{where}: {exc.strerror or exc}; free space, fix the permissions or pick "
+                       "another path (finished runs and results are kept)", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt as exc:
+            typer.echo(f"interrupted: {exc}" if str(exc) else "interrupted; run the same command again to resume",
+                       err=True)
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -58,7 +77,7 @@ def train(
 ):
     """Train one run (VGG or deep linear network) into OUT/NAME and print its final status."""
     from landscape.config import Config, load_config
-    from landscape.train import train as run_training
+    from landscape.train import describe, train as run_training
 
     if resume and force:
         raise UserError("--resume and --force contradict each other; pass one of them")
@@ -69,48 +88,12 @@ def train(
         overrides.append(f"name={name}")
     cfg = load_config(config, overrides, base=Config(name=Path(config).stem))
     status = run_training(cfg, out=out, data_dir=data_dir, resume=resume, force=force, progress=progress)
-    summary = f"{cfg.name}: {status['status']} at step {status['step']}"
-    if status.get("diverged_step") is not None:
-        summary += f" (first non-finite loss at step {status['diverged_step']})"
-    test = status.get("test") or {}
-    if "acc" in test:
-        summary += f", test acc {test['acc']:.4f}, test loss {test['loss']:.4f}"
-    elif "loss" in test:
-        summary += f", test loss {test['loss']:.4g}"
-    if status.get("stuck_on_plateau"):
-        summary += ", never left the initial loss plateau"
-    typer.echo(f"{summary} -> {Path(out) / cfg.name}")
-
-
-PRESET_HELP = "smoke (seconds, generated data) | quick (2-core CPU, ~15 min for reproduce) | paper (PAPER.md, GPU)."
-EXPERIMENT_HELP = {
-    "train-compare": "Figure 1: VGG standard vs BN at lr 0.1 and 0.5 (training curves, activation distributions).",
-    "ics-distrib": "Figure 2: standard vs BN vs noisy BN (accuracy and ICS_distrib, the activation shift).",
-    "ics-opti": "Figure 3: ICS_opti (l2 and cosine between G and G') for VGG and the deep linear network.",
-    "smoothness": "Figure 4: loss variation, gradient predictiveness, beta_eff and sharpness, VGG and DLN.",
-    "norms": "Appendix: l1, l2 and l_inf normalisation against BN and standard.",
-}
-
-
-LAUNCHER_HELP = "local (this process, one run after another) | ray (one Ray task per run)."
-ADDRESS_HELP = "Ray cluster address (host:port), or auto to join a running one; none starts a local instance."
-
-
-def _launch(launcher: str, address: Optional[str], cpus: float, gpus: float, progress: bool):
-    from landscape.experiments import Launch
-
-    if launcher not in ("local", "ray"):
-        raise UserError(f"--launcher must be local or ray; got '{launcher}'")
-    if cpus <= 0 or gpus < 0:
-        raise UserError("--cpus-per-run must be > 0 and --gpus-per-run >= 0")
-    if launcher == "local" and address:
-        raise UserError("--address needs --launcher ray")
-    return Launch(launcher, address, cpus, gpus, progress)
+    typer.echo(f"{describe(cfg.name, status)} -> {Path(out) / cfg.name}")
 
 
 # Options shared by every experiment command and reproduce (typer reads them from Annotated).
 Preset = Annotated[str, typer.Option("--preset", help=PRESET_HELP)]
-Seeds = Annotated[int, typer.Option("--seeds", help="Seeds per configuration; >= 2 adds 95% confidence intervals.")]
+Seeds = Annotated[int, typer.Option("--seeds", help="Seeds per configuration; >= 2 adds confidence intervals.")]
 DataDir = Annotated[Optional[str], typer.Option("--data-dir", help=DATA_HELP)]
 Out = Annotated[Optional[str], typer.Option("--out", help="Results folder (default: results/PRESET).")]
 Device = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda | cuda:N (default: auto).")]
@@ -122,28 +105,8 @@ GpusPerRun = Annotated[float, typer.Option("--gpus-per-run", help="Ray GPUs per 
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar per run (local).")]
 
 
-def _experiment_command(experiment: str):
-    @user_errors
-    def command(preset: Preset = "quick", seeds: Seeds = 1, data_dir: DataDir = None, out: Out = None,
-                device: Device = None, set_: Sets = None, launcher: Launcher = "local", address: Address = None,
-                cpus_per_run: CpusPerRun = 1.0, gpus_per_run: GpusPerRun = 0.0, progress: Progress = False):
-        from landscape.experiments import run_experiment
-
-        launch = _launch(launcher, address, cpus_per_run, gpus_per_run, progress)
-        summary = run_experiment(experiment, preset, seeds, out or f"results/{preset}", data_dir, device,
-                                 list(set_ or []), launch)
-        _print_claims(summary)
-
-    command.__doc__ = EXPERIMENT_HELP[experiment] + " Skips finished runs and resumes interrupted ones."
-    command.__name__ = experiment.replace("-", "_")
-    return command
-
-
-for _name in EXPERIMENT_HELP:
-    app.command(_name)(_experiment_command(_name))
-
-
 def _print_claims(summary: dict) -> None:
+    typer.echo(f"== {summary['experiment']}")
     for name, run in summary["runs"].items():
         if run["status"] != "done":
             typer.echo(f"  run {name}: {run['status_text']}")
@@ -151,6 +114,33 @@ def _print_claims(summary: dict) -> None:
         mean = "n/a" if c["mean"] is None else f"{c['mean']:.4g}"
         ci = "" if not c.get("ci") else f" [95% CI {c['ci'][0]:.3g}, {c['ci'][1]:.3g}]"
         typer.echo(f"  {c['verdict']:>15}: {c['claim']} ({c['quantity']} = {mean}{ci})")
+
+
+def _experiment_command(name: str, help_text: str):
+    @user_errors
+    def command(preset: Preset = "quick", seeds: Seeds = 1, data_dir: DataDir = None, out: Out = None,
+                device: Device = None, set_: Sets = None, launcher: Launcher = "local", address: Address = None,
+                cpus_per_run: CpusPerRun = 1.0, gpus_per_run: GpusPerRun = 0.0, progress: Progress = False):
+        from landscape.launch import Launch
+        from landscape.reproduce import run_experiment
+
+        launch = Launch(launcher, address, cpus_per_run, gpus_per_run, progress)
+        _print_claims(run_experiment(name, preset, seeds, out or f"results/{preset}", data_dir, device,
+                                     list(set_ or []), launch))
+
+    command.__doc__ = help_text + " Skips finished runs and resumes interrupted ones."
+    command.__name__ = name.replace("-", "_")
+    return command
+
+
+def _register_experiment_commands() -> None:
+    from landscape.experiments import REGISTRY
+
+    for experiment in REGISTRY.values():
+        app.command(experiment.name)(_experiment_command(experiment.name, experiment.help))
+
+
+_register_experiment_commands()
 
 
 @app.command()
@@ -162,32 +152,13 @@ def reproduce(preset: Preset = "quick", seeds: Seeds = 1, data_dir: DataDir = No
               launcher: Launcher = "local", address: Address = None, cpus_per_run: CpusPerRun = 1.0,
               gpus_per_run: GpusPerRun = 0.0, progress: Progress = False):
     """Every experiment (runs shared between them), then the claims table and the HTML report."""
-    import time
+    from landscape.launch import Launch
+    from landscape.reproduce import reproduce as run_all
 
-    from landscape.experiments import EXPERIMENTS, run_experiment
-
-    out = out or f"results/{preset}"
-    launch = _launch(launcher, address, cpus_per_run, gpus_per_run, progress)
-    t0 = time.perf_counter()
-    if launcher == "ray":  # every experiment's runs as one batch of tasks, so the cluster stays busy
-        from landscape.config import parse_override
-        from landscape.experiments import execute, load_preset, plan
-
-        overrides = [parse_override(o) for o in set_ or []]
-        specs = [s for e in EXPERIMENTS for s in plan(e, load_preset(preset), list(range(seeds)), overrides)]
-        execute(specs, Path(out), data_dir, device, launch)
-    for experiment in EXPERIMENTS:  # with ray: every run is complete here, so this only summarises
-        typer.echo(f"== {experiment}")
-        summary = run_experiment(experiment, preset, seeds, out, data_dir, device, list(set_ or []), launch)
-        _print_claims(summary)
-    typer.echo(f"all experiments in {time.perf_counter() - t0:.0f} s -> {out}")
-    _write_report([out], report or str(Path(out) / "report.html"))
-
-
-def _write_report(paths: list[str], output: str) -> None:
-    from landscape.report import build_report
-
-    typer.echo(f"report -> {build_report(paths, output)}")
+    launch = Launch(launcher, address, cpus_per_run, gpus_per_run, progress)
+    _, path = run_all(preset, seeds, out or f"results/{preset}", data_dir, device, list(set_ or []), launch, report,
+                      on_summary=_print_claims)
+    typer.echo(f"report -> {path}")
 
 
 @app.command()
@@ -197,26 +168,24 @@ def report(
     output: str = typer.Option("reports/index.html", "-o", "--output", help="The HTML file to write."),
 ):
     """Build one self-contained HTML report (figures, claims, configs, status) from records."""
-    _write_report(paths, output)
+    from landscape.report import build_report
+
+    typer.echo(f"report -> {build_report(paths, output)}")
 
 
 def main() -> None:
-    """Entry point: typer's own usage errors (bad option type, missing argument) also end in one line."""
-    import sys
-
-    try:  # recent typer vendors click; older releases use click itself
-        from typer._click.exceptions import NoArgsIsHelpError, UsageError
-    except ImportError:
-        from click.exceptions import NoArgsIsHelpError, UsageError
-
+    """Entry point: typer's own usage errors (bad option type, missing argument, unknown
+    command) also end in one line and exit status 2; `landscape` alone prints the help."""
+    command = typer.main.get_command(app)
+    if len(sys.argv) == 1:
+        command.main(["--help"], prog_name="landscape")  # prints the help and exits 0
     try:
-        code = typer.main.get_command(app).main(prog_name="landscape", standalone_mode=False)
-    except NoArgsIsHelpError as exc:  # `landscape` alone: the help text, as usual
-        typer.echo(exc.ctx.get_help() if exc.ctx else str(exc))
-        sys.exit(2)
-    except UsageError as exc:
-        where = f"; see `{exc.ctx.command_path} --help`" if exc.ctx else ""
-        typer.echo(f"error: {' '.join(exc.format_message().split()).rstrip('.')}{where}", err=True)
+        code = command.main(prog_name="landscape", standalone_mode=False)
+    except typer.TyperException as exc:  # typer's usage errors (public base class)
+        ctx = getattr(exc, "ctx", None)
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        where = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+        typer.echo(f"error: {' '.join(message.split()).rstrip('.')}{where}", err=True)
         sys.exit(2)
     except typer.Abort:
         sys.exit(1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import yaml
 
 from landscape.errors import UserError
+from landscape.probes.monitor import DEFAULT_ETA_MULTIPLES, PROBE_NAMES
 
 
 @dataclass(frozen=True)
@@ -70,9 +72,6 @@ class LogConfig:
     checkpoint_every: int = 500  # steps between checkpoints (the last step is always saved)
 
 
-PROBES = ("gradient_sweep", "ics_opti", "activation_stats", "sharpness")
-
-
 @dataclass(frozen=True)
 class ProbeConfig:
     enabled: tuple[str, ...] = ()  # any of: gradient_sweep, ics_opti, activation_stats, sharpness
@@ -80,7 +79,7 @@ class ProbeConfig:
     every: int = 100  # schedule=every: probe at step 1 and every N steps
     points: int = 20  # schedule=log: about this many steps, evenly spaced in log(step)
     steps: tuple[int, ...] = ()  # schedule=list: probe at exactly these steps
-    etas: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)  # gradient_sweep steps, multiples of optim.lr
+    etas: tuple[float, ...] = DEFAULT_ETA_MULTIPLES  # gradient_sweep steps, multiples of optim.lr
     layers: tuple[str, ...] = ()  # module names for ics_opti/activation_stats (empty: every module owning parameters)
     activation_batch: int = 256  # size of the fixed train-split batch activation_stats measures every time
     sharpness_iters: int = 20  # Lanczos iterations (Hessian-vector products) at most
@@ -104,16 +103,19 @@ class Config:
     probes: ProbeConfig = field(default_factory=ProbeConfig)
 
 
+NORMS = ("none", "batch", "noisy_batch", "l1", "l2", "linf")  # model.norm: what follows each conv / linear layer
+
 CHOICES: dict[str, tuple[str, ...]] = {
     "loss": ("cross_entropy", "sum_squares", "mse"),
     "data.dataset": ("cifar10", "synthetic", "gaussian"),
     "model.arch": ("vgg", "dln"),
     "model.head": ("linear", "mlp"),
-    "model.norm": ("none", "batch", "noisy_batch", "l1", "l2", "linf"),
+    "model.norm": NORMS,
     "model.init": ("xavier", "kaiming", "torch_default"),
     "probes.schedule": ("every", "log", "list"),
 }
 VGG_DEPTHS = (11, 13, 16, 19)
+MAX_LR = 1e9  # larger learning rates overflow float32 arithmetic at the first step instead of diverging
 
 
 def field_paths(cls: type = Config, prefix: str = "") -> dict[str, Any]:
@@ -127,9 +129,17 @@ def field_paths(cls: type = Config, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def short(value: Any, limit: int = 80) -> str:
+    """A value as it goes into an error message: bounded, however large the value (a YAML alias bomb)."""
+    r = reprlib.Repr()  # keyword arguments to Repr() need Python 3.12
+    r.maxlevel, r.maxstring, r.maxother = 3, limit, limit
+    text = r.repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     def bad(expected: str) -> UserError:
-        return UserError(f"config key '{key}' expects {expected}, got {value!r}")
+        return UserError(f"config key '{key}' expects {expected}, got {short(value)}")
 
     if tp is bool:
         if not isinstance(value, bool):
@@ -140,8 +150,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise bad("an integer")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string; a user means the number
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise bad("a number") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
+        if not math.isfinite(value):
+            raise bad("a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -242,7 +259,7 @@ def validate(cfg: Config) -> None:
     """Nonsense values (negative sizes, unknown choices) end here, before any work."""
     for key, allowed in CHOICES.items():
         if _get(cfg, key) not in allowed:
-            raise UserError(f"config key '{key}' must be one of {', '.join(allowed)}; got '{_get(cfg, key)}'")
+            raise UserError(f"config key '{key}' must be one of {', '.join(allowed)}; got {short(_get(cfg, key))}")
     if cfg.model.arch == "vgg" and cfg.model.vgg_depth not in VGG_DEPTHS:
         raise UserError(f"model.vgg_depth must be one of {VGG_DEPTHS}; got {cfg.model.vgg_depth}")
     positive = ["steps", "model.dln_depth", "model.dln_width", "log.train_every", "log.checkpoint_every",
@@ -255,17 +272,30 @@ def validate(cfg: Config) -> None:
     for key in non_negative:
         if _get(cfg, key) < 0:
             raise UserError(f"config key '{key}' must be >= 0; got {_get(cfg, key)}")
-    if not (cfg.optim.lr > 0 and math.isfinite(cfg.optim.lr)):
-        raise UserError(f"optim.lr must be a positive finite number; got {cfg.optim.lr}")
-    if not cfg.model.width > 0:
-        raise UserError(f"model.width must be positive; got {cfg.model.width}")
+    if not 0 < cfg.optim.lr <= MAX_LR:
+        raise UserError(f"optim.lr must be in (0, {MAX_LR:g}]; got {cfg.optim.lr}")
+    if not 0 <= cfg.optim.momentum < 1:
+        raise UserError(f"optim.momentum must be in [0, 1); got {cfg.optim.momentum}")
+    if not 0 < cfg.model.width <= 64:
+        raise UserError(f"model.width must be in (0, 64]; got {cfg.model.width}")
+    if not 0 < cfg.probes.sharpness_tol < 1:
+        raise UserError(f"probes.sharpness_tol must be in (0, 1); got {cfg.probes.sharpness_tol}")
+    if any(s <= 0 for s in cfg.probes.steps):
+        raise UserError(f"probes.steps must be positive step numbers; got {list(cfg.probes.steps)}")
+    image = cfg.data.dataset != "gaussian"
+    if image != (cfg.model.arch == "vgg"):
+        raise UserError(f"model.arch={cfg.model.arch} does not fit data.dataset={cfg.data.dataset}; "
+                        "use vgg with cifar10/synthetic and dln with gaussian")
+    if image != (cfg.loss == "cross_entropy"):
+        raise UserError(f"loss={cfg.loss} does not fit data.dataset={cfg.data.dataset}: image data sets are "
+                        "classified (loss=cross_entropy), the gaussian one is regression (sum_squares or mse)")
     for key in ("model.noise.mean_range", "model.noise.scale_range"):
         lo, hi = _get(cfg, key)
         if lo > hi:
             raise UserError(f"config key '{key}' must be [low, high] with low <= high; got [{lo}, {hi}]")
-    unknown = [p for p in cfg.probes.enabled if p not in PROBES]
+    unknown = [p for p in cfg.probes.enabled if p not in PROBE_NAMES]
     if unknown:
-        raise UserError(f"unknown probe '{unknown[0]}' in probes.enabled; choose from {', '.join(PROBES)}")
+        raise UserError(f"unknown probe '{unknown[0]}' in probes.enabled; choose from {', '.join(PROBE_NAMES)}")
     if not cfg.probes.etas or any(not (e > 0 and math.isfinite(e)) for e in cfg.probes.etas):
         raise UserError(f"probes.etas must be positive multiples of the lr; got {list(cfg.probes.etas)}")
     for key in ("probes.every", "probes.points", "probes.activation_batch", "probes.sharpness_iters"):
@@ -273,8 +303,8 @@ def validate(cfg: Config) -> None:
             raise UserError(f"config key '{key}' must be positive; got {_get(cfg, key)}")
     if cfg.probes.schedule == "list" and cfg.probes.enabled and not cfg.probes.steps:
         raise UserError("probes.schedule=list needs probes.steps, e.g. --set probes.steps=[1,100,1000]")
-    if not cfg.name or "/" in cfg.name or cfg.name in (".", ".."):
-        raise UserError(f"name must be a plain directory name; got '{cfg.name}'")
+    if not cfg.name or "/" in cfg.name or "\0" in cfg.name or cfg.name in (".", "..") or len(cfg.name.encode()) > 200:
+        raise UserError(f"name must be a plain directory name of at most 200 bytes; got {short(cfg.name)}")
 
 
 def to_dict(cfg: Config) -> dict:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from landscape.errors import UserError
+from landscape.files import atomic_write
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -63,23 +64,53 @@ def default_cache_dir() -> Path:
 # ---------------------------------------------------------------- CIFAR-10 loading
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Builds only what the official batches hold (dicts, lists, strings, numbers and numpy
+    uint8 arrays); any other global a crafted file names is refused before it is built."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"), ("numpy.core.numeric", "_frombuffer"),
+               ("numpy._core.numeric", "_frombuffer")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _load_batch(path: Path) -> dict:
+    with open(path, "rb") as f:
+        entry = _BatchUnpickler(f, encoding="latin1").load()
+    if not isinstance(entry, dict) or "data" not in entry:
+        raise pickle.UnpicklingError("not a CIFAR batch (no 'data' entry)")
+    data = np.asarray(entry["data"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise pickle.UnpicklingError(f"'data' is {data.dtype} {data.shape}, not uint8 (N, 3072)")
+    labels = entry.get("labels", entry.get("fine_labels"))
+    if not isinstance(labels, list) or len(labels) != len(data) or not all(isinstance(v, int) for v in labels):
+        raise pickle.UnpicklingError("'labels' is not a list of integers, one per image")
+    return {"data": data, "labels": labels}
+
+
 def _read_official_batches(folder: Path) -> dict[str, Split]:
-    """The pickled ``cifar-10-batches-py`` layout (data_batch_1..5, test_batch)."""
+    """The pickled ``cifar-10-batches-py`` layout (data_batch_1..5, test_batch), read with a
+    restricted unpickler (:class:`_BatchUnpickler`): a crafted file cannot run code."""
     out = {}
     for split, names in (("train", [f"data_batch_{i}" for i in range(1, 6)]), ("test", ["test_batch"])):
         images, labels = [], []
         for name in names:
             path = folder / name
             try:
-                with open(path, "rb") as f:
-                    entry = pickle.load(f, encoding="latin1")
-                images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-                labels.extend(entry.get("labels", entry.get("fine_labels", [])))
+                entry = _load_batch(path)
+                images.append(entry["data"].reshape(-1, 3, 32, 32))
+                labels.extend(entry["labels"])
             except FileNotFoundError:
                 raise UserError(f"CIFAR-10 batch file '{path}' is missing; the folder must hold "
                                 "data_batch_1..5 and test_batch") from None
-            except Exception as exc:  # truncated or foreign pickle
-                raise UserError(f"CIFAR-10 batch file '{path}' is unreadable ({type(exc).__name__}); "
+            except Exception as exc:  # truncated, foreign or crafted pickle
+                reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                raise UserError(f"CIFAR-10 batch file '{path}' is unreadable ({reason}); "
                                 "re-extract the official archive") from None
         out[split] = Split(torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64))
     return out
@@ -150,9 +181,8 @@ def _cached(cache_file: Path, build) -> dict[str, Split]:
             pass  # a corrupt cache is rebuilt, never trusted
     splits = build()
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-    torch.save({k: {"inputs": s.inputs, "targets": s.targets} for k, s in splits.items()}, tmp)
-    os.replace(tmp, cache_file)
+    state = {k: {"inputs": s.inputs, "targets": s.targets} for k, s in splits.items()}
+    atomic_write(cache_file, lambda tmp: torch.save(state, tmp))
     return splits
 
 

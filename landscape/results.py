@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from landscape.planning import NETS
 from landscape.runs import read_json, read_metrics
 
 
@@ -60,23 +61,29 @@ def read_run(path: str | Path) -> RunRecords:
         f = path / name
         if f.exists():
             try:
-                config = yaml.safe_load(f.read_text())
+                config = yaml.safe_load(f.read_text(errors="replace"))
             except (OSError, yaml.YAMLError):
                 problems.append(f"{name} is unreadable")
+            if config is not None and not isinstance(config, dict):
+                problems.append(f"{name} is not a mapping")
+                config = None
             break
     else:
         problems.append("no config.yaml")
     env = read_json(path / "env.json")
     if env is None:
-        problems.append("env.json missing or unreadable")
+        problems.append("env.json missing, unreadable or not a JSON object")
     status = read_json(path / "status.json")
     if status is None:
-        problems.append("status.json missing or unreadable")
+        problems.append("status.json missing, unreadable or not a JSON object")
+        status = {}
+    if not isinstance(status.get("status", "unknown"), str):
+        problems.append("status.json: 'status' is not a string")
         status = {}
     if not (path / "metrics.jsonl").exists():
         problems.append("metrics.jsonl missing")
-    records = read_metrics(path / "metrics.jsonl")
-    return RunRecords(path, path.name, config if isinstance(config, dict) else None, env, status, records, problems)
+    records = read_metrics(path / "metrics.jsonl", problems)
+    return RunRecords(path, path.name, config, env, status, records, problems)
 
 
 def find_runs(paths: list[str | Path]) -> list[RunRecords]:
@@ -105,7 +112,10 @@ def _is_run(p: Path) -> bool:
 
 
 def finite(values) -> list[float]:
-    return [float(v) for v in values if v is not None and isinstance(v, (int, float)) and math.isfinite(v)]
+    """The finite numbers among ``values`` (None, NaN, inf, strings and other types are left out)."""
+    if not isinstance(values, (list, tuple)) and not hasattr(values, "__next__"):
+        return []
+    return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
 
 
 def med(values) -> float | None:
@@ -118,14 +128,15 @@ def final_train(run: RunRecords, last: int = 2) -> dict:
     recs = run.kind("train")[-last:]
     out = {}
     for key in ("loss", "acc"):
-        vals = [r.get(key) for r in recs]
-        out[key] = sum(vals) / len(vals) if vals and all(v is not None for v in vals) else None
+        vals = finite(r.get(key) for r in recs)
+        out[key] = sum(vals) / len(vals) if recs and len(vals) == len(recs) else None
     return out
 
 
 def final_test(run: RunRecords) -> dict:
     recs = run.kind("test")
-    return {k: recs[-1].get(k) for k in ("loss", "acc")} if recs else {"loss": None, "acc": None}
+    return {k: (finite([recs[-1].get(k)]) or [None])[0] for k in ("loss", "acc")} if recs else \
+        {"loss": None, "acc": None}
 
 
 def probe_series(run: RunRecords, probe: str, fn) -> list[tuple[int, Any]]:
@@ -170,3 +181,47 @@ def mean_shift(values: dict) -> float | None:
         return None
     vals = finite(s.get("wasserstein") for s in shift.values())
     return sum(vals) / len(vals) if vals else None
+
+
+# ------------------------------------------------------------------ an experiment's runs
+
+
+
+
+class RunTable:
+    """An experiment's runs as its summary describes them: ``rows`` maps each run name to
+    ``{"arch", "net", "lr", "seed", ...}``; ``records`` holds the runs that were found.
+
+    Claims and report figures select runs by these fields, never by re-reading configs.
+    """
+
+    def __init__(self, rows: dict[str, dict], records: dict[str, RunRecords]):
+        self.rows = {name: row for name, row in rows.items() if isinstance(row, dict)}
+        self.records = records
+
+    def select(self, arch: str | None = None, net: str | None = None, lr: float | None = None
+               ) -> list[tuple[dict, RunRecords]]:
+        out = []
+        for name, row in self.rows.items():
+            if name not in self.records:
+                continue
+            if (arch is None or row.get("arch") == arch) and (net is None or row.get("net") == net) \
+                    and (lr is None or row.get("lr") == lr):
+                out.append((row, self.records[name]))
+        return out
+
+    def per_seed(self, metric, arch: str, net: str, lr: float | None = None) -> dict[int, float | None]:
+        """``{seed: metric(run)}`` for the runs of one network (paired across networks by seed)."""
+        return {row.get("seed"): metric(run) for row, run in self.select(arch, net, lr)}
+
+    def groups(self, arch: str | None = None, lr: float | None = None) -> dict[str, list[RunRecords]]:
+        """Runs by network, in the paper's order; the seeds of one network share a group."""
+        out: dict[str, list[RunRecords]] = {}
+        for row, run in self.select(arch, lr=lr):
+            out.setdefault(str(row.get("net", run.name)), []).append(run)
+        order = {n: i for i, n in enumerate(NETS)}
+        return dict(sorted(out.items(), key=lambda kv: order.get(kv[0], len(order))))
+
+    def lrs(self, arch: str | None = None) -> list[float]:
+        return sorted({row["lr"] for row in self.rows.values()
+                       if isinstance(row.get("lr"), (int, float)) and (arch is None or row.get("arch") == arch)})

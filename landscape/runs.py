@@ -6,6 +6,7 @@
     ``metrics.jsonl``    append-only records, one JSON object per line, flushed per record
     ``status.json``      ``running`` | ``done`` | ``diverged`` | ``failed``, the last step, details
     ``checkpoint.pt``    the latest checkpoint: model, optimizer, RNG states, step, config
+    ``code.diff``        only when the code's git tree had uncommitted changes: ``git diff HEAD``
 
 A run is never overwritten without ``force``; ``resume`` continues from the checkpoint and
 drops records written after it, so the records equal those of an uninterrupted run.
@@ -17,7 +18,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import socket
 import subprocess
 import time
@@ -29,8 +29,18 @@ import yaml
 
 from landscape.config import Config, dump_yaml, from_dict, to_dict
 from landscape.errors import UserError
+from landscape.files import LOCK_NAME, FolderLock, atomic_write, is_temporary
 
-STATUSES = ("running", "done", "diverged", "failed")
+STATUSES = ("running", "done", "diverged", "failed", "interrupted")
+RUN_FILES = {"config.yaml", "monitor.yaml", "env.json", "metrics.jsonl", "status.json", "checkpoint.pt", "code.diff",
+             LOCK_NAME}
+
+
+def run_contents(path: Path) -> list[str]:
+    """A run directory's entries, without its lock and the temporary files of killed writers."""
+    if not path.is_dir():
+        return []
+    return sorted(n for n in os.listdir(path) if n != LOCK_NAME and not is_temporary(n))
 FINISHED = ("done", "diverged")
 
 
@@ -45,23 +55,28 @@ def json_safe(x: Any) -> Any:
     return x
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _git(*args: str) -> subprocess.CompletedProcess | None:
+    here = Path(__file__).resolve().parent
+    try:
+        return subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def git_commit() -> str | None:
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
+    """The commit of the code that runs, with ``-dirty`` when tracked files have changes
+    (None outside a git checkout, e.g. an installed wheel)."""
+    out = _git("rev-parse", "HEAD")
+    if out is None or out.returncode != 0:
         return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return out.stdout.strip() + ("-dirty" if dirty is not None and dirty.stdout.strip() else "")
+
+
+def git_diff() -> str | None:
+    """``git diff HEAD`` of the tracked files: with the commit, what reproduces a result from uncommitted code."""
+    out = _git("diff", "HEAD")
+    return out.stdout if out is not None and out.returncode == 0 and out.stdout.strip() else None
 
 
 def environment(device: torch.device) -> dict:
@@ -84,24 +99,51 @@ def environment(device: torch.device) -> dict:
 
 
 def read_json(path: Path) -> dict | None:
+    """A JSON object from a file; None when the file is missing, unreadable or not an object."""
     try:
-        return json.loads(Path(path).read_text())
+        value = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+    return value if isinstance(value, dict) else None
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """All complete records of a metrics file (a torn last line, from a kill mid-write, is skipped)."""
+def _record_problem(record: Any) -> str | None:
+    """Why a parsed line cannot be used as a record (None when it can)."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    if not isinstance(record.get("kind"), str):
+        return "no 'kind'"
+    if isinstance(record.get("step"), bool) or not isinstance(record.get("step"), int):
+        return "'step' is not an integer"
+    if record["kind"] == "probe" and not (isinstance(record.get("probe"), str) and isinstance(record.get("values"), dict)):
+        return "a probe record without a name or values"
+    if record.get("cost") is not None and not isinstance(record["cost"], dict):
+        return "'cost' is not an object"
+    return None
+
+
+def read_metrics(path: Path, problems: list[str] | None = None) -> list[dict]:
+    """All usable records of a metrics file. A torn last line (a kill mid-write) is skipped
+    silently; other lines that do not parse or have the wrong shape are skipped and, when
+    ``problems`` is given, described there with their line number."""
     records = []
     try:
-        with open(path) as f:
-            for line in f:
-                try:
-                    records.append(json.loads(line))
-                except ValueError:
-                    continue
+        with open(path, errors="replace") as f:
+            lines = f.readlines()
     except OSError:
         return []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if problems is not None and number < len(lines):
+                problems.append(f"metrics.jsonl line {number}: not JSON")
+            continue
+        why = _record_problem(record)
+        if why is None:
+            records.append(record)
+        elif problems is not None:
+            problems.append(f"metrics.jsonl line {number}: {why}")
     return records
 
 
@@ -111,6 +153,8 @@ class Run:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._metrics = None
+        self._lock: FolderLock | None = None
+        self.removed: list[str] = []  # what open(force=True) deleted
 
     # -- paths
     @property
@@ -127,50 +171,75 @@ class Run:
 
     # -- lifecycle
     @classmethod
-    def open(cls, path: str | Path, cfg: Config | None, resume: bool = False, force: bool = False,
-             device: torch.device | None = None) -> "Run":
-        """Create a fresh run, or reopen one to resume; refuse to clobber an existing one.
+    def check(cls, path: str | Path, cfg: Config | None, resume: bool = False, force: bool = False) -> str:
+        """What opening ``path`` would do, without touching it: ``"new"``, ``"resume"`` or
+        ``"replace"`` (``force`` on an existing run); anything else is refused here.
 
-        ``cfg=None`` with ``resume`` reuses the run's saved config (``landscape train --resume``).
-        """
+        ``cfg=None`` checks a run written by ``Monitor`` (``monitor.yaml`` instead of ``config.yaml``)."""
+        path = Path(path)
+        if path.is_symlink():
+            raise UserError(f"'{path}' is a symbolic link; landscape writes runs only into real directories")
+        if path.exists() and not path.is_dir():
+            raise UserError(f"'{path}' is a file, not a run directory; pick another --out or name")
+        names = run_contents(path)
+        if not names:
+            return "new"  # absent, empty, or only what a killed writer left (temporary files)
+        marker = "config.yaml" if cfg is not None else "monitor.yaml"
+        if force:
+            foreign = [n for n in names if n not in RUN_FILES or (path / n).is_dir()]
+            if foreign or marker not in names:
+                why = f"it holds '{foreign[0]}'" if foreign else f"it has no {marker}"
+                raise UserError(f"--force removes only landscape runs and '{path}' is not one ({why}); "
+                                "pick another --out or name")
+            return "replace"
+        if resume and cfg is not None:
+            saved = cls(path).config()
+            if saved is None:
+                raise UserError(f"'{path}' is not a landscape run (no readable config.yaml); "
+                                "pass another --out or name, or --force to overwrite it")
+            if _comparable(to_dict(saved)) != _comparable(to_dict(cfg)):
+                diff = _first_difference(to_dict(saved), to_dict(cfg))
+                raise UserError(f"run '{path}' was made with a different config ({diff}); "
+                                "use another name, or --force to start it again")
+            return "resume"
+        again = "pass --resume to continue it or --force to overwrite it" if cfg is not None else \
+            "pass force=True to overwrite it or pick another path"
+        raise UserError(f"run '{path}' already exists; {again}")
+
+    @classmethod
+    def open(cls, path: str | Path, cfg: Config | None, resume: bool = False, force: bool = False) -> "Run":
+        """Create a fresh run, reopen one to resume, or (``force``) replace one; refuse anything
+        else. The run is locked against other writers until :meth:`release` or the process ends."""
+        cls.check(path, cfg, resume, force)  # refuse before creating anything
         run = cls(path)
-        if run.path.exists() and any(run.path.iterdir()):
-            if force:
-                shutil.rmtree(run.path)
-            elif resume:
-                saved = run.config()
-                if saved is None:
-                    raise UserError(f"'{run.path}' is not a landscape run (no readable config.yaml); "
-                                    "pass another --out or name, or --force to overwrite it")
-                if cfg is not None and _comparable(to_dict(saved)) != _comparable(to_dict(cfg)):
-                    diff = _first_difference(to_dict(saved), to_dict(cfg))
-                    raise UserError(f"run '{run.path}' was made with a different config ({diff}); "
-                                    "use another name, or --force to start it again")
-                return run
-            else:
-                raise UserError(f"run '{run.path}' already exists; pass --resume to continue it "
-                                "or --force to overwrite it")
-        if cfg is None:
-            raise UserError(f"no run at '{run.path}' to resume; give a config to start one")
         run.path.mkdir(parents=True, exist_ok=True)
-        _atomic_write(run.path / "config.yaml", dump_yaml(cfg))
+        run._lock = FolderLock(run.path, "run").acquire()
+        mode = cls.check(path, cfg, resume, force)  # again, now that no one else can write it
+        for name in os.listdir(run.path):
+            if is_temporary(name):
+                (run.path / name).unlink()  # left by a killed writer
+            elif mode == "replace" and name != LOCK_NAME:
+                (run.path / name).unlink()
+                run.removed.append(name)
+        if mode != "resume" and cfg is not None:
+            atomic_write(run.path / "config.yaml", dump_yaml(cfg))
         return run
 
     @classmethod
     def fresh(cls, path: str | Path, force: bool = False) -> "Run":
         """A new, empty run directory for records from any loop (see ``landscape.probes.Monitor``)."""
-        run = cls(path)
-        if run.path.exists() and any(run.path.iterdir()):
-            if not force:
-                raise UserError(f"run '{run.path}' already exists; pass force=True to overwrite it "
-                                "or pick another path")
-            shutil.rmtree(run.path)
-        run.path.mkdir(parents=True, exist_ok=True)
-        return run
+        return cls.open(path, None, force=force)
+
+    def release(self) -> None:
+        """Close the records and let other processes write this run."""
+        self.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def write_settings(self, settings: dict) -> None:
         """Settings of a run not made by ``landscape train`` (``monitor.yaml``)."""
-        _atomic_write(self.path / "monitor.yaml", yaml.safe_dump(json_safe(settings), sort_keys=False))
+        atomic_write(self.path / "monitor.yaml", yaml.safe_dump(json_safe(settings), sort_keys=False))
 
     def config(self) -> Config | None:
         try:
@@ -179,7 +248,14 @@ class Run:
             return None
 
     def write_env(self, device: torch.device) -> None:
-        _atomic_write(self.path / "env.json", json.dumps(environment(device), indent=2))
+        """``env.json``, and ``code.diff`` (the uncommitted changes) when the code's git tree is dirty."""
+        env = environment(device)
+        if env["git_commit"] and env["git_commit"].endswith("-dirty"):
+            diff = git_diff()
+            if diff:
+                atomic_write(self.path / "code.diff", diff)
+                env["code_diff"] = "code.diff"
+        atomic_write(self.path / "env.json", json.dumps(env, indent=2))
 
     def status(self) -> dict:
         return read_json(self.status_path) or {}
@@ -187,7 +263,7 @@ class Run:
     def set_status(self, status: str, step: int, **info: Any) -> None:
         assert status in STATUSES, status
         record = {"status": status, "step": step, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info}
-        _atomic_write(self.status_path, json.dumps(json_safe(record), indent=2))
+        atomic_write(self.status_path, json.dumps(json_safe(record), indent=2))
 
     # -- records
     def log(self, record: dict) -> None:
@@ -205,7 +281,7 @@ class Run:
         if not self.metrics_path.exists():
             return
         kept = [r for r in self.records() if r.get("step", 0) <= step]
-        _atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        atomic_write(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def close(self) -> None:
         if self._metrics is not None:
@@ -214,9 +290,7 @@ class Run:
 
     # -- checkpoints
     def save_checkpoint(self, state: dict) -> None:
-        tmp = self.path / f".checkpoint.pt.tmp{os.getpid()}"
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint_path)
+        atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
 
     def load_checkpoint(self, map_location: torch.device | str = "cpu") -> dict | None:
         if not self.checkpoint_path.exists():

@@ -10,9 +10,11 @@ per ``log.train_every`` steps.
 
 from __future__ import annotations
 
+import contextlib
 import math
-import shutil
+import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,7 +25,8 @@ from landscape.config import Config, to_dict
 from landscape.data import Batches, Split, load_splits
 from landscape.errors import UserError
 from landscape.models import build_model
-from landscape.probes import Monitor, every, explicit, log_spaced
+from landscape.probes import Monitor, every, explicit, log_spaced, resolve_layers
+from landscape.probes.functional import rng_state, set_rng_state
 from landscape.runs import FINISHED, Run
 
 PLATEAU_MARGIN = 0.1  # nats below ln(num_classes): a train loss under it has left the initial plateau
@@ -115,19 +118,6 @@ def evaluate(model: nn.Module, batches: Batches, loss_name: str, classify: bool)
     return result
 
 
-def _rng_state(device: torch.device) -> dict:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def _progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -149,83 +139,163 @@ def _monitor(cfg: Config, run: Run, model, optimizer, loss_fn, batches: Batches,
     try:
         return Monitor(run.log, model, optimizer, loss_fn, schedule, probes=p.enabled, eta_multiples=p.etas,
                        layers=list(p.layers) or None, probe_batch=probe_batch, sharpness_iters=p.sharpness_iters,
-                       sharpness_tol=p.sharpness_tol, eval_mode=p.eval_mode)
+                       sharpness_tol=p.sharpness_tol, eval_mode=p.eval_mode, step_hook=False)
     except KeyError as exc:
         raise UserError(f"probes.layers: {exc.args[0]}") from None
+
+
+def describe(name: str, status: dict) -> str:
+    """One line for a finished (or diverged) run's status record."""
+    text = f"{name}: {status.get('status')} at step {status.get('step')}"
+    if status.get("diverged_step") is not None:
+        text += f" (first non-finite loss at step {status['diverged_step']})"
+    test = status.get("test") or {}
+    parts = [f"test {k} {test[k]:.4g}" for k in ("acc", "loss") if isinstance(test.get(k), (int, float))]
+    if parts:
+        text += ", " + ", ".join(parts)
+    if status.get("stuck_on_plateau"):
+        text += ", never left the initial loss plateau"
+    return text
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by SIGINT or SIGTERM; the run is resumable (its message says how)."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM ends training like Ctrl-C: records and checkpoint consistent, status ``interrupted``."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. a Ray worker thread): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def train(cfg: Config, out: str | Path = "runs", data_dir: str | Path | None = None, resume: bool = False,
           force: bool = False, progress: bool = False, splits: dict[str, Split] | None = None) -> dict:
     """Train one run into ``out/cfg.name``; returns its final status record.
 
-    ``splits`` lets callers (experiments, tests) pass data already in memory. A run that
-    is already finished is not trained again when resumed.
+    Everything that can be checked (the run directory, the data, the model and probe options)
+    is checked before the run directory is touched. ``splits`` lets callers (experiments,
+    tests) pass data already in memory. A run that is already finished is not trained again
+    when resumed.
     """
     device = resolve_device(cfg.device)
     path = Path(out) / cfg.name
-    if path.exists() and not force:  # refuse, or find a finished run, before any work
-        existing = Run.open(path, cfg, resume=resume)
-        if existing.status().get("status") in FINISHED:
-            return existing.status()
-    if splits is None:  # a bad data path fails here, before anything on disk changes (even with --force)
+    mode = Run.check(path, cfg, resume=resume, force=force)
+    if mode == "resume" and Run(path).status().get("status") in FINISHED:
+        return Run(path).status()
+    if splits is None:
         d = cfg.data
         splits = load_splits(d.dataset, data_dir, d.synthetic_size, d.gaussian_samples, d.gaussian_dim,
                              d.gaussian_seed)
-    fresh = force or not path.exists()
+    checkpoint = Run(path).load_checkpoint(device) if mode == "resume" else None
+    setup = _setup(cfg, device, splits, checkpoint)
     run = Run.open(path, cfg, resume=resume, force=force)
+    if run.removed:
+        print(f"removed the old run '{path}' ({', '.join(run.removed)})", flush=True)
     try:
-        return _train(cfg, run, device, resume, progress, splits)
+        with _sigterm_interrupts():
+            return _train(cfg, run, device, progress, setup)
     except KeyboardInterrupt:
-        run.set_status("failed", run.status().get("step", 0), error="interrupted")
-        raise
-    except UserError:
-        run.close()
-        if fresh and not run.checkpoint_path.exists():  # bad input before any work: leave nothing behind
-            shutil.rmtree(run.path, ignore_errors=True)
-        else:
-            run.set_status("failed", run.status().get("step", 0), error="bad input")
-        raise
+        step = _safe_status(run, "interrupted")
+        raise Interrupted(f"run '{path}' interrupted; its last checkpoint is step {step}: continue it with "
+                          "--resume (an experiment: run the same command again)") from None
     except Exception as exc:
-        run.set_status("failed", run.status().get("step", 0), error=f"{type(exc).__name__}: {exc}")
+        _safe_status(run, "failed", error=f"{type(exc).__name__}: {exc}"[:500])
         raise
     finally:
-        run.close()
+        run.release()
 
 
-def _train(cfg: Config, run: Run, device: torch.device, resume: bool, progress: bool, splits) -> dict:
+def _safe_status(run: Run, status: str, **info) -> int:
+    """Record how a run ended, if the disk still lets us; returns the step of its last checkpoint."""
+    step = run.status().get("step", 0)
+    try:
+        run.set_status(status, step if isinstance(step, int) else 0, **info)
+    except OSError:
+        pass  # a full disk: status.json still says running, and the run resumes from its checkpoint
+    return step
+
+
+@dataclass
+class Setup:
+    """Everything a run needs that does not touch its directory (built and checked up front)."""
+
+    classify: bool
+    train_split: Split
+    batches: Batches
+    test_batches: Batches
+    is_image: bool
+    out_dim: int
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    checkpoint: dict | None  # to resume from (already loaded into model and optimizer)
+
+
+CHECKPOINT_KEYS = ("step", "model", "optimizer", "meter", "rng", "left_plateau_step")
+
+
+def _setup(cfg: Config, device: torch.device, splits: dict[str, Split], checkpoint: dict | None = None) -> Setup:
     d = cfg.data
     classify = cfg.loss == "cross_entropy"
     train_split, test_split = splits["train"].subset(d.train_subset), splits["test"].subset(d.test_subset)
-    batches = Batches(train_split, d.batch_size, cfg.data_seed, d.augment, device)
-    test_batches = Batches(test_split, 0, cfg.data_seed, False, device)
     is_image = train_split.inputs.dtype == torch.uint8
     in_dim = 3 if is_image else train_split.inputs.shape[1]
-    out_dim = (int(max(train_split.targets.max(), test_split.targets.max())) + 1 if classify
-               else train_split.targets.shape[1])
-    if classify and cfg.model.arch == "dln":
-        raise UserError("the deep linear network is a regression model; set loss=sum_squares or loss=mse")
-    if is_image != (cfg.model.arch == "vgg"):
-        raise UserError(f"model.arch={cfg.model.arch} does not fit data.dataset={d.dataset}; "
-                        "use vgg with cifar10/synthetic and dln with gaussian")
-
+    if classify:
+        out_dim = int(max(train_split.targets.max(), test_split.targets.max())) + 1
+        if len(train_split.targets.unique()) < 2:
+            raise UserError(f"the training data hold {len(train_split.targets.unique())} class; a classifier needs "
+                            "at least 2 (check --data-dir or data.train_subset)")
+    else:
+        out_dim = train_split.targets.shape[1]
     model = build_model(cfg.model, cfg.seed, cfg.noise_seed, in_dim, out_dim).to(device)
+    if cfg.probes.layers:
+        try:
+            resolve_layers(model, list(cfg.probes.layers))
+        except KeyError as exc:
+            raise UserError(f"probes.layers: {exc.args[0]}") from None
     if device.type == "cuda" and is_image:
         model = model.to(memory_format=torch.channels_last)  # faster convolutions with cuDNN
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                 weight_decay=cfg.optim.weight_decay)
+    if checkpoint is not None:
+        missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint] if isinstance(checkpoint, dict) else ["all"]
+        try:
+            if missing:
+                raise ValueError(f"it lacks {', '.join(missing)}")
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+            reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"the checkpoint of run '{cfg.name}' does not fit its model ({reason}); "
+                            "--force starts the run again") from None
+    return Setup(classify, train_split, Batches(train_split, d.batch_size, cfg.data_seed, d.augment, device),
+                 Batches(test_split, 0, cfg.data_seed, False, device), is_image, out_dim, model, optimizer, checkpoint)
+
+
+def _train(cfg: Config, run: Run, device: torch.device, progress: bool, setup: Setup) -> dict:
+    classify, train_split, batches, test_batches = setup.classify, setup.train_split, setup.batches, setup.test_batches
+    is_image, model, optimizer = setup.is_image, setup.model, setup.optimizer
     loss_fn = LOSSES[cfg.loss]
     meter = TrainMeter(device, classify)
-    plateau = math.log(out_dim) - PLATEAU_MARGIN if classify else None
+    plateau = math.log(setup.out_dim) - PLATEAU_MARGIN if classify else None
     left_plateau_step = None
 
     monitor = _monitor(cfg, run, model, optimizer, loss_fn, batches, train_split)
     start = 0
-    checkpoint = run.load_checkpoint(device) if resume else None
+    checkpoint = setup.checkpoint
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
         meter.load_state_dict(checkpoint["meter"])
-        _set_rng_state(checkpoint["rng"], device)
+        set_rng_state(checkpoint["rng"])
         start, left_plateau_step = checkpoint["step"], checkpoint["left_plateau_step"]
         if monitor is not None:
             monitor.load_state_dict(checkpoint["monitor"])
@@ -235,7 +305,7 @@ def _train(cfg: Config, run: Run, device: torch.device, resume: bool, progress: 
 
     def save_checkpoint(step: int) -> None:
         run.save_checkpoint({"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "meter": meter.state_dict(), "rng": _rng_state(device),
+                             "meter": meter.state_dict(), "rng": rng_state(),
                              "left_plateau_step": left_plateau_step, "config": to_dict(cfg),
                              "monitor": monitor.state_dict() if monitor is not None else {}})
 
@@ -257,7 +327,9 @@ def _train(cfg: Config, run: Run, device: torch.device, resume: bool, progress: 
             loss.backward()
             if monitor is not None:
                 monitor.observe(step, (x, y), loss)  # due probes; they change nothing
-            optimizer.step()  # the monitor's post-step hook measures ics_opti with the new weights
+            optimizer.step()
+            if monitor is not None:
+                monitor.after_step()  # a due ics_opti, with the weights this step produced
             meter.add(step, loss, output, y)
             examples_since_log += len(y)
             bar.advance(task)
@@ -288,6 +360,9 @@ def _train(cfg: Config, run: Run, device: torch.device, resume: bool, progress: 
 
     if monitor is not None:
         monitor.close()
+    if last_test is None:  # resumed from the final checkpoint: its test record is already written
+        last_test = next(({k: r.get(k) for k in ("loss", "acc") if k in r} for r in reversed(run.records())
+                          if r.get("kind") == "test"), None)
     final = {"steps": cfg.steps, "test": last_test, "left_plateau_step": left_plateau_step,
              "stuck_on_plateau": plateau is not None and left_plateau_step is None,
              "train_seconds": time.perf_counter() - t_start}

@@ -10,6 +10,7 @@ from landscape.report import build_report
 from landscape.train import train
 from tests.conftest import tiny_config
 
+pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]

@@ -97,21 +97,3 @@ def test_force_with_a_bad_data_path_keeps_the_existing_run(tmp_path):
                  "--data-dir", tmp_path / "missing")
     assert res.exit_code == 2 and "does not exist" in res.stderr
     assert (tmp_path / "runs" / "clirun" / "metrics.jsonl").read_text() == before
-
-
-@pytest.mark.parametrize("args, message", [
-    (["norms", "--seeds", "abc"], "Invalid value for '--seeds'"),
-    (["report"], "Missing argument 'paths'"),
-    (["train", "x.yaml", "--bogus"], "No such option: --bogus"),
-    (["nonsense"], "No such command 'nonsense'"),
-])
-def test_usage_errors_of_the_installed_command_are_one_line(args, message):
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
-    res = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert res.returncode == 2
-    assert res.stderr.startswith("error: ") and message in res.stderr and res.stderr.count("\n") == 1
-    assert "--help" in res.stderr

@@ -42,7 +42,7 @@ def test_int_accepted_for_float_but_not_the_reverse():
     ("steps=many", "'steps' expects an integer"),
     ("data.augment=3", "'data.augment' expects true or false"),
     ("model.norm=group", "'model.norm' must be one of none, batch"),
-    ("optim.lr=-1", "optim.lr must be a positive finite number"),
+    ("optim.lr=-1", "optim.lr must be in"),
     ("steps=0", "'steps' must be positive"),
     ("model.vgg_depth=12", "model.vgg_depth must be one of"),
     ("model.noise.scale_range=[2, 1]", "low <= high"),

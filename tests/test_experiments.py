@@ -4,10 +4,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import landscape.experiments as ex
 from cli import app
+from landscape import planning
 from landscape.data import Batches, load_splits
 from landscape.errors import UserError
+from landscape.experiments import REGISTRY, get
+from landscape.reproduce import plan, run_experiment
 from landscape.results import read_run
 from landscape.stats import mean_ci, verdict
 
@@ -15,7 +17,7 @@ runner = CliRunner()
 
 
 def smoke():
-    return ex.load_preset("smoke")
+    return planning.load_preset("smoke")
 
 
 @pytest.mark.parametrize("experiment, expected", [
@@ -28,15 +30,15 @@ def smoke():
     ("norms", {f"vgg-{n}-lr0.1-s{s}" for n in ("standard", "bn", "l1", "l2", "linf") for s in (0, 1)}),
 ])
 def test_each_experiment_builds_its_documented_runs(experiment, expected):
-    specs = ex.plan(experiment, smoke(), [0, 1])
+    specs = plan(get(experiment), smoke(), [0, 1])
     assert {s.name for s in specs} == expected
     for s in specs:
         assert s.cfg.name == s.name and s.cfg.optim.lr == s.lr
-        assert s.cfg.model.norm == (ex.VGG_NORMS if s.arch == "vgg" else ex.DLN_NORMS)[s.net]
+        assert s.cfg.model.norm == planning.NETS[s.net]
 
 
 def test_compared_runs_are_paired():
-    specs = ex.plan("norms", smoke(), [0, 1])
+    specs = plan(get("norms"), smoke(), [0, 1])
     splits = load_splits("synthetic", None, synthetic_size=64)
     for seed in (0, 1):
         group = [s for s in specs if s.seed == seed]
@@ -50,14 +52,16 @@ def test_compared_runs_are_paired():
 
 
 def test_overrides_apply_to_every_run_and_bad_ones_stop_before_work(tmp_path):
-    specs = ex.plan("ics-distrib", smoke(), [0], [{"optim": {"momentum": 0.9}}])
+    specs = plan(get("ics-distrib"), smoke(), [0], [{"optim": {"momentum": 0.9}}])
     assert all(s.cfg.optim.momentum == 0.9 for s in specs)
     with pytest.raises(UserError, match="unknown preset"):
-        ex.run_experiment("norms", "huge", 1, tmp_path)
+        run_experiment("norms", "huge", 1, tmp_path)
     with pytest.raises(UserError, match="valid keys"):
-        ex.run_experiment("norms", "smoke", 1, tmp_path, overrides=["optim.nope=1"])
-    with pytest.raises(UserError, match="at least 1"):
-        ex.run_experiment("norms", "smoke", 0, tmp_path)
+        run_experiment("norms", "smoke", 1, tmp_path, overrides=["optim.nope=1"])
+    with pytest.raises(UserError, match="between 1 and"):
+        run_experiment("norms", "smoke", 0, tmp_path)
+    with pytest.raises(UserError, match="--set name=... cannot be used with an experiment"):
+        run_experiment("norms", "smoke", 1, tmp_path, overrides=["name=x"])
     assert not (tmp_path / "runs").exists()
 
 
@@ -65,10 +69,10 @@ def test_skip_and_resume(tmp_path, monkeypatch):
     from landscape.runs import Run
 
     logs = []
-    ex.run_experiment("ics-distrib", "smoke", 1, tmp_path, log=logs.append)
+    run_experiment("ics-distrib", "smoke", 1, tmp_path, log=logs.append)
     before = {p.name: (p / "metrics.jsonl").read_text() for p in (tmp_path / "runs").iterdir()}
     logs.clear()
-    ex.run_experiment("ics-distrib", "smoke", 1, tmp_path, log=logs.append)
+    run_experiment("ics-distrib", "smoke", 1, tmp_path, log=logs.append)
     assert all("skipped" in line for line in logs) and len(logs) == 3
     assert before == {p.name: (p / "metrics.jsonl").read_text() for p in (tmp_path / "runs").iterdir()}
 
@@ -82,11 +86,11 @@ def test_skip_and_resume(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Run, "log", dying)
     with pytest.raises(KeyboardInterrupt):
-        ex.run_experiment("norms", "smoke", 1, tmp_path, log=logs.append)
+        run_experiment("norms", "smoke", 1, tmp_path, log=logs.append)
     monkeypatch.setattr(Run, "log", real_log)
-    assert read_run(tmp_path / "runs" / "vgg-l1-lr0.1-s0").state == "failed"
+    assert read_run(tmp_path / "runs" / "vgg-l1-lr0.1-s0").state == "interrupted"
     logs.clear()
-    summary = ex.run_experiment("norms", "smoke", 1, tmp_path, log=logs.append)
+    summary = run_experiment("norms", "smoke", 1, tmp_path, log=logs.append)
     skipped = [line for line in logs if "skipped" in line]
     assert len(skipped) == 2  # standard and BN, shared with ics-distrib
     assert all(r["status"] == "done" for r in summary["runs"].values())
@@ -95,9 +99,9 @@ def test_skip_and_resume(tmp_path, monkeypatch):
 
 
 def test_a_different_preset_or_override_never_reuses_or_clobbers_runs(tmp_path):
-    ex.run_experiment("ics-distrib", "smoke", 1, tmp_path, log=lambda s: None)
+    run_experiment("ics-distrib", "smoke", 1, tmp_path, log=lambda s: None)
     with pytest.raises(UserError, match="different config"):
-        ex.run_experiment("ics-distrib", "smoke", 1, tmp_path, overrides=["optim.momentum=0.5"], log=lambda s: None)
+        run_experiment("ics-distrib", "smoke", 1, tmp_path, overrides=["optim.momentum=0.5"], log=lambda s: None)
 
 
 def test_seed_aggregation_matches_a_hand_computation():
@@ -116,10 +120,11 @@ def test_seed_aggregation_matches_a_hand_computation():
 def test_diverged_and_failed_runs_are_results_not_crashes(tmp_path, monkeypatch):
     presets = tmp_path / "configs" / "presets"
     presets.mkdir(parents=True)
-    text = (ex.CONFIGS / "presets" / "smoke.yaml").read_text().replace("lrs: [0.1, 0.5]", "lrs: [0.1, 100000.0]")
+    shipped = planning.configs_dir()
+    text = (shipped / "presets" / "smoke.yaml").read_text().replace("lrs: [0.1, 0.5]", "lrs: [0.1, 100000.0]")
     (presets / "smoke.yaml").write_text(text)
-    (tmp_path / "configs" / "dln.yaml").write_text((ex.CONFIGS / "dln.yaml").read_text())
-    monkeypatch.setattr(ex, "CONFIGS", tmp_path / "configs")
+    (tmp_path / "configs" / "dln.yaml").write_text((shipped / "dln.yaml").read_text())
+    monkeypatch.setattr(planning, "configs_dir", lambda: tmp_path / "configs")
 
     import landscape.train as train_mod
 
@@ -131,7 +136,7 @@ def test_diverged_and_failed_runs_are_results_not_crashes(tmp_path, monkeypatch)
         return real_train(cfg, **kw)
 
     monkeypatch.setattr(train_mod, "train", flaky)
-    summary = ex.run_experiment("train-compare", "smoke", 1, tmp_path / "out", log=lambda s: None)
+    summary = run_experiment("train-compare", "smoke", 1, tmp_path / "out", log=lambda s: None)
     runs = summary["runs"]
     assert runs["vgg-standard-lr100000-s0"]["status"] == "diverged"
     assert runs["vgg-standard-lr100000-s0"]["diverged_step"] >= 1
@@ -140,17 +145,20 @@ def test_diverged_and_failed_runs_are_results_not_crashes(tmp_path, monkeypatch)
     saved = json.loads((tmp_path / "out" / "train-compare" / "summary.json").read_text())
     assert saved["runs"]["vgg-standard-lr100000-s0"]["status_text"].startswith("diverged at step")
     claim = next(c for c in saved["claims"] if c["id"] == "fig1.bn_trains_better.lr100000")
-    assert claim["verdict"] in ("reproduced", "not reproduced", "inconclusive")
+    bn_acc = read_run(tmp_path / "out" / "runs" / "vgg-bn-lr100000-s0").kind("test")[-1]["acc"]
+    assert claim["values"] == [pytest.approx(bn_acc)]  # the diverged standard run counts as accuracy 0
 
 
-@pytest.mark.parametrize("command", ["train-compare", "ics-distrib", "ics-opti", "smoothness", "norms"])
+@pytest.mark.parametrize("command", list(REGISTRY))
 def test_experiment_commands_through_the_cli(tmp_path, command):
     res = runner.invoke(app, [command, "--preset", "smoke", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / command / "summary.json").read_text())
-    assert summary["claims"] and all(c["verdict"] in ("reproduced", "not reproduced", "inconclusive")
-                                     for c in summary["claims"])
-    assert all(c["claim"] in res.output for c in summary["claims"])
+    assert [c["id"] for c in summary["claims"]] == [c.id for c in get(command).claims(smoke())]
+    for c in summary["claims"]:  # the verdict follows from the numbers and the declared threshold
+        assert c["verdict"] == verdict(c, c["threshold"], c["direction"] == "above")
+        assert c["claim"] in res.output
+    assert {r["net"] for r in summary["runs"].values()} <= set(planning.NETS)
 
 
 def test_experiment_bad_input_is_one_line(tmp_path):
@@ -160,19 +168,55 @@ def test_experiment_bad_input_is_one_line(tmp_path):
     assert res.exit_code == 2 and "--seeds" in res.stderr
 
 
-@pytest.mark.parametrize("preset", ex.PRESETS)
+@pytest.mark.parametrize("preset", planning.preset_names())
 def test_every_shipped_preset_builds_every_experiment(preset):
-    path = ex.CONFIGS / "presets" / f"{preset}.yaml"
+    path = planning.configs_dir() / "presets" / f"{preset}.yaml"
     assert path.read_text().startswith("# landscape reproduce --preset " + preset)
-    p = ex.load_preset(preset)
-    for experiment in ex.EXPERIMENTS:
-        specs = ex.plan(experiment, p, [0, 1])
+    p = planning.load_preset(preset)
+    for experiment in REGISTRY.values():
+        specs = plan(experiment, p, [0, 1])
         assert specs and all(s.cfg.probes.enabled for s in specs)
+        assert experiment.claims(p)
     if preset == "paper":  # PAPER.md's protocol
-        vgg = ex.plan("train-compare", p, [0])[0].cfg
-        dln = ex.plan("ics-opti", p, [0])[-1].cfg
+        vgg = plan(get("train-compare"), p, [0])[0].cfg
+        dln = plan(get("ics-opti"), p, [0])[-1].cfg
         assert (vgg.steps, vgg.data.batch_size, vgg.optim.momentum, vgg.model.init, vgg.data.augment) == \
             (15000, 128, 0.0, "xavier", False)
         assert [e * 0.1 for e in (vgg.probes.etas[0], vgg.probes.etas[-1])] == pytest.approx([0.05, 0.4])
         assert (dln.steps, dln.optim.lr, dln.model.dln_depth, dln.data.batch_size) == (10000, 1e-6, 25, 0)
         assert (dln.probes.etas[0], dln.probes.etas[-1]) == (0.01, 30.0)
+
+
+def test_a_sixth_experiment_is_one_module_and_its_test(tmp_path):
+    """An experiment registered from here (two smoke runs, one claim, one figure) appears in
+    reproduce's summaries, in the report, and nowhere else needed editing."""
+    from landscape.claims import Claim, diff, final_train_loss
+    from landscape.experiments import Experiment, register, unregister
+    from landscape.planning import vgg_runs
+    from landscape.report import figures as F
+    from landscape.reproduce import reproduce
+
+    def toy_plan(preset, seeds, overrides):
+        return vgg_runs(preset, ("standard", "bn"), [0.05], seeds, overrides)
+
+    def loss_gap(t):
+        return diff(t.per_seed(final_train_loss, "vgg", "standard"), t.per_seed(final_train_loss, "vgg", "bn"))
+
+    def toy_figures(t):
+        return [F.Figure("Toy: training curves", F.training_curves, (t.groups("vgg"), "toy"))]
+
+    register(Experiment(name="toy", title="Toy: a sixth experiment", anchor="toy", help="A toy experiment.",
+                        plan=toy_plan, claims=lambda preset: [Claim("toy.loss_gap", "the toy claim",
+                                                                    "train loss standard - BN", loss_gap, 0.0)],
+                        figures=toy_figures))
+    try:
+        summaries, report = reproduce("smoke", 1, tmp_path, log=lambda s: None)
+    finally:
+        unregister("toy")
+    toy = summaries["toy"]
+    assert set(toy["runs"]) == {"vgg-standard-lr0.05-s0", "vgg-bn-lr0.05-s0"}
+    assert [c["id"] for c in toy["claims"]] == ["toy.loss_gap"] and toy["claims"][0]["n"] == 1
+    assert json.loads((tmp_path / "toy" / "summary.json").read_text())["claims"][0]["mean"] == toy["claims"][0]["mean"]
+    html = report.read_text()
+    assert 'id="toy"' in html and "Toy: a sixth experiment" in html and "the toy claim" in html
+    assert "<figcaption>Toy: training curves</figcaption>" in html and "Problems reading records" not in html

@@ -105,7 +105,7 @@ def test_gradient_sweep_on_a_quadratic_is_exact():
     g = A @ w
     for k, eta in enumerate(etas):
         step = w - eta * g
-        assert r.losses[k] == pytest.approx(0.5 * step @ A @ step, rel=1e-12)
+        assert r.losses[k] == pytest.approx((0.5 * step @ A @ step).item(), rel=1e-12)
         assert r.grad_change[k] == pytest.approx(eta * (A @ g).norm().item(), rel=1e-10)
     assert r.beta_eff == pytest.approx(((A @ g).norm() / g.norm()).item(), rel=1e-10)
     # and the top eigenvalue of the quadratic's Hessian is A's
@@ -438,6 +438,7 @@ def test_both_hessian_vector_product_routes_agree():
     assert f.cost.hvp == 2
 
 
+@pytest.mark.slow
 def test_the_readme_monitor_example_runs_as_written(tmp_path, monkeypatch):
     """The README's Python example, executed verbatim (in a temporary directory)."""
     from tests.conftest import ROOT

@@ -13,12 +13,16 @@ import time
 import pytest
 import torch
 
-import landscape.experiments as ex
+from landscape import planning
+from landscape.experiments import REGISTRY, get
+from landscape.launch import Launch, execute
+from landscape.reproduce import plan, run_experiment
 from landscape.results import read_run
 
 ray = pytest.importorskip("ray") if not os.environ.get("CI") else __import__("ray")
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
+ROOT = planning.configs_dir().parent
 TIMING = {"examples_per_s", "elapsed_s", "seconds", "train_seconds", "updated"}
 
 
@@ -45,16 +49,16 @@ def test_reproduce_smoke_on_ray_matches_the_local_launcher(tmp_path, local_ray):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the Ray tasks pin one thread per CPU they are granted
     try:
-        for e in ex.EXPERIMENTS:
-            ex.run_experiment(e, "smoke", 1, tmp_path / "local", log=lambda s: None)
+        for e in REGISTRY:
+            run_experiment(e, "smoke", 1, tmp_path / "local", log=lambda s: None)
     finally:
         torch.set_num_threads(threads)
-    launch = ex.Launch("ray", cpus_per_run=1)
-    specs = [s for e in ex.EXPERIMENTS for s in ex.plan(e, ex.load_preset("smoke"), [0])]
-    statuses = ex.execute(specs, tmp_path / "ray", None, None, launch, log=lambda s: None)
+    launch = Launch("ray", cpus_per_run=1)
+    specs = [s for e in REGISTRY for s in plan(get(e), planning.load_preset("smoke"), [0])]
+    statuses = execute(specs, tmp_path / "ray", None, None, launch, log=lambda s: None)
     assert set(statuses) == {s.name for s in specs} and set(statuses.values()) <= {"done", "diverged"}
-    for e in ex.EXPERIMENTS:
-        a = ex.run_experiment(e, "smoke", 1, tmp_path / "ray", launch=launch, log=lambda s: None)
+    for e in REGISTRY:
+        a = run_experiment(e, "smoke", 1, tmp_path / "ray", launch=launch, log=lambda s: None)
         b = json.loads((tmp_path / "local" / e / "summary.json").read_text())
         assert strip(a["claims"]) == strip(b["claims"])
     assert records(tmp_path / "ray") == records(tmp_path / "local")  # bitwise: same numbers, same threads
@@ -76,7 +80,7 @@ def test_an_experiment_on_a_real_cluster_head(tmp_path):
     try:
         res = subprocess.run([sys.executable, "-m", "cli", "ics-distrib", "--preset", "smoke", "--out",
                               str(tmp_path), "--launcher", "ray", "--address", f"127.0.0.1:{port}"],
-                             capture_output=True, text=True, env=env, timeout=300, cwd=ex.CONFIGS.parent)
+                             capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
         assert res.returncode == 0, res.stderr[-3000:]
         assert "ray: 3 runs on 2 CPUs" in res.stdout
         summary = json.loads((tmp_path / "ics-distrib" / "summary.json").read_text())
@@ -90,7 +94,7 @@ def test_a_killed_worker_becomes_a_failed_run_and_the_rerun_completes_only_it(tm
            "--launcher", "ray", "--set", "steps=400", "--set", "probes.steps=[1]"]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                              cwd=ex.CONFIGS.parent)
+                              cwd=ROOT)
     victim = tmp_path / "runs" / "vgg-bn-lr0.1-s0"
     deadline = time.time() + 180
     pid = None
@@ -114,7 +118,7 @@ def test_a_killed_worker_becomes_a_failed_run_and_the_rerun_completes_only_it(tm
     assert all(r.state == "done" for r in others)
     before = {r.name: (r.path / "metrics.jsonl").read_text() for r in others}
 
-    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=ex.CONFIGS.parent)
+    rerun = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert rerun.stdout.count("already complete, skipped") == 2
     assert "ray: 1 runs" in rerun.stdout

@@ -4,9 +4,10 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-import landscape.experiments as ex
 from cli import app
+from landscape.experiments import REGISTRY
 from landscape.report import build_report
+from landscape.reproduce import run_experiment
 from landscape.train import train
 from tests.conftest import tiny_config
 
@@ -18,8 +19,8 @@ def results(tmp_path_factory):
     """Every experiment at the smoke preset, plus odd runs: a hostile name, a diverged, a
     running, a failed and a damaged run."""
     out = tmp_path_factory.mktemp("results")
-    for experiment in ex.EXPERIMENTS:
-        ex.run_experiment(experiment, "smoke", 2 if experiment == "smoothness" else 1, out, log=lambda s: None)
+    for experiment in REGISTRY:
+        run_experiment(experiment, "smoke", 2 if experiment == "smoothness" else 1, out, log=lambda s: None)
     odd = out / "odd"
     train(tiny_config(name=EVIL, steps=4, probes={"enabled": ["gradient_sweep"], "every": 2}), out=odd)
     train(tiny_config(name="boom", steps=30, optim={"lr": 1e6}), out=odd)
@@ -44,9 +45,14 @@ def test_sections_and_tables(html):
         assert f'id="{anchor}"' in html, anchor
         assert f'href="#{anchor}"' in html, f"table of contents lacks {anchor}"
     assert "Configs side by side" in html and 'class="differs"' in html
-    for verdict in ("reproduced", "inconclusive"):
-        assert f'class="{verdict}"' in html or f'class="not-{verdict}"' in html
     assert "95% CI" in html and "probe share" in html
+
+
+def test_each_claim_row_shows_its_summary_verdict(results, html):
+    for experiment in REGISTRY:
+        for c in json.loads((results / experiment / "summary.json").read_text())["claims"]:
+            cls = c["verdict"].replace(" ", "-")
+            assert f'<td class="{cls}">{c["verdict"]}</td>' in html, c["id"]
 
 
 def test_every_expected_figure_is_present(html):
@@ -69,7 +75,7 @@ def test_statuses_and_problems_are_named(html):
     assert "diverged at step" in html
     assert "running (step 2)" in html
     assert "failed at step 1: CUDA OOM" in html
-    assert "env.json missing or unreadable" in html and "metrics.jsonl missing" in html
+    assert "env.json missing, unreadable or not a JSON object" in html and "metrics.jsonl missing" in html
 
 
 def test_user_strings_are_escaped(html):
@@ -84,10 +90,29 @@ def test_no_external_references(html):
 
 
 def test_a_single_run_and_a_monitor_run_make_a_report(tmp_path):
+    import torch
+
+    from landscape.probes import Monitor, every
+    from tests.test_probes import CE, batch_for, mlp_bn
+
     train(tiny_config(name="solo", steps=4, probes={"enabled": ["sharpness", "ics_opti"], "every": 2,
                                                     "sharpness_iters": 3}), out=tmp_path)
-    page = build_report([tmp_path / "solo"], tmp_path / "r.html").read_text()
-    assert "solo" in page and 'id="runs"' in page and "Figure not drawn" not in page
+    model = mlp_bn()
+    batch = batch_for(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Monitor(tmp_path / "mine", model, opt, CE, every(2), probes=["gradient_sweep", "ics_opti"]) as monitor:
+        for step in range(1, 5):
+            loss = CE(model(batch[0]), batch[1])
+            opt.zero_grad()
+            loss.backward()
+            monitor.observe(step, batch, loss)
+            opt.step()
+            monitor.log_train(step, loss=loss.item())
+    page = build_report([tmp_path / "solo", tmp_path / "mine"], tmp_path / "r.html").read_text()
+    assert 'id="runs"' in page and "Figure not drawn" not in page and "Problems reading records" not in page
+    assert "<td>solo</td>" in page and "<td>mine</td>" in page
+    for caption in ("Training curves", "Smoothness along the gradient", "ICS_opti"):
+        assert f"<figcaption>{caption}</figcaption>" in page
 
 
 def test_report_cli_and_bad_input(results, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from landscape.config import NORMS
 from landscape.data import seeded_generator
 
 

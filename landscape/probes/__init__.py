@@ -10,9 +10,9 @@ parameters, ``.grad``, buffers, optimizer state and RNG state exactly as it foun
 from landscape.probes.functional import resolve_layers
 from landscape.probes.ics import ActivationStats, IcsResult, activation_stats, distribution_shift, ics_opti
 from landscape.probes.landscape import SharpnessResult, SweepResult, gradient_sweep, sharpness
-from landscape.probes.monitor import Monitor
+from landscape.probes.monitor import DEFAULT_ETA_MULTIPLES, PROBE_NAMES, Monitor
 from landscape.probes.schedules import every, explicit, log_spaced
 
 __all__ = ["gradient_sweep", "sharpness", "ics_opti", "activation_stats", "distribution_shift", "Monitor",
            "SweepResult", "SharpnessResult", "IcsResult", "ActivationStats", "resolve_layers", "every",
-           "log_spaced", "explicit"]
+           "log_spaced", "explicit", "PROBE_NAMES", "DEFAULT_ETA_MULTIPLES"]

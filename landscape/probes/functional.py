@@ -60,7 +60,9 @@ def snapshot_buffers(model: nn.Module) -> Params:
     return {n: b.detach().clone() for n, b in model.named_buffers()}
 
 
-def rng_state(device: torch.device | None = None) -> dict:
+def rng_state() -> dict:
+    """The global RNG states (CPU, and every CUDA device once CUDA is in use): what probes
+    restore, and what a checkpoint saves."""
     state = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -69,8 +71,12 @@ def rng_state(device: torch.device | None = None) -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["cpu"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        if torch.is_tensor(cuda):  # checkpoints written before 0.2 saved the current device's state only
+            torch.cuda.set_rng_state(cuda)
+        else:
+            torch.cuda.set_rng_state_all(list(cuda))
 
 
 @contextlib.contextmanager

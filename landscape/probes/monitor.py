@@ -6,6 +6,9 @@
     optimizer.step()                     # a hook on the optimizer finishes ics_opti
     monitor.close()
 
+A loop that would rather call everything itself (as ``landscape train`` does) passes
+``step_hook=False`` and calls ``monitor.after_step()`` right after ``optimizer.step()``.
+
 Records (one JSON line each, in ``metrics.jsonl``), as ``landscape train`` writes them:
 ``{"kind": "probe", "probe": NAME, "step": t, "values": {...}, "cost": {"seconds", "forward",
 "backward", "hvp"}}``. ``monitor.log_train(step, loss=..., acc=...)`` adds train records.
@@ -25,7 +28,8 @@ from landscape.probes.ics import activation_stats, distribution_shift, ics_opti
 from landscape.probes.landscape import gradient_sweep, sharpness
 from landscape.probes.schedules import Schedule, every
 
-ALL_PROBES = ("gradient_sweep", "ics_opti", "activation_stats", "sharpness")
+PROBE_NAMES = ("gradient_sweep", "ics_opti", "activation_stats", "sharpness")
+DEFAULT_ETA_MULTIPLES = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)  # the paper's [0.5, 4] x lr
 
 
 def stability_threshold(optimizer: torch.optim.Optimizer) -> float | None:
@@ -56,13 +60,13 @@ class Monitor:
     def __init__(self, out: str | Path | Callable[[dict], None], model: nn.Module,
                  optimizer: torch.optim.Optimizer, loss_fn: Callable, schedule: Schedule | None = None, *,
                  probes: Sequence[str] = ("gradient_sweep", "ics_opti"), etas: Sequence[float] | None = None,
-                 eta_multiples: Sequence[float] = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0),
+                 eta_multiples: Sequence[float] = DEFAULT_ETA_MULTIPLES,
                  layers: Iterable | dict | None = None, probe_batch: Batch | None = None,
                  sharpness_iters: int = 20, sharpness_tol: float = 1e-3, eval_mode: bool = False,
-                 output_fn: Callable | None = None, force: bool = False):
-        unknown = [p for p in probes if p not in ALL_PROBES]
+                 output_fn: Callable | None = None, force: bool = False, step_hook: bool = True):
+        unknown = [p for p in probes if p not in PROBE_NAMES]
         if unknown:
-            raise ValueError(f"unknown probes {unknown}; choose from {ALL_PROBES}")
+            raise ValueError(f"unknown probes {unknown}; choose from {PROBE_NAMES}")
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.schedule = schedule or every(100)
         self.probes = tuple(probes)
@@ -89,7 +93,8 @@ class Monitor:
         self._snapshot: tuple[int, dict, dict] | None = None
         self._pending: dict | None = None
         self._last_step = 0
-        self._hook = optimizer.register_step_post_hook(self._after_optimizer_step)
+        # Users' loops get ics_opti finished by the optimizer itself; the trainer calls after_step().
+        self._hook = optimizer.register_step_post_hook(lambda *_: self.after_step()) if step_hook else None
 
     # ---------------------------------------------------------------- the loop's calls
     def before_forward(self, step: int) -> None:
@@ -145,11 +150,13 @@ class Monitor:
                 return stats
 
             self._timed(step, "activation_stats", measure)
-        if "ics_opti" in self.probes:  # finished by the optimizer's post-step hook, with W^{t+1}
+        if "ics_opti" in self.probes:  # finished by after_step(), with W^{t+1}
             self._pending = {"step": step, "batch": batch, "grad": grad, "buffers": buffers, "rng": rng,
                              "params": {n: p.clone() for n, p in current_params(self.model).items()}}
 
-    def _after_optimizer_step(self, optimizer, args, kwargs) -> None:
+    def after_step(self) -> None:
+        """Right after ``optimizer.step()``: finish ics_opti with the optimizer's real update W^{t+1}
+        (called by the optimizer's post-step hook unless the Monitor was made with ``step_hook=False``)."""
         pending, self._pending = self._pending, None
         if pending is None:
             return
@@ -184,7 +191,9 @@ class Monitor:
         self.previous_activations = state.get("previous_activations")
 
     def close(self, status: str = "done") -> None:
-        self._hook.remove()
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
         if self.run is not None:
             self.run.set_status(status, self._last_step)
             self.run.close()

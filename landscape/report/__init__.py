@@ -10,23 +10,15 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections import defaultdict
 from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from landscape.errors import UserError
+from landscape.files import atomic_write
 from landscape.report import figures as F
-from landscape.results import RunRecords, final_test, final_train, find_runs
-
-EXPERIMENT_TITLES = {
-    "train-compare": ("Figure 1: training with and without BatchNorm", "fig1"),
-    "ics-distrib": ("Figure 2: noisy BatchNorm and ICS_distrib", "fig2"),
-    "ics-opti": ("Figure 3: ICS from the optimisation view (ICS_opti)", "fig3"),
-    "smoothness": ("Figure 4: the landscape along the gradient", "fig4"),
-    "norms": ("Appendix: l_p normalisations", "appendix"),
-}
-
+from landscape.report.figures import Figure
+from landscape.results import RunRecords, RunTable, final_test, final_train, find_runs, finite
 
 def _png(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode()
@@ -54,8 +46,8 @@ def config_table(runs: list[RunRecords]) -> dict:
 def run_rows(runs: list[RunRecords]) -> list[dict]:
     rows = []
     for r in runs:
-        probe_s = sum(rec.get("cost", {}).get("seconds", 0.0) or 0.0 for rec in r.kind("probe"))
-        train_s = r.status.get("train_seconds")
+        probe_s = sum(finite((rec.get("cost") or {}).get("seconds") for rec in r.kind("probe")))
+        train_s = (finite([r.status.get("train_seconds")]) or [None])[0]
         rows.append({"name": r.name, "path": str(r.path), "status": r.describe_status(), "state": r.state,
                      "train": final_train(r), "test": final_test(r), "train_seconds": train_s,
                      "probe_seconds": probe_s,
@@ -68,7 +60,7 @@ def environments(runs: list[RunRecords]) -> list[dict]:
     seen, out = set(), []
     for r in runs:
         env = r.env or {}
-        key = tuple(env.get(k) for k in ("torch", "torchvision", "python", "device", "device_name", "git_commit"))
+        key = tuple(str(env.get(k)) for k in ("torch", "torchvision", "python", "device", "device_name", "git_commit"))
         if env and key not in seen:
             seen.add(key)
             out.append({"runs": [x.name for x in runs if (x.env or {}).get("git_commit") == env.get("git_commit")
@@ -76,87 +68,35 @@ def environments(runs: list[RunRecords]) -> list[dict]:
     return out
 
 
-def group(runs: list[RunRecords], arch: str | None = None, lr: float | None = None) -> dict[str, list[RunRecords]]:
-    """Runs by network (standard, bn, ...) in the paper's order; several seeds share a group."""
-    out = defaultdict(list)
-    for r in runs:
-        cfg = r.config or {}
-        if arch and cfg.get("model", {}).get("arch") != arch:
-            continue
-        if lr is not None and cfg.get("optim", {}).get("lr") != lr:
-            continue
-        out[F.net_of(r)].append(r)
-    order = {n: i for i, n in enumerate(F.NET_ORDER)}
-    return dict(sorted(out.items(), key=lambda kv: order.get(kv[0], 99)))
+def draw(figures: list, where: str, problems: list[str]) -> list[dict]:
+    """Draw each figure. A figure function that raises is a bug: the report still completes,
+    the figure shows its error, and the error is listed in "Problems reading records"."""
+    out = []
+    for fig in figures:
+        try:
+            out.append({"title": fig.title, "src": _png(fig.draw(*fig.args)), "error": None})
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            out.append({"title": fig.title, "src": None, "error": error})
+            problems.append(f"{where}: figure '{fig.title}' not drawn ({error})")
+    return out
 
 
-def _figure(figs: list, title: str, fn, *args) -> None:
-    """Draw one figure; a figure that cannot be drawn from what is recorded says so instead."""
-    try:
-        figs.append({"title": title, "src": _png(fn(*args)), "error": None})
-    except Exception as exc:  # a partial or odd run must not take the report down
-        figs.append({"title": title, "src": None, "error": f"{type(exc).__name__}: {exc}"})
-
-
-def experiment_figures(name: str, runs: list[RunRecords], lrs: list[float]) -> list[dict]:
-    figs: list[dict] = []
-    if name == "train-compare":
-        for lr in lrs:
-            g = group(runs, "vgg", lr)
-            _figure(figs, f"VGG, lr {lr:g}: train and test curves", F.training_curves, g, f"lr {lr:g}")
-        g = group(runs, "vgg", lrs[0])
-        layer = F.middle_layer([r for rs in g.values() for r in rs])
-        if layer:
-            _figure(figs, f"Activation distributions of {layer} over training (lr {lrs[0]:g})", F.activation_ridges,
-                    g, layer, f"input of {layer}")
-    elif name == "ics-distrib":
-        g = group(runs, "vgg")
-        _figure(figs, "Standard, BN and noisy BN: train and test curves", F.training_curves, g, "ICS_distrib")
-        layer = F.middle_layer(runs)
-        if layer:
-            _figure(figs, f"Activation distributions of {layer} over training", F.activation_ridges, g, layer,
-                    f"input of {layer}")
-        _figure(figs, "ICS_distrib: shift between consecutive measurements on a fixed batch", F.shift_curves, g,
-                "distribution shift")
-    elif name == "ics-opti":
-        for arch in ("vgg", "dln"):
-            g = group(runs, arch)
-            if g:
-                _figure(figs, f"{arch.upper()}: ICS_opti per layer and step", F.ics_heatmaps, g, arch.upper())
-                _figure(figs, f"{arch.upper()}: ICS_opti over training", F.ics_curves, g, arch.upper())
-                curves = F.training_curves if arch == "vgg" else F.regression_curves
-                _figure(figs, f"{arch.upper()}: training", curves, g, arch.upper())
-    elif name == "smoothness":
-        for arch in ("vgg", "dln"):
-            g = group(runs, arch)
-            if g:
-                _figure(figs, f"{arch.upper()}: loss variation, gradient predictiveness, beta_eff and sharpness",
-                        F.landscape_panels, g, arch.upper())
-    elif name == "norms":
-        g = group(runs, "vgg")
-        _figure(figs, "Normalisations: train and test curves", F.training_curves, g, "l_p normalisations")
-        _figure(figs, "Normalisations: smoothness along the gradient", F.landscape_panels, g, "l_p normalisations")
-        _figure(figs, "Normalisations: median smoothness over training", F.summary_bars, g, "medians over probe steps")
-        layer = F.middle_layer(runs)
-        if layer:
-            _figure(figs, f"Activation distributions of {layer}", F.activation_ridges, g, layer, f"input of {layer}")
-    return figs
-
-
-def generic_figures(runs: list[RunRecords]) -> list[dict]:
-    """Runs outside any experiment summary (a single `landscape train`, a Monitor in a user's loop)."""
-    figs: list[dict] = []
+def generic_figures(runs: list[RunRecords]) -> list[Figure]:
+    """Runs outside any known experiment (a single `landscape train`, a Monitor in a user's loop)."""
+    figs: list[Figure] = []
     groups = {r.name: [r] for r in runs}
     if any(r.kind("train") for r in runs):
         classify = any("acc" in rec for r in runs for rec in r.kind("train"))
-        _figure(figs, "Training curves", F.training_curves if classify else F.regression_curves, groups, "runs")
+        figs.append(Figure("Training curves", F.training_curves if classify else F.regression_curves,
+                           (groups, "runs")))
     if any(r.probe("gradient_sweep") or r.probe("sharpness") for r in runs):
-        _figure(figs, "Smoothness along the gradient", F.landscape_panels, groups, "runs")
+        figs.append(Figure("Smoothness along the gradient", F.landscape_panels, (groups, "runs")))
     if any(r.probe("ics_opti") for r in runs):
-        _figure(figs, "ICS_opti", F.ics_heatmaps, groups, "runs")
+        figs.append(Figure("ICS_opti", F.ics_heatmaps, (groups, "runs")))
     layer = F.middle_layer(runs)
     if layer:
-        _figure(figs, f"Activation distributions of {layer}", F.activation_ridges, groups, layer, layer)
+        figs.append(Figure(f"Activation distributions of {layer}", F.activation_ridges, (groups, layer, layer)))
     return figs
 
 
@@ -168,15 +108,39 @@ def find_summaries(paths: list[Path]) -> list[tuple[Path, dict | None]]:
         else:
             files = [p] if p.name == "summary.json" else []
         for f in files:
-            try:
-                out.append((f, json.loads(f.read_text())))
-            except (OSError, ValueError):
-                out.append((f, None))
+            out.append((f, _summary(f)))
     return out
 
 
+def _summary(path: Path) -> dict | None:
+    """A summary.json in the shape the report uses, or None (listed as a problem) if it has none."""
+    from landscape.runs import read_json
+
+    d = read_json(path)
+    if d is None or not isinstance(d.get("runs", {}), dict):
+        return None
+    claims = d.get("claims", [])
+    d["claims"] = [_claim(c) for c in claims if isinstance(c, dict)] if isinstance(claims, list) else []
+    d["seeds"] = d.get("seeds") if isinstance(d.get("seeds"), list) else []
+    return d
+
+
+def _claim(c: dict) -> dict:
+    """A claim row with every field the template reads, in the type it expects."""
+    def number(x):
+        return x if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+    ci = c.get("ci")
+    ok_ci = isinstance(ci, list) and len(ci) == 2 and all(number(v) is not None for v in ci)
+    text = {k: str(c.get(k, "")) for k in ("id", "claim", "quantity", "direction", "layers", "verdict")}
+    return {**c, **text, "mean": number(c.get("mean")), "ci": ci if ok_ci else None, "n": number(c.get("n")),
+            "threshold": number(c.get("threshold"))}
+
+
 def build_report(paths: list[str | Path], output: str | Path) -> Path:
-    paths = [Path(p) for p in paths]
+    paths, output = [Path(p) for p in paths], Path(output)
+    if output.is_dir():
+        raise UserError(f"report output '{output}' is a folder; pass a file name such as {output / 'report.html'}")
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise UserError(f"'{missing[0]}' does not exist; pass run directories, experiment folders or their parents")
@@ -185,28 +149,39 @@ def build_report(paths: list[str | Path], output: str | Path) -> Path:
     if not runs and not summaries:
         raise UserError(f"no runs or experiment summaries under {', '.join(map(str, paths))}; "
                         "pass the --out folder of `landscape train` or of an experiment")
+    from landscape.experiments import REGISTRY
+
     by_name = {r.name: r for r in runs}
-    problems = [f"{s}: unreadable summary.json" for s, d in summaries if d is None]
+    problems = [f"{s}: unreadable, or not a summary (a JSON object with a 'runs' object)" for s, d in summaries
+                if d is None]
     sections, used = [], set()
-    order = {name: i for i, name in enumerate(EXPERIMENT_TITLES)}
-    good = sorted([(f, d) for f, d in summaries if d], key=lambda fd: order.get(fd[1].get("experiment"), 99))
+    order = {name: i for i, name in enumerate(REGISTRY)}
+    good = sorted([(f, d) for f, d in summaries if d],
+                  key=lambda fd: (order.get(fd[1].get("experiment"), len(order)), str(fd[0])))
     for f, summary in good:
-        name = summary.get("experiment", f.parent.name)
-        names = list(summary.get("runs", {}))
-        exp_runs = [by_name[n] for n in names if n in by_name]
-        absent = [n for n in names if n not in by_name]
-        used.update(n for n in names if n in by_name)
-        lrs = sorted({v.get("lr") for v in summary.get("runs", {}).values() if v.get("arch") == "vgg"}) or [0.1]
-        title, anchor = EXPERIMENT_TITLES.get(name, (name, name))
+        name = str(summary.get("experiment", f.parent.name))
+        rows = summary.get("runs", {}) if isinstance(summary.get("runs"), dict) else {}
+        table = RunTable(rows, {n: by_name[n] for n in rows if n in by_name})
+        used.update(table.records)
+        experiment = REGISTRY.get(name)
+        try:
+            figures = experiment.figures(table) if experiment else generic_figures(list(table.records.values()))
+        except Exception as exc:  # a bug in the experiment's figure list: say so, draw the rest
+            problems.append(f"{f}: figures of '{name}' not listed ({type(exc).__name__}: {exc})")
+            figures = []
+        title, anchor = (experiment.title, experiment.anchor) if experiment else (name, f"exp-{name}")
+        exp_runs = list(table.records.values())
         sections.append({"anchor": anchor, "title": title, "experiment": name, "summary_path": str(f),
                          "preset": summary.get("preset"), "seeds": summary.get("seeds"),
-                         "claims": summary.get("claims", []), "figures": experiment_figures(name, exp_runs, lrs),
-                         "runs": run_rows(exp_runs), "absent": absent, "configs": config_table(exp_runs)})
+                         "claims": summary.get("claims", []), "figures": draw(figures, str(f), problems),
+                         "runs": run_rows(exp_runs), "absent": [n for n in rows if n not in by_name],
+                         "configs": config_table(exp_runs)})
     rest = [r for r in runs if r.name not in used]
     if rest:
         sections.append({"anchor": "runs", "title": "Runs", "experiment": None, "claims": [],
-                         "figures": generic_figures(rest), "runs": run_rows(rest), "absent": [],
-                         "configs": config_table(rest), "preset": None, "seeds": None, "summary_path": None})
+                         "figures": draw(generic_figures(rest), "runs", problems), "runs": run_rows(rest),
+                         "absent": [], "configs": config_table(rest), "preset": None, "seeds": None,
+                         "summary_path": None})
     claims = [dict(c, experiment=s["experiment"]) for s in sections for c in s["claims"]]
     problems += [f"{r.path}: {p}" for r in runs for p in r.problems]
     env = Environment(loader=PackageLoader("landscape.report", "templates"), autoescape=select_autoescape(["html"]))
@@ -214,12 +189,8 @@ def build_report(paths: list[str | Path], output: str | Path) -> Path:
     html = env.get_template("report.html").render(
         sections=sections, claims=claims, envs=environments(runs), problems=problems, n_runs=len(runs),
         sources=[str(p) for p in paths], generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
-    output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
-    tmp.write_text(html)
-    tmp.replace(output)
-    return output
+    return atomic_write(output, html)
 
 
 def _num(x, digits: int = 4) -> str:

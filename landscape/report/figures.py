@@ -4,7 +4,10 @@ every number drawn is a recorded one, or a mean/confidence band over seeds of re
 from __future__ import annotations
 
 import io
+import zlib
 from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable
 
 import matplotlib
 
@@ -13,26 +16,35 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from landscape.planning import NETS  # noqa: E402
 from landscape.results import RunRecords, finite, loss_band, max_grad_change, mean_over_layers, mean_shift  # noqa: E402
 from landscape.stats import mean_ci  # noqa: E402
 
 MAX_POINTS = 300  # long series are downsampled for drawing
-NET_ORDER = ["standard", "bn", "noisy_bn", "l1", "l2", "linf"]
 NET_LABELS = {"standard": "standard", "bn": "BatchNorm", "noisy_bn": "noisy BN", "l1": "l1 norm", "l2": "l2 norm",
               "linf": "l_inf norm"}
-NORM_TO_NET = {"none": "standard", "batch": "bn", "noisy_batch": "noisy_bn", "l1": "l1", "l2": "l2", "linf": "linf"}
+PALETTE = sns.color_palette("colorblind", 10)
+NET_COLORS = {net: PALETTE[i] for i, net in enumerate(NETS)}  # the same colour per network in every figure
 
 sns.set_theme(style="whitegrid", context="paper", font_scale=1.05)
 
 
-def net_of(run: RunRecords) -> str:
-    model = (run.config or {}).get("model", {})
-    return NORM_TO_NET.get(model.get("norm"), run.name) if isinstance(model, dict) else run.name
+@dataclass(frozen=True)
+class Figure:
+    """One figure of a report section: ``draw(*args)`` returns PNG bytes."""
+
+    title: str
+    draw: Callable[..., bytes]
+    args: tuple = ()
 
 
-def color_of(net: str) -> str:
-    palette = sns.color_palette("colorblind", len(NET_ORDER) + 4)
-    return palette[NET_ORDER.index(net)] if net in NET_ORDER else palette[len(NET_ORDER) + hash(net) % 4]
+def color_of(net: str) -> tuple:
+    """A fixed colour per network kind; other names (runs outside experiments) get one of the
+    remaining colours by a stable hash of the name, the same in every process."""
+    if net in NET_COLORS:
+        return NET_COLORS[net]
+    rest = PALETTE[len(NET_COLORS):]
+    return rest[zlib.crc32(net.encode()) % len(rest)]
 
 
 def label_of(net: str) -> str:

@@ -1,0 +1,80 @@
+"""Figure 2: noisy BatchNorm, which makes layer inputs unstable (ICS_distrib), still trains."""
+
+from __future__ import annotations
+
+from landscape.claims import Claim, diff, final_train_acc, median_probe, ratio
+from landscape.experiments import Experiment, Figure, register
+from landscape.planning import vgg_runs
+from landscape.report import figures as F
+from landscape.results import mean_shift
+
+NETS = ("standard", "bn", "noisy_bn")
+
+
+def plan(preset: dict, seeds: list[int], overrides: list[dict]):
+    return vgg_runs(preset, NETS, preset["lrs"][:1], seeds, overrides)
+
+
+# Figure 2 compares training accuracy; noisy BN's test accuracy also pays for the noise
+# being off at evaluation, which is not the paper's point.
+def _acc(t, net):
+    return t.per_seed(final_train_acc, "vgg", net)
+
+
+def _shift(t, net):
+    return t.per_seed(median_probe("activation_stats", mean_shift), "vgg", net)
+
+
+def noisy_minus_standard(t):
+    return diff(_acc(t, "noisy_bn"), _acc(t, "standard"))
+
+
+def share_of_gap_closed(t):
+    noisy, std, bn = _acc(t, "noisy_bn"), _acc(t, "standard"), _acc(t, "bn")
+    out = {}
+    for s in sorted(bn):
+        n, a, b = noisy.get(s), std.get(s), bn.get(s)
+        out[s] = (n - a) / (b - a) if None not in (n, a, b) and b != a else None
+    return out
+
+
+def shift_noisy_over_bn(t):
+    return ratio(_shift(t, "noisy_bn"), _shift(t, "bn"))
+
+
+def shift_noisy_over_standard(t):
+    return ratio(_shift(t, "noisy_bn"), _shift(t, "standard"))
+
+
+def claims(preset: dict) -> list[Claim]:
+    layers = "every probed layer's input, mean over layers"
+    return [
+        Claim("fig2.noisy_bn_beats_standard", "noisy BN trains better than the standard VGG",
+              "final train acc (noisy BN) - train acc (standard)", noisy_minus_standard, 0.0),
+        Claim("fig2.noisy_bn_close_to_bn", "noisy BN trains almost as well as BN: it closes most of the gap between "
+              "standard and BN", "(train acc noisy BN - standard) / (BN - standard)", share_of_gap_closed, 0.5),
+        Claim("fig2.noisy_bn_least_stable", "noisy BN's layer inputs shift more than BN's (ICS_distrib)",
+              "median Wasserstein-1 shift between consecutive measurements, noisy BN / BN", shift_noisy_over_bn, 1.0,
+              layers=layers),
+        Claim("fig2.noisy_bn_shifts_more_than_standard", "noisy BN's layer inputs shift more than the standard "
+              "network's", "median Wasserstein-1 shift, noisy BN / standard", shift_noisy_over_standard, 1.0,
+              layers=layers),
+    ]
+
+
+def figures(t) -> list[Figure]:
+    g = t.groups("vgg")
+    figs = [Figure("Standard, BN and noisy BN: train and test curves", F.training_curves, (g, "ICS_distrib"))]
+    layer = F.middle_layer([r for rs in g.values() for r in rs])
+    if layer:
+        figs.append(Figure(f"Activation distributions of {layer} over training", F.activation_ridges,
+                           (g, layer, f"input of {layer}")))
+    figs.append(Figure("ICS_distrib: shift between consecutive measurements on a fixed batch", F.shift_curves,
+                       (g, "distribution shift")))
+    return figs
+
+
+EXPERIMENT = register(Experiment(
+    name="ics-distrib", title="Figure 2: noisy BatchNorm and ICS_distrib", anchor="fig2",
+    help="Figure 2: standard vs BN vs noisy BN (accuracy and ICS_distrib, the activation shift).",
+    plan=plan, claims=claims, figures=figures))

@@ -1,0 +1,68 @@
+"""Figure 3: internal covariate shift from the optimisation view (ICS_opti), VGG and the deep linear network."""
+
+from __future__ import annotations
+
+from landscape.claims import Claim, diff, final_train_loss, median_probe, ratio
+from landscape.experiments import Experiment, Figure, register
+from landscape.planning import dln_runs, vgg_runs
+from landscape.report import figures as F
+from landscape.results import mean_over_layers
+
+LAYERS = "every probed layer after the first (its G' = G by definition), mean over layers"
+
+
+def plan(preset: dict, seeds: list[int], overrides: list[dict]):
+    return (vgg_runs(preset, ("standard", "bn"), preset["lrs"][:1], seeds, overrides)
+            + dln_runs(preset, ("standard", "bn"), seeds, overrides))
+
+
+def _cos(t, arch, net):
+    return t.per_seed(median_probe("ics_opti", lambda v: mean_over_layers(v, "cosine")), arch, net)
+
+
+def vgg_cos_standard_minus_bn(t):
+    return diff(_cos(t, "vgg", "standard"), _cos(t, "vgg", "bn"))
+
+
+def dln_standard_cos(t):
+    return _cos(t, "dln", "standard")
+
+
+def dln_cos_standard_minus_bn(t):
+    return diff(_cos(t, "dln", "standard"), _cos(t, "dln", "bn"))
+
+
+def dln_loss_standard_over_bn(t):
+    return ratio(t.per_seed(final_train_loss, "dln", "standard"), t.per_seed(final_train_loss, "dln", "bn"))
+
+
+def claims(preset: dict) -> list[Claim]:
+    return [
+        Claim("fig3.vgg_bn_not_less_ics", "for VGG, ICS_opti is similar or larger with BN",
+              "median cos(G, G') standard - BN (>= -0.05: BN's cosine is not clearly higher)",
+              vgg_cos_standard_minus_bn, -0.05, layers=LAYERS),
+        Claim("fig3.dln_standard_cosine_near_1", "the standard DLN's G and G' are almost aligned",
+              "median cos(G, G'), standard DLN", dln_standard_cos, 0.9, layers=LAYERS),
+        Claim("fig3.dln_bn_less_correlated", "the BN DLN's G and G' are much less correlated",
+              "median cos(G, G') standard DLN - BN DLN", dln_cos_standard_minus_bn, 0.1, layers=LAYERS),
+        Claim("fig3.dln_bn_trains_better", "yet the BN DLN trains better", "final train loss, standard DLN / BN DLN",
+              dln_loss_standard_over_bn, 1.0),
+    ]
+
+
+def figures(t) -> list[Figure]:
+    figs = []
+    for arch in ("vgg", "dln"):
+        g = t.groups(arch)
+        if g:
+            curves = F.training_curves if arch == "vgg" else F.regression_curves
+            figs += [Figure(f"{arch.upper()}: ICS_opti per layer and step", F.ics_heatmaps, (g, arch.upper())),
+                     Figure(f"{arch.upper()}: ICS_opti over training", F.ics_curves, (g, arch.upper())),
+                     Figure(f"{arch.upper()}: training", curves, (g, arch.upper()))]
+    return figs
+
+
+EXPERIMENT = register(Experiment(
+    name="ics-opti", title="Figure 3: ICS from the optimisation view (ICS_opti)", anchor="fig3",
+    help="Figure 3: ICS_opti (l2 and cosine between G and G') for VGG and the deep linear network.",
+    plan=plan, claims=claims, figures=figures))

@@ -1,0 +1,56 @@
+"""Appendix: l1, l2 and l_inf normalisation against BatchNorm and the standard VGG."""
+
+from __future__ import annotations
+
+from landscape.claims import Claim, diff, final_test_acc, median_probe, ratio
+from landscape.experiments import Experiment, Figure, register
+from landscape.planning import vgg_runs
+from landscape.report import figures as F
+from landscape.results import beta_eff
+
+LP = ("l1", "l2", "linf")
+
+
+def plan(preset: dict, seeds: list[int], overrides: list[dict]):
+    return vgg_runs(preset, ("standard", "bn", *LP), preset["lrs"][:1], seeds, overrides)
+
+
+def acc_minus_bn(net: str):
+    def measure(t):
+        return diff(t.per_seed(final_test_acc, "vgg", net), t.per_seed(final_test_acc, "vgg", "bn"))
+    return measure
+
+
+def beta_standard_over(net: str):
+    def measure(t):
+        metric = median_probe("gradient_sweep", beta_eff)
+        return ratio(t.per_seed(metric, "vgg", "standard"), t.per_seed(metric, "vgg", net))
+    return measure
+
+
+def claims(preset: dict) -> list[Claim]:
+    out = []
+    for net in LP:
+        out.append(Claim(f"appendix.{net}.trains_like_bn", f"{net} normalisation trains as well as BN (within 3 "
+                         "points) or better", f"test acc ({net}) - test acc (BN)", acc_minus_bn(net), -0.03))
+        out.append(Claim(f"appendix.{net}.smoother_than_standard", f"{net} normalisation smooths the landscape "
+                         "(beta_eff lower than standard)", f"median beta_eff, standard / {net}",
+                         beta_standard_over(net), 1.0))
+    return out
+
+
+def figures(t) -> list[Figure]:
+    g = t.groups("vgg")
+    figs = [Figure("Normalisations: train and test curves", F.training_curves, (g, "l_p normalisations")),
+            Figure("Normalisations: smoothness along the gradient", F.landscape_panels, (g, "l_p normalisations")),
+            Figure("Normalisations: median smoothness over training", F.summary_bars, (g, "medians over probe steps"))]
+    layer = F.middle_layer([r for rs in g.values() for r in rs])
+    if layer:
+        figs.append(Figure(f"Activation distributions of {layer}", F.activation_ridges, (g, layer, f"input of {layer}")))
+    return figs
+
+
+EXPERIMENT = register(Experiment(
+    name="norms", title="Appendix: l_p normalisations", anchor="appendix",
+    help="Appendix: l1, l2 and l_inf normalisation against BN and standard.",
+    plan=plan, claims=claims, figures=figures))

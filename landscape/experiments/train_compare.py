@@ -1,0 +1,42 @@
+"""Figure 1: VGG with and without BatchNorm at two learning rates."""
+
+from __future__ import annotations
+
+from landscape.claims import Claim, diff, final_test_acc
+from landscape.experiments import Experiment, Figure, register
+from landscape.planning import vgg_runs
+from landscape.report import figures as F
+
+
+def plan(preset: dict, seeds: list[int], overrides: list[dict]):
+    return vgg_runs(preset, ("standard", "bn"), preset["lrs"], seeds, overrides)
+
+
+def claims(preset: dict) -> list[Claim]:
+    def bn_minus_standard(lr):
+        def measure(t):
+            return diff(t.per_seed(final_test_acc, "vgg", "bn", lr), t.per_seed(final_test_acc, "vgg", "standard", lr))
+        return measure
+
+    return [Claim(f"fig1.bn_trains_better.lr{lr:g}", f"BN reaches a higher test accuracy than the standard VGG at "
+                  f"lr {lr:g}", "test acc (BN) - test acc (standard), paired by seed", bn_minus_standard(lr), 0.0)
+            for lr in preset["lrs"]]
+
+
+def figures(t) -> list[Figure]:
+    lrs = t.lrs("vgg")
+    figs = [Figure(f"VGG, lr {lr:g}: train and test curves", F.training_curves, (t.groups("vgg", lr), f"lr {lr:g}"))
+            for lr in lrs]
+    if lrs:
+        g = t.groups("vgg", lrs[0])
+        layer = F.middle_layer([r for rs in g.values() for r in rs])
+        if layer:
+            figs.append(Figure(f"Activation distributions of {layer} over training (lr {lrs[0]:g})",
+                               F.activation_ridges, (g, layer, f"input of {layer}")))
+    return figs
+
+
+EXPERIMENT = register(Experiment(
+    name="train-compare", title="Figure 1: training with and without BatchNorm", anchor="fig1",
+    help="Figure 1: VGG standard vs BN at lr 0.1 and 0.5 (training curves, activation distributions).",
+    plan=plan, claims=claims, figures=figures))

@@ -1,0 +1,78 @@
+"""Writing files so that a reader (or a kill) never sees half of one: write a temporary
+sibling, then rename it over the target (``os.replace`` is atomic on one file system)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+TMP_MARK = ".tmp"  # temporary files are ``.<name>.tmp<pid>``; a killed writer can leave one behind
+
+
+def atomic_write(path: str | Path, content: str | bytes | Callable[[Path], None]) -> Path:
+    """Write ``content`` (text, bytes, or a function that writes a given path, e.g.
+    ``lambda p: torch.save(obj, p)``) to ``path`` atomically; returns ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+    try:
+        if callable(content):
+            content(tmp)
+        elif isinstance(content, bytes):
+            tmp.write_bytes(content)
+        else:
+            tmp.write_text(content)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def is_temporary(name: str) -> bool:
+    """A file :func:`atomic_write` left behind when its writer was killed mid-write."""
+    return name.startswith(".") and TMP_MARK in name
+
+
+LOCK_NAME = ".lock"
+
+
+class FolderLock:
+    """An exclusive, OS-level lock on a folder (``flock`` on ``<folder>/.lock``), held while a
+    process writes the folder and released when it ends in any way, kill -9 included.
+    Readers do not take it."""
+
+    def __init__(self, folder: str | Path, what: str = "folder"):
+        self.folder, self.what, self._fd = Path(folder), what, None
+
+    def acquire(self) -> "FolderLock":
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): writers are not excluded there
+            return self
+        path = self.folder / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            from landscape.errors import UserError
+
+            raise UserError(f"{self.what} '{self.folder}' is being written by process {holder}; wait for it to "
+                            "finish or stop it, or use another --out or name") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -1,0 +1,109 @@
+"""Running experiments: plan their runs, launch the missing ones, judge the claims, write
+``OUT/<experiment>/summary.json``; ``reproduce`` does every registered experiment and the report.
+
+A summary lists each run as the experiment sees it (arch, net, lr, seed, status, final
+metrics) and each claim with its per-seed values, aggregate and verdict. The report reads
+those descriptions; nothing here is re-derived from configs later.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from landscape.config import parse_override
+from landscape.errors import UserError
+from landscape.experiments import REGISTRY, Experiment, get
+from landscape.files import FolderLock, atomic_write
+from landscape.launch import Launch, Log, execute, say
+from landscape.planning import RunSpec, check_overrides, load_preset
+from landscape.results import RunTable, final_test, final_train, read_run
+from landscape.runs import json_safe
+
+MAX_SEEDS = 1000  # a sanity bound: --seeds 1000000000 is a typo, not a plan
+
+
+def plan(experiment: Experiment, preset: dict, seeds: list[int], overrides: list[dict] = ()) -> list[RunSpec]:
+    check_overrides(list(overrides))
+    return experiment.plan(preset, seeds, list(overrides))
+
+
+def prepare(names: list[str], preset_name: str, seeds: int, overrides: list[str], data_dir=None,
+            device: str | None = None) -> tuple[dict, list[int], dict[str, list[RunSpec]]]:
+    """Validate everything and plan every experiment's runs, before any file is touched."""
+    from landscape.train import resolve_device
+
+    if device is not None:
+        resolve_device(device)
+    if data_dir is not None and not Path(data_dir).expanduser().exists():
+        raise UserError(f"--data-dir '{data_dir}' does not exist; pass the folder holding the data set")
+    if not 1 <= seeds <= MAX_SEEDS:
+        raise UserError(f"--seeds must be between 1 and {MAX_SEEDS}; got {seeds}")
+    preset = load_preset(preset_name)
+    parsed = [parse_override(o) for o in overrides]
+    seed_list = list(range(seeds))
+    return preset, seed_list, {name: plan(get(name), preset, seed_list, parsed) for name in names}
+
+
+def summarise(experiment: Experiment, specs: list[RunSpec], out: Path, preset: dict, seeds: list[int]) -> dict:
+    """Read the experiment's runs back, judge its claims, write ``OUT/<experiment>/summary.json``."""
+    runs_dir = Path(out) / "runs"
+    runs = {s.name: read_run(runs_dir / s.name) for s in specs if (runs_dir / s.name).exists()}
+    rows = {}
+    for s in specs:
+        r = runs.get(s.name)
+        rows[s.name] = {**s.describe(), "status": r.state if r else "missing",
+                        "status_text": r.describe_status() if r else "missing",
+                        "diverged_step": r.status.get("diverged_step") if r else None,
+                        "final_train": final_train(r) if r else None, "final_test": final_test(r) if r else None}
+    table = RunTable(rows, runs)
+    summary = {"experiment": experiment.name, "preset": preset["name"], "seeds": seeds, "runs": rows,
+               "claims": [claim.judge(table) for claim in experiment.claims(preset)]}
+    target = Path(out) / experiment.name
+    target.mkdir(parents=True, exist_ok=True)
+    atomic_write(target / "summary.json", json.dumps(json_safe(summary), indent=2))
+    return summary
+
+
+def run_experiments(names: list[str], preset_name: str, seeds: int, out: str | Path, data_dir=None,
+                    device: str | None = None, overrides: list[str] = (), launch: Launch | None = None,
+                    log: Log = say, on_summary=None) -> dict[str, dict]:
+    """Run the named experiments: every run they need (shared runs once), then one summary each.
+
+    All runs are planned and checked first, then launched as one batch (so a Ray cluster
+    stays busy), then each experiment is summarised; ``on_summary(summary)`` is called as
+    each summary is written."""
+    preset, seed_list, plans = prepare(names, preset_name, seeds, list(overrides), data_dir, device)
+    launch = launch or Launch()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out '{out}' is a file; pass a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    with FolderLock(out, "results folder"):  # one writer per results folder
+        execute([s for specs in plans.values() for s in specs], out, data_dir, device, launch, log)
+        summaries = {}
+        for name, specs in plans.items():
+            summaries[name] = summarise(get(name), specs, out, preset, seed_list)
+            if on_summary:
+                on_summary(summaries[name])
+    return summaries
+
+
+def run_experiment(name: str, preset_name: str, seeds: int, out: str | Path, data_dir=None, device: str | None = None,
+                   overrides: list[str] = (), launch: Launch | None = None, log: Log = say) -> dict:
+    """One experiment: its runs, then its summary."""
+    return run_experiments([name], preset_name, seeds, out, data_dir, device, overrides, launch, log)[name]
+
+
+def reproduce(preset_name: str, seeds: int, out: str | Path, data_dir=None, device: str | None = None,
+              overrides: list[str] = (), launch: Launch | None = None, report: str | Path | None = None,
+              log: Log = say, on_summary=None) -> tuple[dict[str, dict], Path]:
+    """Every registered experiment, then the HTML report (default ``OUT/report.html``)."""
+    from landscape.report import build_report
+
+    t0 = time.perf_counter()
+    summaries = run_experiments(list(REGISTRY), preset_name, seeds, out, data_dir, device, overrides, launch, log,
+                                on_summary)
+    log(f"all experiments in {time.perf_counter() - t0:.0f} s -> {out}")
+    return summaries, build_report([out], report or Path(out) / "report.html")
