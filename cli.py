@@ -113,7 +113,8 @@ def _print_claims(summary: dict) -> None:
     for c in summary["claims"]:
         mean = "n/a" if c["mean"] is None else f"{c['mean']:.4g}"
         ci = "" if not c.get("ci") else f" [95% CI {c['ci'][0]:.3g}, {c['ci'][1]:.3g}]"
-        typer.echo(f"  {c['verdict']:>15}: {c['claim']} ({c['quantity']} = {mean}{ci})")
+        signs = f", {c['signs']['k']} of {c['signs']['n']} seeds on the claimed side" if c.get("signs") else ""
+        typer.echo(f"  {c['verdict']:>15}: {c['claim']} ({c['quantity']} = {mean}{ci}{signs}; {c.get('why', '')})")
 
 
 def _experiment_command(name: str, help_text: str):

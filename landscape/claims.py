@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from landscape.results import RunRecords, RunTable, final_test, final_train, med, probe_series
-from landscape.stats import mean_ci, verdict
+from landscape.stats import judge
 
 PerSeed = dict[int, "float | None"]
 
@@ -27,15 +27,16 @@ class Claim:
     measure: Callable[[RunTable], PerSeed]  # per-seed value, paired by seed
     threshold: float
     direction: str = "above"  # the claim holds when the quantity is above (or below) the threshold
+    transform: str = "none"  # the test's scale: "log" for ratios (see landscape.stats)
     layers: str = ""  # which layers the quantity aggregates, where it is per layer
 
     def judge(self, table: RunTable) -> dict:
+        """The per-seed values (paired by seed), their aggregate and the one-sided verdict."""
         per_seed = self.measure(table)
-        agg = mean_ci([per_seed[s] for s in sorted(per_seed)])
-        return {"id": self.id, "claim": self.text, "quantity": self.quantity, **agg, "threshold": self.threshold,
+        result = judge([per_seed[s] for s in sorted(per_seed)], self.threshold, self.direction, self.transform)
+        return {"id": self.id, "claim": self.text, "quantity": self.quantity, **result, "threshold": self.threshold,
                 "direction": self.direction, "layers": self.layers,
-                "per_seed": {str(s): per_seed[s] for s in sorted(per_seed)},
-                "verdict": verdict(agg, self.threshold, self.direction == "above")}
+                "per_seed": {str(s): per_seed[s] for s in sorted(per_seed)}}
 
 
 # ------------------------------------------------------------------ paired per-seed arithmetic

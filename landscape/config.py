@@ -39,10 +39,11 @@ class DataConfig:
 class NoiseConfig:
     """Noise injected after each BatchNorm by norm=noisy_batch (PAPER.md, Experiment 2)."""
 
-    mean_range: tuple[float, float] = (-0.5, 0.5)  # mu ~ U(lo, hi), one per layer and step
-    scale_range: tuple[float, float] = (1.0, 1.25)  # sigma ~ U(lo, hi), one per layer and step
-    mean_spread: float = 0.1  # m[i,j] ~ U(mu - spread, mu + spread), per sample i and channel j
-    scale_std: float = 0.1  # s[i,j] ~ N(sigma, scale_std**2), per sample i and channel j
+    form: str = "per_unit"  # per_unit: the paper's Algorithm 1 | per_layer: landscape 0.1's form (see NoisyBatchNorm)
+    mean_range: tuple[float, float] = (-0.5, 0.5)  # mu_j ~ U(lo, hi), per unit (channel) j and step
+    scale_range: tuple[float, float] = (1.0, 1.25)  # sigma_j ~ U(lo, hi), per unit j and step
+    mean_spread: float = 0.1  # m[i,j] ~ U(mu_j - spread, mu_j + spread), per activation i (sample, position)
+    scale_std: float = 0.1  # s[i,j] ~ N(sigma_j, scale_std**2), per activation i
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class Config:
 
 
 NORMS = ("none", "batch", "noisy_batch", "l1", "l2", "linf")  # model.norm: what follows each conv / linear layer
+NOISE_FORMS = ("per_unit", "per_layer")  # model.noise.form
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "loss": ("cross_entropy", "sum_squares", "mse"),
@@ -111,6 +113,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.arch": ("vgg", "dln"),
     "model.head": ("linear", "mlp"),
     "model.norm": NORMS,
+    "model.noise.form": NOISE_FORMS,
     "model.init": ("xavier", "kaiming", "torch_default"),
     "probes.schedule": ("every", "log", "list"),
 }

@@ -51,10 +51,10 @@ class Split:
         return Split(self.inputs[idx], self.targets[idx])
 
 
-def seeded_generator(*keys: int) -> torch.Generator:
-    """A CPU generator whose stream depends on every key (numpy's SeedSequence mixing)."""
+def seeded_generator(*keys: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator (on ``device``) whose stream depends on every key (numpy's SeedSequence mixing)."""
     state = np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+    return torch.Generator(device=device).manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 def default_cache_dir() -> Path:

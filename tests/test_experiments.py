@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -11,7 +12,7 @@ from landscape.errors import UserError
 from landscape.experiments import REGISTRY, get
 from landscape.reproduce import plan, run_experiment
 from landscape.results import read_run
-from landscape.stats import mean_ci, verdict
+from landscape.stats import judge, mean_ci, seeds_needed
 
 runner = CliRunner()
 
@@ -111,10 +112,36 @@ def test_seed_aggregation_matches_a_hand_computation():
     assert agg["mean"] == 2.5 and agg["n"] == 4
     assert agg["ci"] == pytest.approx([2.5 - half, 2.5 + half], rel=1e-12)
     assert mean_ci([3.0])["ci"] is None and mean_ci([None, float("nan")])["mean"] is None
-    assert verdict({"mean": 2.5, "ci": [0.5, 4.5]}, 0.0) == "reproduced"
-    assert verdict({"mean": 2.5, "ci": [-0.5, 4.5]}, 0.0) == "inconclusive"
-    assert verdict({"mean": -2.0, "ci": [-3.0, -1.0]}, 0.0) == "not reproduced"
-    assert verdict({"mean": -2.0, "ci": None}, 0.0, above=False) == "reproduced"
+
+
+def test_the_one_sided_test_and_sign_count_match_a_hand_computation():
+    # d = values - 1 = [0.5, 1.0, 2.0, -0.5]: mean 0.75, sd = sqrt(((-.25)^2+.25^2+1.25^2+1.25^2)/3)
+    values = [1.5, 2.0, 3.0, 0.5]
+    sd = ((0.0625 + 0.0625 + 1.5625 + 1.5625) / 3) ** 0.5
+    t = 0.75 / (sd / 2)
+    r = judge(values, 1.0, "above")
+    from scipy import stats
+
+    assert r["p_value"] == pytest.approx(stats.t.sf(t, 3), rel=1e-12)
+    assert r["signs"] == {"k": 3, "n": 4}
+    assert r["bound"] == pytest.approx(1.0 + 0.75 - stats.t.ppf(0.95, 3) * sd / 2, rel=1e-12)
+    assert r["effect"]["d_z"] == pytest.approx(0.75 / sd, rel=1e-12)
+    assert r["verdict"] == "inconclusive" and "too few seeds" in r["why"]  # t = 1.10, p = 0.18
+    # "below" claims mirror "above" ones; log-ratio claims are tested on log(values)
+    assert judge([0.5, 0.4, 0.6], 1.0, "below")["verdict"] == "reproduced"
+    logged = judge([2.0, 4.0, 8.0], 1.0, "above", "log")
+    assert logged["p_value"] == pytest.approx(stats.ttest_1samp(np.log([2.0, 4.0, 8.0]), 0.0,
+                                                                alternative="greater").pvalue, rel=1e-12)
+    assert judge([0.2, 0.3, 0.25], 1.0, "above", "log")["verdict"] == "not reproduced"
+    one = judge([1.2], 1.0)
+    assert one["verdict"] == "reproduced" and "indicative" in one["why"] and one["p_value"] is None
+    assert judge([None, float("nan")], 1.0)["verdict"] == "inconclusive"
+
+
+def test_the_seed_estimate_matches_a_known_power_table():
+    # paired t, one-sided alpha 0.05, power 0.8: d_z = 1 needs 8 pairs, d_z = 0.5 needs 27 (Cohen 1988)
+    assert seeds_needed(1.0, 1.0) == 8 and seeds_needed(0.5, 1.0) == 27
+    assert seeds_needed(0.0, 1.0) is None
 
 
 def test_diverged_and_failed_runs_are_results_not_crashes(tmp_path, monkeypatch):
@@ -156,7 +183,7 @@ def test_experiment_commands_through_the_cli(tmp_path, command):
     summary = json.loads((tmp_path / command / "summary.json").read_text())
     assert [c["id"] for c in summary["claims"]] == [c.id for c in get(command).claims(smoke())]
     for c in summary["claims"]:  # the verdict follows from the numbers and the declared threshold
-        assert c["verdict"] == verdict(c, c["threshold"], c["direction"] == "above")
+        assert c["verdict"] == judge(c["values"], c["threshold"], c["direction"], c["transform"])["verdict"]
         assert c["claim"] in res.output
     assert {r["net"] for r in summary["runs"].values()} <= set(planning.NETS)
 
@@ -184,7 +211,11 @@ def test_every_shipped_preset_builds_every_experiment(preset):
             (15000, 128, 0.0, "xavier", False)
         assert [e * 0.1 for e in (vgg.probes.etas[0], vgg.probes.etas[-1])] == pytest.approx([0.05, 0.4])
         assert (dln.steps, dln.optim.lr, dln.model.dln_depth, dln.data.batch_size) == (10000, 1e-6, 25, 0)
+        assert (dln.data.gaussian_samples, dln.loss, dln.model.init, dln.model.dln_width) == \
+            (1000, "sum_squares", "xavier", 10)  # the appendix: 1,000 samples as one batch, summed l2 loss
         assert (dln.probes.etas[0], dln.probes.etas[-1]) == (0.01, 30.0)
+        noisy = plan(get("ics-distrib"), p, [0])[-1].cfg
+        assert noisy.model.norm == "noisy_batch" and noisy.model.noise.form == "per_unit"  # Algorithm 1
 
 
 def test_a_sixth_experiment_is_one_module_and_its_test(tmp_path):

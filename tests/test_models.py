@@ -47,35 +47,51 @@ def test_init_schemes_and_seeds():
     assert torch.equal(state, torch.get_rng_state()), "building a model must not consume the global RNG"
 
 
-def test_noisy_bn_draws_in_the_documented_ranges():
-    layer = NoisyBatchNorm(64, seed=0, layer=2, mean_range=(-0.5, 0.5), scale_range=(1.0, 1.25),
-                           mean_spread=0.1, scale_std=0.1)
+def test_noisy_bn_draws_follow_algorithm_1_in_distribution():
+    """Per unit j and step: mu_j ~ U(-0.5, 0.5), sigma_j ~ U(1, 1.25); per activation (sample, row,
+    column): m ~ U(mu_j - 0.1, mu_j + 0.1), s ~ N(sigma_j, 0.1^2) (the paper's Appendix A.2.1)."""
+    layer = NoisyBatchNorm(64, seed=0, layer=2)
+    assert layer.form == "per_unit"
     mus, sigmas = [], []
-    for step in range(200):
-        d = layer.draw(512, step)
-        mu, sigma = d["mu"].item(), d["sigma"].item()
-        assert -0.5 <= mu <= 0.5 and 1.0 <= sigma <= 1.25
-        assert (d["m"] >= mu - 0.1).all() and (d["m"] <= mu + 0.1).all()
-        assert abs(d["s"].mean().item() - sigma) < 0.01
-        assert abs(d["s"].std().item() - 0.1) < 0.01
+    for step in range(50):
+        d = layer.draw((8, 64, 6, 6), step)
+        mu, sigma, m, s = d["mu"], d["sigma"], d["m"], d["s"]
+        assert mu.shape == sigma.shape == (64,) and m.shape == s.shape == (8, 64, 6, 6)
+        assert ((mu >= -0.5) & (mu <= 0.5)).all() and ((sigma >= 1.0) & (sigma <= 1.25)).all()
+        lo, hi = (mu - 0.1).view(1, -1, 1, 1), (mu + 0.1).view(1, -1, 1, 1)
+        assert ((m >= lo - 1e-7) & (m <= hi + 1e-7)).all()
+        residual = s - sigma.view(1, -1, 1, 1)  # N(0, 0.1^2) over every activation
+        assert abs(residual.mean().item()) < 0.005 and abs(residual.std().item() - 0.1) < 0.005
+        spread = m - mu.view(1, -1, 1, 1)  # U(-0.1, 0.1): variance 0.01 / 3
+        assert abs(spread.var().item() - 0.01 / 3) < 2e-4
+        assert not torch.equal(m[:, :, 0, 0], m[:, :, 1, 1])  # every position draws its own m and s
         mus.append(mu)
         sigmas.append(sigma)
-    # per-step parameters cover their ranges (uniform): means near the middle, spread across
-    assert abs(sum(mus) / 200) < 0.08 and max(mus) - min(mus) > 0.8
-    assert abs(sum(sigmas) / 200 - 1.125) < 0.03
-    assert torch.equal(layer.draw(4, 7)["m"], layer.draw(4, 7)["m"])  # pure in (seed, layer, step)
-    assert not torch.equal(layer.draw(4, 7)["m"], NoisyBatchNorm(64, seed=0, layer=3).draw(4, 7)["m"])
+    mus, sigmas = torch.stack(mus), torch.stack(sigmas)
+    assert abs(mus.mean().item()) < 0.02 and abs(mus.var().item() - 1 / 12) < 0.01  # U(-0.5, 0.5)
+    assert abs(sigmas.mean().item() - 1.125) < 0.01
+    assert mus[0].std() > 0.2  # per unit, not one value per layer
+    assert torch.equal(layer.draw((4, 64), 7)["m"], layer.draw((4, 64), 7)["m"])  # pure in (seed, layer, step)
+    assert not torch.equal(layer.draw((4, 64), 7)["m"], NoisyBatchNorm(64, seed=0, layer=3).draw((4, 64), 7)["m"])
 
 
-def test_noisy_bn_applies_the_noise_after_bn_in_train_mode_only():
+def test_noisy_bn_per_layer_form_is_kept_for_comparison():
+    layer = NoisyBatchNorm(64, seed=0, layer=2, form="per_layer")
+    d = layer.draw((512, 64, 4, 4), 3)
+    assert d["mu"].shape == () and d["m"].shape == (512, 64, 1, 1)
+    assert ((d["m"] >= d["mu"] - 0.1) & (d["m"] <= d["mu"] + 0.1)).all()
+    assert abs(d["s"].std().item() - 0.1) < 0.01
+
+
+@pytest.mark.parametrize("form", ["per_unit", "per_layer"])
+def test_noisy_bn_applies_the_noise_after_bn_in_train_mode_only(form):
     torch.manual_seed(0)
-    layer = NoisyBatchNorm(3, seed=1, layer=0)
+    layer = NoisyBatchNorm(3, seed=1, layer=0, form=form)
     bn = nn.BatchNorm2d(3)
     x = torch.randn(5, 3, 4, 4)
     y = layer(x)
-    d = layer.draw(5, 0)
-    expected = bn(x) * d["s"][:, :, None, None] + d["m"][:, :, None, None]
-    torch.testing.assert_close(y, expected)
+    d = layer.draw((5, 3, 4, 4), 0)
+    torch.testing.assert_close(y, bn(x) * d["s"] + d["m"])
     assert layer.noise_step.item() == 1
     layer.eval()
     bn.eval()

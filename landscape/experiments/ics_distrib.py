@@ -9,6 +9,7 @@ from landscape.report import figures as F
 from landscape.results import mean_shift
 
 NETS = ("standard", "bn", "noisy_bn")
+PAPER_LAYERS = (2, 9, 13)  # the layers Figure 2 of the paper shows
 
 
 def plan(preset: dict, seeds: list[int], overrides: list[dict]):
@@ -55,20 +56,26 @@ def claims(preset: dict) -> list[Claim]:
               "standard and BN", "(train acc noisy BN - standard) / (BN - standard)", share_of_gap_closed, 0.5),
         Claim("fig2.noisy_bn_least_stable", "noisy BN's layer inputs shift more than BN's (ICS_distrib)",
               "median Wasserstein-1 shift between consecutive measurements, noisy BN / BN", shift_noisy_over_bn, 1.0,
-              layers=layers),
+              transform="log", layers=layers),
         Claim("fig2.noisy_bn_shifts_more_than_standard", "noisy BN's layer inputs shift more than the standard "
               "network's", "median Wasserstein-1 shift, noisy BN / standard", shift_noisy_over_standard, 1.0,
-              layers=layers),
+              transform="log", layers=layers),
     ]
 
 
 def figures(t) -> list[Figure]:
     g = t.groups("vgg")
     figs = [Figure("Standard, BN and noisy BN: train and test curves", F.training_curves, (g, "ICS_distrib"))]
-    layer = F.middle_layer([r for rs in g.values() for r in rs])
-    if layer:
-        figs.append(Figure(f"Activation distributions of {layer} over training", F.activation_ridges,
-                           (g, layer, f"input of {layer}")))
+    runs = [r for rs in g.values() for r in rs]
+    present, absent = F.numbered(runs, "activation_stats", PAPER_LAYERS)
+    for k, layer in present:
+        figs.append(Figure(f"Activation distributions of layer {k} ({layer}) over training; {F.LAYER_COUNTING}",
+                           F.activation_ridges, (g, layer, f"input of layer {k}")))
+    probed = F.probed_layers(runs, "activation_stats")
+    if absent and probed:
+        figs.append(Figure(f"Activation distributions of the last probed layer, {probed[-1]} (the paper's layer "
+                           f"{', '.join(map(str, absent))} is beyond this network)", F.activation_ridges,
+                           (g, probed[-1], f"input of {probed[-1]}")))
     figs.append(Figure("ICS_distrib: shift between consecutive measurements on a fixed batch", F.shift_curves,
                        (g, "distribution shift")))
     return figs

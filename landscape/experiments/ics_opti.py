@@ -8,6 +8,7 @@ from landscape.planning import dln_runs, vgg_runs
 from landscape.report import figures as F
 from landscape.results import mean_over_layers
 
+PAPER_LAYERS = {"vgg": (5, 10), "dln": (9, 17)}  # the layers Figure 3 of the paper shows
 LAYERS = "every probed layer after the first (its G' = G by definition), mean over layers"
 
 
@@ -46,7 +47,7 @@ def claims(preset: dict) -> list[Claim]:
         Claim("fig3.dln_bn_less_correlated", "the BN DLN's G and G' are much less correlated",
               "median cos(G, G') standard DLN - BN DLN", dln_cos_standard_minus_bn, 0.1, layers=LAYERS),
         Claim("fig3.dln_bn_trains_better", "yet the BN DLN trains better", "final train loss, standard DLN / BN DLN",
-              dln_loss_standard_over_bn, 1.0),
+              dln_loss_standard_over_bn, 1.0, transform="log"),
     ]
 
 
@@ -57,8 +58,14 @@ def figures(t) -> list[Figure]:
         if g:
             curves = F.training_curves if arch == "vgg" else F.regression_curves
             figs += [Figure(f"{arch.upper()}: ICS_opti per layer and step", F.ics_heatmaps, (g, arch.upper())),
-                     Figure(f"{arch.upper()}: ICS_opti over training", F.ics_curves, (g, arch.upper())),
-                     Figure(f"{arch.upper()}: training", curves, (g, arch.upper()))]
+                     Figure(f"{arch.upper()}: ICS_opti over training", F.ics_curves, (g, arch.upper()))]
+            present, absent = F.numbered([r for rs in g.values() for r in rs], "ics_opti", PAPER_LAYERS[arch])
+            if present:
+                note = f" (layer {', '.join(map(str, absent))} is beyond this network)" if absent else ""
+                figs.append(Figure(f"{arch.upper()}: ICS_opti at the paper's layers "
+                                   f"{', '.join(str(k) for k, _ in present)}{note}; {F.LAYER_COUNTING}",
+                                   F.ics_layer_curves, (g, arch.upper(), present)))
+            figs.append(Figure(f"{arch.upper()}: training", curves, (g, arch.upper())))
     return figs
 
 

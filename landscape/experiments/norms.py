@@ -35,7 +35,7 @@ def claims(preset: dict) -> list[Claim]:
                          "points) or better", f"test acc ({net}) - test acc (BN)", acc_minus_bn(net), -0.03))
         out.append(Claim(f"appendix.{net}.smoother_than_standard", f"{net} normalisation smooths the landscape "
                          "(beta_eff lower than standard)", f"median beta_eff, standard / {net}",
-                         beta_standard_over(net), 1.0))
+                         beta_standard_over(net), 1.0, transform="log"))
     return out
 
 

@@ -34,11 +34,11 @@ def claims(preset: dict) -> list[Claim]:
     for arch in ("vgg", "dln"):
         for cid, text, fn in SWEEP:
             out.append(Claim(f"fig4.{arch}.{cid}", f"{arch.upper()}: {text}", "median over probe steps, standard / BN",
-                             standard_over_bn(arch, median_probe("gradient_sweep", fn)), 1.0,
+                             standard_over_bn(arch, median_probe("gradient_sweep", fn)), 1.0, transform="log",
                              layers="all parameters (a step along the whole gradient)"))
         out.append(Claim(f"beyond.{arch}.sharpness", f"{arch.upper()}: the top Hessian eigenvalue is lower with BN "
                          "(beyond the paper)", "median sharpness, standard / BN",
-                         standard_over_bn(arch, median_probe("sharpness", sharpness_value)), 1.0,
+                         standard_over_bn(arch, median_probe("sharpness", sharpness_value)), 1.0, transform="log",
                          layers="all parameters (the full Hessian)"))
     return out
 

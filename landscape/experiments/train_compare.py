@@ -8,6 +8,9 @@ from landscape.planning import vgg_runs
 from landscape.report import figures as F
 
 
+PAPER_LAYERS = (3, 11)  # the layers Figure 1 of the paper shows
+
+
 def plan(preset: dict, seeds: list[int], overrides: list[dict]):
     return vgg_runs(preset, ("standard", "bn"), preset["lrs"], seeds, overrides)
 
@@ -29,10 +32,18 @@ def figures(t) -> list[Figure]:
             for lr in lrs]
     if lrs:
         g = t.groups("vgg", lrs[0])
-        layer = F.middle_layer([r for rs in g.values() for r in rs])
-        if layer:
-            figs.append(Figure(f"Activation distributions of {layer} over training (lr {lrs[0]:g})",
-                               F.activation_ridges, (g, layer, f"input of {layer}")))
+        runs = [r for rs in g.values() for r in rs]
+        present, absent = F.numbered(runs, "activation_stats", PAPER_LAYERS)
+        for k, layer in present:
+            figs.append(Figure(f"Activation distributions of layer {k} ({layer}) over training (lr {lrs[0]:g}); "
+                               f"{F.LAYER_COUNTING}", F.activation_ridges, (g, layer, f"input of layer {k}")))
+        if absent or not present:
+            layer = F.middle_layer(runs)
+            if layer:
+                missing = f"layer {', '.join(map(str, absent))} of the paper's figure is beyond this network; " \
+                    if absent else ""
+                figs.append(Figure(f"Activation distributions of {layer} over training (lr {lrs[0]:g}); {missing}"
+                                   "the middle probed layer", F.activation_ridges, (g, layer, f"input of {layer}")))
     return figs
 
 

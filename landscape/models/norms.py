@@ -5,34 +5,36 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from landscape.config import NORMS
+from landscape.config import NOISE_FORMS, NORMS
 from landscape.data import seeded_generator
 
 
-def _channel_view(v: torch.Tensor, ndim: int) -> torch.Tensor:
-    """(N, C) per-sample-per-channel values broadcast over the spatial dimensions."""
-    return v.view(*v.shape, *([1] * (ndim - 2)))
-
-
 class NoisyBatchNorm(nn.BatchNorm2d):
-    """BatchNorm followed by noise that changes every step (PAPER.md, Experiment 2).
+    """BatchNorm followed by noise that changes every step (PAPER.md, Experiment 2; the
+    paper's Appendix A.2.1, Algorithm 1).
 
-    After normalisation, for sample i and channel j: ``a[i,j] <- s[i,j] * a[i,j] + m[i,j]``,
-    with, per layer and per step, ``mu ~ U(mean_range)``, ``sigma ~ U(scale_range)``, then
-    ``m[i,j] ~ U(mu - mean_spread, mu + mean_spread)`` and ``s[i,j] ~ N(sigma, scale_std**2)``.
-    For conv layers one (m, s) pair per sample and channel is shared by all spatial positions.
-    The noise is applied in train mode only.
+    ``form="per_unit"`` (the paper's): at every step, for each unit j (channel) draw
+    ``mu_j ~ U(mean_range)`` and ``sigma_j ~ U(scale_range)``; then for every activation i of
+    that unit (sample, and for conv layers every position: "the height and width dimensions
+    are part of the batch") draw ``m[i,j] ~ U(mu_j - mean_spread, mu_j + mean_spread)`` and
+    ``s[i,j] ~ N(sigma_j, scale_std**2)``, and set ``a[i,j] <- s[i,j] * a[i,j] + m[i,j]``.
 
-    The noise is a pure function of (seed, layer, step): ``noise_step`` is a buffer that
-    counts train-mode forwards, so a resumed run draws the same noise, and a probe (which
-    runs on cloned buffers) neither advances the count nor sees different noise between
-    its own evaluations.
+    ``form="per_layer"`` (landscape 0.1, kept for comparison): one (mu, sigma) per layer and
+    step, one (m, s) per sample and channel shared by all positions.
+
+    The noise is applied in train mode only, and is a pure function of (seed, layer, step):
+    ``noise_step`` is a buffer that counts train-mode forwards, so a resumed run draws the
+    same noise, and a probe (which runs on cloned buffers) neither advances the count nor sees
+    different noise between its own evaluations. Draws are made on the activations' device.
     """
 
     def __init__(self, channels: int, seed: int = 0, layer: int = 0, mean_range=(-0.5, 0.5),
-                 scale_range=(1.0, 1.25), mean_spread: float = 0.1, scale_std: float = 0.1, **bn_kwargs):
+                 scale_range=(1.0, 1.25), mean_spread: float = 0.1, scale_std: float = 0.1, form: str = "per_unit",
+                 **bn_kwargs):
         super().__init__(channels, **bn_kwargs)
-        self.seed, self.layer = seed, layer
+        if form not in NOISE_FORMS:
+            raise ValueError(f"form must be one of {NOISE_FORMS}, got {form!r}")
+        self.seed, self.layer, self.form = seed, layer, form
         self.mean_range, self.scale_range = tuple(mean_range), tuple(scale_range)
         self.mean_spread, self.scale_std = mean_spread, scale_std
         self.register_buffer("noise_step", torch.zeros((), dtype=torch.int64))
@@ -41,14 +43,26 @@ class NoisyBatchNorm(nn.BatchNorm2d):
         if x.dim() not in (2, 4):
             raise ValueError(f"expected 2-D or 4-D input, got {x.dim()}-D")
 
-    def draw(self, batch: int, step: int) -> dict[str, torch.Tensor]:
-        """The noise of ``step`` for a batch: mu, sigma (scalars), m, s of shape (batch, channels)."""
-        g = seeded_generator(self.seed, self.layer, step)
+    def draw(self, shape: tuple[int, ...] | int, step: int, device: torch.device | str = "cpu"
+             ) -> dict[str, torch.Tensor]:
+        """The noise of ``step`` for activations of ``shape`` (N, C) or (N, C, H, W) (an int means
+        (N, C)): mu and sigma (per unit: shape (C,); per layer: scalars), and m, s broadcastable
+        to ``shape`` (per unit: ``shape`` itself; per layer: (N, C) plus singleton positions)."""
+        shape = (shape, self.num_features) if isinstance(shape, int) else tuple(shape)
+        g = seeded_generator(self.seed, self.layer, step, device=device)
         (lo_m, hi_m), (lo_s, hi_s) = self.mean_range, self.scale_range
-        mu = lo_m + (hi_m - lo_m) * torch.rand((), generator=g)
-        sigma = lo_s + (hi_s - lo_s) * torch.rand((), generator=g)
-        m = mu + self.mean_spread * (2 * torch.rand(batch, self.num_features, generator=g) - 1)
-        s = sigma + self.scale_std * torch.randn(batch, self.num_features, generator=g)
+        units = (self.num_features,) if self.form == "per_unit" else ()
+        mu = lo_m + (hi_m - lo_m) * torch.rand(units, generator=g, device=device)
+        sigma = lo_s + (hi_s - lo_s) * torch.rand(units, generator=g, device=device)
+        if self.form == "per_unit":
+            per = shape  # every activation: sample, channel and position
+            at = (1, -1) + (1,) * (len(shape) - 2)
+            mu_b, sigma_b = mu.view(at), sigma.view(at)
+        else:
+            per = shape[:2] + (1,) * (len(shape) - 2)  # per sample and channel, shared by positions
+            mu_b, sigma_b = mu, sigma
+        m = mu_b + self.mean_spread * (2 * torch.rand(per, generator=g, device=device) - 1)
+        s = sigma_b + self.scale_std * torch.randn(per, generator=g, device=device)
         return {"mu": mu, "sigma": sigma, "m": m, "s": s}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,11 +71,12 @@ class NoisyBatchNorm(nn.BatchNorm2d):
             return y
         # One host read of the counter per layer and step: the price of noise that is a pure
         # function of (seed, layer, step) and so survives resume and probes unchanged.
-        noise = self.draw(x.shape[0], int(self.noise_step))
+        noise = self.draw(tuple(y.shape), int(self.noise_step), y.device)
         self.noise_step.add_(1)
-        s = _channel_view(noise["s"].to(device=y.device, dtype=y.dtype), y.dim())
-        m = _channel_view(noise["m"].to(device=y.device, dtype=y.dtype), y.dim())
-        return y * s + m
+        return y * noise["s"].to(y.dtype) + noise["m"].to(y.dtype)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", form={self.form}"
 
 
 class LpNorm(nn.Module):

@@ -132,9 +132,13 @@ def _claim(c: dict) -> dict:
 
     ci = c.get("ci")
     ok_ci = isinstance(ci, list) and len(ci) == 2 and all(number(v) is not None for v in ci)
-    text = {k: str(c.get(k, "")) for k in ("id", "claim", "quantity", "direction", "layers", "verdict")}
+    text = {k: str(c.get(k, "")) for k in ("id", "claim", "quantity", "direction", "layers", "verdict", "why",
+                                           "transform")}
+    signs = c.get("signs")
+    ok_signs = isinstance(signs, dict) and all(isinstance(signs.get(k), int) for k in ("k", "n"))
     return {**c, **text, "mean": number(c.get("mean")), "ci": ci if ok_ci else None, "n": number(c.get("n")),
-            "threshold": number(c.get("threshold"))}
+            "threshold": number(c.get("threshold")), "bound": number(c.get("bound")),
+            "signs": signs if ok_signs else None, "seeds_needed": number(c.get("seeds_needed"))}
 
 
 def build_report(paths: list[str | Path], output: str | Path) -> Path:
@@ -187,7 +191,7 @@ def build_report(paths: list[str | Path], output: str | Path) -> Path:
     env = Environment(loader=PackageLoader("landscape.report", "templates"), autoescape=select_autoescape(["html"]))
     env.filters["num"] = _num
     html = env.get_template("report.html").render(
-        sections=sections, claims=claims, envs=environments(runs), problems=problems, n_runs=len(runs),
+        sections=sections, claims=claims, single_seed=any(c.get("n") == 1 for c in claims), envs=environments(runs), problems=problems, n_runs=len(runs),
         sources=[str(p) for p in paths], generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
     output.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(output, html)

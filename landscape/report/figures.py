@@ -290,3 +290,42 @@ def summary_bars(groups: dict[str, list[RunRecords]], title: str) -> bytes:
         ax.tick_params(axis="x", labelrotation=20)
     fig.suptitle(title, y=1.04)
     return to_png(fig)
+
+
+# ------------------------------------------------------------------ the paper's named layers
+
+LAYER_COUNTING = "layer k counts the layers with weights from the input, from 1 (the paper's figure labels)"
+
+
+def probed_layers(runs: list[RunRecords], probe: str) -> list[str]:
+    """The layer names a probe recorded, in forward order (from the first record that has them)."""
+    for run in runs:
+        for r in run.probe(probe):
+            layers = r["values"].get("layers")
+            if isinstance(layers, list) and layers:
+                return [str(x) for x in layers]
+    return []
+
+
+def numbered(runs: list[RunRecords], probe: str, numbers) -> tuple[list[tuple[int, str]], list[int]]:
+    """The paper's layer numbers that exist in the recorded layers, as (k, name), and those that do not."""
+    layers = probed_layers(runs, probe)
+    present = [(k, layers[k - 1]) for k in numbers if 1 <= k <= len(layers)]
+    return present, [k for k in numbers if not 1 <= k <= len(layers)]
+
+
+def ics_layer_curves(groups: dict[str, list[RunRecords]], title: str, layers: list[tuple[int, str]]) -> bytes:
+    """||G - G'|| and cos(G, G') over training for the paper's named layers, one row per layer."""
+    fig, axes = plt.subplots(len(layers), 2, figsize=(10, 3.0 * len(layers)), squeeze=False)
+    for row, (k, name) in zip(axes, layers):
+        for ax, key, logy in zip(row, ("l2", "cosine"), (True, False)):
+            plot_lines(ax, groups, lambda run, key=key, name=name: [
+                (r["step"], r["values"].get(key, {}).get(name)) for r in run.probe("ics_opti")
+                if isinstance(r["values"].get(key), dict)], logy=logy)
+            ax.set_xlabel("step")
+            ax.set_ylabel(("||G - G'||" if key == "l2" else "cos(G, G')") + f"\nlayer {k} ({name})")
+        row[1].axhline(1.0, color="grey", lw=0.8)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title, y=1.01)
+    fig.tight_layout()
+    return to_png(fig)
