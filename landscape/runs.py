@@ -14,6 +14,7 @@ drops records written after it, so the records equal those of an uninterrupted r
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -290,7 +291,11 @@ class Run:
 
     # -- checkpoints
     def save_checkpoint(self, state: dict) -> None:
-        atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
+        # Serialised in memory first: on a full disk torch.save's zip writer raises a RuntimeError
+        # without errno, while a plain write raises OSError(ENOSPC) naming the file.
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write(self.checkpoint_path, buffer.getvalue())
 
     def load_checkpoint(self, map_location: torch.device | str = "cpu") -> dict | None:
         if not self.checkpoint_path.exists():

@@ -50,7 +50,8 @@ def write(path, content):
     if point == "mid_checkpoint" and str(path).endswith("checkpoint.pt"):
         calls["n"] += 1
         if calls["n"] == arg:
-            content(path.with_name(".checkpoint.pt.tmp" + str(os.getpid())))  # the temp file, then death
+            tmp = path.with_name(".checkpoint.pt.tmp" + str(os.getpid()))
+            tmp.write_bytes(content[: len(content) // 2])  # half the temp file, then death
             die()
     return real_write(path, content)
 def set_status(self, status, step, **info):
