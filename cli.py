@@ -27,7 +27,8 @@ app = typer.Typer(
 SET_HELP = "Override a config key, e.g. --set optim.lr=0.5 (repeatable; values are YAML scalars)."
 DATA_HELP = ("CIFAR-10 folder: cifar-10-batches-py/ or train/<class>/*.jpg + test/<class>/. "
              "Without it, the official archive is downloaded into ~/.cache/landscape (LANDSCAPE_CACHE).")
-PRESET_HELP = "smoke (seconds, generated data) | quick (2-core CPU, ~15 min for reproduce) | paper (PAPER.md, GPU)."
+PRESET_HELP = ("smoke (seconds, generated data) | quick (2-core CPU, <= 15 min for reproduce, 1 seed) | "
+               "cpu (the quick protocol with 5 seeds, <= 90 min) | paper (PAPER.md, GPU).")
 LAUNCHER_HELP = "local (this process, one run after another) | ray (one Ray task per run)."
 ADDRESS_HELP = "Ray cluster address (host:port), or auto to join a running one; none starts a local instance."
 
@@ -93,7 +94,8 @@ def train(
 
 # Options shared by every experiment command and reproduce (typer reads them from Annotated).
 Preset = Annotated[str, typer.Option("--preset", help=PRESET_HELP)]
-Seeds = Annotated[int, typer.Option("--seeds", help="Seeds per configuration; >= 2 adds confidence intervals.")]
+Seeds = Annotated[Optional[int], typer.Option(
+    "--seeds", help="Seeds per configuration (default: the preset's; 5 or more for a decisive test).")]
 DataDir = Annotated[Optional[str], typer.Option("--data-dir", help=DATA_HELP)]
 Out = Annotated[Optional[str], typer.Option("--out", help="Results folder (default: results/PRESET).")]
 Device = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda | cuda:N (default: auto).")]
@@ -114,12 +116,15 @@ def _print_claims(summary: dict) -> None:
         mean = "n/a" if c["mean"] is None else f"{c['mean']:.4g}"
         ci = "" if not c.get("ci") else f" [95% CI {c['ci'][0]:.3g}, {c['ci'][1]:.3g}]"
         signs = f", {c['signs']['k']} of {c['signs']['n']} seeds on the claimed side" if c.get("signs") else ""
-        typer.echo(f"  {c['verdict']:>15}: {c['claim']} ({c['quantity']} = {mean}{ci}{signs}; {c.get('why', '')})")
+        kind = "" if c.get("headline", True) else "[diagnostic] "
+        typer.echo(f"  {c['verdict']:>15}: {kind}{c['claim']} ({c['quantity']} = {mean}{ci}{signs}; {c.get('why', '')})")
+        if c.get("note"):
+            typer.echo(f"  {'':>15}  note: {c['note']}")
 
 
 def _experiment_command(name: str, help_text: str):
     @user_errors
-    def command(preset: Preset = "quick", seeds: Seeds = 1, data_dir: DataDir = None, out: Out = None,
+    def command(preset: Preset = "quick", seeds: Seeds = None, data_dir: DataDir = None, out: Out = None,
                 device: Device = None, set_: Sets = None, launcher: Launcher = "local", address: Address = None,
                 cpus_per_run: CpusPerRun = 1.0, gpus_per_run: GpusPerRun = 0.0, progress: Progress = False):
         from landscape.launch import Launch
@@ -146,7 +151,7 @@ _register_experiment_commands()
 
 @app.command()
 @user_errors
-def reproduce(preset: Preset = "quick", seeds: Seeds = 1, data_dir: DataDir = None, out: Out = None,
+def reproduce(preset: Preset = "quick", seeds: Seeds = None, data_dir: DataDir = None, out: Out = None,
               device: Device = None, set_: Sets = None,
               report: Annotated[Optional[str], typer.Option("--report", help="Report file (default: OUT/report.html).")
                                 ] = None,

@@ -29,14 +29,56 @@ class Claim:
     direction: str = "above"  # the claim holds when the quantity is above (or below) the threshold
     transform: str = "none"  # the test's scale: "log" for ratios (see landscape.stats)
     layers: str = ""  # which layers the quantity aggregates, where it is per layer
+    headline: bool = True  # False: a diagnostic (a regime, a schedule), shown in its section only
+    note: Callable[[RunTable], "str | None"] | None = None  # context read off the records (e.g. edge of stability)
 
     def judge(self, table: RunTable) -> dict:
         """The per-seed values (paired by seed), their aggregate and the one-sided verdict."""
         per_seed = self.measure(table)
         result = judge([per_seed[s] for s in sorted(per_seed)], self.threshold, self.direction, self.transform)
         return {"id": self.id, "claim": self.text, "quantity": self.quantity, **result, "threshold": self.threshold,
-                "direction": self.direction, "layers": self.layers,
+                "direction": self.direction, "layers": self.layers, "headline": self.headline,
+                "note": self.note(table) if self.note else None,
                 "per_seed": {str(s): per_seed[s] for s in sorted(per_seed)}}
+
+
+# ------------------------------------------------------------------ claims on part of the runs
+
+
+def in_variant(variant: str, measure: Callable[[RunTable], PerSeed]) -> Callable[[RunTable], PerSeed]:
+    """``measure`` on the runs of one variant only (e.g. one DLN regime)."""
+    def restricted(t: RunTable) -> PerSeed:
+        return measure(t.only(variant))
+    return restricted
+
+
+SCHEDULE_PARTS = ("every", "log")
+
+
+def schedule_part(config: dict | None, part: str):
+    """The steps of one part of a run's ``mixed`` probe schedule, as a predicate: ``every``
+    (every N steps and step 1) or ``log`` (the log-spaced steps). A run probed on another
+    schedule keeps all its steps for the part its schedule is, none for the other."""
+    from landscape.probes.schedules import every, log_spaced
+
+    try:
+        p, total = config["probes"], int(config["steps"])
+        kind, n, points = p["schedule"], int(p["every"]), int(p["points"])
+    except (KeyError, TypeError, ValueError):
+        return lambda step: False
+    if kind == "mixed":
+        return every(n) if part == "every" else log_spaced(total, points)
+    return (lambda step: True) if kind == part else (lambda step: False)
+
+
+def on_schedule(part: str, measure: Callable[[RunTable], PerSeed]) -> Callable[[RunTable], PerSeed]:
+    """``measure`` from the probe records of one part of the runs' schedule only (see :func:`schedule_part`)."""
+    if part not in SCHEDULE_PARTS:
+        raise ValueError(f"part must be one of {SCHEDULE_PARTS}")
+
+    def restricted(t: RunTable) -> PerSeed:
+        return measure(t.map_runs(lambda run: run.keep_probe_steps(schedule_part(run.config, part))))
+    return restricted
 
 
 # ------------------------------------------------------------------ paired per-seed arithmetic

@@ -20,6 +20,7 @@ import yaml
 
 from landscape.errors import UserError
 from landscape.probes.monitor import DEFAULT_ETA_MULTIPLES, PROBE_NAMES
+from landscape.probes.schedules import SCHEDULES
 
 
 @dataclass(frozen=True)
@@ -76,9 +77,9 @@ class LogConfig:
 @dataclass(frozen=True)
 class ProbeConfig:
     enabled: tuple[str, ...] = ()  # any of: gradient_sweep, ics_opti, activation_stats, sharpness
-    schedule: str = "every"  # every (N steps) | log (log-spaced) | list (explicit steps)
-    every: int = 100  # schedule=every: probe at step 1 and every N steps
-    points: int = 20  # schedule=log: about this many steps, evenly spaced in log(step)
+    schedule: str = "every"  # every (N steps) | log (log-spaced) | list (explicit steps) | mixed (log + every)
+    every: int = 100  # schedule=every or mixed: probe at step 1 and every N steps
+    points: int = 20  # schedule=log or mixed: about this many steps, evenly spaced in log(step)
     steps: tuple[int, ...] = ()  # schedule=list: probe at exactly these steps
     etas: tuple[float, ...] = DEFAULT_ETA_MULTIPLES  # gradient_sweep steps, multiples of optim.lr
     layers: tuple[str, ...] = ()  # module names for ics_opti/activation_stats (empty: every module owning parameters)
@@ -96,7 +97,7 @@ class Config:
     data_seed: int = 0  # batch order and augmentation; equal across compared runs pairs them
     noise_seed: int = 0  # noisy-BN noise
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
-    loss: str = "cross_entropy"  # cross_entropy | sum_squares (sum over batch of ||f(x) - y||^2) | mse
+    loss: str = "cross_entropy"  # cross_entropy | sum_squares (sum over samples of ||f(x) - y||^2) | mean_squares (its mean over samples) | mse (mean over samples and outputs)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -104,18 +105,19 @@ class Config:
     probes: ProbeConfig = field(default_factory=ProbeConfig)
 
 
+LOSS_NAMES = ("cross_entropy", "sum_squares", "mean_squares", "mse")  # loss (landscape.train.LOSSES); the last three regress
 NORMS = ("none", "batch", "noisy_batch", "l1", "l2", "linf")  # model.norm: what follows each conv / linear layer
 NOISE_FORMS = ("per_unit", "per_layer")  # model.noise.form
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "loss": ("cross_entropy", "sum_squares", "mse"),
+    "loss": LOSS_NAMES,
     "data.dataset": ("cifar10", "synthetic", "gaussian"),
     "model.arch": ("vgg", "dln"),
     "model.head": ("linear", "mlp"),
     "model.norm": NORMS,
     "model.noise.form": NOISE_FORMS,
     "model.init": ("xavier", "kaiming", "torch_default"),
-    "probes.schedule": ("every", "log", "list"),
+    "probes.schedule": SCHEDULES,
 }
 VGG_DEPTHS = (11, 13, 16, 19)
 MAX_LR = 1e9  # larger learning rates overflow float32 arithmetic at the first step instead of diverging
@@ -291,7 +293,8 @@ def validate(cfg: Config) -> None:
                         "use vgg with cifar10/synthetic and dln with gaussian")
     if image != (cfg.loss == "cross_entropy"):
         raise UserError(f"loss={cfg.loss} does not fit data.dataset={cfg.data.dataset}: image data sets are "
-                        "classified (loss=cross_entropy), the gaussian one is regression (sum_squares or mse)")
+                        "classified (loss=cross_entropy), the gaussian one is regression (sum_squares, mean_squares "
+                        "or mse)")
     for key in ("model.noise.mean_range", "model.noise.scale_range"):
         lo, hi = _get(cfg, key)
         if lo > hi:

@@ -51,6 +51,18 @@ class Split:
         return Split(self.inputs[idx], self.targets[idx])
 
 
+def fingerprint(*splits: Split) -> str:
+    """sha256 over the splits' inputs and targets (bytes, dtype and shape): two runs with the same
+    fingerprint trained on the same bits (a JPEG tree decoded by another decoder differs)."""
+    h = hashlib.sha256()
+    for split in splits:
+        for t in (split.inputs, split.targets):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
 def seeded_generator(*keys: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A generator (on ``device``) whose stream depends on every key (numpy's SeedSequence mixing)."""
     state = np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]).generate_state(2, dtype=np.uint32)

@@ -16,7 +16,8 @@ from landscape.errors import UserError
 
 # Network kinds as the paper names them, and the model.norm each one uses.
 NETS = {"standard": "none", "bn": "batch", "noisy_bn": "noisy_batch", "l1": "l1", "l2": "l2", "linf": "linf"}
-PRESET_KEYS = ("lrs", "vgg", "dln")
+PRESET_KEYS = ("extends", "lrs", "seeds", "vgg", "dln", "dln_regimes")
+REGRESSION_LOSS_TAGS = {"sum_squares": "sum", "mean_squares": "mean", "mse": "mse"}
 
 
 def configs_dir() -> Path:
@@ -43,13 +44,23 @@ class RunSpec:
     lr: float
     seed: int
     cfg: Config
+    variant: str = ""  # a setting the experiment varies beyond net, lr and seed (e.g. a DLN regime)
 
     def describe(self) -> dict:
         """The run as an experiment summary lists it (the report groups runs by these fields)."""
-        return {"arch": self.arch, "net": self.net, "lr": self.lr, "seed": self.seed}
+        row = {"arch": self.arch, "net": self.net, "lr": self.lr, "seed": self.seed}
+        return {**row, "variant": self.variant} if self.variant else row
 
 
-def load_preset(name: str) -> dict:
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_preset(name: str, _seen: tuple[str, ...] = ()) -> dict:
+    """A preset file; ``extends: OTHER`` starts from preset OTHER and overrides what it lists."""
     names = preset_names()
     if name not in names:
         raise UserError(f"unknown preset '{name}'; choose one of {', '.join(names)}")
@@ -58,7 +69,17 @@ def load_preset(name: str) -> dict:
     unknown = [k for k in preset if k not in PRESET_KEYS]
     if unknown:
         raise UserError(f"preset file '{path}' has unknown key '{unknown[0]}'; valid keys: {', '.join(PRESET_KEYS)}")
+    if "extends" in preset:
+        base = preset.pop("extends")
+        if base in _seen + (name,):
+            raise UserError(f"preset file '{path}': 'extends: {base}' makes a cycle; remove it")
+        parent = load_preset(str(base), _seen + (name,))
+        parent.pop("name", None)
+        preset = _deep_merge(parent, preset)
     preset.setdefault("lrs", [0.1, 0.5])
+    seeds = preset.setdefault("seeds", 1)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise UserError(f"preset file '{path}': 'seeds' must be a positive integer; got {seeds!r}")
     preset["name"] = name
     return preset
 
@@ -71,14 +92,27 @@ def vgg_run(preset: dict, net: str, lr: float, seed: int, overrides: list[dict] 
     return RunSpec(name, "vgg", net, lr, seed, cfg)
 
 
-def dln_run(preset: dict, net: str, seed: int, overrides: list[dict] = ()) -> RunSpec:
+def dln_run(preset: dict, net: str, seed: int, overrides: list[dict] = (), samples: int | None = None,
+            loss: str | None = None) -> RunSpec:
+    """The deep linear network of the preset; ``samples`` and ``loss`` set another regime
+    (the run is then named for it, and is the preset's own run when they equal its values)."""
     base = read_yaml(configs_dir() / "dln.yaml")
     cfg = build_config([base, preset.get("dln", {}),
                         {"seed": seed, "data_seed": seed, "noise_seed": seed, "model": {"norm": NETS[net]}},
                         *overrides])
-    name = f"dln-{net}-lr{cfg.optim.lr:g}-s{seed}"
+    own = (cfg.data.gaussian_samples, cfg.loss)
+    regime = (samples or own[0], loss or own[1])
+    if regime != own:
+        cfg = build_config([{"data": {"gaussian_samples": regime[0]}, "loss": regime[1]}], base=cfg)
+    tag = f"-{regime_name(*regime)}" if regime != own else ""
+    name = f"dln-{net}{tag}-lr{cfg.optim.lr:g}-s{seed}"
     cfg = build_config([{"name": name}], base=cfg)
-    return RunSpec(name, "dln", net, cfg.optim.lr, seed, cfg)
+    return RunSpec(name, "dln", net, cfg.optim.lr, seed, cfg, regime_name(*regime) if samples or loss else "")
+
+
+def regime_name(samples: int, loss: str) -> str:
+    """A DLN regime's label, e.g. ``n1000-sum``: the number of samples and how the loss reduces them."""
+    return f"n{samples}-{REGRESSION_LOSS_TAGS.get(loss, loss)}"
 
 
 def check_overrides(overrides: list[dict]) -> None:

@@ -29,18 +29,22 @@ def plan(experiment: Experiment, preset: dict, seeds: list[int], overrides: list
     return experiment.plan(preset, seeds, list(overrides))
 
 
-def prepare(names: list[str], preset_name: str, seeds: int, overrides: list[str], data_dir=None,
+def prepare(names: list[str], preset_name: str, seeds: int | None, overrides: list[str], data_dir=None,
             device: str | None = None) -> tuple[dict, list[int], dict[str, list[RunSpec]]]:
-    """Validate everything and plan every experiment's runs, before any file is touched."""
+    """Validate everything and plan every experiment's runs, before any file is touched.
+    ``seeds`` None takes the preset's own number of seeds."""
     from landscape.train import resolve_device
 
     if device is not None:
         resolve_device(device)
     if data_dir is not None and not Path(data_dir).expanduser().exists():
         raise UserError(f"--data-dir '{data_dir}' does not exist; pass the folder holding the data set")
-    if not 1 <= seeds <= MAX_SEEDS:
+    if seeds is not None and not 1 <= seeds <= MAX_SEEDS:
         raise UserError(f"--seeds must be between 1 and {MAX_SEEDS}; got {seeds}")
     preset = load_preset(preset_name)
+    seeds = preset["seeds"] if seeds is None else seeds
+    if not 1 <= seeds <= MAX_SEEDS:
+        raise UserError(f"preset '{preset_name}' asks for {seeds} seeds; at most {MAX_SEEDS}")
     parsed = [parse_override(o) for o in overrides]
     seed_list = list(range(seeds))
     return preset, seed_list, {name: plan(get(name), preset, seed_list, parsed) for name in names}
@@ -66,7 +70,7 @@ def summarise(experiment: Experiment, specs: list[RunSpec], out: Path, preset: d
     return summary
 
 
-def run_experiments(names: list[str], preset_name: str, seeds: int, out: str | Path, data_dir=None,
+def run_experiments(names: list[str], preset_name: str, seeds: int | None, out: str | Path, data_dir=None,
                     device: str | None = None, overrides: list[str] = (), launch: Launch | None = None,
                     log: Log = say, on_summary=None) -> dict[str, dict]:
     """Run the named experiments: every run they need (shared runs once), then one summary each.
@@ -90,13 +94,13 @@ def run_experiments(names: list[str], preset_name: str, seeds: int, out: str | P
     return summaries
 
 
-def run_experiment(name: str, preset_name: str, seeds: int, out: str | Path, data_dir=None, device: str | None = None,
+def run_experiment(name: str, preset_name: str, seeds: int | None, out: str | Path, data_dir=None, device: str | None = None,
                    overrides: list[str] = (), launch: Launch | None = None, log: Log = say) -> dict:
     """One experiment: its runs, then its summary."""
     return run_experiments([name], preset_name, seeds, out, data_dir, device, overrides, launch, log)[name]
 
 
-def reproduce(preset_name: str, seeds: int, out: str | Path, data_dir=None, device: str | None = None,
+def reproduce(preset_name: str, seeds: int | None, out: str | Path, data_dir=None, device: str | None = None,
               overrides: list[str] = (), launch: Launch | None = None, report: str | Path | None = None,
               log: Log = say, on_summary=None) -> tuple[dict[str, dict], Path]:
     """Every registered experiment, then the HTML report (default ``OUT/report.html``)."""

@@ -5,6 +5,7 @@ Nothing here computes a new measurement; it selects, groups and reduces recorded
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,11 @@ class RunRecords:
 
     def probe(self, name: str) -> list[dict]:
         return [r for r in self.records if r.get("kind") == "probe" and r.get("probe") == name]
+
+    def keep_probe_steps(self, keep) -> "RunRecords":
+        """A copy whose probe records are only those at steps where ``keep(step)`` holds."""
+        records = [r for r in self.records if r.get("kind") != "probe" or keep(r["step"])]
+        return dataclasses.replace(self, records=records)
 
     def describe_status(self) -> str:
         s = self.state
@@ -221,6 +227,21 @@ class RunTable:
             out.setdefault(str(row.get("net", run.name)), []).append(run)
         order = {n: i for i, n in enumerate(NETS)}
         return dict(sorted(out.items(), key=lambda kv: order.get(kv[0], len(order))))
+
+    def only(self, variant: str) -> "RunTable":
+        """The runs of one variant (e.g. one DLN regime), with the variant label dropped, so the
+        claims and figures written for an experiment's main runs apply to them unchanged."""
+        rows = {n: {k: v for k, v in r.items() if k != "variant"} for n, r in self.rows.items()
+                if r.get("variant", "") == variant}
+        return RunTable(rows, {n: rec for n, rec in self.records.items() if n in rows})
+
+    def map_runs(self, fn) -> "RunTable":
+        """The same rows with ``fn(run)`` in place of each run's records."""
+        return RunTable(self.rows, {n: fn(r) for n, r in self.records.items()})
+
+    def variants(self) -> list[str]:
+        """The variant labels of the rows, in order of first appearance."""
+        return list(dict.fromkeys(str(r["variant"]) for r in self.rows.values() if r.get("variant")))
 
     def lrs(self, arch: str | None = None) -> list[float]:
         return sorted({row["lr"] for row in self.rows.values()

@@ -80,21 +80,49 @@ def git_diff() -> str | None:
     return out.stdout if out is not None and out.returncode == 0 and out.stdout.strip() else None
 
 
-def environment(device: torch.device) -> dict:
+# What a run needs to be re-run bit for bit on the CPU: the same code (git_commit and code.diff),
+# the same input bits (data_sha256), the same kernels (torch, cpu_capability: the vector
+# instructions torch dispatches to) and the same reduction order (threads). Training at the
+# paper's learning rates is chaotic: any of these changed moves a run onto another trajectory.
+BITWISE_KEYS = ("git_commit", "data_sha256", "torch", "cpu_capability", "threads", "device", "device_name",
+                "deterministic", "cudnn")
+
+
+def _version(module: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(module)
+    except Exception:
+        return None
+
+
+def environment(device: torch.device, **extra) -> dict:
+    """Versions, hardware, threads and numerics settings; ``extra`` adds run facts (the data's hash)."""
     import torchvision
 
+    cuda = device.type == "cuda"
     env = {
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
+        "numpy": _version("numpy"),
+        "pillow": _version("pillow"),  # decodes image-tree data sets (JPEG decoders differ between releases)
         "python": platform.python_version(),
         "platform": platform.platform(),
         "host": socket.gethostname(),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device_name": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cudnn": {"version": torch.backends.cudnn.version(), "benchmark": torch.backends.cudnn.benchmark,
+                  "deterministic": torch.backends.cudnn.deterministic} if cuda else None,
         "pid": os.getpid(),
         "git_commit": git_commit(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "bitwise_keys": list(BITWISE_KEYS),
+        **extra,
     }
     return env
 
@@ -248,9 +276,10 @@ class Run:
         except (OSError, yaml.YAMLError, UserError):
             return None
 
-    def write_env(self, device: torch.device) -> None:
-        """``env.json``, and ``code.diff`` (the uncommitted changes) when the code's git tree is dirty."""
-        env = environment(device)
+    def write_env(self, device: torch.device, **extra) -> None:
+        """``env.json`` (with ``extra`` facts of the run), and ``code.diff`` (the uncommitted changes)
+        when the code's git tree is dirty."""
+        env = environment(device, **extra)
         if env["git_commit"] and env["git_commit"].endswith("-dirty"):
             diff = git_diff()
             if diff:

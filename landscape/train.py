@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from landscape.config import Config, to_dict
-from landscape.data import Batches, Split, load_splits
+from landscape.data import Batches, Split, fingerprint, load_splits
 from landscape.errors import UserError
 from landscape.models import build_model
-from landscape.probes import Monitor, every, explicit, log_spaced, resolve_layers
+from landscape.probes import Monitor, resolve_layers, schedules
 from landscape.probes.functional import rng_state, set_rng_state
 from landscape.runs import FINISHED, Run
 
@@ -37,7 +37,13 @@ def sum_squares(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (out - y).pow(2).sum()
 
 
-LOSSES = {"cross_entropy": F.cross_entropy, "sum_squares": sum_squares, "mse": F.mse_loss}
+def mean_squares(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``mean_i ||f(x_i) - y_i||^2``: the same loss averaged over samples instead of summed."""
+    return (out - y).pow(2).sum(1).mean()
+
+
+LOSSES = {"cross_entropy": F.cross_entropy, "sum_squares": sum_squares, "mean_squares": mean_squares,
+          "mse": F.mse_loss}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -131,8 +137,7 @@ def _monitor(cfg: Config, run: Run, model, optimizer, loss_fn, batches: Batches,
     p = cfg.probes
     if not p.enabled:
         return None
-    schedule = {"every": lambda: every(p.every), "log": lambda: log_spaced(cfg.steps, p.points),
-                "list": lambda: explicit(p.steps)}[p.schedule]()
+    schedule = schedules.build(p.schedule, cfg.steps, p.every, p.points, p.steps)
     fixed = train_split.subset(p.activation_batch, seed=cfg.data_seed)
     probe_batch = (batches.prepare(fixed.inputs.to(batches.split.inputs.device)),
                    fixed.targets.to(batches.split.targets.device))
@@ -300,7 +305,8 @@ def _train(cfg: Config, run: Run, device: torch.device, progress: bool, setup: S
         if monitor is not None:
             monitor.load_state_dict(checkpoint["monitor"])
     run.truncate(start)
-    run.write_env(device)
+    run.write_env(device, data_sha256=fingerprint(setup.train_split, setup.test_batches.split),
+                  memory_format="channels_last" if device.type == "cuda" and is_image else "contiguous")
     run.set_status("running", start)
 
     def save_checkpoint(step: int) -> None:

@@ -29,6 +29,8 @@ def smoke():
     ("smoothness", {f"vgg-{n}-lr0.1-s{s}" for n in ("standard", "bn") for s in (0, 1)}
      | {f"dln-{n}-lr1e-06-s{s}" for n in ("standard", "bn") for s in (0, 1)}),
     ("norms", {f"vgg-{n}-lr0.1-s{s}" for n in ("standard", "bn", "l1", "l2", "linf") for s in (0, 1)}),
+    ("dln-regimes", {f"dln-{n}{r}-lr1e-06-s{s}" for n in ("standard", "bn") for s in (0, 1)
+                     for r in ("", "-n32-mean", "-n8-sum", "-n8-mean")}),  # the preset's own regime is the main run
 ])
 def test_each_experiment_builds_its_documented_runs(experiment, expected):
     specs = plan(get(experiment), smoke(), [0, 1])

@@ -11,8 +11,8 @@ from landscape.probes.functional import resolve_layers
 from landscape.probes.ics import ActivationStats, IcsResult, activation_stats, distribution_shift, ics_opti
 from landscape.probes.landscape import SharpnessResult, SweepResult, gradient_sweep, sharpness
 from landscape.probes.monitor import DEFAULT_ETA_MULTIPLES, PROBE_NAMES, Monitor
-from landscape.probes.schedules import every, explicit, log_spaced
+from landscape.probes.schedules import every, explicit, log_spaced, mixed
 
 __all__ = ["gradient_sweep", "sharpness", "ics_opti", "activation_stats", "distribution_shift", "Monitor",
            "SweepResult", "SharpnessResult", "IcsResult", "ActivationStats", "resolve_layers", "every",
-           "log_spaced", "explicit", "PROBE_NAMES", "DEFAULT_ETA_MULTIPLES"]
+           "log_spaced", "explicit", "mixed", "PROBE_NAMES", "DEFAULT_ETA_MULTIPLES"]

@@ -132,13 +132,26 @@ def _claim(c: dict) -> dict:
 
     ci = c.get("ci")
     ok_ci = isinstance(ci, list) and len(ci) == 2 and all(number(v) is not None for v in ci)
-    text = {k: str(c.get(k, "")) for k in ("id", "claim", "quantity", "direction", "layers", "verdict", "why",
-                                           "transform")}
+    text = {k: str(c.get(k) or "") for k in ("id", "claim", "quantity", "direction", "layers", "verdict", "why",
+                                             "transform", "note")}
     signs = c.get("signs")
     ok_signs = isinstance(signs, dict) and all(isinstance(signs.get(k), int) for k in ("k", "n"))
     return {**c, **text, "mean": number(c.get("mean")), "ci": ci if ok_ci else None, "n": number(c.get("n")),
             "threshold": number(c.get("threshold")), "bound": number(c.get("bound")),
-            "signs": signs if ok_signs else None, "seeds_needed": number(c.get("seeds_needed"))}
+            "signs": signs if ok_signs else None, "seeds_needed": number(c.get("seeds_needed")),
+            "headline": c.get("headline") is not False}
+
+
+def seed_trust(claims: list[dict]) -> dict:
+    """How far one seed can be trusted, from the claims themselves: how many rest on one seed,
+    and, where there are several, how often a single seed fell on the other side of the threshold."""
+    single = [c for c in claims if c.get("n") == 1]
+    several = [c for c in claims if c.get("signs") and c["signs"]["n"] > 1]
+    seeds = sum(c["signs"]["n"] for c in several)
+    against = sum(c["signs"]["n"] - c["signs"]["k"] for c in several if c.get("verdict") == "reproduced") + \
+        sum(c["signs"]["k"] for c in several if c.get("verdict") == "not reproduced")
+    decided = sum(c["signs"]["n"] for c in several if c.get("verdict") in ("reproduced", "not reproduced"))
+    return {"single": len(single), "several": len(several), "seeds": seeds, "against": against, "decided": decided}
 
 
 def build_report(paths: list[str | Path], output: str | Path) -> Path:
@@ -186,12 +199,13 @@ def build_report(paths: list[str | Path], output: str | Path) -> Path:
                          "figures": draw(generic_figures(rest), "runs", problems), "runs": run_rows(rest),
                          "absent": [], "configs": config_table(rest), "preset": None, "seeds": None,
                          "summary_path": None})
-    claims = [dict(c, experiment=s["experiment"]) for s in sections for c in s["claims"]]
+    claims = [dict(c, experiment=s["experiment"]) for s in sections for c in s["claims"] if c["headline"]]
     problems += [f"{r.path}: {p}" for r in runs for p in r.problems]
     env = Environment(loader=PackageLoader("landscape.report", "templates"), autoescape=select_autoescape(["html"]))
     env.filters["num"] = _num
     html = env.get_template("report.html").render(
-        sections=sections, claims=claims, single_seed=any(c.get("n") == 1 for c in claims), envs=environments(runs), problems=problems, n_runs=len(runs),
+        sections=sections, claims=claims, trust=seed_trust(claims), envs=environments(runs), problems=problems,
+        n_runs=len(runs),
         sources=[str(p) for p in paths], generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
     output.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(output, html)

@@ -329,3 +329,35 @@ def ics_layer_curves(groups: dict[str, list[RunRecords]], title: str, layers: li
     fig.suptitle(title, y=1.01)
     fig.tight_layout()
     return to_png(fig)
+
+
+# ------------------------------------------------------------------ regimes of one network
+
+
+def regime_panels(regimes: list[tuple[str, dict[str, list[RunRecords]]]], title: str) -> bytes:
+    """One row per regime: sharpness / stability threshold, cos(G, G') (mean over layers after
+    the first), beta_eff and the train loss, over steps, per network."""
+    def share(values):
+        value, threshold = values.get("value"), values.get("threshold")
+        return value / threshold if isinstance(value, (int, float)) and threshold else None
+
+    panels = (("sharpness / threshold", lambda run: [(r["step"], share(r["values"])) for r in run.probe("sharpness")],
+               True),
+              ("cos(G, G')", lambda run: [(r["step"], mean_over_layers(r["values"], "cosine"))
+                                          for r in run.probe("ics_opti")], False),
+              ("beta_eff", lambda run: [(r["step"], r["values"].get("beta_eff")) for r in run.probe("gradient_sweep")],
+               True),
+              ("train loss", _metric("train", "loss"), True))
+    fig, axes = plt.subplots(len(regimes), len(panels), figsize=(16, 2.8 * len(regimes)), squeeze=False)
+    for row, (label, groups) in zip(axes, regimes):
+        for ax, (name, series, logy) in zip(row, panels):
+            plot_lines(ax, groups, series, logy=logy)
+            ax.set_ylabel(f"{name}\n{label}", fontsize=8)
+            ax.set_xlabel("step")
+        row[0].axhline(1.0, color="k", ls="--", lw=1)
+        row[1].axhline(1.0, color="grey", lw=0.8)
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=8)
+    fig.suptitle(title, y=1.01)
+    fig.tight_layout()
+    return to_png(fig)
