@@ -156,14 +156,16 @@ def reproduce(preset: Preset = "quick", seeds: Seeds = None, data_dir: DataDir =
               report: Annotated[Optional[str], typer.Option("--report", help="Report file (default: OUT/report.html).")
                                 ] = None,
               launcher: Launcher = "local", address: Address = None, cpus_per_run: CpusPerRun = 1.0,
-              gpus_per_run: GpusPerRun = 0.0, progress: Progress = False):
-    """Every experiment (runs shared between them), then the claims table and the HTML report."""
+              gpus_per_run: GpusPerRun = 0.0, progress: Progress = False,
+              beyond: Annotated[bool, typer.Option("--beyond/--paper-only", help=(
+                  "Also run the experiments beyond the paper (stability, ...); by default only the paper's."))] = False):
+    """The paper's experiments (runs shared between them), then the claims table and the HTML report."""
     from landscape.launch import Launch
     from landscape.reproduce import reproduce as run_all
 
     launch = Launch(launcher, address, cpus_per_run, gpus_per_run, progress)
     _, path = run_all(preset, seeds, out or f"results/{preset}", data_dir, device, list(set_ or []), launch, report,
-                      on_summary=_print_claims)
+                      on_summary=_print_claims, beyond=beyond)
     typer.echo(f"report -> {path}")
 
 

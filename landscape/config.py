@@ -20,6 +20,7 @@ import yaml
 
 from landscape.errors import UserError
 from landscape.probes.monitor import DEFAULT_ETA_MULTIPLES, PROBE_NAMES
+from landscape.probes.curvature import min_trace_samples
 from landscape.probes.schedules import SCHEDULES
 
 
@@ -62,9 +63,13 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
+    name: str = "sgd"  # sgd (the paper) | adam | adamw
     lr: float = 0.1  # constant learning rate
     momentum: float = 0.0  # SGD momentum (0 in the paper)
-    weight_decay: float = 0.0  # L2 weight decay (0 in the paper)
+    nesterov: bool = False  # SGD: Nesterov momentum
+    weight_decay: float = 0.0  # L2 weight decay (0 in the paper); decoupled for adamw
+    betas: tuple[float, float] = (0.9, 0.999)  # adam/adamw: decay rates of the first and second moments
+    eps: float = 1e-8  # adam/adamw: added to sqrt(second moment) in the preconditioner
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,7 @@ class LogConfig:
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    enabled: tuple[str, ...] = ()  # any of: gradient_sweep, ics_opti, activation_stats, sharpness
+    enabled: tuple[str, ...] = ()  # any of landscape.probes.PROBE_NAMES: gradient_sweep, ics_opti, activation_stats, sharpness, curvature, layer_sharpness, hessian_trace, spectral_density
     schedule: str = "every"  # every (N steps) | log (log-spaced) | list (explicit steps) | mixed (log + every)
     every: int = 100  # schedule=every or mixed: probe at step 1 and every N steps
     points: int = 20  # schedule=log or mixed: about this many steps, evenly spaced in log(step)
@@ -86,6 +91,11 @@ class ProbeConfig:
     activation_batch: int = 256  # size of the fixed train-split batch activation_stats measures every time
     sharpness_iters: int = 20  # Lanczos iterations (Hessian-vector products) at most
     sharpness_tol: float = 1e-3  # stop when the eigenvalue's error bound is below this relative tolerance
+    warm_start: bool = False  # start each sharpness Lanczos from the previous measurement's eigenvector
+    trace_samples: int = 30  # hessian_trace: Hessian-vector products (probe vectors)
+    trace_method: str = "hutchinson"  # hessian_trace: hutchinson | hutch++
+    density_vectors: int = 4  # spectral_density: random start vectors (each one Lanczos run)
+    density_steps: int = 20  # spectral_density: Lanczos steps per vector (quadrature nodes)
     eval_mode: bool = False  # probe in eval mode (running statistics) instead of the training mode
 
 
@@ -108,16 +118,19 @@ class Config:
 LOSS_NAMES = ("cross_entropy", "sum_squares", "mean_squares", "mse")  # loss (landscape.train.LOSSES); the last three regress
 NORMS = ("none", "batch", "noisy_batch", "l1", "l2", "linf")  # model.norm: what follows each conv / linear layer
 NOISE_FORMS = ("per_unit", "per_layer")  # model.noise.form
+OPTIMIZERS = ("sgd", "adam", "adamw")  # optim.name
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "loss": LOSS_NAMES,
     "data.dataset": ("cifar10", "synthetic", "gaussian"),
+    "optim.name": OPTIMIZERS,
     "model.arch": ("vgg", "dln"),
     "model.head": ("linear", "mlp"),
     "model.norm": NORMS,
     "model.noise.form": NOISE_FORMS,
     "model.init": ("xavier", "kaiming", "torch_default"),
     "probes.schedule": SCHEDULES,
+    "probes.trace_method": ("hutchinson", "hutch++"),
 }
 VGG_DEPTHS = (11, 13, 16, 19)
 MAX_LR = 1e9  # larger learning rates overflow float32 arithmetic at the first step instead of diverging
@@ -281,10 +294,21 @@ def validate(cfg: Config) -> None:
         raise UserError(f"optim.lr must be in (0, {MAX_LR:g}]; got {cfg.optim.lr}")
     if not 0 <= cfg.optim.momentum < 1:
         raise UserError(f"optim.momentum must be in [0, 1); got {cfg.optim.momentum}")
+    if cfg.optim.nesterov and (cfg.optim.name != "sgd" or cfg.optim.momentum == 0):
+        raise UserError("optim.nesterov needs optim.name=sgd and optim.momentum > 0")
+    if not all(0 <= b < 1 for b in cfg.optim.betas):
+        raise UserError(f"optim.betas must be two numbers in [0, 1); got {list(cfg.optim.betas)}")
+    if not cfg.optim.eps > 0:
+        raise UserError(f"optim.eps must be positive; got {cfg.optim.eps}")
+    if cfg.optim.name != "sgd" and cfg.optim.momentum:
+        raise UserError(f"optim.momentum is SGD's; optim.name={cfg.optim.name} takes optim.betas instead")
     if not 0 < cfg.model.width <= 64:
         raise UserError(f"model.width must be in (0, 64]; got {cfg.model.width}")
     if not 0 < cfg.probes.sharpness_tol < 1:
         raise UserError(f"probes.sharpness_tol must be in (0, 1); got {cfg.probes.sharpness_tol}")
+    if cfg.probes.trace_samples < min_trace_samples(cfg.probes.trace_method):
+        raise UserError(f"probes.trace_samples must be at least {min_trace_samples(cfg.probes.trace_method)} with "
+                        f"{cfg.probes.trace_method}, for a standard error; got {cfg.probes.trace_samples}")
     if any(s <= 0 for s in cfg.probes.steps):
         raise UserError(f"probes.steps must be positive step numbers; got {list(cfg.probes.steps)}")
     image = cfg.data.dataset != "gaussian"
@@ -304,7 +328,8 @@ def validate(cfg: Config) -> None:
         raise UserError(f"unknown probe '{unknown[0]}' in probes.enabled; choose from {', '.join(PROBE_NAMES)}")
     if not cfg.probes.etas or any(not (e > 0 and math.isfinite(e)) for e in cfg.probes.etas):
         raise UserError(f"probes.etas must be positive multiples of the lr; got {list(cfg.probes.etas)}")
-    for key in ("probes.every", "probes.points", "probes.activation_batch", "probes.sharpness_iters"):
+    for key in ("probes.every", "probes.points", "probes.activation_batch", "probes.sharpness_iters",
+                "probes.density_vectors", "probes.density_steps"):
         if _get(cfg, key) <= 0:
             raise UserError(f"config key '{key}' must be positive; got {_get(cfg, key)}")
     if cfg.probes.schedule == "list" and cfg.probes.enabled and not cfg.probes.steps:

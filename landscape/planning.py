@@ -16,7 +16,7 @@ from landscape.errors import UserError
 
 # Network kinds as the paper names them, and the model.norm each one uses.
 NETS = {"standard": "none", "bn": "batch", "noisy_bn": "noisy_batch", "l1": "l1", "l2": "l2", "linf": "linf"}
-PRESET_KEYS = ("extends", "lrs", "seeds", "vgg", "dln", "dln_regimes")
+PRESET_KEYS = ("extends", "lrs", "seeds", "vgg", "dln", "dln_regimes", "stability")
 REGRESSION_LOSS_TAGS = {"sum_squares": "sum", "mean_squares": "mean", "mse": "mse"}
 
 

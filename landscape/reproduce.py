@@ -102,12 +102,13 @@ def run_experiment(name: str, preset_name: str, seeds: int | None, out: str | Pa
 
 def reproduce(preset_name: str, seeds: int | None, out: str | Path, data_dir=None, device: str | None = None,
               overrides: list[str] = (), launch: Launch | None = None, report: str | Path | None = None,
-              log: Log = say, on_summary=None) -> tuple[dict[str, dict], Path]:
-    """Every registered experiment, then the HTML report (default ``OUT/report.html``)."""
+              log: Log = say, on_summary=None, beyond: bool = False) -> tuple[dict[str, dict], Path]:
+    """The paper's experiments (and, with ``beyond``, every registered one), then the HTML report
+    (default ``OUT/report.html``, which also shows any other experiment already in ``out``)."""
     from landscape.report import build_report
 
     t0 = time.perf_counter()
-    summaries = run_experiments(list(REGISTRY), preset_name, seeds, out, data_dir, device, overrides, launch, log,
-                                on_summary)
+    names = [name for name, e in REGISTRY.items() if e.paper or beyond]
+    summaries = run_experiments(names, preset_name, seeds, out, data_dir, device, overrides, launch, log, on_summary)
     log(f"all experiments in {time.perf_counter() - t0:.0f} s -> {out}")
     return summaries, build_report([out], report or Path(out) / "report.html")

@@ -60,6 +60,18 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float = 0.0, nesterov: bool = False,
+                    weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8) -> torch.optim.Optimizer:
+    """The optimizer ``optim.name`` names, over every trainable parameter, with a constant lr."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    if name in ("adam", "adamw"):
+        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        return cls(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer '{name}'")
+
+
 class TrainMeter:
     """Train loss/accuracy over a logging interval, accumulated on the device (no per-step sync)."""
 
@@ -144,7 +156,9 @@ def _monitor(cfg: Config, run: Run, model, optimizer, loss_fn, batches: Batches,
     try:
         return Monitor(run.log, model, optimizer, loss_fn, schedule, probes=p.enabled, eta_multiples=p.etas,
                        layers=list(p.layers) or None, probe_batch=probe_batch, sharpness_iters=p.sharpness_iters,
-                       sharpness_tol=p.sharpness_tol, eval_mode=p.eval_mode, step_hook=False)
+                       sharpness_tol=p.sharpness_tol, warm_start=p.warm_start, trace_samples=p.trace_samples,
+                       trace_method=p.trace_method, density_vectors=p.density_vectors,
+                       density_steps=p.density_steps, eval_mode=p.eval_mode, step_hook=False)
     except KeyError as exc:
         raise UserError(f"probes.layers: {exc.args[0]}") from None
 
@@ -270,8 +284,8 @@ def _setup(cfg: Config, device: torch.device, splits: dict[str, Split], checkpoi
             raise UserError(f"probes.layers: {exc.args[0]}") from None
     if device.type == "cuda" and is_image:
         model = model.to(memory_format=torch.channels_last)  # faster convolutions with cuDNN
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
-                                weight_decay=cfg.optim.weight_decay)
+    optimizer = build_optimizer(model, cfg.optim.name, cfg.optim.lr, cfg.optim.momentum, cfg.optim.nesterov,
+                                cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.eps)
     if checkpoint is not None:
         missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint] if isinstance(checkpoint, dict) else ["all"]
         try:

@@ -68,3 +68,14 @@ def tiny_config(**sections):
         else:
             base[key] = value
     return build_config([base])
+
+
+@pytest.fixture(scope="session")
+def smoke_results(tmp_path_factory):
+    """Every registered experiment at the smoke preset, one seed, with its report: built once per
+    session and shared (tests that change it work on a copy)."""
+    from landscape.reproduce import reproduce
+
+    out = tmp_path_factory.mktemp("smoke")
+    summaries, report = reproduce("smoke", 1, out, log=lambda s: None, beyond=True)
+    return out, summaries, report.read_text()

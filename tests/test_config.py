@@ -37,7 +37,7 @@ def test_int_accepted_for_float_but_not_the_reverse():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("optim.lrr=0.1", "unknown config key 'optim.lrr'; valid keys: optim.lr, optim.momentum"),
+    ("optim.lrr=0.1", "unknown config key 'optim.lrr'; valid keys: optim.betas, optim.eps, optim.lr, optim.momentum"),
     ("bogus=1", "unknown config key 'bogus'"),
     ("steps=many", "'steps' expects an integer"),
     ("data.augment=3", "'data.augment' expects true or false"),

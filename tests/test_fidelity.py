@@ -126,11 +126,8 @@ def test_env_json_records_what_a_bitwise_rerun_needs(tmp_path):
     assert env["memory_format"] == "contiguous" and env["numpy"]
 
 
-def test_the_report_keeps_diagnostics_in_their_section_and_says_what_one_seed_is_worth(tmp_path):
-    from landscape.reproduce import reproduce
-
-    summaries, report = reproduce("smoke", 1, tmp_path, log=lambda s: None)
-    html = report.read_text()
+def test_the_report_keeps_diagnostics_in_their_section_and_says_what_one_seed_is_worth(smoke_results):
+    _, summaries, html = smoke_results
     top = html[html.index('<section id="claims">'):html.index("</section>")]
     assert "diagnostic" not in top and "n32-mean" not in top and "every-N probe steps only" not in top
     regimes = html[html.index('<section id="dln-regimes">'):]

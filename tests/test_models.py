@@ -104,15 +104,21 @@ def test_lp_norm_matches_its_definition(p):
     torch.manual_seed(0)
     x = torch.randn(6, 3, 5, 5, dtype=torch.float64) * 3 + 1
     layer = LpNorm(3, p).double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([0.5, 2.0, -1.0]))
+        layer.bias.copy_(torch.tensor([0.1, -0.3, 2.0]))
     y = layer(x)
     for c in range(3):
         v = x[:, c].reshape(-1)
         scale = v.abs().max() if p == float("inf") else (v.abs() ** p).mean() ** (1 / p)
-        torch.testing.assert_close(y[:, c], (x[:, c] - v.mean()) / (scale + 1e-5))
+        gamma, beta = layer.weight[c].item(), layer.bias[c].item()
+        torch.testing.assert_close(y[:, c], gamma * (x[:, c] - v.mean()) / (scale + 1e-5) + beta)
     # running estimates move toward the batch statistics and serve eval mode
     assert layer.running_mean[0] != 0
     layer.eval()
-    assert layer(x).shape == x.shape
+    mean, scale = layer.running_mean.view(1, -1, 1, 1), layer.running_scale.view(1, -1, 1, 1)
+    torch.testing.assert_close(layer(x), layer.weight.view(1, -1, 1, 1) * (x - mean) / (scale + 1e-5)
+                               + layer.bias.view(1, -1, 1, 1))
 
 
 def test_deep_linear_network():

@@ -11,14 +11,11 @@ import pytest
 from landscape.experiments import REGISTRY
 from landscape.report import build_report
 from landscape.report import figures as F
-from landscape.reproduce import reproduce
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("smoke")
-    summaries, report = reproduce("smoke", 1, out, log=lambda s: None)
-    return out, summaries, report.read_text()
+def smoke(smoke_results):
+    return smoke_results
 
 
 def test_every_figure_of_every_experiment_draws_on_the_smoke_preset(smoke):

@@ -28,6 +28,7 @@ class Experiment:
     plan: Callable[[dict, list[int], list[dict]], list[RunSpec]]  # (preset, seeds, overrides) -> runs
     claims: Callable[[dict], list[Claim]]  # preset -> the claims its runs test
     figures: Callable[[RunTable], list[Figure]]  # the experiment's runs -> the report's figures
+    paper: bool = True  # one of the paper's experiments (reproduce runs these); False: beyond the paper
 
 
 REGISTRY: dict[str, Experiment] = {}
@@ -52,4 +53,4 @@ def get(name: str) -> Experiment:
 # The paper's figures, in the paper's order (the report's sections follow it).
 from landscape.experiments import train_compare, ics_distrib, ics_opti, smoothness, norms  # noqa: E402,F401
 # Beyond the paper's figures.
-from landscape.experiments import dln_regimes  # noqa: E402,F401
+from landscape.experiments import dln_regimes, stability  # noqa: E402,F401

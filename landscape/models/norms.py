@@ -61,8 +61,9 @@ class NoisyBatchNorm(nn.BatchNorm2d):
         else:
             per = shape[:2] + (1,) * (len(shape) - 2)  # per sample and channel, shared by positions
             mu_b, sigma_b = mu, sigma
-        m = mu_b + self.mean_spread * (2 * torch.rand(per, generator=g, device=device) - 1)
-        s = sigma_b + self.scale_std * torch.randn(per, generator=g, device=device)
+        # In place: these are as large as the activations, and a temporary per operation doubled the cost.
+        m = torch.rand(per, generator=g, device=device).mul_(2 * self.mean_spread).add_(mu_b - self.mean_spread)
+        s = torch.randn(per, generator=g, device=device).mul_(self.scale_std).add_(sigma_b)
         return {"mu": mu, "sigma": sigma, "m": m, "s": s}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -105,16 +106,19 @@ class LpNorm(nn.Module):
             mean = x.mean(dims)
             if self.p == float("inf"):
                 scale = x.abs().amax(dims)
+            elif self.p == 1:
+                scale = x.abs().mean(dims)
             else:
-                scale = x.abs().pow(self.p).mean(dims).pow(1.0 / self.p)
+                scale = x.square().mean(dims).sqrt()
             with torch.no_grad():
                 self.running_mean.lerp_(mean.detach(), self.momentum)
                 self.running_scale.lerp_(scale.detach(), self.momentum)
         else:
             mean, scale = self.running_mean, self.running_scale
         shape = [1, -1] + [1] * (x.dim() - 2)
-        y = (x - mean.view(shape)) / (scale.view(shape) + self.eps)
-        return y * self.weight.view(shape) + self.bias.view(shape)
+        # gamma (x - mean) / (scale + eps) + beta as one multiply-add over the activations
+        a = self.weight / (scale + self.eps)
+        return torch.addcmul((self.bias - mean * a).view(shape), x, a.view(shape))
 
     def extra_repr(self) -> str:
         return f"{self.weight.numel()}, p={self.p}"

@@ -7,6 +7,9 @@ passed to the loss (``output_fn=`` picks another). Every probe is pure: it leave
 parameters, ``.grad``, buffers, optimizer state and RNG state exactly as it found them.
 """
 
+from landscape.probes.curvature import (CurvatureResult, DensityResult, LayerSharpnessResult, TraceResult,
+                                        UnreadableOptimizer, directional_curvature, hessian_trace, layer_sharpness,
+                                        preconditioner, spectral_density, stability_threshold)
 from landscape.probes.functional import resolve_layers
 from landscape.probes.ics import ActivationStats, IcsResult, activation_stats, distribution_shift, ics_opti
 from landscape.probes.landscape import SharpnessResult, SweepResult, gradient_sweep, sharpness
@@ -15,4 +18,6 @@ from landscape.probes.schedules import every, explicit, log_spaced, mixed
 
 __all__ = ["gradient_sweep", "sharpness", "ics_opti", "activation_stats", "distribution_shift", "Monitor",
            "SweepResult", "SharpnessResult", "IcsResult", "ActivationStats", "resolve_layers", "every",
-           "log_spaced", "explicit", "mixed", "PROBE_NAMES", "DEFAULT_ETA_MULTIPLES"]
+           "log_spaced", "explicit", "mixed", "PROBE_NAMES", "DEFAULT_ETA_MULTIPLES", "directional_curvature",
+           "layer_sharpness", "hessian_trace", "spectral_density", "preconditioner", "stability_threshold",
+           "UnreadableOptimizer", "CurvatureResult", "LayerSharpnessResult", "TraceResult", "DensityResult"]

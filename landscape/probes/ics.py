@@ -93,8 +93,9 @@ class ActivationStats:
 def _summarise(x: torch.Tensor, bins: int, sketch: int) -> dict:
     x = x.detach().reshape(-1).double()
     sample = x[:: max(1, math.ceil(x.numel() / MAX_QUANTILE_ELEMENTS))]
-    qs = torch.quantile(sample, torch.tensor(QUANTILES, dtype=torch.float64, device=x.device))
-    sk = torch.quantile(sample, torch.linspace(0, 1, sketch, dtype=torch.float64, device=x.device))
+    levels = torch.cat([torch.tensor(QUANTILES, dtype=torch.float64), torch.linspace(0, 1, sketch, dtype=torch.float64)])
+    both = torch.quantile(sample, levels.to(x.device))  # one sort for both sets of levels
+    qs, sk = both[:len(QUANTILES)], both[len(QUANTILES):]
     lo, hi = float(x.min()), float(x.max())
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return {"numel": x.numel(), "mean": math.nan, "std": math.nan, "min": lo, "max": hi, "quantiles": {},

@@ -15,7 +15,7 @@ All are evaluated on the same batch, with the buffers and random state of one fo
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -73,14 +73,16 @@ def gradient_sweep(model: nn.Module, loss_fn: Callable, batch: Batch, etas: Sequ
 
 @dataclass
 class SharpnessResult:
-    value: float  # top Hessian eigenvalue (largest Ritz value)
+    value: float  # top eigenvalue (largest Ritz value) of the Hessian, or of P^-1 H when preconditioned
     hvps: int  # Hessian-vector products used
-    residual: float  # ||H y - value y|| for the Ritz vector y: |lambda - value| <= residual
+    residual: float  # ||A y - value y|| for the Ritz vector y of the operator A: |lambda - value| <= residual
     converged: bool  # residual <= tol * |value|
     cost: dict
+    preconditioned: bool = False  # True: the eigenvalue of P^-1 H for the optimizer's diagonal preconditioner P
+    vector: torch.Tensor | None = field(default=None, repr=False)  # the Ritz vector (flat), to warm-start the next call
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "vector"}
 
 
 def _flat(d: Params, names: list[str]) -> torch.Tensor:
@@ -96,10 +98,82 @@ def _unflat(v: torch.Tensor, like: Params, names: list[str]) -> Params:
     return out
 
 
+@dataclass
+class Ritz:
+    """The top eigenpair estimate of a Lanczos run."""
+
+    value: float
+    residual: float
+    converged: bool
+    vector: torch.Tensor | None
+    steps: int
+
+
+def tridiagonal(alphas: list[float], betas: list[float]) -> torch.Tensor:
+    T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    if betas:
+        off = torch.tensor(betas[:len(alphas) - 1], dtype=torch.float64)
+        T += torch.diag(off, 1) + torch.diag(off, -1)
+    return T
+
+
+def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], q: torch.Tensor, steps: int, tol: float | None = None
+            ) -> tuple[list[float], list[float], list[torch.Tensor], Ritz]:
+    """Lanczos with full reorthogonalisation on a symmetric operator, from the unit vector ``q``.
+
+    Runs ``steps`` products, or stops early when ``tol`` is given and the top Ritz value's
+    residual (a bound on its error) is below ``tol`` times its magnitude, or when the Krylov
+    space is exhausted. Returns the tridiagonal's ``alphas`` and ``betas``, the basis, and the
+    top Ritz pair."""
+    basis, alphas, betas = [q], [], []
+    value, residual, converged = math.nan, math.inf, False
+    evecs = None
+    for _ in range(min(steps, q.numel())):
+        hq = matvec(basis[-1])
+        alpha = torch.dot(hq, basis[-1])
+        hq = hq - alpha * basis[-1] - (betas[-1] * basis[-2] if betas else 0)
+        Q = torch.stack(basis)
+        for _ in range(2):  # full reorthogonalisation, twice is enough (Kahan)
+            hq = hq - Q.T @ (Q @ hq)
+        beta = float(hq.norm())
+        if not (math.isfinite(float(alpha)) and math.isfinite(beta)):  # diverged weights: no eigenvalue
+            return alphas, betas, basis[:len(alphas)], Ritz(math.nan, math.nan, False, None, len(alphas))
+        alphas.append(float(alpha))
+        evals, evecs = torch.linalg.eigh(tridiagonal(alphas, betas))
+        value = float(evals[-1])
+        residual = abs(beta) * abs(float(evecs[-1, -1]))
+        if tol is not None and residual <= tol * abs(value):
+            converged = True
+            break
+        if beta <= 1e-10 * max(abs(value), 1e-30):  # invariant subspace: the Ritz values are exact
+            converged, residual = True, 0.0
+            break
+        betas.append(beta)
+        basis.append(hq / beta)
+    used = basis[:len(alphas)]
+    vector = None
+    if evecs is not None:
+        y = torch.stack(used).T @ evecs[:, -1].to(dtype=q.dtype, device=q.device)
+        vector = y / y.norm() if y.norm() > 0 else None
+    return alphas, betas, used, Ritz(value, residual, converged, vector, len(alphas))
+
+
+def start_vector(n: int, seed: int, like: torch.Tensor, direction: torch.Tensor | None = None,
+                 noise: float = 0.3) -> torch.Tensor:
+    """A unit start vector: ``direction`` (normalised) plus ``noise`` times a seeded random unit
+    vector, so every eigenvector stays reachable; just the random vector without a direction."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(n, generator=gen, dtype=torch.float64)
+    q = (q / q.norm()).to(device=like.device, dtype=like.dtype)
+    if direction is not None and direction.norm() > 0 and torch.isfinite(direction).all():
+        q = direction.to(dtype=like.dtype) / direction.norm() + noise * q
+    return q / q.norm()
+
+
 def sharpness(model: nn.Module, loss_fn: Callable, batch: Batch, *, iters: int = 20, tol: float = 1e-3,
-              seed: int = 0, start: str = "gradient", eval_mode: bool = False, params: Params | None = None,
-              buffers: Params | None = None, rng: dict | None = None,
-              output_fn: Callable | None = None) -> SharpnessResult:
+              seed: int = 0, start: str | torch.Tensor = "gradient", eval_mode: bool = False,
+              params: Params | None = None, buffers: Params | None = None, rng: dict | None = None,
+              output_fn: Callable | None = None, preconditioner: Params | None = None) -> SharpnessResult:
     """Top Hessian eigenvalue by Lanczos on Hessian-vector products.
 
     The products are backward passes through the retained graph of one differentiable
@@ -107,56 +181,42 @@ def sharpness(model: nn.Module, loss_fn: Callable, batch: Batch, *, iters: int =
     when the Ritz residual, a bound on the eigenvalue's error, is below ``tol`` times its
     magnitude, or after ``iters`` products.
 
-    ``start="gradient"`` starts from the normalised gradient plus a 0.3-weight random
-    direction: the gradient lies mostly in the top Hessian subspace (Gur-Ari et al., 2018),
-    which cut the products needed for 1% accuracy on VGG from 18 to 6 (bench_probes.py),
-    and the random part keeps every eigenvector reachable. ``start="random"`` is the
-    textbook start. Random draws use ``seed``, not the global RNG.
+    ``preconditioner`` (a diagonal P per parameter, e.g. from :func:`landscape.probes.preconditioner`
+    for Adam) makes it the top eigenvalue of ``P^-1 H``, computed as that of the symmetric
+    ``P^-1/2 H P^-1/2`` (the same eigenvalues): the quantity an adaptive optimizer's stability
+    depends on (Cohen et al., 2022).
+
+    ``start="gradient"`` starts from the normalised gradient (preconditioned by ``P^-1/2``)
+    plus a 0.3-weight random direction: the gradient lies mostly in the top Hessian subspace
+    (Gur-Ari et al., 2018), which cut the products needed for 1% accuracy on VGG from 18 to 6
+    (bench_probes.py), and the random part keeps every eigenvector reachable. ``start="random"``
+    is the textbook start; a tensor (e.g. the previous call's ``vector``) warm-starts from it,
+    again mixed with the random direction. Random draws use ``seed``, not the global RNG.
     """
-    if start not in ("gradient", "random"):
-        raise ValueError(f"start must be 'gradient' or 'random', got {start!r}")
+    if isinstance(start, str) and start not in ("gradient", "random"):
+        raise ValueError(f"start must be 'gradient', 'random' or a tensor, got {start!r}")
     with untouched(model, eval_mode):
         f = Objective.of(model, loss_fn, batch, buffers, rng, output_fn)
         w = params if params is not None else current_params(model)
         names = list(w)
         _, grad, hvp = f.hessian_operator(w)
         like = w[names[0]]
-        gen = torch.Generator().manual_seed(seed)
-        q = torch.randn(sum(w[n].numel() for n in names), generator=gen, dtype=torch.float64)
-        q = (q / q.norm()).to(device=like.device, dtype=like.dtype)
-        if start == "gradient":
-            g = _flat(grad, names)
-            if g.norm() > 0:
-                q = g / g.norm() + 0.3 * q
-        q = q / q.norm()
-        basis, alphas, betas = [q], [], []
-        value, residual, converged = math.nan, math.inf, False
-        for _ in range(min(iters, q.numel())):
-            hq = _flat(hvp(_unflat(basis[-1], w, names)), names)
-            alpha = torch.dot(hq, basis[-1])
-            hq = hq - alpha * basis[-1] - (betas[-1] * basis[-2] if betas else 0)
-            Q = torch.stack(basis)
-            for _ in range(2):  # full reorthogonalisation, twice is enough (Kahan)
-                hq = hq - Q.T @ (Q @ hq)
-            beta = float(hq.norm())
-            if not (math.isfinite(float(alpha)) and math.isfinite(beta)):  # diverged weights: no eigenvalue
-                value, residual = math.nan, math.nan
-                break
-            alphas.append(float(alpha))
-            T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-            if betas:
-                off = torch.tensor(betas, dtype=torch.float64)
-                T += torch.diag(off, 1) + torch.diag(off, -1)
-            evals, evecs = torch.linalg.eigh(T)
-            value = float(evals[-1])
-            residual = abs(beta) * abs(float(evecs[-1, -1]))
-            if residual <= tol * abs(value):
-                converged = True
-                break
-            if beta <= 1e-10 * max(abs(value), 1e-30):  # invariant subspace: the Ritz values are exact
-                converged, residual = True, 0.0
-                break
-            betas.append(beta)
-            basis.append(hq / beta)
-        return SharpnessResult(value=value, hvps=f.cost.hvp, residual=residual, converged=converged,
-                               cost=f.cost.as_dict())
+        n = sum(w[k].numel() for k in names)
+        scale = None
+        if preconditioner is not None:
+            scale = _flat({k: preconditioner[k].to(like) for k in names}, names).rsqrt()  # P^-1/2
+
+        def matvec(v: torch.Tensor) -> torch.Tensor:
+            if scale is None:
+                return _flat(hvp(_unflat(v, w, names)), names)
+            return scale * _flat(hvp(_unflat(scale * v, w, names)), names)
+
+        if isinstance(start, torch.Tensor):
+            direction = start.to(like) if start.numel() == n else None
+        elif start == "gradient":
+            direction = _flat(grad, names) * (scale if scale is not None else 1)
+        else:
+            direction = None
+        ritz = lanczos(matvec, start_vector(n, seed, like, direction), iters, tol)[3]
+        return SharpnessResult(value=ritz.value, hvps=f.cost.hvp, residual=ritz.residual, converged=ritz.converged,
+                               cost=f.cost.as_dict(), preconditioned=preconditioner is not None, vector=ritz.vector)

@@ -17,30 +17,24 @@ Records (one JSON line each, in ``metrics.jsonl``), as ``landscape train`` write
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 
+from landscape.probes.curvature import (UnreadableOptimizer, directional_curvature, hessian_trace, layer_sharpness,
+                                        preconditioner, spectral_density, stability_threshold)
 from landscape.probes.functional import Batch, current_params, rng_state, snapshot_buffers
 from landscape.probes.ics import activation_stats, distribution_shift, ics_opti
 from landscape.probes.landscape import gradient_sweep, sharpness
 from landscape.probes.schedules import Schedule, every
 
-PROBE_NAMES = ("gradient_sweep", "ics_opti", "activation_stats", "sharpness")
+PROBE_NAMES = ("gradient_sweep", "ics_opti", "activation_stats", "sharpness", "curvature", "layer_sharpness",
+               "hessian_trace", "spectral_density")
 DEFAULT_ETA_MULTIPLES = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)  # the paper's [0.5, 4] x lr
-
-
-def stability_threshold(optimizer: torch.optim.Optimizer) -> float | None:
-    """Sharpness above which gradient descent on a quadratic diverges: 2/lr for plain SGD,
-    2(1 + momentum)/lr with heavy-ball momentum; None for other optimizers."""
-    if not isinstance(optimizer, torch.optim.SGD):
-        return None
-    group = optimizer.param_groups[0]
-    if group.get("nesterov"):
-        return None
-    return 2 * (1 + group.get("momentum", 0.0)) / group["lr"]
+CURVATURE_PROBES = ("sharpness", "curvature", "layer_sharpness", "hessian_trace", "spectral_density")
 
 
 class Monitor:
@@ -62,11 +56,21 @@ class Monitor:
                  probes: Sequence[str] = ("gradient_sweep", "ics_opti"), etas: Sequence[float] | None = None,
                  eta_multiples: Sequence[float] = DEFAULT_ETA_MULTIPLES,
                  layers: Iterable | dict | None = None, probe_batch: Batch | None = None,
-                 sharpness_iters: int = 20, sharpness_tol: float = 1e-3, eval_mode: bool = False,
-                 output_fn: Callable | None = None, force: bool = False, step_hook: bool = True):
+                 sharpness_iters: int = 20, sharpness_tol: float = 1e-3, warm_start: bool = False,
+                 trace_samples: int = 30, trace_method: str = "hutchinson", density_vectors: int = 4,
+                 density_steps: int = 20, eval_mode: bool = False, output_fn: Callable | None = None,
+                 force: bool = False, step_hook: bool = True):
         unknown = [p for p in probes if p not in PROBE_NAMES]
         if unknown:
             raise ValueError(f"unknown probes {unknown}; choose from {PROBE_NAMES}")
+        if "sharpness" in probes:
+            try:
+                stability_threshold(optimizer)
+            except UnreadableOptimizer as exc:  # said once, at attach time; sharpness is still measured
+                warnings.warn(str(exc), stacklevel=2)
+        self.warm_start, self._sharpness_vector = warm_start, None
+        self.trace_samples, self.trace_method = trace_samples, trace_method
+        self.density_vectors, self.density_steps = density_vectors, density_steps
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.schedule = schedule or every(100)
         self.probes = tuple(probes)
@@ -132,11 +136,22 @@ class Monitor:
                 self.model, self.loss_fn, batch, etas, output_fn=self.output_fn, **reuse, **common).as_dict(),
                 extra={"lr": lr, "eta_multiples": None if self.etas is not None else list(self.eta_multiples)})
         if "sharpness" in self.probes:
-            momentum = self.optimizer.param_groups[0].get("momentum", 0.0)
-            self._timed(step, "sharpness", lambda: sharpness(
-                self.model, self.loss_fn, batch, iters=self.sharpness_iters, tol=self.sharpness_tol,
-                output_fn=self.output_fn, **common).as_dict(),
-                extra={"lr": lr, "momentum": momentum, "threshold": stability_threshold(self.optimizer)})
+            self._timed(step, "sharpness", lambda: self._sharpness(batch, common), extra=self._optimizer_facts())
+        if "curvature" in self.probes:
+            self._timed(step, "curvature", lambda: directional_curvature(
+                self.model, self.loss_fn, batch, output_fn=self.output_fn, **common).as_dict())
+        if "layer_sharpness" in self.probes:
+            self._timed(step, "layer_sharpness", lambda: layer_sharpness(
+                self.model, self.loss_fn, batch, self.layers, iters=self.sharpness_iters, tol=max(self.sharpness_tol, 1e-2),
+                output_fn=self.output_fn, **common).as_dict())
+        if "hessian_trace" in self.probes:
+            self._timed(step, "hessian_trace", lambda: hessian_trace(
+                self.model, self.loss_fn, batch, samples=self.trace_samples, method=self.trace_method, seed=step,
+                output_fn=self.output_fn, **common).as_dict())
+        if "spectral_density" in self.probes:
+            self._timed(step, "spectral_density", lambda: spectral_density(
+                self.model, self.loss_fn, batch, vectors=self.density_vectors, steps=self.density_steps, seed=step,
+                output_fn=self.output_fn, **common).as_dict())
         if "activation_stats" in self.probes:
             probe_batch = self.probe_batch if self.probe_batch is not None else batch
             layers = None if self.layers is None or isinstance(self.layers, dict) else list(self.layers)
@@ -153,6 +168,33 @@ class Monitor:
         if "ics_opti" in self.probes:  # finished by after_step(), with W^{t+1}
             self._pending = {"step": step, "batch": batch, "grad": grad, "buffers": buffers, "rng": rng,
                              "params": {n: p.clone() for n, p in current_params(self.model).items()}}
+
+    def _optimizer_facts(self) -> dict:
+        group = self.optimizer.param_groups[0]
+        try:
+            threshold = stability_threshold(self.optimizer)  # per call: the lr may change
+        except UnreadableOptimizer:
+            threshold = None
+        facts = {"lr": group["lr"], "optimizer": type(self.optimizer).__name__, "threshold": threshold}
+        if "momentum" in group:
+            facts["momentum"] = group["momentum"]
+        if "betas" in group:
+            facts["betas"] = list(group["betas"])
+        return facts
+
+    def _sharpness(self, batch: Batch, common: dict) -> dict:
+        """Optimizer-aware sharpness: of P^-1 H for Adam/AdamW (P its preconditioner), of H otherwise."""
+        try:
+            P = preconditioner(self.optimizer, self.model)
+        except UnreadableOptimizer as exc:
+            if isinstance(self.optimizer, (torch.optim.Adam, torch.optim.AdamW)):  # before its first step
+                return {"value": None, "preconditioned": True, "note": str(exc)}
+            P = None  # an optimizer we cannot read: the plain Hessian (said at attach time)
+        start = self._sharpness_vector if self.warm_start and self._sharpness_vector is not None else "gradient"
+        result = sharpness(self.model, self.loss_fn, batch, iters=self.sharpness_iters, tol=self.sharpness_tol,
+                           output_fn=self.output_fn, preconditioner=P, start=start, **common)
+        self._sharpness_vector = result.vector if self.warm_start else None
+        return {**result.as_dict(), "warm_start": not isinstance(start, str)}
 
     def after_step(self) -> None:
         """Right after ``optimizer.step()``: finish ics_opti with the optimizer's real update W^{t+1}
@@ -185,10 +227,12 @@ class Monitor:
         self.sink({"kind": "train", "step": step, **{k: float(v) for k, v in metrics.items()}})
 
     def state_dict(self) -> dict:
-        return {"previous_activations": self.previous_activations}
+        """What the next probes depend on (saved in checkpoints, so a resumed run records the same)."""
+        return {"previous_activations": self.previous_activations, "sharpness_vector": self._sharpness_vector}
 
     def load_state_dict(self, state: dict) -> None:
         self.previous_activations = state.get("previous_activations")
+        self._sharpness_vector = state.get("sharpness_vector")
 
     def close(self, status: str = "done") -> None:
         if self._hook is not None:

@@ -361,3 +361,81 @@ def regime_panels(regimes: list[tuple[str, dict[str, list[RunRecords]]]], title:
     fig.suptitle(title, y=1.01)
     fig.tight_layout()
     return to_png(fig)
+
+
+# ------------------------------------------------------------------ the edge of stability
+
+
+def _share(values: dict):
+    value, threshold = values.get("value"), values.get("threshold")
+    ok = finite([value, threshold]) == [value, threshold]
+    return value / threshold if ok and threshold > 0 else None
+
+
+def stability_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], title: str) -> bytes:
+    """One row per optimizer setting: sharpness / threshold (1 = the edge of stability; Adam's
+    is of P^-1 H), the directional curvature g'Hg/g'g, and the Hessian trace, per network."""
+    panels = (("sharpness / threshold", lambda run: [(r["step"], _share(r["values"])) for r in run.probe("sharpness")]),
+              ("g'Hg / g'g", lambda run: [(r["step"], r["values"].get("value")) for r in run.probe("curvature")]),
+              ("Hessian trace", lambda run: [(r["step"], r["values"].get("value"))
+                                             for r in run.probe("hessian_trace")]))
+    fig, axes = plt.subplots(len(rows), len(panels), figsize=(14, 2.8 * len(rows)), squeeze=False)
+    for row, (label, groups) in zip(axes, rows):
+        for ax, (name, series) in zip(row, panels):
+            plot_lines(ax, groups, series, logy=name != "Hessian trace")
+            ax.set_ylabel(f"{name}\n{label}", fontsize=8)
+            ax.set_xlabel("step")
+        row[0].axhline(1.0, color="k", ls="--", lw=1)
+        for net, runs in groups.items():  # the trace's standard error, first seed
+            recs = [(r["step"], r["values"].get("value"), r["values"].get("stderr")) for r in runs[0].probe("hessian_trace")]
+            recs = [x for x in recs if finite(list(x)) == list(x)]
+            if recs:
+                s, v, e = zip(*recs)
+                row[2].errorbar(s, v, yerr=[2 * x for x in e], fmt="none", ecolor=color_of(net), alpha=0.6, lw=0.8)
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=8)
+    fig.suptitle(title + " (trace: error bars 2 standard errors)", y=1.01)
+    fig.tight_layout()
+    return to_png(fig)
+
+
+def layer_sharpness_heatmaps(groups: dict[str, list[RunRecords]], title: str) -> bytes:
+    """Per network: log10 of each layer's sharpness (its Hessian block's top eigenvalue) against probe steps."""
+    nets = [n for n in groups if groups[n][0].probe("layer_sharpness")]
+    fig, axes = plt.subplots(1, max(len(nets), 1), figsize=(6.5 * max(len(nets), 1), 3.6), squeeze=False)
+    for ax, net in zip(axes[0], nets):
+        recs = groups[net][0].probe("layer_sharpness")
+        layers = recs[0]["values"].get("layers", [])
+        grid = np.array([[(lambda v: np.log10(v) if isinstance(v, (int, float)) and v > 0 else np.nan)(
+            r["values"].get("values", {}).get(layer)) for r in recs] for layer in layers], dtype=float)
+        sns.heatmap(grid, ax=ax, cmap="mako", xticklabels=[r["step"] for r in recs], yticklabels=layers,
+                    cbar_kws={"label": "log10 layer sharpness"})
+        ax.set_xlabel("step")
+        ax.set_title(f"{label_of(net)} ({groups[net][0].name})", fontsize=9)
+        ax.tick_params(axis="x", labelrotation=90, labelsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+    fig.suptitle(title, y=1.02)
+    fig.tight_layout()
+    return to_png(fig)
+
+
+def density_panels(groups: dict[str, list[RunRecords]], title: str) -> bytes:
+    """Per network, the recorded spectral-density histogram at the first, middle and last probe step."""
+    nets = [n for n in groups if groups[n][0].probe("spectral_density")]
+    fig, axes = plt.subplots(1, max(len(nets), 1), figsize=(6 * max(len(nets), 1), 3.3), squeeze=False)
+    for ax, net in zip(axes[0], nets):
+        recs = [r for r in groups[net][0].probe("spectral_density") if r["values"].get("density")]
+        picks = [recs[i] for i in sorted({0, len(recs) // 2, len(recs) - 1})] if recs else []
+        for shade, r in zip(np.linspace(0.35, 1.0, len(picks)), picks):
+            edges, mass = np.array(r["values"]["edges"]), np.array(r["values"]["density"], dtype=float)
+            centers = (edges[:-1] + edges[1:]) / 2
+            ax.plot(centers, np.where(mass > 0, mass, np.nan), marker=".", color=color_of(net), alpha=shade,
+                    label=f"step {r['step']}")
+        ax.set_yscale("log")
+        ax.set_xlabel("eigenvalue")
+        ax.set_ylabel("mass per bin")
+        ax.set_title(f"{label_of(net)} ({groups[net][0].name})", fontsize=9)
+        if picks:
+            ax.legend(fontsize=7)
+    fig.suptitle(title, y=1.03)
+    return to_png(fig)

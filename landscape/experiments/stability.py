@@ -1,0 +1,155 @@
+"""Beyond the paper: the edge of stability (Cohen et al., 2021 and 2022).
+
+Gradient descent's sharpness (the top Hessian eigenvalue) tends to rise during training
+(progressive sharpening) until it reaches the optimizer's stability threshold (2/lr for
+plain SGD) and then hovers there; Adam's preconditioned sharpness (of ``P^-1 H``) does the
+same at ``(2 + 2 beta1)/((1 - beta1) lr)``. This experiment trains VGG with and without BN
+under plain SGD at the preset's three learning rates and under Adam at its two, records the
+(preconditioned) sharpness against its threshold, the directional curvature along the
+gradient, each layer's sharpness, the Hessian trace and its spectral density, and judges
+three claims declared here: sharpness rises early, ends near the threshold, and BN changes
+how soon it gets there.
+"""
+
+from __future__ import annotations
+
+import math
+
+from landscape.claims import Claim, ratio
+from landscape.config import build_config
+from landscape.experiments import Experiment, Figure, register
+from landscape.planning import NETS, RunSpec
+from landscape.report import figures as F
+from landscape.results import RunRecords, finite
+
+OPTIMIZERS = ("sgd", "adam")
+BAND = 1.25  # "at the edge": median sharpness / threshold over the last quarter within [1/BAND, BAND]
+EDGE = 0.9  # "reached the edge": the first probe step with sharpness / threshold >= EDGE
+
+
+def settings(preset: dict) -> list[tuple[str, float]]:
+    s = preset.get("stability") or {}
+    return [("sgd", lr) for lr in s.get("sgd_lrs", [])] + [("adam", lr) for lr in s.get("adam_lrs", [])]
+
+
+def stability_run(preset: dict, net: str, optimizer: str, lr: float, seed: int, overrides=()) -> RunSpec:
+    name = f"stability-vgg-{net}-{optimizer}-lr{lr:g}-s{seed}"
+    cfg = build_config([preset.get("vgg", {}), (preset.get("stability") or {}).get("vgg", {}),
+                        {"name": name, "seed": seed, "data_seed": seed, "noise_seed": seed,
+                         "model": {"arch": "vgg", "norm": NETS[net]}, "optim": {"name": optimizer, "lr": lr}},
+                        *overrides])
+    return RunSpec(name, "vgg", net, lr, seed, cfg, variant=optimizer)
+
+
+def plan(preset: dict, seeds: list[int], overrides: list[dict]):
+    return [stability_run(preset, net, opt, lr, s, overrides)
+            for opt, lr in settings(preset) for net in ("standard", "bn") for s in seeds]
+
+
+# ------------------------------------------------------------------ per-run quantities (from records)
+
+
+def share_series(run: RunRecords) -> list[tuple[int, float]]:
+    """(step, sharpness / threshold) at each probe step with both recorded."""
+    out = []
+    for r in run.probe("sharpness"):
+        v, th = r["values"].get("value"), r["values"].get("threshold")
+        if finite([v, th]) == [v, th] and th > 0:
+            out.append((r["step"], v / th))
+    return out
+
+
+def sharpening(run: RunRecords) -> float | None:
+    """Progressive sharpening: the median sharpness over the second half of the probe steps
+    divided by the first recorded value (above 1: it rose)."""
+    s = share_series(run)
+    late = [v for _, v in s[len(s) // 2:]]
+    if len(s) < 3 or s[0][1] <= 0:
+        return None
+    late.sort()
+    return late[len(late) // 2] / s[0][1]
+
+
+def edge_distance(run: RunRecords) -> float | None:
+    """|log(median sharpness / threshold)| over the last quarter of the probe steps (0: at the edge)."""
+    s = [v for _, v in share_series(run)]
+    tail = sorted(s[-max(1, len(s) // 4):])
+    if not tail or tail[len(tail) // 2] <= 0:
+        return None
+    return abs(math.log(tail[len(tail) // 2]))
+
+
+def steps_to_edge(run: RunRecords) -> float | None:
+    """The first probe step where sharpness reaches EDGE x its threshold; a run that never does
+    counts as its last step + 1 (censored: it got there later, if at all)."""
+    s = share_series(run)
+    if not s:
+        return None
+    return float(next((step for step, v in s if v >= EDGE), s[-1][0] + 1))
+
+
+def _family(t, opt: str, net: str, metric, combine):
+    """Per seed, ``combine`` over the family's learning rates of ``metric``."""
+    sub = t.only(opt)
+    per_lr = [sub.per_seed(metric, "vgg", net, lr) for lr in sub.lrs("vgg")]
+    seeds = sorted({s for d in per_lr for s in d})
+    out = {}
+    for s in seeds:
+        vals = [d.get(s) for d in per_lr]
+        out[s] = combine(vals) if vals and all(v is not None and v > 0 for v in vals) else None
+    return out
+
+
+def _geomean(vals):
+    return math.exp(sum(math.log(v) for v in vals) / len(vals))
+
+
+def _mean(vals):
+    return sum(vals) / len(vals)
+
+
+def claims(preset: dict) -> list[Claim]:
+    out = []
+    opts = [o for o in OPTIMIZERS if any(opt == o for opt, _ in settings(preset))]
+    for opt in opts:
+        what = "sharpness" if opt == "sgd" else "preconditioned sharpness (of P^-1 H)"
+        for net in ("standard", "bn"):
+            out.append(Claim(
+                f"stability.{opt}.{net}.sharpening", f"{opt.upper()}, {net}: {what} rises during training "
+                "(progressive sharpening)", "median over the second half / first value, geometric mean over the lrs",
+                lambda t, o=opt, n=net: _family(t, o, n, sharpening, _geomean), 1.0, transform="log",
+                layers="all parameters"))
+            out.append(Claim(
+                f"stability.{opt}.{net}.at_edge", f"{opt.upper()}, {net}: {what} ends at its stability threshold "
+                f"(within a factor {BAND:g})", "|log(median sharpness / threshold)| over the last quarter, mean over "
+                "the lrs", lambda t, o=opt, n=net: _family(t, o, n, edge_distance, _mean), math.log(BAND),
+                direction="below", layers="all parameters"))
+        out.append(Claim(
+            f"stability.{opt}.bn_sooner", f"{opt.upper()}: BN reaches the edge of stability sooner",
+            f"first probe step at {EDGE:g} x the threshold, standard / BN, geometric mean over the lrs",
+            lambda t, o=opt: ratio(_family(t, o, "standard", steps_to_edge, _geomean),
+                                   _family(t, o, "bn", steps_to_edge, _geomean)), 1.0, transform="log"))
+    return out
+
+
+def figures(t) -> list[Figure]:
+    figs = []
+    rows = [(f"{opt.upper()} lr {lr:g}", t.only(opt).groups("vgg", lr)) for opt in OPTIMIZERS
+            for lr in t.only(opt).lrs("vgg")]
+    rows = [(label, g) for label, g in rows if g]
+    if rows:
+        figs.append(Figure("Sharpness against the stability threshold (1 = the edge; Adam: of P^-1 H), directional "
+                           "curvature g'Hg/g'g and the Hessian trace", F.stability_panels, (rows, "edge of stability")))
+        label, groups = rows[len(rows) // 2] if len(rows) > 2 else rows[0]
+        figs.append(Figure(f"Per-layer sharpness (top eigenvalue of each layer's Hessian block), {label}",
+                           F.layer_sharpness_heatmaps, (groups, label)))
+        figs.append(Figure(f"Hessian spectral density (stochastic Lanczos quadrature) at three steps, {label}",
+                           F.density_panels, (groups, label)))
+    return figs
+
+
+EXPERIMENT = register(Experiment(
+    name="stability", title="Beyond the paper: the edge of stability", anchor="stability",
+    help="Beyond the paper: VGG +/- BN under SGD (3 lrs) and Adam (2 lrs): sharpness against its stability "
+    "threshold, per layer, trace and spectral density.",
+    plan=plan, claims=claims, figures=figures, paper=False))
