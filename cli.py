@@ -181,6 +181,18 @@ def report(
     typer.echo(f"report -> {build_report(paths, output)}")
 
 
+@app.command()
+@user_errors
+def claims(
+    paths: List[str] = typer.Argument(..., help="Experiment folders (the --out of an experiment), or their parent."),
+    diagnostics: bool = typer.Option(False, "--diagnostics", help="Also the diagnostic claims (regimes, schedules)."),
+):
+    """Print the claims of experiment summaries as a Markdown table (value, interval, bound, signs, verdict)."""
+    from landscape.report import claims_markdown
+
+    typer.echo(claims_markdown(paths, diagnostics), nl=False)
+
+
 def main() -> None:
     """Entry point: typer's own usage errors (bad option type, missing argument, unknown
     command) also end in one line and exit status 2; `landscape` alone prints the help."""

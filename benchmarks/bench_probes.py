@@ -13,28 +13,17 @@ Times are medians of ``--repeats``; nothing here asserts a time.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
+from common import first_batch, timeit, training_split
 from landscape.config import ModelConfig
-from landscape.data import Batches, load_cifar10, synthetic_images
+from landscape.data import Batches
 from landscape.models import build_model
 from landscape.probes import gradient_sweep, ics_opti, resolve_layers, sharpness
 from landscape.probes.functional import Objective, current_params
 
 CE = torch.nn.functional.cross_entropy
-
-
-def timeit(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def plain_passes(model, batch, k: int) -> None:
@@ -60,8 +49,8 @@ def main() -> None:
     ap.add_argument("--skip-pyhessian", action="store_true")
     args = ap.parse_args()
     torch.manual_seed(0)
-    split = load_cifar10(args.data_dir)["train"] if args.data_dir else synthetic_images(2048, 0)
-    batch = Batches(split, args.batch, seed=0)(0)
+    split = training_split(args.data_dir)
+    batch = first_batch(split, args.batch)
     print(f"CPU threads {torch.get_num_threads()}, batch {args.batch}, "
           f"{'CIFAR-10' if args.data_dir else 'generated images'}")
 

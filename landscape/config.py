@@ -50,7 +50,7 @@ class NoiseConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "vgg"  # vgg | dln (deep linear network)
+    arch: str = "vgg"  # vgg | dln (deep linear network) | vit (a small Vision Transformer)
     vgg_depth: int = 11  # VGG configuration: 11 | 13 | 16 | 19
     width: float = 1.0  # VGG channel multiplier: 0.25 gives 16..128 channels instead of 64..512
     head: str = "linear"  # VGG head: linear (one layer) | mlp (512-512-10, scaled by width)
@@ -58,6 +58,12 @@ class ModelConfig:
     init: str = "xavier"  # xavier (Glorot uniform, the paper) | kaiming | torch_default
     dln_depth: int = 25  # DLN: number of linear layers
     dln_width: int = 10  # DLN: width of every hidden layer
+    vit_patch: int = 4  # ViT: patch size (32x32 images in 4x4 patches: 64 tokens and a class token)
+    vit_dim: int = 64  # ViT: token width
+    vit_depth: int = 4  # ViT: pre-norm blocks
+    vit_heads: int = 4  # ViT: attention heads (vit_dim divisible by it)
+    vit_mlp_ratio: float = 2.0  # ViT: MLP hidden width / token width
+    dropout: float = 0.0  # ViT: dropout on attention weights, MLP and embeddings
     noise: NoiseConfig = field(default_factory=NoiseConfig)
 
 
@@ -116,7 +122,10 @@ class Config:
 
 
 LOSS_NAMES = ("cross_entropy", "sum_squares", "mean_squares", "mse")  # loss (landscape.train.LOSSES); the last three regress
-NORMS = ("none", "batch", "noisy_batch", "l1", "l2", "linf")  # model.norm: what follows each conv / linear layer
+NORMS = ("none", "batch", "noisy_batch", "l1", "l2", "linf", "layer", "rms", "dyt")  # model.norm
+ARCH_NORMS = {"vgg": ("none", "batch", "noisy_batch", "l1", "l2", "linf"),  # after each conv (conv -> norm -> ReLU)
+              "dln": ("none", "batch", "noisy_batch", "l1", "l2", "linf"),  # after each linear layer but the last
+              "vit": ("none", "layer", "rms", "batch", "dyt")}  # every pre-norm and the final norm
 NOISE_FORMS = ("per_unit", "per_layer")  # model.noise.form
 OPTIMIZERS = ("sgd", "adam", "adamw")  # optim.name
 
@@ -124,7 +133,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss": LOSS_NAMES,
     "data.dataset": ("cifar10", "synthetic", "gaussian"),
     "optim.name": OPTIMIZERS,
-    "model.arch": ("vgg", "dln"),
+    "model.arch": tuple(ARCH_NORMS),
     "model.head": ("linear", "mlp"),
     "model.norm": NORMS,
     "model.noise.form": NOISE_FORMS,
@@ -311,10 +320,26 @@ def validate(cfg: Config) -> None:
                         f"{cfg.probes.trace_method}, for a standard error; got {cfg.probes.trace_samples}")
     if any(s <= 0 for s in cfg.probes.steps):
         raise UserError(f"probes.steps must be positive step numbers; got {list(cfg.probes.steps)}")
+    if cfg.model.norm not in ARCH_NORMS[cfg.model.arch]:
+        raise UserError(f"model.norm={cfg.model.norm} is not one for model.arch={cfg.model.arch}; choose one of "
+                        f"{', '.join(ARCH_NORMS[cfg.model.arch])}")
+    if cfg.model.arch == "vit":
+        m = cfg.model
+        for key in ("vit_patch", "vit_dim", "vit_depth", "vit_heads"):
+            if getattr(m, key) <= 0:
+                raise UserError(f"config key 'model.{key}' must be positive; got {getattr(m, key)}")
+        if m.vit_dim % m.vit_heads:
+            raise UserError(f"model.vit_dim ({m.vit_dim}) must be divisible by model.vit_heads ({m.vit_heads})")
+        if 32 % m.vit_patch:
+            raise UserError(f"model.vit_patch must divide the image size 32; got {m.vit_patch}")
+        if not m.vit_mlp_ratio > 0:
+            raise UserError(f"model.vit_mlp_ratio must be positive; got {m.vit_mlp_ratio}")
+    if not 0 <= cfg.model.dropout < 1:
+        raise UserError(f"model.dropout must be in [0, 1); got {cfg.model.dropout}")
     image = cfg.data.dataset != "gaussian"
-    if image != (cfg.model.arch == "vgg"):
+    if image != (cfg.model.arch in ("vgg", "vit")):
         raise UserError(f"model.arch={cfg.model.arch} does not fit data.dataset={cfg.data.dataset}; "
-                        "use vgg with cifar10/synthetic and dln with gaussian")
+                        "use vgg or vit with cifar10/synthetic and dln with gaussian")
     if image != (cfg.loss == "cross_entropy"):
         raise UserError(f"loss={cfg.loss} does not fit data.dataset={cfg.data.dataset}: image data sets are "
                         "classified (loss=cross_entropy), the gaussian one is regression (sum_squares, mean_squares "

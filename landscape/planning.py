@@ -15,8 +15,9 @@ from landscape.config import Config, build_config, read_yaml
 from landscape.errors import UserError
 
 # Network kinds as the paper names them, and the model.norm each one uses.
-NETS = {"standard": "none", "bn": "batch", "noisy_bn": "noisy_batch", "l1": "l1", "l2": "l2", "linf": "linf"}
-PRESET_KEYS = ("extends", "lrs", "seeds", "vgg", "dln", "dln_regimes", "stability")
+NETS = {"standard": "none", "bn": "batch", "noisy_bn": "noisy_batch", "l1": "l1", "l2": "l2", "linf": "linf",
+        "ln": "layer", "rms": "rms", "dyt": "dyt"}
+PRESET_KEYS = ("extends", "lrs", "seeds", "vgg", "dln", "dln_regimes", "stability", "transformer")
 REGRESSION_LOSS_TAGS = {"sum_squares": "sum", "mean_squares": "mean", "mse": "mse"}
 
 

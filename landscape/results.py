@@ -239,6 +239,14 @@ class RunTable:
         """The same rows with ``fn(run)`` in place of each run's records."""
         return RunTable(self.rows, {n: fn(r) for n, r in self.records.items()})
 
+    def settings(self, arch: str, variants) -> list[tuple[str, float, dict[str, list[RunRecords]]]]:
+        """``(variant, lr, runs by network)`` for each variant (e.g. optimizer) and learning rate present."""
+        out = []
+        for variant in variants:
+            sub = self.only(variant)
+            out += [(variant, lr, g) for lr in sub.lrs(arch) if (g := sub.groups(arch, lr))]
+        return out
+
     def variants(self) -> list[str]:
         """The variant labels of the rows, in order of first appearance."""
         return list(dict.fromkeys(str(r["variant"]) for r in self.rows.values() if r.get("variant")))

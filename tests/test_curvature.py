@@ -11,27 +11,7 @@ from torch import nn
 from landscape.probes import (Monitor, UnreadableOptimizer, directional_curvature, explicit, hessian_trace,
                               layer_sharpness, preconditioner, resolve_layers, sharpness, spectral_density,
                               stability_threshold)
-from tests.test_probes import CE, F64, MODELS, assert_same, batch_for, full_state, mlp_bn
-
-
-def full_hessian(model, batch):
-    """The Hessian of the batch loss in every parameter, by autograd on a flat vector (the slow, obvious way)."""
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for p in model.parameters()]
-    w0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-    def loss_of_flat(v):
-        params, i = {}, 0
-        for n, s in zip(names, shapes):
-            k = math.prod(s)
-            params[n] = v[i:i + k].view(s)
-            i += k
-        buffers = {n: b.clone() for n, b in model.named_buffers()}
-        return CE(torch.func.functional_call(model, (params, buffers), (batch[0],)), batch[1])
-
-    w = w0.clone().requires_grad_()
-    g = torch.autograd.grad(loss_of_flat(w), w)[0]
-    return torch.autograd.functional.hessian(loss_of_flat, w0), g.detach(), names, shapes
+from tests.test_probes import CE, F64, MODELS, assert_same, batch_for, full_hessian, full_state, mlp_bn
 
 
 def offsets(names, shapes):

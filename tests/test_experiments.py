@@ -33,6 +33,8 @@ def smoke():
                      for r in ("", "-n32-mean", "-n8-sum", "-n8-mean")}),  # the preset's own regime is the main run
     ("stability", {f"stability-vgg-{n}-{o}-lr{lr}-s{s}" for n in ("standard", "bn") for s in (0, 1)
                    for o, lr in (("sgd", "0.1"), ("sgd", "0.2"), ("adam", "0.001"))}),
+    ("transformer-norms", {f"vit-{n}-{o}-lr{lr}-s{s}" for n in ("standard", "ln", "rms", "bn", "dyt") for s in (0, 1)
+                           for o, lr in (("adamw", "0.001"), ("sgd", "0.1"))}),
 ])
 def test_each_experiment_builds_its_documented_runs(experiment, expected):
     specs = plan(get(experiment), smoke(), [0, 1])
@@ -40,7 +42,7 @@ def test_each_experiment_builds_its_documented_runs(experiment, expected):
     for s in specs:
         assert s.cfg.name == s.name and s.cfg.optim.lr == s.lr
         assert s.cfg.model.norm == planning.NETS[s.net]
-        assert s.cfg.optim.name == (s.variant if experiment == "stability" else "sgd")
+        assert s.cfg.optim.name == (s.variant if experiment in ("stability", "transformer-norms") else "sgd")
 
 
 def test_compared_runs_are_paired():

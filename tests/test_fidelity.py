@@ -135,3 +135,22 @@ def test_the_report_keeps_diagnostics_in_their_section_and_says_what_one_seed_is
     assert "How far one seed can be trusted" in top and "indicative only" in top
     sharp = next(c for c in summaries["smoothness"]["claims"] if c["id"] == "beyond.vgg.sharpness")
     assert sharp["note"].startswith(("median sharpness / threshold", "both networks sit"))
+
+
+def test_the_claims_command_prints_the_readme_tables(smoke_results):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    out, summaries, _ = smoke_results
+    runner = CliRunner()
+    res = runner.invoke(app, ["claims", str(out)])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    headline = [c for s in summaries.values() for c in s["claims"] if c["headline"]]
+    assert lines[0].startswith("| experiment | claim |") and len(lines) == 2 + len(headline)
+    assert "diagnostic" not in res.output and "n8-sum" not in res.output
+    every = runner.invoke(app, ["claims", str(out), "--diagnostics"])
+    assert len(every.output.splitlines()) == 2 + sum(len(s["claims"]) for s in summaries.values())
+    bad = runner.invoke(app, ["claims", str(out / "nowhere")])
+    assert bad.exit_code == 2 and "does not exist" in bad.stderr

@@ -113,14 +113,12 @@ def test_gradient_sweep_on_a_quadratic_is_exact():
     assert s.value == pytest.approx(torch.linalg.eigvalsh(A)[-1].item(), rel=1e-10)
 
 
-@pytest.mark.parametrize("make", MODELS.values(), ids=MODELS.keys())
-def test_sharpness_matches_the_full_hessian(make):
-    model = make()
-    batch = batch_for(model)
+def full_hessian(model, batch):
+    """The Hessian of the batch loss in every parameter, by autograd on a flat vector (the slow,
+    obvious way); also the gradient, the parameter names and shapes."""
     names = [n for n, _ in model.named_parameters()]
     shapes = [p.shape for p in model.parameters()]
     w0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    assert 100 <= w0.numel() <= 400  # a few hundred parameters
 
     def loss_of_flat(v):
         params, i = {}, 0
@@ -131,7 +129,18 @@ def test_sharpness_matches_the_full_hessian(make):
         buffers = {n: b.clone() for n, b in model.named_buffers()}
         return CE(torch.func.functional_call(model, (params, buffers), (batch[0],)), batch[1])
 
-    H = torch.autograd.functional.hessian(loss_of_flat, w0)
+    w = w0.clone().requires_grad_()
+    g = torch.autograd.grad(loss_of_flat(w), w)[0]
+    return torch.autograd.functional.hessian(loss_of_flat, w0), g.detach(), names, shapes
+
+
+@pytest.mark.parametrize("make", MODELS.values(), ids=MODELS.keys())
+def test_sharpness_matches_the_full_hessian(make):
+    model = make()
+    batch = batch_for(model)
+    H, _, names, _ = full_hessian(model, batch)
+    w0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    assert 100 <= w0.numel() <= 400  # a few hundred parameters
     top = torch.linalg.eigvalsh(H)[-1].item()
     r = sharpness(model, CE, batch, iters=200, tol=1e-9)
     assert r.converged and r.value == pytest.approx(top, rel=1e-7)

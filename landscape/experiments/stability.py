@@ -134,9 +134,7 @@ def claims(preset: dict) -> list[Claim]:
 
 def figures(t) -> list[Figure]:
     figs = []
-    rows = [(f"{opt.upper()} lr {lr:g}", t.only(opt).groups("vgg", lr)) for opt in OPTIMIZERS
-            for lr in t.only(opt).lrs("vgg")]
-    rows = [(label, g) for label, g in rows if g]
+    rows = [(f"{opt.upper()} lr {lr:g}", g) for opt, lr, g in t.settings("vgg", OPTIMIZERS)]
     if rows:
         figs.append(Figure("Sharpness against the stability threshold (1 = the edge; Adam: of P^-1 H), directional "
                            "curvature g'Hg/g'g and the Hessian trace", F.stability_panels, (rows, "edge of stability")))

@@ -11,12 +11,14 @@ from landscape.config import ModelConfig
 from landscape.models.dln import DeepLinear
 from landscape.models.norms import LpNorm, NoisyBatchNorm, make_norm
 from landscape.models.vgg import VGG
+from landscape.models.vit import ViT
 
-__all__ = ["VGG", "DeepLinear", "LpNorm", "NoisyBatchNorm", "make_norm", "build_model", "initialize"]
+__all__ = ["VGG", "ViT", "DeepLinear", "LpNorm", "NoisyBatchNorm", "make_norm", "build_model", "initialize"]
 
 
 def initialize(model: nn.Module, scheme: str) -> None:
-    """Re-initialise conv and linear weights: ``xavier`` (Glorot uniform, biases 0; the paper),
+    """Re-initialise conv and linear weights: ``xavier`` (Glorot uniform, biases 0; the paper; the ViT's
+    attention and MLP projections and patch embedding too),
     ``kaiming`` (He normal for ReLU, fan-in, biases 0) or ``torch_default`` (left as built).
     Normalisation layers keep gamma = 1, beta = 0."""
     if scheme == "torch_default":
@@ -40,6 +42,9 @@ def build_model(cfg: ModelConfig, seed: int = 0, noise_seed: int = 0, in_dim: in
         torch.manual_seed(seed)
         if cfg.arch == "vgg":
             model = VGG(cfg.vgg_depth, cfg.width, cfg.head, cfg.norm, out_dim, noise, noise_seed)
+        elif cfg.arch == "vit":
+            model = ViT(32, cfg.vit_patch, in_dim, out_dim, cfg.vit_dim, cfg.vit_depth, cfg.vit_heads, cfg.vit_mlp_ratio,
+                        cfg.norm, cfg.dropout)
         elif cfg.arch == "dln":
             model = DeepLinear(cfg.dln_depth, in_dim, cfg.dln_width, out_dim, cfg.norm, noise, noise_seed)
         else:

@@ -29,8 +29,8 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from landscape.probes.functional import Batch, Objective, Params, current_params, resolve_layers, untouched
-from landscape.probes.landscape import _flat, _unflat, lanczos, start_vector
+from landscape.probes.functional import Batch, Params, resolve_layers, untouched
+from landscape.probes.landscape import _flat, _unflat, flat_hessian, lanczos, start_vector, tridiagonal
 
 
 class UnreadableOptimizer(ValueError):
@@ -94,14 +94,11 @@ def directional_curvature(model: nn.Module, loss_fn: Callable, batch: Batch, *, 
                           output_fn: Callable | None = None) -> CurvatureResult:
     """The curvature along the gradient, ``g^T H g / ||g||^2``: one Hessian-vector product."""
     with untouched(model, eval_mode):
-        f = Objective.of(model, loss_fn, batch, buffers, rng, output_fn)
-        w = params if params is not None else current_params(model)
-        names = list(w)
-        _, grad, hvp = f.hessian_operator(w)
-        g = _flat(grad, names).double()
-        gg = float(g @ g)
-        value = float(g @ _flat(hvp(grad), names).double()) / gg if gg > 0 else math.nan
-        return CurvatureResult(value=value, grad_norm=math.sqrt(gg), cost=f.cost.as_dict())
+        H = flat_hessian(model, loss_fn, batch, params, buffers, rng, output_fn)
+        g = _flat(H.grad, H.names)
+        gg = float(g.double() @ g.double())
+        value = float(g.double() @ H(g).double()) / gg if gg > 0 else math.nan
+        return CurvatureResult(value=value, grad_norm=math.sqrt(gg), cost=H.objective.cost.as_dict())
 
 
 @dataclass
@@ -124,10 +121,9 @@ def layer_sharpness(model: nn.Module, loss_fn: Callable, batch: Batch, layers: I
     eigenvalue of its diagonal Hessian block, by Lanczos on products ``v_l -> (H [v_l, 0])_l``
     through one retained graph, started from the layer's gradient (plus a random direction)."""
     with untouched(model, eval_mode):
-        f = Objective.of(model, loss_fn, batch, buffers, rng, output_fn)
-        w = params if params is not None else current_params(model)
+        H = flat_hessian(model, loss_fn, batch, params, buffers, rng, output_fn)
+        f, w, grad, hvp = H.objective, H.w, H.grad, H.hvp
         groups = resolve_layers(model, layers)
-        _, grad, hvp = f.hessian_operator(w)
         zeros = {n: torch.zeros_like(t) for n, t in w.items()}
         values, residual, hvps = {}, {}, {}
         for label, names in groups:
@@ -180,17 +176,9 @@ def hessian_trace(model: nn.Module, loss_fn: Callable, batch: Batch, *, samples:
     if samples < min_trace_samples(method):
         raise ValueError(f"{method} needs at least {min_trace_samples(method)} samples for a standard error")
     with untouched(model, eval_mode):
-        f = Objective.of(model, loss_fn, batch, buffers, rng, output_fn)
-        w = params if params is not None else current_params(model)
-        names = list(w)
-        _, _, hvp = f.hessian_operator(w)
-        like = w[names[0]]
-        n = sum(w[k].numel() for k in names)
+        H = flat_hessian(model, loss_fn, batch, params, buffers, rng, output_fn)
+        like, n, f = H.like, H.n, H.objective
         gen = torch.Generator().manual_seed(seed)
-
-        def H(v: torch.Tensor) -> torch.Tensor:
-            return _flat(hvp(_unflat(v, w, names)), names)
-
         exact = 0.0
         if method == "hutch++":
             k = samples // 3
@@ -228,24 +216,14 @@ def spectral_density(model: nn.Module, loss_fn: Callable, batch: Batch, *, vecto
     eigenvalues are the nodes and the squared first components of its eigenvectors the weights
     of a quadrature for ``v^T f(H) v``, whose average over ``v`` estimates ``tr f(H) / n``."""
     with untouched(model, eval_mode):
-        f = Objective.of(model, loss_fn, batch, buffers, rng, output_fn)
-        w = params if params is not None else current_params(model)
-        names = list(w)
-        _, _, hvp = f.hessian_operator(w)
-        like = w[names[0]]
-        n = sum(w[k].numel() for k in names)
-
-        def H(v: torch.Tensor) -> torch.Tensor:
-            return _flat(hvp(_unflat(v, w, names)), names)
-
+        H = flat_hessian(model, loss_fn, batch, params, buffers, rng, output_fn)
+        f = H.objective
         nodes, weights = [], []
         for i in range(vectors):
-            alphas, betas, _, _ = lanczos(H, start_vector(n, seed + i, like), steps)
+            alphas, betas, _, _ = lanczos(H, start_vector(H.n, seed + i, H.like), steps)
             if not alphas or not all(math.isfinite(a) for a in alphas):
                 continue
-            evals, evecs = torch.linalg.eigh(torch.diag(torch.tensor(alphas, dtype=torch.float64)) + (
-                torch.diag(torch.tensor(betas[:len(alphas) - 1], dtype=torch.float64), 1)
-                + torch.diag(torch.tensor(betas[:len(alphas) - 1], dtype=torch.float64), -1)))
+            evals, evecs = torch.linalg.eigh(tridiagonal(alphas, betas))
             nodes.append(evals.tolist())
             weights.append((evecs[0] ** 2).tolist())
         flat_nodes = [x for row in nodes for x in row]

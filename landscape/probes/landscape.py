@@ -158,6 +158,32 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], q: torch.Tensor, ste
     return alphas, betas, used, Ritz(value, residual, converged, vector, len(alphas))
 
 
+@dataclass
+class FlatHessian:
+    """The Hessian at ``w`` as a function of flat vectors, through one retained graph; built by :func:`flat_hessian`."""
+
+    objective: Objective
+    w: Params
+    names: list[str]
+    grad: Params  # the gradient at w, from the same forward
+    hvp: Callable[[Params], Params]
+    like: torch.Tensor  # dtype and device of flat vectors
+    n: int  # their length
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        return _flat(self.hvp(_unflat(v, self.w, self.names)), self.names)
+
+
+def flat_hessian(model: nn.Module, loss_fn: Callable, batch: Batch, params: Params | None, buffers: Params | None,
+                 rng: dict | None, output_fn: Callable | None) -> FlatHessian:
+    """One forward and differentiable backward at ``params`` (default: the model's); call inside :func:`untouched`."""
+    f = Objective.of(model, loss_fn, batch, buffers, rng, output_fn)
+    w = params if params is not None else current_params(model)
+    names = list(w)
+    _, grad, hvp = f.hessian_operator(w)
+    return FlatHessian(f, w, names, grad, hvp, w[names[0]], sum(w[k].numel() for k in names))
+
+
 def start_vector(n: int, seed: int, like: torch.Tensor, direction: torch.Tensor | None = None,
                  noise: float = 0.3) -> torch.Tensor:
     """A unit start vector: ``direction`` (normalised) plus ``noise`` times a seeded random unit
@@ -196,27 +222,21 @@ def sharpness(model: nn.Module, loss_fn: Callable, batch: Batch, *, iters: int =
     if isinstance(start, str) and start not in ("gradient", "random"):
         raise ValueError(f"start must be 'gradient', 'random' or a tensor, got {start!r}")
     with untouched(model, eval_mode):
-        f = Objective.of(model, loss_fn, batch, buffers, rng, output_fn)
-        w = params if params is not None else current_params(model)
-        names = list(w)
-        _, grad, hvp = f.hessian_operator(w)
-        like = w[names[0]]
-        n = sum(w[k].numel() for k in names)
+        H = flat_hessian(model, loss_fn, batch, params, buffers, rng, output_fn)
         scale = None
         if preconditioner is not None:
-            scale = _flat({k: preconditioner[k].to(like) for k in names}, names).rsqrt()  # P^-1/2
+            scale = _flat({k: preconditioner[k].to(H.like) for k in H.names}, H.names).rsqrt()  # P^-1/2
 
         def matvec(v: torch.Tensor) -> torch.Tensor:
-            if scale is None:
-                return _flat(hvp(_unflat(v, w, names)), names)
-            return scale * _flat(hvp(_unflat(scale * v, w, names)), names)
+            return H(v) if scale is None else scale * H(scale * v)
 
         if isinstance(start, torch.Tensor):
-            direction = start.to(like) if start.numel() == n else None
+            direction = start.to(H.like) if start.numel() == H.n else None
         elif start == "gradient":
-            direction = _flat(grad, names) * (scale if scale is not None else 1)
+            direction = _flat(H.grad, H.names) * (scale if scale is not None else 1)
         else:
             direction = None
-        ritz = lanczos(matvec, start_vector(n, seed, like, direction), iters, tol)[3]
+        ritz = lanczos(matvec, start_vector(H.n, seed, H.like, direction), iters, tol)[3]
+        f = H.objective
         return SharpnessResult(value=ritz.value, hvps=f.cost.hvp, residual=ritz.residual, converged=ritz.converged,
                                cost=f.cost.as_dict(), preconditioned=preconditioner is not None, vector=ritz.vector)

@@ -211,6 +211,38 @@ def build_report(paths: list[str | Path], output: str | Path) -> Path:
     return atomic_write(output, html)
 
 
+def claims_markdown(paths: list[str | Path], diagnostics: bool = False) -> str:
+    """The claims of every experiment summary under ``paths`` as a Markdown table (the README's
+    tables come from this): value (mean over seeds), 95% interval, one-sided bound, sign count,
+    verdict and why. Diagnostics are left out unless asked for."""
+    paths = [Path(p) for p in paths]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise UserError(f"'{missing[0]}' does not exist; pass experiment folders or their parent")
+    from landscape.experiments import REGISTRY
+
+    order = {name: i for i, name in enumerate(REGISTRY)}
+    summaries = sorted([(f, d) for f, d in find_summaries(paths) if d],
+                       key=lambda fd: (order.get(fd[1].get("experiment"), len(order)), str(fd[0])))
+    if not summaries:
+        raise UserError(f"no experiment summaries under {', '.join(map(str, paths))}; pass the --out of an experiment")
+    rows = ["| experiment | claim | quantity | value | 95% CI | one-sided bound | seeds on the claimed side | verdict |",
+            "|---|---|---|---|---|---|---|---|"]
+    for _, d in summaries:
+        for c in d["claims"]:
+            if not (c["headline"] or diagnostics):
+                continue
+            cell = (lambda t: t.replace("|", "\\|"))
+            ci = f"[{_num(c['ci'][0], 3)}, {_num(c['ci'][1], 3)}]" if c["ci"] else "-"
+            bound = f"{'>' if c['direction'] == 'above' else '<'} {_num(c['bound'], 3)}" if c["bound"] is not None else "-"
+            signs = f"{c['signs']['k']} of {c['signs']['n']}" if c["signs"] else "-"
+            verdict = c["verdict"] + (f" ({c['why']})" if c["why"] else "")
+            rows.append(f"| {cell(str(d.get('experiment')))} | {cell(c['claim'])} | {cell(c['quantity'])} "
+                        f"({c['direction']} {_num(c['threshold'])}) | {_num(c['mean'])} | {ci} | {bound} | {signs} | "
+                        f"{cell(verdict)} |")
+    return "\n".join(rows) + "\n"
+
+
 def _num(x, digits: int = 4) -> str:
     if x is None:
         return "-"

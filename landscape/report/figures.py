@@ -22,8 +22,8 @@ from landscape.stats import mean_ci  # noqa: E402
 
 MAX_POINTS = 300  # long series are downsampled for drawing
 NET_LABELS = {"standard": "standard", "bn": "BatchNorm", "noisy_bn": "noisy BN", "l1": "l1 norm", "l2": "l2 norm",
-              "linf": "l_inf norm"}
-PALETTE = sns.color_palette("colorblind", 10)
+              "linf": "l_inf norm", "ln": "LayerNorm", "rms": "RMSNorm", "dyt": "Dynamic Tanh"}
+PALETTE = sns.color_palette("colorblind", 10) + sns.color_palette("dark", 10)
 NET_COLORS = {net: PALETTE[i] for i, net in enumerate(NETS)}  # the same colour per network in every figure
 
 sns.set_theme(style="whitegrid", context="paper", font_scale=1.05)
@@ -334,68 +334,66 @@ def ics_layer_curves(groups: dict[str, list[RunRecords]], title: str, layers: li
 # ------------------------------------------------------------------ regimes of one network
 
 
-def regime_panels(regimes: list[tuple[str, dict[str, list[RunRecords]]]], title: str) -> bytes:
-    """One row per regime: sharpness / stability threshold, cos(G, G') (mean over layers after
-    the first), beta_eff and the train loss, over steps, per network."""
-    def share(values):
-        value, threshold = values.get("value"), values.get("threshold")
-        return value / threshold if isinstance(value, (int, float)) and threshold else None
-
-    panels = (("sharpness / threshold", lambda run: [(r["step"], share(r["values"])) for r in run.probe("sharpness")],
-               True),
-              ("cos(G, G')", lambda run: [(r["step"], mean_over_layers(r["values"], "cosine"))
-                                          for r in run.probe("ics_opti")], False),
-              ("beta_eff", lambda run: [(r["step"], r["values"].get("beta_eff")) for r in run.probe("gradient_sweep")],
-               True),
-              ("train loss", _metric("train", "loss"), True))
-    fig, axes = plt.subplots(len(regimes), len(panels), figsize=(16, 2.8 * len(regimes)), squeeze=False)
-    for row, (label, groups) in zip(axes, regimes):
+def row_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], panels, title: str, ones=()) -> bytes:
+    """A grid: one row per setting (label, runs by network), one column per ``(name, series, logy)``
+    panel; ``ones`` are the columns that get a reference line at 1."""
+    fig, axes = plt.subplots(len(rows), len(panels), figsize=(4 * len(panels), 2.8 * len(rows)), squeeze=False)
+    for row, (label, groups) in zip(axes, rows):
         for ax, (name, series, logy) in zip(row, panels):
             plot_lines(ax, groups, series, logy=logy)
             ax.set_ylabel(f"{name}\n{label}", fontsize=8)
             ax.set_xlabel("step")
-        row[0].axhline(1.0, color="k", ls="--", lw=1)
-        row[1].axhline(1.0, color="grey", lw=0.8)
+        for i in ones:
+            row[i].axhline(1.0, color="k", ls="--", lw=1)
     if axes[0][0].get_legend_handles_labels()[0]:
         axes[0][0].legend(fontsize=8)
     fig.suptitle(title, y=1.01)
     fig.tight_layout()
-    return to_png(fig)
-
-
-# ------------------------------------------------------------------ the edge of stability
+    return fig
 
 
 def _share(values: dict):
+    """Sharpness as a share of the threshold recorded beside it."""
     value, threshold = values.get("value"), values.get("threshold")
     ok = finite([value, threshold]) == [value, threshold]
     return value / threshold if ok and threshold > 0 else None
 
 
+def _probe_values(probe: str, key: str):
+    return lambda run: [(r["step"], r["values"].get(key)) for r in run.probe(probe)]
+
+
+def regime_panels(regimes: list[tuple[str, dict[str, list[RunRecords]]]], title: str) -> bytes:
+    """One row per regime: sharpness / stability threshold, cos(G, G') (mean over layers after
+    the first), beta_eff and the train loss, over steps, per network."""
+    panels = (("sharpness / threshold", lambda run: [(r["step"], _share(r["values"])) for r in run.probe("sharpness")],
+               True),
+              ("cos(G, G')", lambda run: [(r["step"], mean_over_layers(r["values"], "cosine"))
+                                          for r in run.probe("ics_opti")], False),
+              ("beta_eff", _probe_values("gradient_sweep", "beta_eff"), True),
+              ("train loss", _metric("train", "loss"), True))
+    return to_png(row_panels(regimes, panels, title, ones=(0, 1)))
+
+
+# ------------------------------------------------------------------ the edge of stability
+
+
 def stability_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], title: str) -> bytes:
     """One row per optimizer setting: sharpness / threshold (1 = the edge of stability; Adam's
     is of P^-1 H), the directional curvature g'Hg/g'g, and the Hessian trace, per network."""
-    panels = (("sharpness / threshold", lambda run: [(r["step"], _share(r["values"])) for r in run.probe("sharpness")]),
-              ("g'Hg / g'g", lambda run: [(r["step"], r["values"].get("value")) for r in run.probe("curvature")]),
-              ("Hessian trace", lambda run: [(r["step"], r["values"].get("value"))
-                                             for r in run.probe("hessian_trace")]))
-    fig, axes = plt.subplots(len(rows), len(panels), figsize=(14, 2.8 * len(rows)), squeeze=False)
-    for row, (label, groups) in zip(axes, rows):
-        for ax, (name, series) in zip(row, panels):
-            plot_lines(ax, groups, series, logy=name != "Hessian trace")
-            ax.set_ylabel(f"{name}\n{label}", fontsize=8)
-            ax.set_xlabel("step")
-        row[0].axhline(1.0, color="k", ls="--", lw=1)
+    panels = (("sharpness / threshold", lambda run: [(r["step"], _share(r["values"])) for r in run.probe("sharpness")],
+               True),
+              ("g'Hg / g'g", _probe_values("curvature", "value"), True),
+              ("Hessian trace", _probe_values("hessian_trace", "value"), False))
+    fig = row_panels(rows, panels, title + " (trace: error bars 2 standard errors)", ones=(0,))
+    for row, (_, groups) in zip(np.array(fig.axes).reshape(len(rows), len(panels)), rows):
         for net, runs in groups.items():  # the trace's standard error, first seed
-            recs = [(r["step"], r["values"].get("value"), r["values"].get("stderr")) for r in runs[0].probe("hessian_trace")]
+            recs = [(r["step"], r["values"].get("value"), r["values"].get("stderr"))
+                    for r in runs[0].probe("hessian_trace")]
             recs = [x for x in recs if finite(list(x)) == list(x)]
             if recs:
                 s, v, e = zip(*recs)
                 row[2].errorbar(s, v, yerr=[2 * x for x in e], fmt="none", ecolor=color_of(net), alpha=0.6, lw=0.8)
-    if axes[0][0].get_legend_handles_labels()[0]:
-        axes[0][0].legend(fontsize=8)
-    fig.suptitle(title + " (trace: error bars 2 standard errors)", y=1.01)
-    fig.tight_layout()
     return to_png(fig)
 
 
@@ -438,4 +436,26 @@ def density_panels(groups: dict[str, list[RunRecords]], title: str) -> bytes:
         if picks:
             ax.legend(fontsize=7)
     fig.suptitle(title, y=1.03)
+    return to_png(fig)
+
+
+def accuracy_bars(rows: list[tuple[str, dict[str, list[RunRecords]]]], title: str) -> bytes:
+    """Final test accuracy per network (mean over seeds, each seed a dot), one panel per setting."""
+    from landscape.results import final_test
+
+    fig, axes = plt.subplots(1, len(rows), figsize=(4.2 * len(rows), 3.2), squeeze=False)
+    for ax, (label, groups) in zip(axes[0], rows):
+        nets = list(groups)
+        for i, net in enumerate(nets):
+            accs = [a for a in (final_test(r)["acc"] for r in groups[net]) if a is not None]
+            accs += [0.0 for r in groups[net] if r.state == "diverged"]  # a diverged run counts as chance or worse
+            if accs:
+                ax.bar(i, sum(accs) / len(accs), color=color_of(net), alpha=0.8)
+                ax.scatter([i] * len(accs), accs, color="k", s=8, zorder=3)
+        ax.set_xticks(range(len(nets)))
+        ax.set_xticklabels([label_of(n) for n in nets], rotation=25, fontsize=8)
+        ax.set_ylabel("final test accuracy")
+        ax.set_title(label, fontsize=9)
+    fig.suptitle(title, y=1.03)
+    fig.tight_layout()
     return to_png(fig)

@@ -1,0 +1,159 @@
+"""Curvature benchmarks, in one process, on one model and batch, against baselines measured in the same run.
+
+1. Hessian trace: landscape's Hutchinson and Hutch++ against PyHessian's ``trace()``, as the
+   number of Hessian-vector products needed for a 5% RMS error (over seeds) against a reference
+   (Hutch++ with a large budget), and the time that costs;
+2. spectral density: landscape's stochastic Lanczos quadrature against PyHessian's ``density()``
+   at the same settings (vectors, steps): time, and the Wasserstein distance between their
+   measures relative to the spectrum's range;
+3. per-layer sharpness against one full sharpness (same tolerance);
+4. warm-started Lanczos: Hessian-vector products per sharpness measurement during a short
+   training run, from the previous measurement's eigenvector vs from the gradient (probes
+   never change training, so both see the same weights).
+
+    pip install -e .[bench]    # PyHessian 0.1
+    python benchmarks/bench_curvature.py --data-dir DATA
+
+Times are medians of ``--repeats``; nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+
+import numpy as np
+import torch
+
+from common import first_batch, timeit, training_split
+from landscape.config import ModelConfig
+from landscape.data import Batches
+from landscape.models import build_model
+from landscape.probes import hessian_trace, layer_sharpness, resolve_layers, sharpness, spectral_density
+
+CE = torch.nn.functional.cross_entropy
+
+
+def trained_vgg(split, width: float, norm: str, steps: int, seed: int = 0):
+    model = build_model(ModelConfig(width=width, norm=norm), seed)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    batches = Batches(split, 128, seed=1)
+    for step in range(steps):
+        x, y = batches(step)
+        opt.zero_grad()
+        CE(model(x), y).backward()
+        opt.step()
+    return model, opt, batches
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--width", type=float, default=0.25)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--skip-pyhessian", action="store_true")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    split = training_split(args.data_dir)
+    batch = first_batch(split, args.batch)
+    print(f"CPU threads {torch.get_num_threads()}, batch {args.batch}, "
+          f"{'CIFAR-10' if args.data_dir else 'generated images'}, VGG-11 x{args.width}, no BN, eval mode")
+    model, _, _ = trained_vgg(split, args.width, "none", 30)
+    model.eval()  # PyHessian evaluates in eval mode; the same function for both here
+    try:
+        from pyhessian import hessian
+    except ImportError:
+        hessian = None
+        if not args.skip_pyhessian:
+            print("PyHessian not installed: pip install -e .[bench] (its columns are skipped)")
+
+    # 1. trace
+    reference = hessian_trace(model, CE, batch, samples=600, method="hutch++", seed=12345)
+    print(f"1. reference trace (Hutch++, 600 products): {reference.value:.2f} +- {reference.stderr:.2f}")
+
+    def rms_error(estimate, m: int) -> float:
+        errors = [(estimate(m, s) - reference.value) / reference.value for s in range(args.seeds)]
+        return math.sqrt(sum(e * e for e in errors) / len(errors))
+
+    def pyhessian_trace(m: int, seed: int) -> float:
+        torch.manual_seed(seed)
+        h = hessian(model, CE, data=batch, cuda=False)
+        return float(np.mean(h.trace(maxIter=m, tol=0.0)))
+
+    methods = {"hutchinson": lambda m, s: hessian_trace(model, CE, batch, samples=m, seed=s).value,
+               "hutch++": lambda m, s: hessian_trace(model, CE, batch, samples=m, method="hutch++", seed=s).value}
+    if hessian is not None and not args.skip_pyhessian:
+        methods["PyHessian trace()"] = pyhessian_trace
+    times = {}
+    for label, estimate in methods.items():
+        for m in (6, 12, 24, 48, 96, 192):
+            err = rms_error(estimate, m)
+            if err <= 0.05:
+                t = timeit(lambda: estimate(m, 0), args.repeats)
+                times[label] = t
+                print(f"   {label}: {m} products for a 5% RMS error ({err:.3f}), {t:.2f} s")
+                break
+        else:
+            print(f"   {label}: RMS error above 5% at 192 products")
+    if "PyHessian trace()" in times:
+        for label in ("hutchinson", "hutch++"):
+            if label in times:
+                print(f"   time to 5%: PyHessian / landscape {label} = {times['PyHessian trace()'] / times[label]:.2f}x")
+
+    # 2. density
+    vectors, steps = 1, 40
+    ours = spectral_density(model, CE, batch, vectors=vectors, steps=steps, seed=0)
+    t_ours = timeit(lambda: spectral_density(model, CE, batch, vectors=vectors, steps=steps, seed=0), args.repeats)
+    top = sharpness(model, CE, batch, iters=100, tol=1e-6).value
+    print(f"2. spectral density, {vectors} vector x {steps} Lanczos steps: landscape {t_ours:.2f} s, "
+          f"top node {max(ours.nodes[0]):.3f} (top eigenvalue {top:.3f})")
+    if hessian is not None and not args.skip_pyhessian:
+        from scipy.stats import wasserstein_distance
+
+        def theirs():
+            torch.manual_seed(0)
+            return hessian(model, CE, data=batch, cuda=False).density(iter=steps, n_v=vectors)
+
+        t_theirs = timeit(theirs, args.repeats)
+        nodes, weights = theirs()
+        w1 = wasserstein_distance(ours.nodes[0], nodes[0], u_weights=ours.weights[0], v_weights=weights[0])
+        spread = max(ours.nodes[0]) - min(ours.nodes[0])
+        print(f"   PyHessian density(): {t_theirs:.2f} s, top node {max(nodes[0]):.3f}; "
+              f"W1 between the two measures {w1 / spread:.2%} of the range; PyHessian / landscape = "
+              f"{t_theirs / t_ours:.2f}x")
+
+    # 3. per-layer sharpness
+    t_full = timeit(lambda: sharpness(model, CE, batch, iters=20, tol=1e-2), args.repeats)
+    full = sharpness(model, CE, batch, iters=20, tol=1e-2)
+    layered = layer_sharpness(model, CE, batch, iters=20, tol=1e-2)
+    t_layers = timeit(lambda: layer_sharpness(model, CE, batch, iters=20, tol=1e-2), args.repeats)
+    L = len(resolve_layers(model))
+    print(f"3. sharpness {t_full:.2f} s ({full.hvps} HVPs); per-layer sharpness over {L} layers {t_layers:.2f} s "
+          f"({sum(layered.hvps.values())} HVPs): ratio {t_layers / t_full:.1f}x; largest layer value "
+          f"{max(layered.values.values()):.3f} vs full {full.value:.3f}")
+
+    # 4. warm start during training
+    for norm in ("none", "batch"):
+        model, opt, batches = trained_vgg(split, args.width, norm, 0)
+        cold, warm, vector = [], [], None
+        for step in range(1, 301):
+            x, y = batches(step)
+            opt.zero_grad()
+            CE(model(x), y).backward()
+            if step % 25 == 0:
+                c = sharpness(model, CE, (x, y), iters=50, tol=1e-2)
+                w = sharpness(model, CE, (x, y), iters=50, tol=1e-2, start=vector if vector is not None else "gradient")
+                vector = w.vector
+                if step > 25:
+                    cold.append(c.hvps)
+                    warm.append(w.hvps)
+            opt.step()
+        print(f"4. {norm}: HVPs per sharpness (tol 1e-2, every 25 steps, 11 measurements): from the gradient "
+              f"{statistics.mean(cold):.1f}, warm-started {statistics.mean(warm):.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Beyond the paper: does normalisation smooth a transformer's landscape the way BatchNorm
+smooths VGG's?
+
+A small Vision Transformer on CIFAR-10 with each normalisation in every pre-norm slot:
+none (the standard network), LayerNorm, RMSNorm, BatchNorm over the token features and
+Dynamic Tanh (Zhu et al., 2025), under AdamW (what transformers are trained with) and under
+plain SGD at the VGG experiments' learning rates, paired by seed. The probes are Figure 4's
+(the loss-variation band, gradient predictiveness and beta_eff along the gradient, with the
+paper's eta grid in multiples of the lr), sharpness against the optimizer's threshold (of
+``P^-1 H`` for AdamW) and ICS_opti per block.
+"""
+
+from __future__ import annotations
+
+import math
+
+from landscape.claims import Claim, diff, final_train_acc, median_probe, ratio
+from landscape.config import build_config
+from landscape.experiments import Experiment, Figure, register
+from landscape.planning import NETS, RunSpec
+from landscape.report import figures as F
+from landscape.results import beta_eff, max_grad_change
+
+VIT_NETS = ("standard", "ln", "rms", "bn", "dyt")  # model.norm none, layer, rms, batch, dyt
+SMOOTH = (("beta_eff", "effective beta-smoothness", beta_eff), ("grad_predictiveness", "gradient change along the "
+                                                                "gradient", max_grad_change))
+DYT_BAND = 2.0  # "as smooth as LayerNorm": DyT's median beta_eff within a factor 2 of LayerNorm's
+
+
+def settings(preset: dict) -> list[tuple[str, float]]:
+    """(optimizer, lr) pairs: AdamW first, then plain SGD at each lr."""
+    s = preset.get("transformer") or {}
+    return [("adamw", lr) for lr in s.get("adamw_lrs", [])] + [("sgd", lr) for lr in s.get("sgd_lrs", [])]
+
+
+def vit_run(preset: dict, net: str, optimizer: str, lr: float, seed: int, overrides=()) -> RunSpec:
+    s = preset.get("transformer") or {}
+    name = f"vit-{net}-{optimizer}-lr{lr:g}-s{seed}"
+    optim = {"name": optimizer, "lr": lr, "weight_decay": s.get("adamw_weight_decay", 0.0) if optimizer == "adamw"
+             else 0.0}
+    cfg = build_config([s.get("vit", {}), {"name": name, "seed": seed, "data_seed": seed, "noise_seed": seed,
+                                           "model": {"arch": "vit", "norm": NETS[net]}, "optim": optim}, *overrides])
+    return RunSpec(name, "vit", net, lr, seed, cfg, variant=optimizer)
+
+
+def plan(preset: dict, seeds: list[int], overrides: list[dict]):
+    return [vit_run(preset, net, opt, lr, s, overrides)
+            for opt, lr in settings(preset) for net in VIT_NETS for s in seeds]
+
+
+def _setting(opt: str, lr: float, measure):
+    def restricted(t):
+        return measure(t.only(opt), lr)
+    return restricted
+
+
+def smoother(net: str, metric):
+    def measure(t, lr):
+        m = median_probe("gradient_sweep", metric)
+        return ratio(t.per_seed(m, "vit", "standard", lr), t.per_seed(m, "vit", net, lr))
+    return measure
+
+
+def dyt_vs_ln(t, lr):
+    m = median_probe("gradient_sweep", beta_eff)
+    r = ratio(t.per_seed(m, "vit", "dyt", lr), t.per_seed(m, "vit", "ln", lr))
+    return {s: abs(math.log(v)) if v is not None and v > 0 else None for s, v in r.items()}
+
+
+def trains_better(net: str):
+    def measure(t, lr):
+        return diff(t.per_seed(final_train_acc, "vit", net, lr), t.per_seed(final_train_acc, "vit", "standard", lr))
+    return measure
+
+
+def claims(preset: dict) -> list[Claim]:
+    out = []
+    sets = settings(preset)
+    headline = [sets[i] for i in range(len(sets)) if i == 0 or sets[i][0] != sets[i - 1][0]]  # AdamW and the first SGD lr
+    for opt, lr in sets:
+        tag = f"{opt.upper() if opt == 'sgd' else 'AdamW'} lr {lr:g}"
+        main = (opt, lr) in headline
+        for net in ("ln", "rms"):
+            for cid, text, metric in SMOOTH:
+                out.append(Claim(f"vit.{opt}{lr:g}.{net}.{cid}", f"ViT, {tag}: {F.label_of(net)} lowers the {text} "
+                                 "(smoother than no normalisation)", "median over probe steps, none / " + F.label_of(net),
+                                 _setting(opt, lr, smoother(net, metric)), 1.0, transform="log",
+                                 layers="all parameters", headline=main))
+        out.append(Claim(f"vit.{opt}{lr:g}.dyt_like_ln", f"ViT, {tag}: Dynamic Tanh is as smooth as LayerNorm "
+                         f"(beta_eff within a factor {DYT_BAND:g})", "|log(median beta_eff DyT / LayerNorm)|",
+                         _setting(opt, lr, dyt_vs_ln), math.log(DYT_BAND), direction="below", headline=main))
+        for net in ("ln", "rms", "bn", "dyt"):
+            out.append(Claim(f"vit.{opt}{lr:g}.{net}.trains_better", f"ViT, {tag}: {F.label_of(net)} trains better "
+                             "than no normalisation at equal steps", "final train acc (norm) - train acc (none)",
+                             _setting(opt, lr, trains_better(net)), 0.0, headline=main))
+    return out
+
+
+def figures(t) -> list[Figure]:
+    figs, rows = [], []
+    for opt, lr, g in t.settings("vit", ("adamw", "sgd")):
+        tag = f"{'AdamW' if opt == 'adamw' else 'SGD'} lr {lr:g}"
+        rows.append((tag, g))
+        figs += [Figure(f"ViT, {tag}: loss variation, gradient predictiveness, beta_eff and sharpness",
+                        F.landscape_panels, (g, f"ViT, {tag}")),
+                 Figure(f"ViT, {tag}: training curves", F.training_curves, (g, f"ViT, {tag}")),
+                 Figure(f"ViT, {tag}: ICS_opti per block", F.ics_curves, (g, f"ViT, {tag}"))]
+    if rows:
+        figs.append(Figure("ViT: final test accuracy per normalisation", F.accuracy_bars, (rows, "final test accuracy")))
+    return figs
+
+
+EXPERIMENT = register(Experiment(
+    name="transformer-norms", title="Beyond the paper: normalisation in a Vision Transformer", anchor="transformer",
+    help="Beyond the paper: a small ViT with no norm, LayerNorm, RMSNorm, BatchNorm or Dynamic Tanh, under AdamW and "
+    "SGD: Figure 4's probes, sharpness and ICS_opti.",
+    plan=plan, claims=claims, figures=figures, paper=False))
