@@ -43,6 +43,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--width", type=float, default=0.25)
+    ap.add_argument("--arch", default="vgg", choices=["vgg", "vit"], help="VGG-11 + BN, or the quick preset's ViT + LayerNorm")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--points", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5)
@@ -54,8 +55,10 @@ def main() -> None:
     print(f"CPU threads {torch.get_num_threads()}, batch {args.batch}, "
           f"{'CIFAR-10' if args.data_dir else 'generated images'}")
 
-    # 1 + 2: VGG-11 with BatchNorm in train mode, as probed during training
-    model = build_model(ModelConfig(width=args.width, norm="batch"))
+    # 1 + 2: VGG-11 with BatchNorm (or the ViT with LayerNorm) in train mode, as probed during training
+    vgg = args.arch == "vgg"
+    model = build_model(ModelConfig(arch=args.arch, width=args.width, norm="batch" if vgg else "layer"), in_dim=3)
+    what = f"VGG-11 x{args.width} + BN" if vgg else "the ViT + LayerNorm"
     model.train()
     K = args.points
     etas = [0.05 * (i + 1) for i in range(K)]
@@ -63,7 +66,7 @@ def main() -> None:
     base_k = timeit(lambda: plain_passes(model, batch, K), args.repeats)
     sweep_reuse = timeit(lambda: gradient_sweep(model, CE, batch, etas, grad=grad, loss=loss), args.repeats)
     sweep_fresh = timeit(lambda: gradient_sweep(model, CE, batch, etas), args.repeats)
-    print(f"1. gradient_sweep, K={K} on VGG-11 x{args.width} + BN:  {K} plain passes {base_k * 1e3:.0f} ms")
+    print(f"1. gradient_sweep, K={K} on {what}:  {K} plain passes {base_k * 1e3:.0f} ms")
     print(f"   reusing the step's gradient (as the trainer does): {sweep_reuse * 1e3:.0f} ms, "
           f"ratio {sweep_reuse / base_k:.3f}")
     print(f"   computing it too (K+1 passes):                     {sweep_fresh * 1e3:.0f} ms, "
@@ -78,6 +81,8 @@ def main() -> None:
     print(f"   reusing the step's gradient: {ics_reuse * 1e3:.0f} ms, ratio {ics_reuse / base_l:.3f}")
     print(f"   computing it too:            {ics_fresh * 1e3:.0f} ms, ratio {ics_fresh / base_l:.3f}")
 
+    if not vgg:
+        return
     # 3: sharpness on the VGG without BatchNorm (PyHessian switches to eval mode; same function here)
     model = build_model(ModelConfig(width=args.width, norm="none"))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)

@@ -26,7 +26,7 @@ from landscape.train import resolve_device, train
 
 def bare_loop(cfg, split: Split, device, steps: int, warmup: int) -> float:
     """The loop anyone would write: examples/s after ``warmup`` steps."""
-    model = build_model(cfg.model, cfg.seed).to(device)
+    model = build_model(cfg.model, cfg.seed, in_dim=3, out_dim=10).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr)
     images, labels = split.inputs.to(device), split.targets.to(device)
     mean = torch.tensor(CIFAR10_MEAN, device=device).view(1, 3, 1, 1)
@@ -105,6 +105,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None, help="CIFAR-10 folder; generated images if omitted")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--width", type=float, default=0.25)
+    ap.add_argument("--arch", default="vgg", choices=["vgg", "vit"], help="VGG-11 + BN, or the quick preset's ViT + LayerNorm")
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
@@ -114,9 +115,11 @@ def main() -> None:
     splits["test"] = splits["test"].subset(1000)
     warmup = 20
     cfg = build_config([{"name": "bench", "steps": args.steps, "device": str(device),
-                         "model": {"width": args.width, "norm": "batch"},
+                         "model": {"arch": args.arch, "width": args.width,
+                                   "norm": "batch" if args.arch == "vgg" else "layer"},
                          "log": {"train_every": warmup, "eval_every": 0, "checkpoint_every": args.steps}}])
-    print(f"device {device}, threads {torch.get_num_threads()}, VGG-11 width {args.width} + BN, batch 128, "
+    what = f"VGG-11 width {args.width} + BN" if args.arch == "vgg" else "ViT (dim 64, depth 4, patch 4) + LayerNorm"
+    print(f"device {device}, threads {torch.get_num_threads()}, {what}, batch 128, "
           f"{'CIFAR-10 ' + args.data_dir if args.data_dir else 'generated images'}")
     ratios = []
     for r in range(args.repeats):
@@ -125,7 +128,7 @@ def main() -> None:
         ratios.append(ours / bare)
         print(f"  (a) repeat {r}: bare loop {bare:8.1f} ex/s   trainer {ours:8.1f} ex/s   ratio {ours / bare:.3f}")
     print(f"(a) trainer / bare PyTorch loop throughput: median ratio {statistics.median(ratios):.3f}")
-    for augment in (False, True):
+    for augment in (False, True) if args.arch == "vgg" else ():
         ours, dl = pipeline(splits["train"], device, augment, batches=100, bs=128)
         print(f"(b) batches/s, augment={augment}: tensor pipeline {ours:8.1f}   DataLoader+PIL (2 workers) "
               f"{dl:8.1f}   ratio {ours / dl:.1f}x")

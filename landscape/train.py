@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from landscape.config import Config, to_dict
-from landscape.data import Batches, Split, fingerprint, load_splits
+from landscape.data import Batches, Split, fingerprint, load_splits, seeded_generator
 from landscape.errors import UserError
 from landscape.models import build_model
 from landscape.probes import Monitor, resolve_layers, schedules
@@ -222,7 +222,11 @@ def train(cfg: Config, out: str | Path = "runs", data_dir: str | Path | None = N
     if run.removed:
         print(f"removed the old run '{path}' ({', '.join(run.removed)})", flush=True)
     try:
-        with _sigterm_interrupts():
+        # Dropout and any other draw from the global generators come from a stream seeded by the run's
+        # config (a resume restores the checkpoint's state), never from whatever the process did before;
+        # fork_rng leaves the caller's generators as they were.
+        with _sigterm_interrupts(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(run_seed(cfg))
             return _train(cfg, run, device, progress, setup)
     except KeyboardInterrupt:
         step = _safe_status(run, "interrupted")
@@ -233,6 +237,11 @@ def train(cfg: Config, out: str | Path = "runs", data_dir: str | Path | None = N
         raise
     finally:
         run.release()
+
+
+def run_seed(cfg: Config) -> int:
+    """The seed of a run's global random stream (dropout): a pure function of its seeds."""
+    return int(seeded_generator(cfg.seed, cfg.data_seed, 29).initial_seed())
 
 
 def _safe_status(run: Run, status: str, **info) -> int:

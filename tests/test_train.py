@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import landscape.train as train_mod
+from landscape.config import build_config
 from landscape.errors import UserError
 from landscape.runs import Run, read_metrics
 from landscape.train import train
@@ -185,3 +186,46 @@ def test_probe_records_survive_resume(tmp_path, monkeypatch):
 
     assert strip(read_metrics(tmp_path / "cut" / "tiny" / "metrics.jsonl")) == \
         strip(read_metrics(tmp_path / "whole" / "tiny" / "metrics.jsonl"))
+
+
+@pytest.mark.parametrize("optim, arch", [({"name": "adamw", "lr": 0.003}, "vgg"), ({"name": "sgd", "lr": 0.05}, "vit")])
+def test_curvature_probes_never_change_training(tmp_path, optim, arch):
+    """Every probe, the curvature ones with a warm start included, on a VGG with BN under AdamW and
+    a ViT with dropout under SGD: bitwise the same weights and records as probes off."""
+    model = {"norm": "batch"} if arch == "vgg" else {"arch": "vit", "norm": "layer", "vit_dim": 16, "vit_depth": 2,
+                                                      "vit_heads": 2, "vit_patch": 8, "dropout": 0.1}
+    base = dict(steps=6, model=model, optim=optim)
+    off = tiny_config(name="off", **base)
+    on = tiny_config(name="on", **base, probes={
+        "enabled": ["gradient_sweep", "ics_opti", "sharpness", "curvature", "layer_sharpness", "hessian_trace",
+                    "spectral_density"], "every": 2, "sharpness_iters": 4, "warm_start": True, "trace_samples": 4,
+        "trace_method": "hutch++", "density_vectors": 2, "density_steps": 3})
+    train(off, out=tmp_path)
+    train(on, out=tmp_path)
+    a = torch.load(tmp_path / "off" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "on" / "checkpoint.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    recs_on = read_metrics(tmp_path / "on" / "metrics.jsonl")
+    assert without_timing([r for r in recs_on if r["kind"] != "probe"]) == \
+        without_timing(read_metrics(tmp_path / "off" / "metrics.jsonl"))
+    sharp = [r["values"] for r in recs_on if r.get("probe") == "sharpness"]
+    if optim["name"] == "adamw":  # Adam: no preconditioner before the first step, then P^-1 H against 38/lr
+        assert sharp[0]["value"] is None and sharp[1]["preconditioned"]
+        assert sharp[1]["threshold"] == pytest.approx(38 / 0.003)
+    flags = [s["warm_start"] for s in sharp if s.get("value") is not None]  # the first measurement has no predecessor
+    assert len(flags) >= 3 and flags[0] is False and all(flags[1:])
+
+
+def test_a_run_with_dropout_is_a_pure_function_of_its_config(tmp_path):
+    """Dropout draws from a stream seeded by the run's config: whatever the process drew before
+    (another run, a user's own code) changes nothing, and the caller's generator is left as it was."""
+    cfg = tiny_config(steps=4, model={"arch": "vit", "norm": "layer", "vit_dim": 16, "vit_depth": 1, "vit_heads": 2,
+                                      "vit_patch": 8, "dropout": 0.3})
+    weights = []
+    for i, seed in enumerate((1, 2)):
+        torch.manual_seed(seed)
+        before = torch.get_rng_state()
+        train(build_config([{"name": f"r{i}"}], base=cfg), out=tmp_path)
+        assert torch.equal(before, torch.get_rng_state())
+        weights.append(torch.load(tmp_path / f"r{i}" / "checkpoint.pt", weights_only=True)["model"])
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
