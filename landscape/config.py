@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from landscape.data import IMAGE_DATASETS
 from landscape.errors import UserError
 from landscape.probes.monitor import DEFAULT_ETA_MULTIPLES, PROBE_NAMES
 from landscape.probes.curvature import min_trace_samples
@@ -26,7 +27,11 @@ from landscape.probes.schedules import SCHEDULES
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "cifar10"  # cifar10 | synthetic (generated images, for tests) | gaussian (DLN regression)
+    # cifar10 | cifar100 | mnist | fashion_mnist | svhn (torchvision's) | folder (train/<class>/, test/<class>/
+    # images of any size, grayscale or colour, in --data-dir) | synthetic (generated images, for tests) |
+    # gaussian (DLN regression)
+    dataset: str = "cifar10"
+    image_size: int = 32  # side images are resized to (not CIFAR-10): MNIST's 28x28 become 32x32 for VGG's 5 poolings
     batch_size: int = 128  # examples per step; 0 = the whole training set (full-batch gradient descent)
     augment: bool = False  # random crop with 4-pixel padding + horizontal flip (off in the paper)
     train_subset: int = 0  # train on a fixed random subset of N examples, the same for every run (0 = all)
@@ -131,7 +136,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")  # optim.name
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "loss": LOSS_NAMES,
-    "data.dataset": ("cifar10", "synthetic", "gaussian"),
+    "data.dataset": (*IMAGE_DATASETS, "synthetic", "gaussian"),
     "optim.name": OPTIMIZERS,
     "model.arch": tuple(ARCH_NORMS),
     "model.head": ("linear", "mlp"),
@@ -330,16 +335,19 @@ def validate(cfg: Config) -> None:
                 raise UserError(f"config key 'model.{key}' must be positive; got {getattr(m, key)}")
         if m.vit_dim % m.vit_heads:
             raise UserError(f"model.vit_dim ({m.vit_dim}) must be divisible by model.vit_heads ({m.vit_heads})")
-        if 32 % m.vit_patch:
-            raise UserError(f"model.vit_patch must divide the image size 32; got {m.vit_patch}")
+        side = 32 if cfg.data.dataset in ("cifar10", "synthetic") else cfg.data.image_size
+        if side % m.vit_patch:
+            raise UserError(f"model.vit_patch must divide the image size {side}; got {m.vit_patch}")
         if not m.vit_mlp_ratio > 0:
             raise UserError(f"model.vit_mlp_ratio must be positive; got {m.vit_mlp_ratio}")
     if not 0 <= cfg.model.dropout < 1:
         raise UserError(f"model.dropout must be in [0, 1); got {cfg.model.dropout}")
+    if not 32 <= cfg.data.image_size <= 1024:
+        raise UserError(f"data.image_size must be between 32 (VGG pools five times) and 1024; got {cfg.data.image_size}")
     image = cfg.data.dataset != "gaussian"
     if image != (cfg.model.arch in ("vgg", "vit")):
         raise UserError(f"model.arch={cfg.model.arch} does not fit data.dataset={cfg.data.dataset}; "
-                        "use vgg or vit with cifar10/synthetic and dln with gaussian")
+                        "use vgg or vit with image data sets and dln with gaussian")
     if image != (cfg.loss == "cross_entropy"):
         raise UserError(f"loss={cfg.loss} does not fit data.dataset={cfg.data.dataset}: image data sets are "
                         "classified (loss=cross_entropy), the gaussian one is regression (sum_squares, mean_squares "

@@ -136,25 +136,53 @@ def _class_dirs(split_dir: Path) -> list[Path]:
     return dirs
 
 
-def _decode(path: Path) -> np.ndarray:
+def _decode(path: Path, size: int | None = None, gray: bool = False) -> np.ndarray:
+    """One image as (H, W, C) uint8: CIFAR-10 trees must be 32x32 colour (``size=None``); a general
+    image folder is converted to grayscale or RGB and resized to ``size`` x ``size``."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            img = np.asarray(im.convert("RGB"))
+            im = im.convert("L" if gray else "RGB")
+            if size is not None and im.size != (size, size):
+                im = im.resize((size, size), Image.Resampling.BILINEAR)
+            img = np.asarray(im)
     except Exception:
         raise UserError(f"cannot decode image '{path}'; remove or replace it") from None
-    if img.shape != (32, 32, 3):
-        raise UserError(f"image '{path}' is {img.shape[1]}x{img.shape[0]} pixels; CIFAR-10 images are 32x32")
+    if img.ndim == 2:
+        img = img[:, :, None]
+    if size is None and img.shape != (32, 32, 3):
+        raise UserError(f"image '{path}' is {img.shape[1]}x{img.shape[0]} pixels; CIFAR-10 images are 32x32 "
+                        "(for other image folders use data.dataset=folder)")
     return img
 
 
-def _read_image_tree(root: Path) -> dict[str, Split]:
-    """``root/{train,test}/<class>/*.jpg|png``; labels follow CIFAR-10's order when the names match."""
-    from concurrent.futures import ThreadPoolExecutor
+def _is_gray(paths: list[Path]) -> bool:
+    """A folder data set is grayscale when its first image is (mode L, LA, 1 or I)."""
+    from PIL import Image
 
+    try:
+        with Image.open(paths[0]) as im:
+            return im.mode in ("L", "LA", "1", "I", "I;16")
+    except Exception:
+        raise UserError(f"cannot decode image '{paths[0]}'; remove or replace it") from None
+
+
+def _read_image_tree(root: Path, size: int | None = None) -> dict[str, Split]:
+    """``root/{train,test}/<class>/*.jpg|png``; labels follow CIFAR-10's order when the names match,
+    the alphabet's otherwise. ``size=None``: CIFAR-10 (32x32 colour, checked); else any image
+    size, resized to ``size`` x ``size``, grayscale when the first image is."""
+    from concurrent.futures import ThreadPoolExecutor
+    from functools import partial
+
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise UserError(f"'{root}' has no {split}/ folder; an image-folder data set is "
+                            "train/<class>/*.png and test/<class>/*.png")
     train_classes = [d.name for d in _class_dirs(root / "train")]
-    out = {}
+    if not train_classes:
+        raise UserError(f"'{root / 'train'}' has no class folders; expected train/<class>/*.png")
+    out, gray = {}, None
     for split in ("train", "test"):
         dirs = _class_dirs(root / split)
         if [d.name for d in dirs] != train_classes:
@@ -167,8 +195,10 @@ def _read_image_tree(root: Path) -> dict[str, Split]:
             labels += [label] * len(files)
         if not paths:
             raise UserError(f"no .jpg/.png images under '{root / split}'")
+        if gray is None:
+            gray = size is not None and _is_gray(paths)
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL decodes without the GIL
-            images = np.stack(list(pool.map(_decode, paths, chunksize=256)))
+            images = np.stack(list(pool.map(partial(_decode, size=size, gray=gray), paths, chunksize=256)))
         out[split] = Split(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
                            torch.tensor(labels, dtype=torch.int64))
     return out
@@ -244,6 +274,103 @@ def load_cifar10(data_dir: str | Path | None = None, cache_dir: str | Path | Non
     raise UserError(f"CIFAR-10 not found in '{root}'; pass --data-dir PATH to an extracted copy")
 
 
+# ---------------------------------------------------------------- other image data sets
+
+# data.dataset names of torchvision's data sets: (class, folder torchvision makes under its root)
+TORCHVISION_SETS = {"cifar100": ("CIFAR100", "cifar-100-python"), "mnist": ("MNIST", "MNIST"),
+                    "fashion_mnist": ("FashionMNIST", "FashionMNIST"), "svhn": ("SVHN", "svhn")}
+IMAGE_DATASETS = ("cifar10", *TORCHVISION_SETS, "folder")
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) to (N, C, size, size), bilinear with antialiasing (a no-op at the same size)."""
+    if images.shape[-2:] == (size, size):
+        return images
+    out = []
+    for chunk in images.split(4096):  # bounded memory for 60,000 images
+        x = torch.nn.functional.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True,
+                                            align_corners=False)
+        out.append(x.round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+def _torchvision_split(name: str, root: Path, train: bool, download: bool) -> Split:
+    import torchvision.datasets as tvd
+
+    cls_name, _ = TORCHVISION_SETS[name]
+    if name == "cifar100":  # read with the restricted unpickler (as CIFAR-10): a crafted file cannot run code
+        folder = root / "cifar-100-python"
+        if download and not (folder / "train").is_file():
+            tvd.CIFAR100(str(root), train=train, download=True)  # md5-verified download, then read below
+        try:
+            entry = _load_batch(folder / ("train" if train else "test"))
+        except FileNotFoundError:
+            raise UserError(f"CIFAR-100 not found in '{folder}'; pass --data-dir to the folder holding "
+                            "cifar-100-python/") from None
+        except Exception as exc:
+            raise UserError(f"CIFAR-100 file in '{folder}' is unreadable ({str(exc)[:200]}); "
+                            "re-extract the official archive") from None
+        return Split(torch.from_numpy(entry["data"].reshape(-1, 3, 32, 32)).contiguous(),
+                     torch.tensor(entry["labels"], dtype=torch.int64))
+    cls = getattr(tvd, cls_name)
+    ds = cls(str(root), split="train" if train else "test", download=download) if name == "svhn" else \
+        cls(str(root), train=train, download=download)
+    if name == "svhn":  # (N, 3, 32, 32) numpy, labels 0..9
+        return Split(torch.from_numpy(np.ascontiguousarray(ds.data)), torch.as_tensor(ds.labels, dtype=torch.int64))
+    data = torch.as_tensor(ds.data)  # MNIST / Fashion-MNIST: (N, 28, 28) uint8
+    return Split(data.unsqueeze(1).contiguous(), torch.as_tensor(ds.targets, dtype=torch.int64))
+
+
+def load_torchvision(name: str, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
+                     download: bool = True) -> dict[str, Split]:
+    """One of :data:`TORCHVISION_SETS` as uint8 (N, C, H, W) images: from ``data_dir`` (the root
+    torchvision downloads into, e.g. holding ``MNIST/raw/``) without a download, or downloaded
+    into the cache."""
+    if data_dir is not None:
+        root, download = Path(data_dir).expanduser(), False
+        if not root.exists():
+            raise UserError(f"--data-dir '{root}' does not exist; pass the folder torchvision downloaded "
+                            f"{name} into (it holds {TORCHVISION_SETS[name][1]}/)")
+    else:
+        root = (Path(cache_dir) if cache_dir else default_cache_dir()) / name
+    try:
+        return {split: _torchvision_split(name, root, split == "train", download) for split in ("train", "test")}
+    except UserError:
+        raise
+    except Exception as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        how = "pass --data-dir to a downloaded copy" if data_dir is None else \
+            f"check that '{root}' holds {TORCHVISION_SETS[name][1]}/ as torchvision downloads it"
+        raise UserError(f"{name} could not be loaded from '{root}' ({reason}); {how}") from None
+
+
+def load_folder(data_dir: str | Path | None, size: int, cache_dir: str | Path | None = None) -> dict[str, Split]:
+    """Any image-folder tree ``train/<class>/*`` and ``test/<class>/*`` (any size, grayscale or
+    colour, any number of classes), resized to ``size`` x ``size`` and cached."""
+    if data_dir is None:
+        raise UserError("data.dataset=folder needs --data-dir: the folder holding train/<class>/ and test/<class>/")
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise UserError(f"--data-dir '{root}' is not a folder; pass the folder holding train/<class>/ and "
+                        "test/<class>/ images")
+    if not (root / "train").is_dir():  # one folder down, as archives often extract
+        inner = [p for p in sorted(root.iterdir()) if (p / "train").is_dir() and (p / "test").is_dir()]
+        root = inner[0] if inner else root
+    if not (root / "train").is_dir() or not (root / "test").is_dir():
+        raise UserError(f"'{root}' has no train/ and test/ folders; an image-folder data set is "
+                        "train/<class>/*.png and test/<class>/*.png")
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    return _cached(cache_dir / f"folder-{size}-{_tree_fingerprint(root)}.pt", lambda: _read_image_tree(root, size))
+
+
+def channel_stats(split: Split) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of uint8 images, on the 0..1 scale."""
+    x = split.inputs.double() / 255.0
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)  # a constant channel is left unscaled rather than divided by 0
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
 # ---------------------------------------------------------------- generated data
 
 
@@ -265,7 +392,10 @@ def gaussian_regression(n: int, dim: int, seed: int, sample_seed: int) -> Split:
 
 
 def load_splits(dataset: str, data_dir: str | Path | None, synthetic_size: int = 256,
-                gaussian_samples: int = 1000, gaussian_dim: int = 10, gaussian_seed: int = 0) -> dict[str, Split]:
+                gaussian_samples: int = 1000, gaussian_dim: int = 10, gaussian_seed: int = 0,
+                image_size: int = 32) -> dict[str, Split]:
+    """A data set's train and test splits, images at ``image_size`` (CIFAR-10, synthetic and
+    gaussian data keep their own shape)."""
     if dataset == "cifar10":
         return load_cifar10(data_dir)
     if dataset == "synthetic":
@@ -273,7 +403,18 @@ def load_splits(dataset: str, data_dir: str | Path | None, synthetic_size: int =
     if dataset == "gaussian":
         return {"train": gaussian_regression(gaussian_samples, gaussian_dim, gaussian_seed, 0),
                 "test": gaussian_regression(gaussian_samples, gaussian_dim, gaussian_seed, 1)}
+    if dataset in TORCHVISION_SETS:
+        splits = load_torchvision(dataset, data_dir)
+        return {k: Split(resize_images(v.inputs, image_size), v.targets) for k, v in splits.items()}
+    if dataset == "folder":
+        return load_folder(data_dir, image_size)
     raise UserError(f"unknown dataset '{dataset}'")
+
+
+def load_data(d, data_dir: str | Path | None) -> dict[str, Split]:
+    """The splits a :class:`landscape.config.DataConfig` names."""
+    return load_splits(d.dataset, data_dir, d.synthetic_size, d.gaussian_samples, d.gaussian_dim, d.gaussian_seed,
+                       d.image_size)
 
 
 # ---------------------------------------------------------------- batches

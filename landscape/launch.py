@@ -89,17 +89,16 @@ def execute(specs: list[RunSpec], out: Path, data_dir, device: str | None, launc
 
 def run_locally(todo: list[Config], runs_dir: Path, data_dir, launch: Launch, log: Log) -> dict[str, str]:
     """One run after another in this process; data sets are loaded once and shared."""
-    from landscape.data import load_splits
+    from landscape.data import load_data
     from landscape.train import train
 
     cache: dict[tuple, dict] = {}
     statuses = {}
     for i, cfg in enumerate(todo, 1):
         d = cfg.data
-        key = (d.dataset, d.synthetic_size, d.gaussian_samples, d.gaussian_dim, d.gaussian_seed)
+        key = (d.dataset, d.synthetic_size, d.gaussian_samples, d.gaussian_dim, d.gaussian_seed, d.image_size)
         if key not in cache:
-            cache[key] = load_splits(d.dataset, data_dir, d.synthetic_size, d.gaussian_samples, d.gaussian_dim,
-                                     d.gaussian_seed)
+            cache[key] = load_data(d, data_dir)
         t0 = time.perf_counter()
         try:
             statuses[cfg.name] = train(cfg, out=runs_dir, data_dir=data_dir, resume=True, progress=launch.progress,

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from landscape.config import Config, to_dict
-from landscape.data import Batches, Split, fingerprint, load_splits, seeded_generator
+from landscape.data import CIFAR10_MEAN, CIFAR10_STD, Batches, Split, channel_stats, fingerprint, load_data, seeded_generator
 from landscape.errors import UserError
 from landscape.models import build_model
 from landscape.probes import Monitor, resolve_layers, schedules
@@ -213,9 +213,7 @@ def train(cfg: Config, out: str | Path = "runs", data_dir: str | Path | None = N
     if mode == "resume" and Run(path).status().get("status") in FINISHED:
         return Run(path).status()
     if splits is None:
-        d = cfg.data
-        splits = load_splits(d.dataset, data_dir, d.synthetic_size, d.gaussian_samples, d.gaussian_dim,
-                             d.gaussian_seed)
+        splits = load_data(cfg.data, data_dir)
     checkpoint = Run(path).load_checkpoint(device) if mode == "resume" else None
     setup = _setup(cfg, device, splits, checkpoint)
     run = Run.open(path, cfg, resume=resume, force=force)
@@ -277,7 +275,7 @@ def _setup(cfg: Config, device: torch.device, splits: dict[str, Split], checkpoi
     classify = cfg.loss == "cross_entropy"
     train_split, test_split = splits["train"].subset(d.train_subset), splits["test"].subset(d.test_subset)
     is_image = train_split.inputs.dtype == torch.uint8
-    in_dim = 3 if is_image else train_split.inputs.shape[1]
+    in_dim = train_split.inputs.shape[1]  # image channels, or the regression input's width
     if classify:
         out_dim = int(max(train_split.targets.max(), test_split.targets.max())) + 1
         if len(train_split.targets.unique()) < 2:
@@ -285,7 +283,8 @@ def _setup(cfg: Config, device: torch.device, splits: dict[str, Split], checkpoi
                             "at least 2 (check --data-dir or data.train_subset)")
     else:
         out_dim = train_split.targets.shape[1]
-    model = build_model(cfg.model, cfg.seed, cfg.noise_seed, in_dim, out_dim).to(device)
+    image_size = train_split.inputs.shape[-1] if is_image else 32
+    model = build_model(cfg.model, cfg.seed, cfg.noise_seed, in_dim, out_dim, image_size).to(device)
     if cfg.probes.layers:
         try:
             resolve_layers(model, list(cfg.probes.layers))
@@ -306,8 +305,13 @@ def _setup(cfg: Config, device: torch.device, splits: dict[str, Split], checkpoi
             reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
             raise UserError(f"the checkpoint of run '{cfg.name}' does not fit its model ({reason}); "
                             "--force starts the run again") from None
-    return Setup(classify, train_split, Batches(train_split, d.batch_size, cfg.data_seed, d.augment, device),
-                 Batches(test_split, 0, cfg.data_seed, False, device), is_image, out_dim, model, optimizer, checkpoint)
+    # CIFAR-10 (and the synthetic test images) use CIFAR-10's published statistics; other image
+    # data sets are normalised by their own training split's per-channel mean and std.
+    mean, std = (CIFAR10_MEAN, CIFAR10_STD) if d.dataset in ("cifar10", "synthetic") or not is_image \
+        else channel_stats(train_split)
+    return Setup(classify, train_split, Batches(train_split, d.batch_size, cfg.data_seed, d.augment, device, mean, std),
+                 Batches(test_split, 0, cfg.data_seed, False, device, mean, std), is_image, out_dim, model, optimizer,
+                 checkpoint)
 
 
 def _train(cfg: Config, run: Run, device: torch.device, progress: bool, setup: Setup) -> dict:

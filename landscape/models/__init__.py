@@ -35,15 +35,19 @@ def initialize(model: nn.Module, scheme: str) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def build_model(cfg: ModelConfig, seed: int = 0, noise_seed: int = 0, in_dim: int = 10, out_dim: int = 10) -> nn.Module:
-    """Build on the CPU from ``seed`` without touching the global RNG (so init is device-independent)."""
+def build_model(cfg: ModelConfig, seed: int = 0, noise_seed: int = 0, in_dim: int | None = None, out_dim: int = 10,
+                image_size: int = 32) -> nn.Module:
+    """Build on the CPU from ``seed`` without touching the global RNG (so init is device-independent).
+    ``in_dim``: image channels (vgg, vit) or input width (dln); ``image_size``: the images' side (vit)."""
     noise = dataclasses.asdict(cfg.noise)
+    if in_dim is None:
+        in_dim = cfg.dln_width if cfg.arch == "dln" else 3
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if cfg.arch == "vgg":
-            model = VGG(cfg.vgg_depth, cfg.width, cfg.head, cfg.norm, out_dim, noise, noise_seed)
+            model = VGG(cfg.vgg_depth, cfg.width, cfg.head, cfg.norm, out_dim, noise, noise_seed, in_dim)
         elif cfg.arch == "vit":
-            model = ViT(32, cfg.vit_patch, in_dim, out_dim, cfg.vit_dim, cfg.vit_depth, cfg.vit_heads, cfg.vit_mlp_ratio,
+            model = ViT(image_size, cfg.vit_patch, in_dim, out_dim, cfg.vit_dim, cfg.vit_depth, cfg.vit_heads, cfg.vit_mlp_ratio,
                         cfg.norm, cfg.dropout)
         elif cfg.arch == "dln":
             model = DeepLinear(cfg.dln_depth, in_dim, cfg.dln_width, out_dim, cfg.norm, noise, noise_seed)
