@@ -75,8 +75,11 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run from its last checkpoint."),
     force: bool = typer.Option(False, "--force", help="Delete an existing run of the same name and start again."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    output: Optional[List[str]] = typer.Option(
+        None, "--output", help="Also write scalars to tensorboard (OUT/NAME/tensorboard) or wandb (offline, "
+        "OUT/NAME/wandb); repeatable."),
 ):
-    """Train one run (VGG or deep linear network) into OUT/NAME and print its final status."""
+    """Train one run (VGG, ViT or deep linear network) into OUT/NAME and print its final status."""
     from landscape.config import Config, load_config
     from landscape.train import describe, train as run_training
 
@@ -87,6 +90,8 @@ def train(
         overrides.append(f"device={device}")
     if name:
         overrides.append(f"name={name}")
+    if output:
+        overrides.append(f"outputs=[{', '.join(output)}]")
     cfg = load_config(config, overrides, base=Config(name=Path(config).stem))
     status = run_training(cfg, out=out, data_dir=data_dir, resume=resume, force=force, progress=progress)
     typer.echo(f"{describe(cfg.name, status)} -> {Path(out) / cfg.name}")
@@ -191,6 +196,20 @@ def claims(
     from landscape.report import claims_markdown
 
     typer.echo(claims_markdown(paths, diagnostics), nl=False)
+
+
+@app.command()
+@user_errors
+def export(
+    runs: List[str] = typer.Argument(..., help="Run directories, or folders holding them (e.g. results/quick)."),
+    to: str = typer.Option(..., "--to", help="Format: tensorboard."),
+    out: str = typer.Option(..., "--out", "-o", help="Folder for the exported files (one subfolder per run)."),
+):
+    """Write existing runs' records as TensorBoard event files (scalar names: see README)."""
+    from landscape.outputs import export_runs
+
+    for path in export_runs(runs, to, out):
+        typer.echo(f"wrote {path}")
 
 
 def main() -> None:

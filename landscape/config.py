@@ -123,6 +123,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    outputs: tuple[str, ...] = ()  # also write scalars to: tensorboard (<run>/tensorboard) | wandb (offline, <run>/wandb)
     probes: ProbeConfig = field(default_factory=ProbeConfig)
 
 
@@ -356,6 +357,12 @@ def validate(cfg: Config) -> None:
         lo, hi = _get(cfg, key)
         if lo > hi:
             raise UserError(f"config key '{key}' must be [low, high] with low <= high; got [{lo}, {hi}]")
+    from landscape.outputs import OUTPUT_NAMES, require
+
+    for name in cfg.outputs:
+        if name not in OUTPUT_NAMES:
+            raise UserError(f"unknown output {short(name)} in outputs; choose from {', '.join(OUTPUT_NAMES)}")
+        require(name, f"outputs: [{name}]")
     unknown = [p for p in cfg.probes.enabled if p not in PROBE_NAMES]
     if unknown:
         raise UserError(f"unknown probe '{unknown[0]}' in probes.enabled; choose from {', '.join(PROBE_NAMES)}")

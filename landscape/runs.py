@@ -19,6 +19,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import time
@@ -35,6 +36,7 @@ from landscape.files import LOCK_NAME, FolderLock, atomic_write, is_temporary
 STATUSES = ("running", "done", "diverged", "failed", "interrupted")
 RUN_FILES = {"config.yaml", "monitor.yaml", "env.json", "metrics.jsonl", "status.json", "checkpoint.pt", "code.diff",
              LOCK_NAME}
+RUN_FOLDERS = {"tensorboard", "wandb"}  # what outputs (landscape.outputs) write inside a run
 
 
 def run_contents(path: Path) -> list[str]:
@@ -215,7 +217,9 @@ class Run:
             return "new"  # absent, empty, or only what a killed writer left (temporary files)
         marker = "config.yaml" if cfg is not None else "monitor.yaml"
         if force:
-            foreign = [n for n in names if n not in RUN_FILES or (path / n).is_dir()]
+            foreign = [n for n in names if not ((n in RUN_FILES and not (path / n).is_dir())
+                                                or (n in RUN_FOLDERS and (path / n).is_dir()
+                                                    and not (path / n).is_symlink()))]
             if foreign or marker not in names:
                 why = f"it holds '{foreign[0]}'" if foreign else f"it has no {marker}"
                 raise UserError(f"--force removes only landscape runs and '{path}' is not one ({why}); "
@@ -248,7 +252,11 @@ class Run:
             if is_temporary(name):
                 (run.path / name).unlink()  # left by a killed writer
             elif mode == "replace" and name != LOCK_NAME:
-                (run.path / name).unlink()
+                target = run.path / name
+                if name in RUN_FOLDERS and target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                else:
+                    target.unlink()
                 run.removed.append(name)
         if mode != "resume" and cfg is not None:
             atomic_write(run.path / "config.yaml", dump_yaml(cfg))
@@ -338,8 +346,8 @@ class Run:
 
 
 def _comparable(d: dict) -> dict:
-    """Config fields that must match to resume: everything but where it runs."""
-    return {k: v for k, v in d.items() if k != "device"}
+    """Config fields that must match to resume: everything but where it runs and where else it writes."""
+    return {k: v for k, v in d.items() if k not in ("device", "outputs")}
 
 
 def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
@@ -349,6 +357,6 @@ def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
             found = _first_difference(va, vb, f"{prefix}{key}.")
             if found:
                 return found
-        elif va != vb and key != "device":
+        elif va != vb and key not in ("device", "outputs"):
             return f"{prefix}{key}: {va!r} then, {vb!r} now"
     return ""

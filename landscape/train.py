@@ -16,15 +16,18 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from landscape.config import Config, to_dict
-from landscape.data import CIFAR10_MEAN, CIFAR10_STD, Batches, Split, channel_stats, fingerprint, load_data, seeded_generator
+from landscape.data import (CIFAR10_MEAN, CIFAR10_STD, Batches, Split, channel_stats, fingerprint, load_data,
+                            seeded_generator)
 from landscape.errors import UserError
 from landscape.models import build_model
+from landscape.outputs import Fanout, build_outputs
 from landscape.probes import Monitor, resolve_layers, schedules
 from landscape.probes.functional import rng_state, set_rng_state
 from landscape.runs import FINISHED, Run
@@ -144,7 +147,7 @@ def _progress(enabled: bool):
                     TimeRemainingColumn(), disable=not enabled, transient=False)
 
 
-def _monitor(cfg: Config, run: Run, model, optimizer, loss_fn, batches: Batches, train_split: Split):
+def _monitor(cfg: Config, log, model, optimizer, loss_fn, batches: Batches, train_split: Split):
     """The probes of ``cfg.probes`` as a Monitor writing into the run (None when none are enabled)."""
     p = cfg.probes
     if not p.enabled:
@@ -154,7 +157,7 @@ def _monitor(cfg: Config, run: Run, model, optimizer, loss_fn, batches: Batches,
     probe_batch = (batches.prepare(fixed.inputs.to(batches.split.inputs.device)),
                    fixed.targets.to(batches.split.targets.device))
     try:
-        return Monitor(run.log, model, optimizer, loss_fn, schedule, probes=p.enabled, eta_multiples=p.etas,
+        return Monitor(log, model, optimizer, loss_fn, schedule, probes=p.enabled, eta_multiples=p.etas,
                        layers=list(p.layers) or None, probe_batch=probe_batch, sharpness_iters=p.sharpness_iters,
                        sharpness_tol=p.sharpness_tol, warm_start=p.warm_start, trace_samples=p.trace_samples,
                        trace_method=p.trace_method, density_vectors=p.density_vectors,
@@ -224,8 +227,13 @@ def train(cfg: Config, out: str | Path = "runs", data_dir: str | Path | None = N
         # config (a resume restores the checkpoint's state), never from whatever the process did before;
         # fork_rng leaves the caller's generators as they were.
         with _sigterm_interrupts(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            start = setup.checkpoint["step"] if setup.checkpoint is not None else 0
+            log = Fanout(run.log, build_outputs(cfg.outputs, run.path, cfg.name, start))  # TensorBoard, W&B
             torch.manual_seed(run_seed(cfg))
-            return _train(cfg, run, device, progress, setup)
+            try:
+                return _train(cfg, run, log, device, progress, setup)
+            finally:
+                log.close()
     except KeyboardInterrupt:
         step = _safe_status(run, "interrupted")
         raise Interrupted(f"run '{path}' interrupted; its last checkpoint is step {step}: continue it with "
@@ -314,7 +322,8 @@ def _setup(cfg: Config, device: torch.device, splits: dict[str, Split], checkpoi
                  checkpoint)
 
 
-def _train(cfg: Config, run: Run, device: torch.device, progress: bool, setup: Setup) -> dict:
+def _train(cfg: Config, run: Run, log: Callable[[dict], None], device: torch.device, progress: bool,
+           setup: Setup) -> dict:
     classify, train_split, batches, test_batches = setup.classify, setup.train_split, setup.batches, setup.test_batches
     is_image, model, optimizer = setup.is_image, setup.model, setup.optimizer
     loss_fn = LOSSES[cfg.loss]
@@ -322,7 +331,7 @@ def _train(cfg: Config, run: Run, device: torch.device, progress: bool, setup: S
     plateau = math.log(setup.out_dim) - PLATEAU_MARGIN if classify else None
     left_plateau_step = None
 
-    monitor = _monitor(cfg, run, model, optimizer, loss_fn, batches, train_split)
+    monitor = _monitor(cfg, log, model, optimizer, loss_fn, batches, train_split)
     start = 0
     checkpoint = setup.checkpoint
     if checkpoint is not None:
@@ -376,7 +385,7 @@ def _train(cfg: Config, run: Run, device: torch.device, progress: bool, setup: S
                 t_log, examples_since_log = now, 0
                 if plateau is not None and left_plateau_step is None and rec["loss"] < plateau:
                     left_plateau_step = step
-                run.log({"kind": "train", "step": step, **rec, "epoch": step * batches.batch_size / batches.n,
+                log({"kind": "train", "step": step, **rec, "epoch": step * batches.batch_size / batches.n,
                          "examples_per_s": speed, "elapsed_s": now - t_start})
                 bar.update(task, loss=f"{rec['loss']:.3f}", acc=f"{rec.get('acc', float('nan')):.3f}",
                            speed=f"{speed:,.0f}")
@@ -385,7 +394,7 @@ def _train(cfg: Config, run: Run, device: torch.device, progress: bool, setup: S
                     break
             if (cfg.log.eval_every and step % cfg.log.eval_every == 0) or last:
                 last_test = evaluate(model, test_batches, cfg.loss, classify)
-                run.log({"kind": "test", "step": step, **last_test})
+                log({"kind": "test", "step": step, **last_test})
                 model.train()
             if step % cfg.log.checkpoint_every == 0 or last:
                 save_checkpoint(step)

@@ -45,6 +45,9 @@ class Monitor:
     ``etas`` are absolute step sizes; ``eta_multiples`` are multiples of the optimizer's
     current lr (the paper's convention; used when ``etas`` is None).
     ``probe_batch`` is the fixed batch ``activation_stats`` measures (default: each step's).
+    ``outputs``: more places for the records and their scalars (``landscape.outputs``:
+    ``TensorBoard(logdir)``, ``WandB(dir)``, or anything with ``record``/``scalars``/``close``);
+    :meth:`close` closes them.
 
     Call :meth:`before_forward` (optional) at the start of a step: on probe steps it
     snapshots the buffers and RNG state, so the probes can reuse the step's own loss and
@@ -59,7 +62,7 @@ class Monitor:
                  sharpness_iters: int = 20, sharpness_tol: float = 1e-3, warm_start: bool = False,
                  trace_samples: int = 30, trace_method: str = "hutchinson", density_vectors: int = 4,
                  density_steps: int = 20, eval_mode: bool = False, output_fn: Callable | None = None,
-                 force: bool = False, step_hook: bool = True):
+                 force: bool = False, step_hook: bool = True, outputs: Sequence | None = None):
         unknown = [p for p in probes if p not in PROBE_NAMES]
         if unknown:
             raise ValueError(f"unknown probes {unknown}; choose from {PROBE_NAMES}")
@@ -93,6 +96,11 @@ class Monitor:
             self.run.write_env(next(model.parameters()).device)
             self.run.set_status("running", 0)
             self.sink = self.run.log
+        self.outputs = list(outputs or [])
+        if self.outputs:
+            from landscape.outputs import Fanout
+
+            self.sink = Fanout(self.sink, self.outputs)
         self.previous_activations: dict | None = None
         self._snapshot: tuple[int, dict, dict] | None = None
         self._pending: dict | None = None
@@ -238,6 +246,9 @@ class Monitor:
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        for out in self.outputs:
+            out.close()
+        self.outputs = []
         if self.run is not None:
             self.run.set_status(status, self._last_step)
             self.run.close()
