@@ -267,6 +267,22 @@ class Run:
         """A new, empty run directory for records from any loop (see ``landscape.probes.Monitor``)."""
         return cls.open(path, None, force=force)
 
+    @classmethod
+    def reopen(cls, path: str | Path, step: int) -> "Run":
+        """Continue a run written by ``Monitor`` (e.g. a Lightning fit resumed from its checkpoint):
+        records after ``step`` are dropped, so the continued records have no gap and no duplicate."""
+        path = Path(path)
+        if path.is_symlink() or not (path / "monitor.yaml").is_file():
+            raise UserError(f"cannot resume the probe records in '{path}': it is not a run made by landscape's "
+                            "Monitor or callbacks (no monitor.yaml); pass the run directory the fit wrote")
+        run = cls(path)
+        run._lock = FolderLock(run.path, "run").acquire()
+        for name in os.listdir(run.path):
+            if is_temporary(name):
+                (run.path / name).unlink()
+        run.truncate(step)
+        return run
+
     def release(self) -> None:
         """Close the records and let other processes write this run."""
         self.close()

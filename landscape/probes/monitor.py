@@ -47,7 +47,8 @@ class Monitor:
     ``probe_batch`` is the fixed batch ``activation_stats`` measures (default: each step's).
     ``outputs``: more places for the records and their scalars (``landscape.outputs``:
     ``TensorBoard(logdir)``, ``WandB(dir)``, or anything with ``record``/``scalars``/``close``);
-    :meth:`close` closes them.
+    :meth:`close` closes them. ``resume_step``: continue the run directory ``out`` from this step
+    (its later records are dropped; restore the rest with :meth:`load_state_dict`).
 
     Call :meth:`before_forward` (optional) at the start of a step: on probe steps it
     snapshots the buffers and RNG state, so the probes can reuse the step's own loss and
@@ -62,7 +63,8 @@ class Monitor:
                  sharpness_iters: int = 20, sharpness_tol: float = 1e-3, warm_start: bool = False,
                  trace_samples: int = 30, trace_method: str = "hutchinson", density_vectors: int = 4,
                  density_steps: int = 20, eval_mode: bool = False, output_fn: Callable | None = None,
-                 force: bool = False, step_hook: bool = True, outputs: Sequence | None = None):
+                 force: bool = False, step_hook: bool = True, outputs: Sequence | None = None,
+                 resume_step: int | None = None):
         unknown = [p for p in probes if p not in PROBE_NAMES]
         if unknown:
             raise ValueError(f"unknown probes {unknown}; choose from {PROBE_NAMES}")
@@ -88,13 +90,13 @@ class Monitor:
         else:
             from landscape.runs import Run
 
-            self.run = Run.fresh(out, force=force)
+            self.run = Run.fresh(out, force=force) if resume_step is None else Run.reopen(out, resume_step)
             self.run.write_settings({"monitor": {"model": type(model).__name__, "optimizer": type(optimizer).__name__,
                                                  "probes": list(self.probes), "etas": etas,
                                                  "eta_multiples": list(self.eta_multiples),
                                                  "eval_mode": eval_mode}})
             self.run.write_env(next(model.parameters()).device)
-            self.run.set_status("running", 0)
+            self.run.set_status("running", resume_step or 0)
             self.sink = self.run.log
         self.outputs = list(outputs or [])
         if self.outputs:
@@ -251,7 +253,7 @@ class Monitor:
         self.outputs = []
         if self.run is not None:
             self.run.set_status(status, self._last_step)
-            self.run.close()
+            self.run.release()  # other writers (a resumed fit in this process) may open it now
 
     def __enter__(self) -> "Monitor":
         return self
