@@ -213,8 +213,10 @@ class Run:
         if path.exists() and not path.is_dir():
             raise UserError(f"'{path}' is a file, not a run directory; pick another --out or name")
         names = run_contents(path)
-        if not names:
-            return "new"  # absent, empty, or only what a killed writer left (temporary files)
+        if all(n in RUN_FOLDERS and (path / n).is_dir() for n in names):
+            # absent, empty, only what a killed writer left (temporary files), or only the folders of
+            # outputs made just before the run (Monitor(..., outputs=[TensorBoard(run/tensorboard)]))
+            return "new"
         marker = "config.yaml" if cfg is not None else "monitor.yaml"
         if force:
             foreign = [n for n in names if not ((n in RUN_FILES and not (path / n).is_dir())
