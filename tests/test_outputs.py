@@ -51,6 +51,8 @@ def test_scalar_names_of_each_record_kind():
 
 
 def test_train_writes_documented_scalars_to_tensorboard_and_wandb_without_changing_training(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "runs"
     plain = runner.invoke(app, ["train", str(config(tmp_path, "plain")), "--out", str(out), "--no-progress"])
@@ -84,6 +86,7 @@ def test_train_writes_documented_scalars_to_tensorboard_and_wandb_without_changi
 
 
 def test_export_writes_existing_runs_as_tensorboard_events(tmp_path):
+    pytest.importorskip("tensorboard")
     out = tmp_path / "runs"
     assert runner.invoke(app, ["train", str(config(tmp_path)), "--out", str(out), "--no-progress"]).exit_code == 0
     result = runner.invoke(app, ["export", str(out), "--to", "tensorboard", "--out", str(tmp_path / "tb")])
