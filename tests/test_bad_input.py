@@ -139,6 +139,12 @@ CASES = {
                          "{w}/truncated"], "unreadable"),
     "one class": (["train", C, *R, "--name", "x", "--set", "data.dataset=cifar10", "--data-dir", "{w}/oneclass"],
                   "at least 2"),
+    "folder without data dir": (["train", C, *R, "--name", "x", "--set", "data.dataset=folder"], "needs --data-dir"),
+    "folder without splits": (["train", C, *R, "--name", "x", "--set", "data.dataset=folder", "--data-dir",
+                               "{w}/empty"], "no train/ and test/"),
+    "image size 8": (["train", C, *R, "--name", "x", "--set", "data.image_size=8"], "data.image_size"),
+    "unknown dataset": (["train", C, *R, "--name", "x", "--set", "data.dataset=imagenet"], "data.dataset"),
+    "unknown output": (["train", C, *R, "--name", "x", "--output", "csv"], "unknown output"),
     # train: existing runs
     "resume and force": (["train", C, *R, "--resume", "--force"], "contradict"),
     "run exists": (["train", C, *R], "already exists"),
@@ -182,6 +188,10 @@ CASES = {
     "report empty folder": (["report", "{w}/empty", "-o", "{w}/r.html"], "no runs"),
     "report output is a folder": (["report", "{w}/runs", "-o", "{w}/empty"], "empty"),
     "report output under a file": (["report", "{w}/runs", "-o", "{w}/a_file/r.html"], "a_file"),
+    # export
+    "export unknown format": (["export", "{w}/runs", "--to", "csv", "--out", "{w}/tb"], "--to must be"),
+    "export missing path": (["export", "{w}/nowhere", "--to", "tensorboard", "--out", "{w}/tb"], "does not exist"),
+    "export out is a file": (["export", "{w}/runs", "--to", "tensorboard", "--out", "{w}/a_file"], "a_file"),
 }
 LOCKED = {"run is being written": "ckpt/paused", "results are being written": "results"}
 
