@@ -102,7 +102,9 @@ def final_train_loss(run: RunRecords) -> float | None:
 
 
 def final_train_acc(run: RunRecords) -> float | None:
-    return None if run.state == "diverged" else final_train(run)["acc"]
+    """Final train accuracy; a diverged run counts as 0 (as for test accuracy: compared, not dropped,
+    so "the normalised network trains better" holds against a baseline that diverged)."""
+    return 0.0 if run.state == "diverged" else final_train(run)["acc"]
 
 
 def final_test_acc(run: RunRecords) -> float | None:

@@ -258,3 +258,13 @@ def test_a_sixth_experiment_is_one_module_and_its_test(tmp_path):
     html = report.read_text()
     assert 'id="toy"' in html and "Toy: a sixth experiment" in html and "the toy claim" in html
     assert "<figcaption>Toy: training curves</figcaption>" in html and "Problems reading records" not in html
+
+
+def test_a_diverged_run_counts_as_zero_accuracy_not_as_missing():
+    from pathlib import Path
+
+    from landscape.claims import final_test_acc, final_train_acc
+    from landscape.results import RunRecords
+
+    diverged = RunRecords(Path("x"), "x", {}, {}, {"status": "diverged", "diverged_step": 4}, [])
+    assert final_train_acc(diverged) == 0.0 and final_test_acc(diverged) == 0.0
