@@ -253,10 +253,10 @@ def landscape_panels(groups: dict[str, list[RunRecords]], title: str) -> bytes:
                 thresholds[r["values"]["threshold"]] = net
     for thr in thresholds:
         axes[3].axhline(thr, color="k", ls="--", lw=1)
-        axes[3].annotate(f"2(1+m)/lr = {thr:.3g}", (0.02, thr), xycoords=("axes fraction", "data"), fontsize=7,
+        axes[3].annotate(f"stability threshold {thr:.3g}", (0.02, thr), xycoords=("axes fraction", "data"), fontsize=7,
                          va="bottom")
     for ax, label in zip(axes, ("loss L(w - eta g), min-max over eta", "||grad L(w - eta g) - g||, min-max",
-                                "effective beta-smoothness", "top Hessian eigenvalue")):
+                                "effective beta-smoothness", "top Hessian eigenvalue (Adam: of P^-1 H)")):
         ax.set_xlabel("step")
         ax.set_ylabel(label)
     for ax in axes[:2]:
