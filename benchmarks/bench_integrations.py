@@ -12,35 +12,25 @@ callback adds nothing to the probes' own cost.
 
     python benchmarks/bench_integrations.py
 
-Times are medians of ``--repeats``; nothing here asserts a time.
+Times are medians of ``--repeats`` after a warm-up call (``common.timeit``); nothing here asserts a time.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from common import timeit
 from landscape.config import ModelConfig
 from landscape.models import build_model
 from landscape.probes import Monitor, every, explicit
 
 PROBES = ("gradient_sweep", "ics_opti")
-
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def vgg():
@@ -52,26 +42,33 @@ def cifar_like(n: int):
     return torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
 
 
-def monitor_loop(steps: int, batch: int, schedule, probes) -> None:
-    model = vgg()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    x, y = cifar_like(steps * batch)
+def hand_loop(model, opt, loss_fn, batch_at, steps: int, schedule, probes, output_fn=None) -> None:
+    """A hand-written loop, with Monitor's probes when ``probes`` is not empty; ``batch_at(step)``
+    is ``(inputs, targets)``, inputs a tensor or a dict of keyword arguments."""
     with tempfile.TemporaryDirectory() as tmp:
-        monitor = Monitor(Path(tmp) / "run", model, opt, F.cross_entropy, schedule, probes=probes, step_hook=False) \
-            if probes else None
+        monitor = Monitor(Path(tmp) / "run", model, opt, loss_fn, schedule, probes=probes, output_fn=output_fn,
+                          step_hook=False) if probes else None
         for step in range(1, steps + 1):
-            xb, yb = x[(step - 1) * batch:step * batch], y[(step - 1) * batch:step * batch]
+            inputs, targets = batch_at(step)
             if monitor:
                 monitor.before_forward(step)
             opt.zero_grad()
-            F.cross_entropy(model(xb), yb).backward()
+            out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
+            loss_fn(out if output_fn is None else output_fn(out), targets).backward()
             if monitor:
-                monitor.observe(step, (xb, yb))
+                monitor.observe(step, (inputs, targets))
             opt.step()
             if monitor:
                 monitor.after_step()
         if monitor:
             monitor.close()
+
+
+def monitor_loop(steps: int, batch: int, schedule, probes) -> None:
+    model = vgg()
+    x, y = cifar_like(steps * batch)
+    hand_loop(model, torch.optim.SGD(model.parameters(), lr=0.1), F.cross_entropy,
+              lambda t: (x[(t - 1) * batch:t * batch], y[(t - 1) * batch:t * batch]), steps, schedule, probes)
 
 
 def lightning_fit(steps: int, batch: int, schedule, probes) -> None:
@@ -106,12 +103,8 @@ def hf_fit(steps: int, batch: int, schedule, probes) -> None:
 
     from landscape.integrations.hf import LandscapeHFCallback
 
-    cfg = transformers.BertConfig(vocab_size=1000, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-                                  intermediate_size=256, max_position_embeddings=64, num_labels=2)
-    torch.manual_seed(0)
-    model = transformers.BertForSequenceClassification(cfg)
-    ids = torch.randint(0, 1000, (steps * batch, 64), generator=torch.Generator().manual_seed(0))
-    data = [{"input_ids": t, "labels": int(t[0] > 500)} for t in ids]
+    model, ids, labels = tiny_bert_data(steps, batch)
+    data = [{"input_ids": t, "labels": int(y)} for t, y in zip(ids, labels)]
     with tempfile.TemporaryDirectory() as tmp:
         args = transformers.TrainingArguments(tmp, max_steps=steps, per_device_train_batch_size=batch, report_to=[],
                                               save_strategy="no", logging_strategy="no", use_cpu=True,
@@ -120,34 +113,24 @@ def hf_fit(steps: int, batch: int, schedule, probes) -> None:
         transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks).train()
 
 
-def hf_monitor_loop(steps: int, batch: int, schedule, probes) -> None:
-    """The same tiny BERT in a hand-written AdamW loop with Monitor (the HF callback's baseline)."""
+def tiny_bert_data(steps: int, batch: int):
     import transformers
 
     cfg = transformers.BertConfig(vocab_size=1000, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
                                   intermediate_size=256, max_position_embeddings=64, num_labels=2)
     torch.manual_seed(0)
     model = transformers.BertForSequenceClassification(cfg)
-    model.train()
     ids = torch.randint(0, 1000, (steps * batch, 64), generator=torch.Generator().manual_seed(0))
-    labels = (ids[:, 0] > 500).long()
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-5)
-    with tempfile.TemporaryDirectory() as tmp:
-        monitor = Monitor(Path(tmp) / "run", model, opt, lambda out, _: out.loss, schedule, probes=probes,
-                          output_fn=lambda o: o, step_hook=False) if probes else None
-        for step in range(1, steps + 1):
-            kw = {"input_ids": ids[(step - 1) * batch:step * batch], "labels": labels[(step - 1) * batch:step * batch]}
-            if monitor:
-                monitor.before_forward(step)
-            opt.zero_grad()
-            model(**kw).loss.backward()
-            if monitor:
-                monitor.observe(step, (kw, None))
-            opt.step()
-            if monitor:
-                monitor.after_step()
-        if monitor:
-            monitor.close()
+    return model, ids, (ids[:, 0] > 500).long()
+
+
+def hf_monitor_loop(steps: int, batch: int, schedule, probes) -> None:
+    """The same tiny BERT in a hand-written AdamW loop with Monitor (the HF callback's baseline)."""
+    model, ids, labels = tiny_bert_data(steps, batch)
+    model.train()
+    hand_loop(model, torch.optim.AdamW(model.parameters(), lr=5e-5), lambda out, _: out.loss,
+              lambda t: ({"input_ids": ids[(t - 1) * batch:t * batch], "labels": labels[(t - 1) * batch:t * batch]},
+                         None), steps, schedule, probes, output_fn=lambda o: o)
 
 
 def main() -> None:
@@ -165,11 +148,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {a.steps} steps, batch {a.batch}, "
           f"{', '.join(PROBES)} every {a.every} (probe steps: {len([s for s in range(1, a.steps + 1) if every(a.every)(s)])})")
     rows = []
-    for f in (lightning_fit, monitor_loop, hf_fit, hf_monitor_loop):  # warm-up: imports, first allocations
-        f(2, a.batch, every(1), PROBES)
     for label, fit, base in (("Lightning, VGG-11 x0.25 + BN, SGD", lightning_fit, monitor_loop),
                              ("HF Trainer, BERT 4x128, AdamW", hf_fit, hf_monitor_loop)):
-        t = {k: median_time(lambda s=s, p=p, f=f: f(a.steps, a.batch, s, p), a.repeats)
+        t = {k: timeit(lambda s=s, p=p, f=f: f(a.steps, a.batch, s, p), a.repeats)
              for k, f, s, p in (("bare", fit, None, ()), ("idle", fit, never, PROBES),
                                 ("probed", fit, every(a.every), PROBES), ("m_bare", base, None, ()),
                                 ("m_probed", base, every(a.every), PROBES))}

@@ -228,16 +228,24 @@ def _cached(cache_file: Path, build) -> dict[str, Split]:
     return splits
 
 
+def find_tree(data_dir: Path) -> Path | None:
+    """The folder holding train/ and test/: ``data_dir`` itself or one folder down (as archives extract)."""
+    if data_dir.is_dir():
+        for c in [data_dir] + sorted(p for p in data_dir.iterdir() if p.is_dir()):
+            if (c / "train").is_dir() and (c / "test").is_dir():
+                return c
+    return None
+
+
 def find_layout(data_dir: Path) -> tuple[str, Path]:
     """Which layout ``data_dir`` holds: ('batches', folder) or ('tree', folder)."""
     candidates = [data_dir, data_dir / "cifar-10-batches-py"]
     for c in candidates:
         if (c / "data_batch_1").is_file():
             return "batches", c
-    if data_dir.is_dir():  # the tree itself, or one folder down (as the shared tarball extracts)
-        for c in [data_dir] + sorted(p for p in data_dir.iterdir() if p.is_dir()):
-            if (c / "train").is_dir() and (c / "test").is_dir():
-                return "tree", c
+    tree = find_tree(data_dir)
+    if tree is not None:
+        return "tree", tree
     raise UserError(f"no CIFAR-10 found in '{data_dir}': expected cifar-10-batches-py/ (data_batch_1..5, "
                     "test_batch) or train/<class>/*.jpg and test/<class>/*.jpg")
 
@@ -353,14 +361,12 @@ def load_folder(data_dir: str | Path | None, size: int, cache_dir: str | Path | 
     if not root.is_dir():
         raise UserError(f"--data-dir '{root}' is not a folder; pass the folder holding train/<class>/ and "
                         "test/<class>/ images")
-    if not (root / "train").is_dir():  # one folder down, as archives often extract
-        inner = [p for p in sorted(root.iterdir()) if (p / "train").is_dir() and (p / "test").is_dir()]
-        root = inner[0] if inner else root
-    if not (root / "train").is_dir() or not (root / "test").is_dir():
+    tree = find_tree(root)
+    if tree is None:
         raise UserError(f"'{root}' has no train/ and test/ folders; an image-folder data set is "
                         "train/<class>/*.png and test/<class>/*.png")
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    return _cached(cache_dir / f"folder-{size}-{_tree_fingerprint(root)}.pt", lambda: _read_image_tree(root, size))
+    return _cached(cache_dir / f"folder-{size}-{_tree_fingerprint(tree)}.pt", lambda: _read_image_tree(tree, size))
 
 
 def channel_stats(split: Split) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -139,6 +139,16 @@ def test_unknown_device_is_a_user_error():
     assert train_mod.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def train_off_and_on(off, on, tmp_path) -> list[dict]:
+    """Train both configs; assert bitwise equal final weights; return the probed run's records."""
+    train(off, out=tmp_path)
+    train(on, out=tmp_path)
+    a = torch.load(tmp_path / "off" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "on" / "checkpoint.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return read_metrics(tmp_path / "on" / "metrics.jsonl")
+
+
 @pytest.mark.parametrize("norm", ["noisy_batch", "batch"])
 def test_probes_never_change_training(tmp_path, norm):
     """All probes on, every 2 steps: bitwise the same weights, buffers and train records as probes off."""
@@ -147,12 +157,7 @@ def test_probes_never_change_training(tmp_path, norm):
     on = tiny_config(name="on", **base, probes={"enabled": ["gradient_sweep", "ics_opti", "activation_stats",
                                                             "sharpness"], "every": 2, "sharpness_iters": 4,
                                                 "activation_batch": 32})
-    train(off, out=tmp_path)
-    train(on, out=tmp_path)
-    a = torch.load(tmp_path / "off" / "checkpoint.pt", weights_only=True)["model"]
-    b = torch.load(tmp_path / "on" / "checkpoint.pt", weights_only=True)["model"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    recs_on = read_metrics(tmp_path / "on" / "metrics.jsonl")
+    recs_on = train_off_and_on(off, on, tmp_path)
     plain = [r for r in recs_on if r["kind"] != "probe"]
     assert without_timing(plain) == without_timing(read_metrics(tmp_path / "off" / "metrics.jsonl"))
     probes = {(r["step"], r["probe"]) for r in recs_on if r["kind"] == "probe"}
@@ -200,12 +205,7 @@ def test_curvature_probes_never_change_training(tmp_path, optim, arch):
         "enabled": ["gradient_sweep", "ics_opti", "sharpness", "curvature", "layer_sharpness", "hessian_trace",
                     "spectral_density"], "every": 2, "sharpness_iters": 4, "warm_start": True, "trace_samples": 4,
         "trace_method": "hutch++", "density_vectors": 2, "density_steps": 3})
-    train(off, out=tmp_path)
-    train(on, out=tmp_path)
-    a = torch.load(tmp_path / "off" / "checkpoint.pt", weights_only=True)["model"]
-    b = torch.load(tmp_path / "on" / "checkpoint.pt", weights_only=True)["model"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    recs_on = read_metrics(tmp_path / "on" / "metrics.jsonl")
+    recs_on = train_off_and_on(off, on, tmp_path)
     assert without_timing([r for r in recs_on if r["kind"] != "probe"]) == \
         without_timing(read_metrics(tmp_path / "off" / "metrics.jsonl"))
     sharp = [r["values"] for r in recs_on if r.get("probe") == "sharpness"]

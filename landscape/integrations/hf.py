@@ -26,6 +26,7 @@ dropped; the activation-shift baseline starts again).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -126,33 +127,33 @@ class LandscapeHFCallback(transformers.TrainerCallback):
             raise UserError("LandscapeHFCallback reads the batch from keyword arguments (model(**inputs)), "
                             f"but the model got {len(args)} positional ones")
         self._batch = (dict(kwargs), None)
-        self._busy = True
-        try:
+        with self._probing():
             if not self._checked:  # the first training forward, before the first update
                 check_probeable(module, self.loss_fn, self._batch, self.output_fn, self.monitor.layers,
                                 who="LandscapeHFCallback")
                 self._checked = True
             self.monitor.before_forward(self._step + 1)
+        return None
+
+    @contextlib.contextmanager
+    def _probing(self):
+        """While the callback's own code runs, forwards through the hook are the probes', not training's."""
+        self._busy = True
+        try:
+            yield
         finally:
             self._busy = False
-        return None
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         if self.monitor is not None and self._batch is not None:
             self._step = state.global_step
-            self._busy = True
-            try:
+            with self._probing():
                 self.monitor.observe(state.global_step + 1, self._batch)
-            finally:
-                self._busy = False
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         if self.monitor is not None:
-            self._busy = True
-            try:
+            with self._probing():
                 self.monitor.after_step()
-            finally:
-                self._busy = False
             self._step = state.global_step + 1
 
     def on_train_end(self, args, state, control, **kwargs):

@@ -187,6 +187,14 @@ def shift_curves(groups: dict[str, list[RunRecords]], title: str) -> bytes:
     return to_png(fig)
 
 
+def heatmap_axes(ax, net: str, groups: dict[str, list[RunRecords]]) -> None:
+    """Labels of a layers-by-steps heatmap of one network."""
+    ax.set_xlabel("step")
+    ax.set_title(f"{label_of(net)} ({groups[net][0].name})", fontsize=9)
+    ax.tick_params(axis="x", labelrotation=90, labelsize=7)
+    ax.tick_params(axis="y", labelsize=7)
+
+
 def ics_heatmaps(groups: dict[str, list[RunRecords]], title: str) -> bytes:
     """Layers against probe steps, per net: ||G - G'|| (log colour) and cos(G, G')."""
     nets = [n for n in groups if groups[n][0].probe("ics_opti")]
@@ -204,10 +212,7 @@ def ics_heatmaps(groups: dict[str, list[RunRecords]], title: str) -> bytes:
             sns.heatmap(grid, ax=ax, cmap=cmap, **limits,
                         xticklabels=steps, yticklabels=layers,
                         cbar_kws={"label": "log10 ||G - G'||" if key == "l2" else "cos(G, G')"})
-            ax.set_xlabel("step")
-            ax.set_title(f"{label_of(net)} ({groups[net][0].name})", fontsize=9)
-            ax.tick_params(axis="x", labelrotation=90, labelsize=7)
-            ax.tick_params(axis="y", labelsize=7)
+            heatmap_axes(ax, net, groups)
     fig.suptitle(title, y=1.01)
     fig.tight_layout()
     return to_png(fig)
@@ -408,10 +413,7 @@ def layer_sharpness_heatmaps(groups: dict[str, list[RunRecords]], title: str) ->
             r["values"].get("values", {}).get(layer)) for r in recs] for layer in layers], dtype=float)
         sns.heatmap(grid, ax=ax, cmap="mako", xticklabels=[r["step"] for r in recs], yticklabels=layers,
                     cbar_kws={"label": "log10 layer sharpness"})
-        ax.set_xlabel("step")
-        ax.set_title(f"{label_of(net)} ({groups[net][0].name})", fontsize=9)
-        ax.tick_params(axis="x", labelrotation=90, labelsize=7)
-        ax.tick_params(axis="y", labelsize=7)
+        heatmap_axes(ax, net, groups)
     fig.suptitle(title, y=1.02)
     fig.tight_layout()
     return to_png(fig)
