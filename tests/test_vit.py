@@ -53,7 +53,7 @@ def test_layer_norm_is_torchs_and_none_is_the_identity():
         vit_norm("group", 8)
 
 
-# dim 64, depth 4, heads 4, patch 4, MLP ratio 2, 10 classes (the quick preset's ViT). By hand:
+# dim 64, depth 4, heads 4, patch 4, MLP ratio 2, 10 classes (the model defaults). By hand:
 # patch embedding 3*4*4*64 + 64 = 3,136; class token 64; positions 65*64 = 4,160; per block
 # qkv 64*192 + 192 = 12,480, projection 4,160, MLP 64*128 + 128 + 128*64 + 64 = 16,576, so
 # 33,216 without norms; head 650. Norms: LayerNorm / BatchNorm 128 each, RMSNorm 64, DyT 129,
@@ -123,3 +123,16 @@ def test_vit_config_is_validated():
         build_config([{"model": {"arch": "vit", "norm": "noisy_batch"}}])
     with pytest.raises(UserError, match="not one for model.arch=vgg"):
         build_config([{"model": {"arch": "vgg", "norm": "dyt"}}])
+
+
+def test_the_quick_presets_vit_is_the_calibrated_one():
+    """The quick preset's ViT (README, calibration): depth 2, 8x8 patches. By hand: patch embedding
+    3*8*8*64 + 64 = 12,352; class token 64; positions 17*64 = 1,088; two blocks of 33,216; head 650;
+    five LayerNorms of 128."""
+    from landscape import planning
+    from landscape.experiments.transformer_norms import vit_run
+
+    run = vit_run(planning.load_preset("quick"), "ln", "sgd", 0.1, 0)
+    model = build_model(run.cfg.model, 0, in_dim=3, out_dim=10)
+    assert parameter_count(model) == 12352 + 64 + 1088 + 2 * 33216 + 650 + 5 * 128
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
