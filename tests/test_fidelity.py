@@ -66,6 +66,15 @@ def test_the_sharpness_claim_says_when_both_networks_sit_at_their_edge_of_stabil
         smoothness.edge_note("vgg")(at_edge)
     below = RunTable(rows, {"s": run("s", 1.0), "b": run("b", 0.4)})
     assert smoothness.edge_note("vgg")(below) == "median sharpness / threshold: standard 1.00, BN 0.40"
+    # The ViT's smoothness claims carry the same note, per optimizer and lr (runs of other settings ignored).
+    from landscape.experiments import transformer_norms
+    vit = {"s": {"arch": "vit", "net": "standard", "seed": 0, "lr": 0.1, "variant": "sgd"},
+           "l": {"arch": "vit", "net": "ln", "seed": 0, "lr": 0.1, "variant": "sgd"},
+           "a": {"arch": "vit", "net": "ln", "seed": 0, "lr": 0.001, "variant": "adamw"}}
+    table = RunTable(vit, {"s": run("s", 1.06), "l": run("l", 1.11), "a": run("a", 0.1)})
+    claim = next(c for c in transformer_norms.claims({"transformer": {"sgd_lrs": [0.1]}})
+                 if c.id == "vit.sgd0.1.ln.beta_eff")
+    assert "standard 1.06, LayerNorm 1.11" in claim.note(table) and "edge of stability" in claim.note(table)
 
 
 def test_presets_extend_each_other_and_carry_their_seed_count():

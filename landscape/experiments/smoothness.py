@@ -40,14 +40,16 @@ def sharpness_over_threshold(values: dict):
     return value / threshold if ok and threshold > 0 else None
 
 
-def edge_note(arch: str):
+def edge_note(arch: str, nets: tuple[str, str] = ("standard", "bn"), lr: float | None = None):
     """Where both networks sit at their stability threshold, say that a ratio near 1 is expected."""
+    labels = {"standard": "standard", "bn": "BN"}
+
     def note(t) -> str | None:
-        share = {net: med(median_probe("sharpness", sharpness_over_threshold)(run) for _, run in t.select(arch, net))
-                 for net in ("standard", "bn")}
+        share = {net: med(median_probe("sharpness", sharpness_over_threshold)(run)
+                          for _, run in t.select(arch, net, lr)) for net in nets}
         if None in share.values():
             return None
-        at = f"median sharpness / threshold: standard {share['standard']:.2f}, BN {share['bn']:.2f}"
+        at = "median sharpness / threshold: " + ", ".join(f"{labels.get(n, F.label_of(n))} {share[n]:.2f}" for n in nets)
         if min(share.values()) >= EDGE:
             return (f"both networks sit at their stability threshold ({at}): at the edge of stability a ratio near 1 "
                     "is expected and is not evidence against the paper")

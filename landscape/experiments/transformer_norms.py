@@ -17,6 +17,7 @@ import math
 from landscape.claims import Claim, diff, final_train_acc, median_probe, ratio
 from landscape.config import build_config
 from landscape.experiments import Experiment, Figure, register
+from landscape.experiments.smoothness import edge_note
 from landscape.planning import NETS, RunSpec
 from landscape.report import figures as F
 from landscape.results import beta_eff, max_grad_change
@@ -54,6 +55,16 @@ def _setting(opt: str, lr: float, measure):
     return restricted
 
 
+def _edge(opt: str, lr: float, net: str):
+    """The unnormalised and the normalised ViT's sharpness against the optimizer's threshold (of
+    ``P^-1 H`` under AdamW): when both sit at it, a smoothness ratio near 1 is expected."""
+    note = edge_note("vit", ("standard", net), lr)
+
+    def read(t):
+        return note(t.only(opt))
+    return read
+
+
 def smoother(net: str, metric):
     def measure(t, lr):
         m = median_probe("gradient_sweep", metric)
@@ -85,7 +96,7 @@ def claims(preset: dict) -> list[Claim]:
                 out.append(Claim(f"vit.{opt}{lr:g}.{net}.{cid}", f"ViT, {tag}: {F.label_of(net)} lowers the {text} "
                                  "(smoother than no normalisation)", "median over probe steps, none / " + F.label_of(net),
                                  _setting(opt, lr, smoother(net, metric)), 1.0, transform="log",
-                                 layers="all parameters", headline=main))
+                                 layers="all parameters", headline=main, note=_edge(opt, lr, net)))
         out.append(Claim(f"vit.{opt}{lr:g}.dyt_like_ln", f"ViT, {tag}: Dynamic Tanh is as smooth as LayerNorm "
                          f"(beta_eff within a factor {DYT_BAND:g})", "|log(median beta_eff DyT / LayerNorm)|",
                          _setting(opt, lr, dyt_vs_ln), math.log(DYT_BAND), direction="below", headline=main))
