@@ -125,19 +125,24 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], q: torch.Tensor, ste
     residual (a bound on its error) is below ``tol`` times its magnitude, or when the Krylov
     space is exhausted. Returns the tridiagonal's ``alphas`` and ``betas``, the basis, and the
     top Ritz pair."""
-    basis, alphas, betas = [q], [], []
+    n_max = min(steps, q.numel())
+    # The basis as the rows of one matrix, grown by doubling: reorthogonalising against a view
+    # costs no copy (stacking a list of k vectors at every step cost 0.5 s of 4.8 s for 40 steps).
+    Q = q.new_empty((max(1, min(n_max, 8)), q.numel()))
+    Q[0] = q
+    k, alphas, betas = 1, [], []
     value, residual, converged = math.nan, math.inf, False
     evecs = None
-    for _ in range(min(steps, q.numel())):
-        hq = matvec(basis[-1])
-        alpha = torch.dot(hq, basis[-1])
-        hq = hq - alpha * basis[-1] - (betas[-1] * basis[-2] if betas else 0)
-        Q = torch.stack(basis)
+    for _ in range(n_max):
+        hq = matvec(Q[k - 1])
+        alpha = torch.dot(hq, Q[k - 1])
+        hq = hq - alpha * Q[k - 1] - (betas[-1] * Q[k - 2] if betas else 0)
+        B = Q[:k]
         for _ in range(2):  # full reorthogonalisation, twice is enough (Kahan)
-            hq = hq - Q.T @ (Q @ hq)
+            hq = hq - B.T @ (B @ hq)
         beta = float(hq.norm())
         if not (math.isfinite(float(alpha)) and math.isfinite(beta)):  # diverged weights: no eigenvalue
-            return alphas, betas, basis[:len(alphas)], Ritz(math.nan, math.nan, False, None, len(alphas))
+            return alphas, betas, list(Q[:len(alphas)]), Ritz(math.nan, math.nan, False, None, len(alphas))
         alphas.append(float(alpha))
         evals, evecs = torch.linalg.eigh(tridiagonal(alphas, betas))
         value = float(evals[-1])
@@ -149,13 +154,18 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], q: torch.Tensor, ste
             converged, residual = True, 0.0
             break
         betas.append(beta)
-        basis.append(hq / beta)
-    used = basis[:len(alphas)]
+        if k == len(Q):
+            grown = Q.new_empty((min(2 * len(Q), n_max + 1), Q.shape[1]))
+            grown[:k] = Q
+            Q = grown
+        Q[k] = hq / beta
+        k += 1
+    used = Q[:len(alphas)]
     vector = None
     if evecs is not None:
-        y = torch.stack(used).T @ evecs[:, -1].to(dtype=q.dtype, device=q.device)
+        y = used.T @ evecs[:, -1].to(dtype=q.dtype, device=q.device)
         vector = y / y.norm() if y.norm() > 0 else None
-    return alphas, betas, used, Ritz(value, residual, converged, vector, len(alphas))
+    return alphas, betas, list(used), Ritz(value, residual, converged, vector, len(alphas))
 
 
 @dataclass
