@@ -101,6 +101,8 @@ def train(
 Preset = Annotated[str, typer.Option("--preset", help=PRESET_HELP)]
 Seeds = Annotated[Optional[int], typer.Option(
     "--seeds", help="Seeds per configuration (default: the preset's; 5 or more for a decisive test).")]
+FirstSeed = Annotated[int, typer.Option(
+    "--first-seed", help="The first seed (seeds FIRST, FIRST+1, ...): a confirmatory run on seeds an earlier one never saw.")]
 DataDir = Annotated[Optional[str], typer.Option("--data-dir", help=DATA_HELP)]
 Out = Annotated[Optional[str], typer.Option("--out", help="Results folder (default: results/PRESET).")]
 Device = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda | cuda:N (default: auto).")]
@@ -131,13 +133,14 @@ def _experiment_command(name: str, help_text: str):
     @user_errors
     def command(preset: Preset = "quick", seeds: Seeds = None, data_dir: DataDir = None, out: Out = None,
                 device: Device = None, set_: Sets = None, launcher: Launcher = "local", address: Address = None,
-                cpus_per_run: CpusPerRun = 1.0, gpus_per_run: GpusPerRun = 0.0, progress: Progress = False):
+                cpus_per_run: CpusPerRun = 1.0, gpus_per_run: GpusPerRun = 0.0, progress: Progress = False,
+                first_seed: FirstSeed = 0):
         from landscape.launch import Launch
         from landscape.reproduce import run_experiment
 
         launch = Launch(launcher, address, cpus_per_run, gpus_per_run, progress)
         _print_claims(run_experiment(name, preset, seeds, out or f"results/{preset}", data_dir, device,
-                                     list(set_ or []), launch))
+                                     list(set_ or []), launch, first_seed=first_seed))
 
     command.__doc__ = help_text + " Skips finished runs and resumes interrupted ones."
     command.__name__ = name.replace("-", "_")
@@ -161,7 +164,7 @@ def reproduce(preset: Preset = "quick", seeds: Seeds = None, data_dir: DataDir =
               report: Annotated[Optional[str], typer.Option("--report", help="Report file (default: OUT/report.html).")
                                 ] = None,
               launcher: Launcher = "local", address: Address = None, cpus_per_run: CpusPerRun = 1.0,
-              gpus_per_run: GpusPerRun = 0.0, progress: Progress = False,
+              gpus_per_run: GpusPerRun = 0.0, progress: Progress = False, first_seed: FirstSeed = 0,
               beyond: Annotated[bool, typer.Option("--beyond/--paper-only", help=(
                   "Also run the experiments beyond the paper (stability, ...); by default only the paper's."))] = False):
     """The paper's experiments (runs shared between them), then the claims table and the HTML report."""
@@ -170,7 +173,7 @@ def reproduce(preset: Preset = "quick", seeds: Seeds = None, data_dir: DataDir =
 
     launch = Launch(launcher, address, cpus_per_run, gpus_per_run, progress)
     _, path = run_all(preset, seeds, out or f"results/{preset}", data_dir, device, list(set_ or []), launch, report,
-                      on_summary=_print_claims, beyond=beyond)
+                      on_summary=_print_claims, beyond=beyond, first_seed=first_seed)
     typer.echo(f"report -> {path}")
 
 

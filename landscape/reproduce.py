@@ -30,9 +30,10 @@ def plan(experiment: Experiment, preset: dict, seeds: list[int], overrides: list
 
 
 def prepare(names: list[str], preset_name: str, seeds: int | None, overrides: list[str], data_dir=None,
-            device: str | None = None) -> tuple[dict, list[int], dict[str, list[RunSpec]]]:
+            device: str | None = None, first_seed: int = 0) -> tuple[dict, list[int], dict[str, list[RunSpec]]]:
     """Validate everything and plan every experiment's runs, before any file is touched.
-    ``seeds`` None takes the preset's own number of seeds."""
+    ``seeds`` None takes the preset's own number of seeds; they are ``first_seed``,
+    ``first_seed + 1``, ... (a confirmatory run on seeds a pilot never saw starts past them)."""
     from landscape.train import resolve_device
 
     if device is not None:
@@ -45,8 +46,10 @@ def prepare(names: list[str], preset_name: str, seeds: int | None, overrides: li
     seeds = preset["seeds"] if seeds is None else seeds
     if not 1 <= seeds <= MAX_SEEDS:
         raise UserError(f"preset '{preset_name}' asks for {seeds} seeds; at most {MAX_SEEDS}")
+    if not 0 <= first_seed <= MAX_SEEDS * 1000:
+        raise UserError(f"--first-seed must be between 0 and {MAX_SEEDS * 1000}; got {first_seed}")
     parsed = [parse_override(o) for o in overrides]
-    seed_list = list(range(seeds))
+    seed_list = list(range(first_seed, first_seed + seeds))
     return preset, seed_list, {name: plan(get(name), preset, seed_list, parsed) for name in names}
 
 
@@ -72,13 +75,13 @@ def summarise(experiment: Experiment, specs: list[RunSpec], out: Path, preset: d
 
 def run_experiments(names: list[str], preset_name: str, seeds: int | None, out: str | Path, data_dir=None,
                     device: str | None = None, overrides: list[str] = (), launch: Launch | None = None,
-                    log: Log = say, on_summary=None) -> dict[str, dict]:
+                    log: Log = say, on_summary=None, first_seed: int = 0) -> dict[str, dict]:
     """Run the named experiments: every run they need (shared runs once), then one summary each.
 
     All runs are planned and checked first, then launched as one batch (so a Ray cluster
     stays busy), then each experiment is summarised; ``on_summary(summary)`` is called as
     each summary is written."""
-    preset, seed_list, plans = prepare(names, preset_name, seeds, list(overrides), data_dir, device)
+    preset, seed_list, plans = prepare(names, preset_name, seeds, list(overrides), data_dir, device, first_seed)
     launch = launch or Launch()
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -95,20 +98,23 @@ def run_experiments(names: list[str], preset_name: str, seeds: int | None, out: 
 
 
 def run_experiment(name: str, preset_name: str, seeds: int | None, out: str | Path, data_dir=None, device: str | None = None,
-                   overrides: list[str] = (), launch: Launch | None = None, log: Log = say) -> dict:
+                   overrides: list[str] = (), launch: Launch | None = None, log: Log = say, first_seed: int = 0) -> dict:
     """One experiment: its runs, then its summary."""
-    return run_experiments([name], preset_name, seeds, out, data_dir, device, overrides, launch, log)[name]
+    return run_experiments([name], preset_name, seeds, out, data_dir, device, overrides, launch, log,
+                           first_seed=first_seed)[name]
 
 
 def reproduce(preset_name: str, seeds: int | None, out: str | Path, data_dir=None, device: str | None = None,
               overrides: list[str] = (), launch: Launch | None = None, report: str | Path | None = None,
-              log: Log = say, on_summary=None, beyond: bool = False) -> tuple[dict[str, dict], Path]:
+              log: Log = say, on_summary=None, beyond: bool = False, first_seed: int = 0
+              ) -> tuple[dict[str, dict], Path]:
     """The paper's experiments (and, with ``beyond``, every registered one), then the HTML report
     (default ``OUT/report.html``, which also shows any other experiment already in ``out``)."""
     from landscape.report import build_report
 
     t0 = time.perf_counter()
     names = [name for name, e in REGISTRY.items() if e.paper or beyond]
-    summaries = run_experiments(names, preset_name, seeds, out, data_dir, device, overrides, launch, log, on_summary)
+    summaries = run_experiments(names, preset_name, seeds, out, data_dir, device, overrides, launch, log, on_summary,
+                                first_seed)
     log(f"all experiments in {time.perf_counter() - t0:.0f} s -> {out}")
     return summaries, build_report([out], report or Path(out) / "report.html")

@@ -167,6 +167,7 @@ CASES = {
     "unknown preset": (["norms", "--preset", "gigantic", *E], "unknown preset"),
     "zero seeds": (["norms", "--preset", "smoke", "--seeds", "0", *E], "--seeds"),
     "a billion seeds": (["reproduce", "--preset", "smoke", "--seeds", "1000000000", *E], "--seeds"),
+    "negative first seed": (["smoothness", "--preset", "smoke", "--first-seed", "-3", *E], "--first-seed"),
     "set name on an experiment": (["ics-distrib", "--preset", "smoke", *E, "--set", "name=x"], "--set name"),
     "set seed on an experiment": (["ics-distrib", "--preset", "smoke", *E, "--set", "seed=3"], "--set seed"),
     "experiment unknown key": (["smoothness", "--preset", "smoke", *E, "--set", "optim.nope=1"], "valid keys"),

@@ -202,6 +202,18 @@ def test_experiment_bad_input_is_one_line(tmp_path):
     assert res.exit_code == 2 and "--seeds" in res.stderr
 
 
+def test_first_seed_plans_fresh_seeds_and_keeps_them_paired():
+    from landscape.reproduce import prepare
+
+    _, seeds, plans = prepare(["smoothness"], "smoke", 2, [], first_seed=5)
+    assert seeds == [5, 6]
+    specs = plans["smoothness"]
+    assert {s.seed for s in specs} == {5, 6} and all(s.name.endswith(("-s5", "-s6")) for s in specs)
+    assert all((s.cfg.seed, s.cfg.data_seed, s.cfg.noise_seed) == (s.seed,) * 3 for s in specs)
+    _, default, _ = prepare(["smoothness"], "smoke", 2, [])
+    assert default == [0, 1]
+
+
 @pytest.mark.parametrize("preset", planning.preset_names())
 def test_every_shipped_preset_builds_every_experiment(preset):
     path = planning.configs_dir() / "presets" / f"{preset}.yaml"
