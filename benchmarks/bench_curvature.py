@@ -95,6 +95,24 @@ def main() -> None:
         trace_budget_part(trace_model, batch, hessian, args)
 
 
+def trace_estimators(model, batch, hessian, args, used: list[int] | None = None) -> dict:
+    """``{label: estimate(m, seed)}``: ours (Hutchinson, Hutch++) and, when installed, PyHessian's
+    ``trace()``; ``used`` collects how many products PyHessian really took per call."""
+    def pyhessian_trace(m: int, seed: int) -> float:
+        torch.manual_seed(seed)
+        model.zero_grad(set_to_none=True)  # PyHessian backpropagates into .grad: a stale graph there would add up
+        samples = hessian(model, CE, data=batch, cuda=False).trace(maxIter=m, tol=0.0)
+        if used is not None:  # PyHessian 0.1 divides by (trace + 1e-6), not |trace|: a negative running
+            used.append(len(samples))  # mean passes its tolerance test at once and it stops early
+        return float(np.mean(samples))
+
+    methods = {"hutchinson": lambda m, s: hessian_trace(model, CE, batch, samples=m, seed=s).value,
+               "hutch++": lambda m, s: hessian_trace(model, CE, batch, samples=m, method="hutch++", seed=s).value}
+    if hessian is not None and not args.skip_pyhessian:
+        methods["PyHessian trace()"] = pyhessian_trace
+    return methods
+
+
 def trace_part(model, batch, hessian, args) -> None:
     reference = hessian_trace(model, CE, batch, samples=600, method="hutch++", seed=12345)
     print(f"1. reference trace (Hutch++, 600 products): {reference.value:.2f} +- {reference.stderr:.2f}")
@@ -103,18 +121,8 @@ def trace_part(model, batch, hessian, args) -> None:
         errors = [(estimate(m, s) - reference.value) / reference.value for s in range(args.seeds)]
         return math.sqrt(sum(e * e for e in errors) / len(errors))
 
-    def pyhessian_trace(m: int, seed: int) -> float:
-        torch.manual_seed(seed)
-        model.zero_grad(set_to_none=True)
-        h = hessian(model, CE, data=batch, cuda=False)
-        return float(np.mean(h.trace(maxIter=m, tol=0.0)))
-
-    methods = {"hutchinson": lambda m, s: hessian_trace(model, CE, batch, samples=m, seed=s).value,
-               "hutch++": lambda m, s: hessian_trace(model, CE, batch, samples=m, method="hutch++", seed=s).value}
-    if hessian is not None and not args.skip_pyhessian:
-        methods["PyHessian trace()"] = pyhessian_trace
     times = {}
-    for label, estimate in methods.items():
+    for label, estimate in trace_estimators(model, batch, hessian, args).items():
         for m in (6, 12, 24, 48, 96, 192):
             err = rms_error(estimate, m)
             if err <= 0.05:
@@ -130,29 +138,16 @@ def trace_part(model, batch, hessian, args) -> None:
                 print(f"   time to 5%: PyHessian / landscape {label} = {times['PyHessian trace()'] / times[label]:.2f}x")
 
 
-
 def trace_budget_part(model, batch, hessian, args, m: int = 96) -> None:
     """The trace at the same budget of ``m`` Hessian-vector products: Hutchinson with Rademacher
     vectors is the same estimator in both libraries (same accuracy per product), so the time per
     estimate is the comparison; the spread over seeds shows the accuracy each reaches."""
     used: list[int] = []
-
-    def pyhessian_trace(seed: int) -> float:
-        torch.manual_seed(seed)
-        model.zero_grad(set_to_none=True)  # PyHessian backpropagates into .grad: a stale graph there would add up
-        samples = hessian(model, CE, data=batch, cuda=False).trace(maxIter=m, tol=0.0)
-        used.append(len(samples))  # PyHessian 0.1 divides by (trace + 1e-6), not |trace|: a negative running
-        return float(np.mean(samples))  # mean passes its tolerance test at once and it stops early
-
-    methods = {"hutchinson": lambda s: hessian_trace(model, CE, batch, samples=m, seed=s).value,
-               "hutch++": lambda s: hessian_trace(model, CE, batch, samples=m, method="hutch++", seed=s).value}
-    if hessian is not None and not args.skip_pyhessian:
-        methods["PyHessian trace()"] = pyhessian_trace
     times = {}
     print(f"5. trace at {m} Hessian-vector products, {args.seeds} seeds:")
-    for label, estimate in methods.items():
+    for label, estimate in trace_estimators(model, batch, hessian, args, used).items():
         t0 = time.perf_counter()
-        values = [estimate(s) for s in range(args.seeds)]
+        values = [estimate(m, s) for s in range(args.seeds)]
         times[label] = (time.perf_counter() - t0) / args.seeds
         print(f"   {label}: mean {statistics.mean(values):.2f}, spread over seeds (std) {statistics.stdev(values):.2f}, "
               f"{times[label]:.2f} s per estimate")

@@ -58,11 +58,7 @@ def _setting(opt: str, lr: float, measure):
 def _edge(opt: str, lr: float, net: str):
     """The unnormalised and the normalised ViT's sharpness against the optimizer's threshold (of
     ``P^-1 H`` under AdamW): when both sit at it, a smoothness ratio near 1 is expected."""
-    note = edge_note("vit", ("standard", net), lr)
-
-    def read(t):
-        return note(t.only(opt))
-    return read
+    return _setting(opt, lr, lambda t, lr: edge_note("vit", ("standard", net), lr)(t))
 
 
 def smoother(net: str, metric):

@@ -133,7 +133,7 @@ def layer_sharpness(model: nn.Module, loss_fn: Callable, batch: Batch, layers: I
             before = f.cost.hvp
             like = w[names[0]]
             q = start_vector(sum(w[n].numel() for n in names), seed, like, _flat(grad, names))
-            ritz = lanczos(matvec, q, iters, tol)[3]
+            ritz = lanczos(matvec, q, iters, tol)[2]
             values[label], residual[label], hvps[label] = ritz.value, ritz.residual, f.cost.hvp - before
         return LayerSharpnessResult(layers=[label for label, _ in groups], values=values, residual=residual,
                                     hvps=hvps, cost=f.cost.as_dict())
@@ -220,7 +220,7 @@ def spectral_density(model: nn.Module, loss_fn: Callable, batch: Batch, *, vecto
         f = H.objective
         nodes, weights = [], []
         for i in range(vectors):
-            alphas, betas, _, _ = lanczos(H, start_vector(H.n, seed + i, H.like), steps)
+            alphas, betas, _ = lanczos(H, start_vector(H.n, seed + i, H.like), steps)
             if not alphas or not all(math.isfinite(a) for a in alphas):
                 continue
             evals, evecs = torch.linalg.eigh(tridiagonal(alphas, betas))
