@@ -81,6 +81,31 @@ def on_schedule(part: str, measure: Callable[[RunTable], PerSeed]) -> Callable[[
     return restricted
 
 
+PHASES = ("early", "later")
+EARLY_SHARE = 0.1  # "early": the first tenth of training, where the paper says BN's effects are largest
+
+
+def training_phase(config: dict | None, phase: str):
+    """The steps of one phase of a run's training, as a predicate: ``early`` (steps up to a
+    tenth of the run's steps) or ``later`` (the rest). Unlike :func:`schedule_part` this does not
+    depend on the probe schedule, only on where in training a step falls."""
+    try:
+        cut = EARLY_SHARE * int(config["steps"])
+    except (KeyError, TypeError, ValueError):
+        return lambda step: False
+    return (lambda step: step <= cut) if phase == "early" else (lambda step: step > cut)
+
+
+def in_phase(phase: str, measure: Callable[[RunTable], PerSeed]) -> Callable[[RunTable], PerSeed]:
+    """``measure`` from the probe records of one phase of training only (see :func:`training_phase`)."""
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}")
+
+    def restricted(t: RunTable) -> PerSeed:
+        return measure(t.map_runs(lambda run: run.keep_probe_steps(training_phase(run.config, phase))))
+    return restricted
+
+
 # ------------------------------------------------------------------ paired per-seed arithmetic
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from landscape import planning
-from landscape.claims import Claim, median_probe, on_schedule, schedule_part
+from landscape.claims import Claim, in_phase, median_probe, on_schedule, schedule_part, training_phase
 from landscape.data import fingerprint, gaussian_regression
 from landscape.experiments import get, smoothness
 from landscape.models import build_model
@@ -52,6 +52,34 @@ def test_a_claim_can_be_judged_on_either_part_of_a_mixed_schedule():
     assert ratio(table) == {0: 0.25}  # every step: medians 1 and 4
     assert schedule_part({"steps": 10, "probes": {"schedule": "every", "every": 5, "points": 3}}, "log")(5) is False
     assert schedule_part(None, "every")(1) is False
+
+
+def test_the_vgg_figure4_claims_are_judged_early_and_later_in_training():
+    cfg = {"steps": 1000, "probes": {"schedule": "mixed", "every": 100, "points": 7}}
+    # Steps up to 100 (a tenth of 1,000) are early: the standard net looks smoother there, BN later.
+    std = _fake_run("s", cfg, {1: 1.0, 3: 1.0, 10: 1.0, 100: 1.0, 200: 8.0, 300: 9.0, 316: 8.0})
+    bn = _fake_run("b", cfg, {1: 4.0, 3: 4.0, 10: 4.0, 100: 4.0, 200: 2.0, 300: 2.0, 316: 2.0})
+    for run, norms in ((std, 0.5), (bn, 3.0)):
+        for r in run.records:
+            r["values"]["grad_norm"] = norms if r["step"] <= 100 else 2 * norms
+    table = RunTable({"s": {"arch": "vgg", "net": "standard", "seed": 0}, "b": {"arch": "vgg", "net": "bn", "seed": 0}},
+                     {"s": std, "b": bn})
+    ratio = smoothness.standard_over_bn("vgg", median_probe("gradient_sweep", beta_eff))
+    assert in_phase("early", ratio)(table) == {0: 0.25}  # medians 1 and 4
+    assert in_phase("later", ratio)(table) == {0: 4.0}  # medians 8 and 2
+    assert training_phase({"steps": 1000}, "early")(100) and not training_phase({"steps": 1000}, "early")(101)
+    assert training_phase({"steps": 1000}, "later")(101) and not training_phase(None, "later")(500)
+    with pytest.raises(ValueError, match="phase"):
+        in_phase("middle", ratio)
+    claims = {c.id: c for c in smoothness.claims({})}
+    headline = sorted(i for i, c in claims.items() if c.headline and i.startswith("fig4.vgg"))
+    assert headline == sorted(f"fig4.vgg.{m}.{p}" for m in ("loss_band", "grad_predictiveness", "beta_eff")
+                              for p in ("early", "later"))
+    assert not claims["fig4.vgg.beta_eff"].headline and claims["fig4.dln.beta_eff"].headline  # all steps: a diagnostic
+    judged = claims["fig4.vgg.beta_eff.early"].judge(table)
+    assert judged["per_seed"] == {"0": 0.25} and judged["verdict"] == "not reproduced"
+    assert judged["note"] == "median gradient norm at these steps: standard 0.5, BN 3"
+    assert claims["fig4.vgg.beta_eff.later"].note(table) == "median gradient norm at these steps: standard 1, BN 6"
 
 
 def test_the_sharpness_claim_says_when_both_networks_sit_at_their_edge_of_stability():
