@@ -80,6 +80,11 @@ def test_the_vgg_figure4_claims_are_judged_early_and_later_in_training():
     assert judged["per_seed"] == {"0": 0.25} and judged["verdict"] == "not reproduced"
     assert judged["note"] == "median gradient norm at these steps: standard 0.5, BN 3"
     assert claims["fig4.vgg.beta_eff.later"].note(table) == "median gradient norm at these steps: standard 1, BN 6"
+    # The report's Figure 4 marks where the early phase ends (on a log step axis); DLN figures do not.
+    assert smoothness.early_phase_end(table, "vgg") == 100.0
+    figs = smoothness.figures(table)
+    assert figs[0].args[2] == 100.0 and figs[0].draw(*figs[0].args)[:4] == b"\x89PNG"
+    assert smoothness.early_phase_end(table.map_runs(lambda r: _fake_run(r.name, {}, {1: 1.0})), "vgg") is None
 
 
 def test_the_sharpness_claim_says_when_both_networks_sit_at_their_edge_of_stability():

@@ -113,9 +113,23 @@ def claims(preset: dict) -> list[Claim]:
     return out
 
 
+def early_phase_end(t, arch: str) -> float | None:
+    """The last step of the claims' early phase for ``arch``'s runs (None if their length is unknown)."""
+    steps = {run.config.get("steps") for _, run in t.select(arch) if isinstance(run.config, dict)}
+    if len(steps) != 1:
+        return None
+    (total,) = steps
+    return EARLY_SHARE * total if isinstance(total, int) and total > 0 else None
+
+
 def figures(t) -> list[Figure]:
-    return [Figure(f"{arch.upper()}: loss variation, gradient predictiveness, beta_eff and sharpness",
-                   F.landscape_panels, (t.groups(arch), arch.upper())) for arch in ("vgg", "dln") if t.groups(arch)]
+    out = []
+    for arch in ("vgg", "dln"):
+        if t.groups(arch):
+            phase_at = early_phase_end(t, arch) if arch == "vgg" else None  # the VGG claims are judged per phase
+            out.append(Figure(f"{arch.upper()}: loss variation, gradient predictiveness, beta_eff and sharpness",
+                              F.landscape_panels, (t.groups(arch), arch.upper(), phase_at)))
+    return out
 
 
 EXPERIMENT = register(Experiment(

@@ -231,9 +231,11 @@ def ics_curves(groups: dict[str, list[RunRecords]], title: str) -> bytes:
     return to_png(fig)
 
 
-def landscape_panels(groups: dict[str, list[RunRecords]], title: str) -> bytes:
+def landscape_panels(groups: dict[str, list[RunRecords]], title: str, phase_at: float | None = None) -> bytes:
     """Figure 4: loss-variation band, gradient-predictiveness band (min-max over the eta grid),
-    effective beta-smoothness, and sharpness against the optimizer's stability threshold."""
+    effective beta-smoothness, and sharpness against the optimizer's stability threshold.
+    ``phase_at``: the step where the claims' early phase ends, drawn as a dotted line on a
+    log step axis (so the early probe steps are visible)."""
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.5))
     for net, runs in groups.items():
         run = runs[0]
@@ -262,8 +264,11 @@ def landscape_panels(groups: dict[str, list[RunRecords]], title: str) -> bytes:
                          va="bottom")
     for ax, label in zip(axes, ("loss L(w - eta g), min-max over eta", "||grad L(w - eta g) - g||, min-max",
                                 "effective beta-smoothness", "top Hessian eigenvalue (Adam: of P^-1 H)")):
-        ax.set_xlabel("step")
+        ax.set_xlabel("step" if phase_at is None else "step (log scale; dotted: end of the early phase)")
         ax.set_ylabel(label)
+        if phase_at is not None and ax.has_data():  # an empty panel (no sharpness probe) stays as it is
+            ax.set_xscale("log")
+            ax.axvline(phase_at, color="0.4", ls=":", lw=1)
     for ax in axes[:2]:
         ax.set_yscale("log")
     for ax in (axes[0], axes[2]):
