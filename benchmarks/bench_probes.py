@@ -43,7 +43,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--width", type=float, default=0.25)
-    ap.add_argument("--arch", default="vgg", choices=["vgg", "vit"], help="VGG-11 + BN, or the quick preset's ViT + LayerNorm")
+    ap.add_argument("--arch", default="vgg", choices=["vgg", "vit"], help="VGG-11 + BN, or the ViT at the model defaults (dim 64, depth 4, 4x4 patches) + LayerNorm")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--points", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5)
@@ -58,7 +58,7 @@ def main() -> None:
     # 1 + 2: VGG-11 with BatchNorm (or the ViT with LayerNorm) in train mode, as probed during training
     vgg = args.arch == "vgg"
     model = build_model(ModelConfig(arch=args.arch, width=args.width, norm="batch" if vgg else "layer"), in_dim=3)
-    what = f"VGG-11 x{args.width} + BN" if vgg else "the ViT + LayerNorm"
+    what = f"VGG-11 x{args.width} + BN" if vgg else "the ViT (dim 64, depth 4, patch 4) + LayerNorm"
     model.train()
     K = args.points
     etas = [0.05 * (i + 1) for i in range(K)]

@@ -105,7 +105,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None, help="CIFAR-10 folder; generated images if omitted")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--width", type=float, default=0.25)
-    ap.add_argument("--arch", default="vgg", choices=["vgg", "vit"], help="VGG-11 + BN, or the quick preset's ViT + LayerNorm")
+    ap.add_argument("--arch", default="vgg", choices=["vgg", "vit"], help="VGG-11 + BN, or the ViT at the model defaults (dim 64, depth 4, 4x4 patches) + LayerNorm")
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
