@@ -71,27 +71,47 @@ def schedule_part(config: dict | None, part: str):
     return (lambda step: True) if kind == part else (lambda step: False)
 
 
+StepsOf = Callable[["dict | None"], Callable[[int], bool]]  # a run's config -> which probe steps to keep
+
+
+def keep_steps(t: RunTable, steps_of: StepsOf) -> RunTable:
+    """The table with each run's probe records cut to the steps ``steps_of(run.config)`` keeps."""
+    return t.map_runs(lambda run: run.keep_probe_steps(steps_of(run.config)))
+
+
+def on_steps(steps_of: StepsOf, measure: Callable[[RunTable], PerSeed]) -> Callable[[RunTable], PerSeed]:
+    """``measure`` from the probe records at the steps ``steps_of`` keeps only."""
+    def restricted(t: RunTable) -> PerSeed:
+        return measure(keep_steps(t, steps_of))
+    return restricted
+
+
 def on_schedule(part: str, measure: Callable[[RunTable], PerSeed]) -> Callable[[RunTable], PerSeed]:
     """``measure`` from the probe records of one part of the runs' schedule only (see :func:`schedule_part`)."""
     if part not in SCHEDULE_PARTS:
         raise ValueError(f"part must be one of {SCHEDULE_PARTS}")
-
-    def restricted(t: RunTable) -> PerSeed:
-        return measure(t.map_runs(lambda run: run.keep_probe_steps(schedule_part(run.config, part))))
-    return restricted
+    return on_steps(lambda config: schedule_part(config, part), measure)
 
 
 PHASES = ("early", "later")
 EARLY_SHARE = 0.1  # "early": the first tenth of training, where the paper says BN's effects are largest
 
 
+def early_end(config: dict | None) -> float | None:
+    """The last step of a run's early phase (a tenth of its steps); None if its length is unknown."""
+    try:
+        total = int(config["steps"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return EARLY_SHARE * total if total > 0 else None
+
+
 def training_phase(config: dict | None, phase: str):
     """The steps of one phase of a run's training, as a predicate: ``early`` (steps up to a
     tenth of the run's steps) or ``later`` (the rest). Unlike :func:`schedule_part` this does not
     depend on the probe schedule, only on where in training a step falls."""
-    try:
-        cut = EARLY_SHARE * int(config["steps"])
-    except (KeyError, TypeError, ValueError):
+    cut = early_end(config)
+    if cut is None:
         return lambda step: False
     return (lambda step: step <= cut) if phase == "early" else (lambda step: step > cut)
 
@@ -100,10 +120,7 @@ def in_phase(phase: str, measure: Callable[[RunTable], PerSeed]) -> Callable[[Ru
     """``measure`` from the probe records of one phase of training only (see :func:`training_phase`)."""
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {PHASES}")
-
-    def restricted(t: RunTable) -> PerSeed:
-        return measure(t.map_runs(lambda run: run.keep_probe_steps(training_phase(run.config, phase))))
-    return restricted
+    return on_steps(lambda config: training_phase(config, phase), measure)
 
 
 # ------------------------------------------------------------------ paired per-seed arithmetic

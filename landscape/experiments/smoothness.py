@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from landscape.claims import (EARLY_SHARE, PHASES, SCHEDULE_PARTS, Claim, in_phase, median_probe, on_schedule, ratio,
-                             training_phase)
+from landscape.claims import (EARLY_SHARE, PHASES, SCHEDULE_PARTS, Claim, early_end, in_phase, keep_steps, median_probe,
+                             on_schedule, ratio, training_phase)
 from landscape.experiments import Experiment, Figure, register
 from landscape.planning import dln_runs, vgg_runs
 from landscape.report import figures as F
@@ -15,6 +15,7 @@ SWEEP = (("loss_band", "the loss-variation band is narrower with BN", loss_band)
          ("grad_predictiveness", "the gradient changes less along the gradient with BN", max_grad_change),
          ("beta_eff", "effective beta-smoothness is lower with BN", beta_eff))
 EDGE = 0.9  # a network whose median sharpness is at least this share of its threshold sits at its edge of stability
+LABELS = {"standard": "standard", "bn": "BN"}  # the VGG/DLN notes say "BN", the report's legend "BatchNorm"
 PART_TEXT = {"every": "the every-N probe steps only", "log": "the log-spaced probe steps only"}
 PHASE_TEXT = {"early": f"early training: the first {EARLY_SHARE:.0%} of steps",
               "later": f"later training: after the first {EARLY_SHARE:.0%} of steps"}
@@ -36,6 +37,10 @@ def sharpness_value(values: dict):
     return values.get("value")
 
 
+def grad_norm(values: dict):
+    return values.get("grad_norm")
+
+
 def sharpness_over_threshold(values: dict):
     """Sharpness as a share of the optimizer's stability threshold (2/lr for plain SGD)."""
     value, threshold = values.get("value"), values.get("threshold")
@@ -45,14 +50,12 @@ def sharpness_over_threshold(values: dict):
 
 def edge_note(arch: str, nets: tuple[str, str] = ("standard", "bn"), lr: float | None = None):
     """Where both networks sit at their stability threshold, say that a ratio near 1 is expected."""
-    labels = {"standard": "standard", "bn": "BN"}
-
     def note(t) -> str | None:
         share = {net: med(median_probe("sharpness", sharpness_over_threshold)(run)
                           for _, run in t.select(arch, net, lr)) for net in nets}
         if None in share.values():
             return None
-        at = "median sharpness / threshold: " + ", ".join(f"{labels.get(n, F.label_of(n))} {share[n]:.2f}" for n in nets)
+        at = "median sharpness / threshold: " + ", ".join(f"{LABELS.get(n, F.label_of(n))} {share[n]:.2f}" for n in nets)
         if min(share.values()) >= EDGE:
             return (f"both networks sit at their stability threshold ({at}): at the edge of stability a ratio near 1 "
                     "is expected and is not evidence against the paper")
@@ -64,18 +67,13 @@ def grad_norm_note(arch: str, phase: str, nets: tuple[str, str] = ("standard", "
     """The gradient's size in a phase (median over seeds of each run's median ``grad_norm`` at
     the phase's probe steps): a step of eta x lr along a tiny gradient changes little, which is
     what the standard VGG's early steps are (README: Figure 4, early training)."""
-    labels = {"standard": "standard", "bn": "BN"}
-
-    def grad_norm(values: dict):
-        return values.get("grad_norm")
-
     def note(t) -> str | None:
-        t = t.map_runs(lambda run: run.keep_probe_steps(training_phase(run.config, phase)))
+        t = keep_steps(t, lambda config: training_phase(config, phase))
         size = {net: med(median_probe("gradient_sweep", grad_norm)(run) for _, run in t.select(arch, net))
                 for net in nets}
         if None in size.values():
             return None
-        return "median gradient norm at these steps: " + ", ".join(f"{labels[n]} {size[n]:.3g}" for n in nets)
+        return "median gradient norm at these steps: " + ", ".join(f"{LABELS.get(n, F.label_of(n))} {size[n]:.3g}" for n in nets)
     return note
 
 
@@ -115,11 +113,8 @@ def claims(preset: dict) -> list[Claim]:
 
 def early_phase_end(t, arch: str) -> float | None:
     """The last step of the claims' early phase for ``arch``'s runs (None if their length is unknown)."""
-    steps = {run.config.get("steps") for _, run in t.select(arch) if isinstance(run.config, dict)}
-    if len(steps) != 1:
-        return None
-    (total,) = steps
-    return EARLY_SHARE * total if isinstance(total, int) and total > 0 else None
+    ends = {early_end(run.config) for _, run in t.select(arch)}
+    return ends.pop() if len(ends) == 1 else None
 
 
 def figures(t) -> list[Figure]:
