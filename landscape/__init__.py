@@ -5,4 +5,4 @@ The probes (``landscape.probes``) work on any ``nn.Module``; ``landscape`` on th
 runs the paper's experiments and writes the report.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"  # the one place the version is written (pyproject.toml reads it)

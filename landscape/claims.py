@@ -9,11 +9,11 @@ the values over seeds (:mod:`landscape.stats`) and gives the verdict.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
-from landscape.results import RunRecords, RunTable, final_test, final_train, med, probe_series
+from landscape.results import (RunTable, final_test_acc, final_train_acc, final_train_loss,  # noqa: F401 (claims' metrics)
+                               median_probe)
 from landscape.stats import judge
 
 PerSeed = dict[int, "float | None"]
@@ -59,7 +59,7 @@ def schedule_part(config: dict | None, part: str):
     """The steps of one part of a run's ``mixed`` probe schedule, as a predicate: ``every``
     (every N steps and step 1) or ``log`` (the log-spaced steps). A run probed on another
     schedule keeps all its steps for the part its schedule is, none for the other."""
-    from landscape.probes.schedules import every, log_spaced
+    from landscape.probes.schedules import every, log_spaced  # noqa: I001 (only claims on schedules need it)
 
     try:
         p, total = config["probes"], int(config["steps"])
@@ -133,31 +133,3 @@ def ratio(a: PerSeed, b: PerSeed) -> PerSeed:
 
 def diff(a: PerSeed, b: PerSeed) -> PerSeed:
     return {s: a[s] - b[s] if a.get(s) is not None and b.get(s) is not None else None for s in sorted(a)}
-
-
-# ------------------------------------------------------------------ per-run metrics
-
-
-def final_train_loss(run: RunRecords) -> float | None:
-    """Final train loss; a diverged run counts as infinitely bad (it is compared, not dropped)."""
-    return math.inf if run.state == "diverged" else final_train(run)["loss"]
-
-
-def final_train_acc(run: RunRecords) -> float | None:
-    """Final train accuracy; a diverged run counts as 0 (as for test accuracy: compared, not dropped,
-    so "the normalised network trains better" holds against a baseline that diverged)."""
-    return 0.0 if run.state == "diverged" else final_train(run)["acc"]
-
-
-def final_test_acc(run: RunRecords) -> float | None:
-    """Final test accuracy; a diverged run counts as chance-or-worse (0)."""
-    return 0.0 if run.state == "diverged" else final_test(run)["acc"]
-
-
-def median_probe(probe: str, fn: Callable[[dict], float | None]) -> Callable[[RunRecords], float | None]:
-    """The median over a run's probe steps of ``fn(values)``."""
-    def metric(run: RunRecords) -> float | None:
-        return med(v for _, v in probe_series(run, probe, fn))
-
-    metric.__name__ = f"median_{probe}_{getattr(fn, '__name__', 'value')}"
-    return metric

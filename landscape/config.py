@@ -14,15 +14,57 @@ import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 
-from landscape.data import IMAGE_DATASETS
+from landscape.data import DATASETS
 from landscape.errors import UserError
-from landscape.probes.monitor import DEFAULT_ETA_MULTIPLES, PROBE_NAMES
-from landscape.probes.curvature import min_trace_samples
+from landscape.losses import LOSSES
+from landscape.models import ARCH_NORMS, ALL_NORMS, HEADS, INITS, NOISE_FORMS, VGG_DEPTHS
+from landscape.optimizers import OPTIMIZERS
+from landscape.outputs import OUTPUT_NAMES
+from landscape.probes import entries
 from landscape.probes.schedules import SCHEDULES
+
+
+@dataclass(frozen=True)
+class Range:
+    """A number's allowed interval, checked where the value is read (``Annotated[int, Range(1)]``)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False  # lo itself is not allowed
+    hi_open: bool = False
+
+    def holds(self, x: float) -> bool:
+        return ((self.lo is None or (x > self.lo if self.lo_open else x >= self.lo))
+                and (self.hi is None or (x < self.hi if self.hi_open else x <= self.hi)))
+
+    def why(self, x: float) -> str:
+        """What ``x`` breaks, in words: "must be positive", "must be at most 1e+09", ..."""
+        low = self.lo is not None and not (x > self.lo if self.lo_open else x >= self.lo)
+        if low and self.hi is None or (low and self.hi is not None and self.hi >= 1e6):
+            if (self.lo == 1 and not self.lo_open) or (self.lo == 0 and self.lo_open):
+                return "must be positive"
+            if self.lo == 0:
+                return "must be >= 0"
+            return f"must be {'above' if self.lo_open else 'at least'} {self.lo:g}"
+        if not low and self.lo is not None and self.hi is not None and self.hi >= 1e6 and self.lo not in (0, 1):
+            return f"must be at most {self.hi:g}"
+        if not low and self.hi is not None and self.hi >= 1e6:
+            return f"must be {'below' if self.hi_open else 'at most'} {self.hi:g}"
+        return (f"must be in {'(' if self.lo_open else '['}{'-inf' if self.lo is None else f'{self.lo:g}'}, "
+                f"{'inf' if self.hi is None else f'{self.hi:g}'}{')' if self.hi_open else ']'}")
+
+
+MAX_SEED = 2 ** 63 - 1  # torch generators take 64-bit seeds
+MAX_LR = 1e9  # larger learning rates overflow float32 arithmetic at the first step instead of diverging
+Count = Annotated[int, Range(1, 10 ** 9)]  # a positive count (sizes, steps, budgets)
+Size = Annotated[int, Range(0, 10 ** 9)]  # a count where 0 means "all" or "never"
+Seed = Annotated[int, Range(0, MAX_SEED)]
+NonNegative = Annotated[float, Range(0)]
+Unit = Annotated[float, Range(0, 1, hi_open=True)]  # in [0, 1)
 
 
 @dataclass(frozen=True)
@@ -30,133 +72,130 @@ class DataConfig:
     # cifar10 | cifar100 | mnist | fashion_mnist | svhn (torchvision's) | folder (train/<class>/, test/<class>/
     # images of any size, grayscale or colour, in --data-dir) | synthetic (generated images, for tests) |
     # gaussian (DLN regression)
-    dataset: str = "cifar10"
-    image_size: int = 32  # side images are resized to (not CIFAR-10): MNIST's 28x28 become 32x32 for VGG's 5 poolings
-    batch_size: int = 128  # examples per step; 0 = the whole training set (full-batch gradient descent)
+    dataset: Literal[DATASETS] = "cifar10"
+    image_size: Annotated[int, Range(32, 1024)] = 32  # side images are resized to (not CIFAR-10): MNIST's 28x28 become 32x32 for VGG's 5 poolings
+    batch_size: Size = 128  # examples per step; 0 = the whole training set (full-batch gradient descent)
     augment: bool = False  # random crop with 4-pixel padding + horizontal flip (off in the paper)
-    train_subset: int = 0  # train on a fixed random subset of N examples, the same for every run (0 = all)
-    test_subset: int = 0  # evaluate on a fixed random subset of N test examples (0 = all)
-    synthetic_size: int = 256  # examples per split for dataset=synthetic
-    gaussian_samples: int = 1000  # examples for dataset=gaussian; x ~ N(0, I), y = A x
-    gaussian_dim: int = 10  # input and output dimension for dataset=gaussian
-    gaussian_seed: int = 0  # seed of the fixed Gaussian matrix A and of the inputs
+    train_subset: Size = 0  # train on a fixed random subset of N examples, the same for every run (0 = all)
+    test_subset: Size = 0  # evaluate on a fixed random subset of N test examples (0 = all)
+    synthetic_size: Annotated[int, Range(1, 10 ** 7)] = 256  # examples per split for dataset=synthetic
+    gaussian_samples: Annotated[int, Range(1, 10 ** 8)] = 1000  # examples for dataset=gaussian; x ~ N(0, I), y = A x
+    gaussian_dim: Annotated[int, Range(1, 10 ** 4)] = 10  # input and output dimension for dataset=gaussian
+    gaussian_seed: Seed = 0  # seed of the fixed Gaussian matrix A and of the inputs
 
 
 @dataclass(frozen=True)
 class NoiseConfig:
-    """Noise injected after each BatchNorm by norm=noisy_batch (PAPER.md, Experiment 2)."""
+    """Noise injected after each BatchNorm by norm=noisy_batch (the paper's Appendix A.2.1, Algorithm 1)."""
 
-    form: str = "per_unit"  # per_unit: the paper's Algorithm 1 | per_layer: landscape 0.1's form (see NoisyBatchNorm)
+    form: Literal[NOISE_FORMS] = "per_unit"  # per_unit: the paper's Algorithm 1 | per_layer: landscape 0.1's form (see NoisyBatchNorm)
     mean_range: tuple[float, float] = (-0.5, 0.5)  # mu_j ~ U(lo, hi), per unit (channel) j and step
     scale_range: tuple[float, float] = (1.0, 1.25)  # sigma_j ~ U(lo, hi), per unit j and step
-    mean_spread: float = 0.1  # m[i,j] ~ U(mu_j - spread, mu_j + spread), per activation i (sample, position)
-    scale_std: float = 0.1  # s[i,j] ~ N(sigma_j, scale_std**2), per activation i
+    mean_spread: NonNegative = 0.1  # m[i,j] ~ U(mu_j - spread, mu_j + spread), per activation i (sample, position)
+    scale_std: NonNegative = 0.1  # s[i,j] ~ N(sigma_j, scale_std**2), per activation i
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "vgg"  # vgg | dln (deep linear network) | vit (a small Vision Transformer)
-    vgg_depth: int = 11  # VGG configuration: 11 | 13 | 16 | 19
-    width: float = 1.0  # VGG channel multiplier: 0.25 gives 16..128 channels instead of 64..512
-    head: str = "linear"  # VGG head: linear (one layer) | mlp (512-512-10, scaled by width)
-    norm: str = "none"  # none | batch | noisy_batch | l1 | l2 | linf, placed conv -> norm -> ReLU
-    init: str = "xavier"  # xavier (Glorot uniform, the paper) | kaiming | torch_default
-    dln_depth: int = 25  # DLN: number of linear layers
-    dln_width: int = 10  # DLN: width of every hidden layer
-    vit_patch: int = 4  # ViT: patch size (32x32 images in 4x4 patches: 64 tokens and a class token)
-    vit_dim: int = 64  # ViT: token width
-    vit_depth: int = 4  # ViT: pre-norm blocks
-    vit_heads: int = 4  # ViT: attention heads (vit_dim divisible by it)
-    vit_mlp_ratio: float = 2.0  # ViT: MLP hidden width / token width
-    dropout: float = 0.0  # ViT: dropout on attention weights, MLP and embeddings
+    arch: Literal[tuple(ARCH_NORMS)] = "vgg"  # vgg | dln (deep linear network) | vit (a small Vision Transformer)
+    vgg_depth: Literal[VGG_DEPTHS] = 11  # VGG configuration: 11 | 13 | 16 | 19
+    width: Annotated[float, Range(0, 64, lo_open=True)] = 1.0  # VGG channel multiplier: 0.25 gives 16..128 channels instead of 64..512
+    head: Literal[HEADS] = "linear"  # VGG head: linear (one layer) | mlp (512-512-10, scaled by width)
+    norm: Literal[ALL_NORMS] = "none"  # vgg, dln: none | batch | noisy_batch | l1 | l2 | linf (conv -> norm -> ReLU); vit: none | layer | rms | batch | dyt
+    init: Literal[INITS] = "xavier"  # xavier (Glorot uniform, the paper) | kaiming | torch_default
+    dln_depth: Annotated[int, Range(1, 10 ** 4)] = 25  # DLN: number of linear layers
+    dln_width: Annotated[int, Range(1, 10 ** 5)] = 10  # DLN: width of every hidden layer
+    vit_patch: Annotated[int, Range(1, 1024)] = 4  # ViT: patch size (32x32 images in 4x4 patches: 64 tokens and a class token)
+    vit_dim: Annotated[int, Range(1, 10 ** 5)] = 64  # ViT: token width
+    vit_depth: Annotated[int, Range(1, 10 ** 4)] = 4  # ViT: pre-norm blocks
+    vit_heads: Annotated[int, Range(1, 10 ** 4)] = 4  # ViT: attention heads (vit_dim divisible by it)
+    vit_mlp_ratio: Annotated[float, Range(0, 1000, lo_open=True)] = 2.0  # ViT: MLP hidden width / token width
+    dropout: Unit = 0.0  # ViT: dropout on attention weights, MLP and embeddings
     noise: NoiseConfig = field(default_factory=NoiseConfig)
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: str = "sgd"  # sgd (the paper) | adam | adamw
-    lr: float = 0.1  # constant learning rate
-    momentum: float = 0.0  # SGD momentum (0 in the paper)
+    name: Literal[OPTIMIZERS] = "sgd"  # sgd (the paper) | adam | adamw
+    lr: Annotated[float, Range(0, MAX_LR, lo_open=True)] = 0.1  # constant learning rate
+    momentum: Unit = 0.0  # SGD momentum (0 in the paper)
     nesterov: bool = False  # SGD: Nesterov momentum
-    weight_decay: float = 0.0  # L2 weight decay (0 in the paper); decoupled for adamw
-    betas: tuple[float, float] = (0.9, 0.999)  # adam/adamw: decay rates of the first and second moments
-    eps: float = 1e-8  # adam/adamw: added to sqrt(second moment) in the preconditioner
+    weight_decay: NonNegative = 0.0  # L2 weight decay (0 in the paper); decoupled for adamw
+    betas: tuple[Unit, Unit] = (0.9, 0.999)  # adam/adamw: decay rates of the first and second moments
+    eps: Annotated[float, Range(0, lo_open=True)] = 1e-8  # adam/adamw: added to sqrt(second moment) in the preconditioner
 
 
 @dataclass(frozen=True)
 class LogConfig:
-    train_every: int = 50  # steps between train loss/accuracy records (means over the interval)
-    eval_every: int = 500  # steps between test-set evaluations (0 = only at the end)
-    checkpoint_every: int = 500  # steps between checkpoints (the last step is always saved)
+    train_every: Count = 50  # steps between train loss/accuracy records (means over the interval)
+    eval_every: Size = 500  # steps between test-set evaluations (0 = only at the end)
+    checkpoint_every: Count = 500  # steps between checkpoints (the last step is always saved)
 
 
 @dataclass(frozen=True)
-class ProbeConfig:
-    enabled: tuple[str, ...] = ()  # any of landscape.probes.PROBE_NAMES: gradient_sweep, ics_opti, activation_stats, sharpness, curvature, layer_sharpness, hessian_trace, spectral_density
-    schedule: str = "every"  # every (N steps) | log (log-spaced) | list (explicit steps) | mixed (log + every)
-    every: int = 100  # schedule=every or mixed: probe at step 1 and every N steps
-    points: int = 20  # schedule=log or mixed: about this many steps, evenly spaced in log(step)
-    steps: tuple[int, ...] = ()  # schedule=list: probe at exactly these steps
-    etas: tuple[float, ...] = DEFAULT_ETA_MULTIPLES  # gradient_sweep steps, multiples of optim.lr
-    layers: tuple[str, ...] = ()  # module names for ics_opti/activation_stats (empty: every module owning parameters)
-    activation_batch: int = 256  # size of the fixed train-split batch activation_stats measures every time
-    sharpness_iters: int = 20  # Lanczos iterations (Hessian-vector products) at most
-    sharpness_tol: float = 1e-3  # stop when the eigenvalue's error bound is below this relative tolerance
-    warm_start: bool = False  # start each sharpness Lanczos from the previous measurement's eigenvector
-    trace_samples: int = 30  # hessian_trace: Hessian-vector products (probe vectors)
-    trace_method: str = "hutchinson"  # hessian_trace: hutchinson | hutch++
-    density_vectors: int = 4  # spectral_density: random start vectors (each one Lanczos run)
-    density_steps: int = 20  # spectral_density: Lanczos steps per vector (quadrature nodes)
+class ProbeSettings:
+    """``probes:``: which probes run, when, and on what. Each probe's own options are a section
+    beside these, ``probes.<name>`` (e.g. ``probes.sharpness.iters``), from its entry in
+    :mod:`landscape.probes.entries`; see :func:`probe_config_class`."""
+
+    enabled: tuple[str, ...] = ()  # names of probe entries (landscape.probes.entries): gradient_sweep, sharpness, ...
+    schedule: Literal[SCHEDULES] = "every"  # every (N steps) | log (log-spaced) | list (explicit steps) | mixed (log + every)
+    every: Count = 100  # schedule=every or mixed: probe at step 1 and every N steps
+    points: Count = 20  # schedule=log or mixed: about this many steps, evenly spaced in log(step)
+    steps: tuple[Count, ...] = ()  # schedule=list: probe at exactly these steps
+    layers: tuple[str, ...] = ()  # module names for per-layer probes (empty: every module owning parameters)
     eval_mode: bool = False  # probe in eval mode (running statistics) instead of the training mode
+
+
+_PROBE_CLASSES: dict[tuple, type] = {}
+
+
+def probe_config_class() -> type:
+    """``ProbeSettings`` plus one section per registered probe, each its entry's options dataclass
+    (built again when the probe table changes, so a probe registered later is configurable too)."""
+    key = tuple((p.name, p.options) for p in entries.REGISTRY.values())
+    if key not in _PROBE_CLASSES:
+        fields = [(p.name, p.options, field(default_factory=p.options)) for p in entries.REGISTRY.values()]
+        _PROBE_CLASSES[key] = dataclasses.make_dataclass("ProbeConfig", fields, bases=(ProbeSettings,), frozen=True)
+    return _PROBE_CLASSES[key]
 
 
 @dataclass(frozen=True)
 class Config:
     name: str = "run"  # run directory name under --out
-    steps: int = 15000  # optimizer updates (15,000 x batch 128 is ~38 CIFAR-10 epochs)
-    seed: int = 0  # model initialisation
-    data_seed: int = 0  # batch order and augmentation; equal across compared runs pairs them
-    noise_seed: int = 0  # noisy-BN noise
+    steps: Count = 15000  # optimizer updates (15,000 x batch 128 is ~38 CIFAR-10 epochs)
+    seed: Seed = 0  # model initialisation
+    data_seed: Seed = 0  # batch order and augmentation; equal across compared runs pairs them
+    noise_seed: Seed = 0  # noisy-BN noise
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
-    loss: str = "cross_entropy"  # cross_entropy | sum_squares (sum over samples of ||f(x) - y||^2) | mean_squares (its mean over samples) | mse (mean over samples and outputs)
+    loss: Literal[tuple(LOSSES)] = "cross_entropy"  # cross_entropy | sum_squares (sum over samples of ||f(x) - y||^2) | mean_squares (its mean over samples) | mse (mean over samples and outputs)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     log: LogConfig = field(default_factory=LogConfig)
-    outputs: tuple[str, ...] = ()  # also write scalars to: tensorboard (<run>/tensorboard) | wandb (offline, <run>/wandb)
-    probes: ProbeConfig = field(default_factory=ProbeConfig)
+    outputs: tuple[Literal[OUTPUT_NAMES], ...] = ()  # also write scalars to: tensorboard (<run>/tensorboard) | wandb (offline, <run>/wandb)
+    probes: Any = field(default_factory=lambda: probe_config_class()())  # a ProbeConfig (see probe_config_class)
 
 
-LOSS_NAMES = ("cross_entropy", "sum_squares", "mean_squares", "mse")  # loss (landscape.train.LOSSES); the last three regress
-NORMS = ("none", "batch", "noisy_batch", "l1", "l2", "linf", "layer", "rms", "dyt")  # model.norm
-ARCH_NORMS = {"vgg": ("none", "batch", "noisy_batch", "l1", "l2", "linf"),  # after each conv (conv -> norm -> ReLU)
-              "dln": ("none", "batch", "noisy_batch", "l1", "l2", "linf"),  # after each linear layer but the last
-              "vit": ("none", "layer", "rms", "batch", "dyt")}  # every pre-norm and the final norm
-NOISE_FORMS = ("per_unit", "per_layer")  # model.noise.form
-OPTIMIZERS = ("sgd", "adam", "adamw")  # optim.name
-
-CHOICES: dict[str, tuple[str, ...]] = {
-    "loss": LOSS_NAMES,
-    "data.dataset": (*IMAGE_DATASETS, "synthetic", "gaussian"),
-    "optim.name": OPTIMIZERS,
-    "model.arch": tuple(ARCH_NORMS),
-    "model.head": ("linear", "mlp"),
-    "model.norm": NORMS,
-    "model.noise.form": NOISE_FORMS,
-    "model.init": ("xavier", "kaiming", "torch_default"),
-    "probes.schedule": SCHEDULES,
-    "probes.trace_method": ("hutchinson", "hutch++"),
-}
-VGG_DEPTHS = (11, 13, 16, 19)
-MAX_LR = 1e9  # larger learning rates overflow float32 arithmetic at the first step instead of diverging
+def _fields(node: Any) -> dict[str, Any]:
+    """A config node's fields and their types; ``node`` is a dataclass or an instance of one
+    (an instance knows its own ProbeConfig class, with the probes registered when it was made)."""
+    cls = node if isinstance(node, type) else type(node)
+    hints = typing.get_type_hints(cls, include_extras=True)
+    if not isinstance(node, type):
+        hints.update({f.name: type(getattr(node, f.name)) for f in dataclasses.fields(node)
+                      if dataclasses.is_dataclass(getattr(node, f.name))})
+    return hints
 
 
-def field_paths(cls: type = Config, prefix: str = "") -> dict[str, Any]:
-    """Every leaf key of the tree (``optim.lr``, ...) mapped to its type."""
+def field_paths(node: Any = None, prefix: str = "") -> dict[str, Any]:
+    """Every leaf key of the tree (``optim.lr``, ``probes.sharpness.iters``, ...) mapped to its type."""
+    node = Config() if node is None else node
     out: dict[str, Any] = {}
-    for name, tp in typing.get_type_hints(cls).items():
-        if dataclasses.is_dataclass(tp):
-            out.update(field_paths(tp, f"{prefix}{name}."))
+    for name, tp in _fields(node).items():
+        child = getattr(node, name) if not isinstance(node, type) else tp
+        if dataclasses.is_dataclass(child):
+            out.update(field_paths(child, f"{prefix}{name}."))
         else:
             out[f"{prefix}{name}"] = tp
     return out
@@ -165,15 +204,35 @@ def field_paths(cls: type = Config, prefix: str = "") -> dict[str, Any]:
 def short(value: Any, limit: int = 80) -> str:
     """A value as it goes into an error message: bounded, however large the value (a YAML alias bomb)."""
     r = reprlib.Repr()  # keyword arguments to Repr() need Python 3.12
-    r.maxlevel, r.maxstring, r.maxother = 3, limit, limit
-    text = r.repr(value)
+    r.maxlevel, r.maxstring, r.maxother, r.maxlong = 3, limit, limit, limit
+    try:
+        text = r.repr(value)
+    except (ValueError, RecursionError):  # an integer of more digits than Python prints, nesting too deep
+        text = f"<a {type(value).__name__}>"
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _choices(values) -> str:
+    return ", ".join(str(v) for v in values)
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     def bad(expected: str) -> UserError:
         return UserError(f"config key '{key}' expects {expected}, got {short(value)}")
 
+    if typing.get_origin(tp) is Annotated:
+        base, *marks = typing.get_args(tp)
+        value = _coerce(value, base, key)
+        for mark in marks:
+            if isinstance(mark, Range) and not mark.holds(value):
+                raise UserError(f"config key '{key}' {mark.why(value)}; got {short(value)}")
+        return value
+    if typing.get_origin(tp) is Literal:
+        allowed = typing.get_args(tp)
+        kind = type(allowed[0])
+        if isinstance(value, bool) != (kind is bool) or value not in allowed or not isinstance(value, kind):
+            raise UserError(f"config key '{key}' must be one of {_choices(allowed)}; got {short(value)}")
+        return value
     if tp is bool:
         if not isinstance(value, bool):
             raise bad("true or false")
@@ -190,9 +249,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 raise bad("a number") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
+        try:
+            value = float(value)
+        except OverflowError:  # an integer too large for a float
+            raise bad("a finite number") from None
         if not math.isfinite(value):
             raise bad("a finite number")
-        return float(value)
+        return value
     if tp is str:
         if not isinstance(value, str):
             raise bad("a string")
@@ -211,20 +274,23 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {tp} for {key}")  # a bug, not bad input
 
 
-def _merge(cls: type, base: Any, updates: dict, prefix: str) -> Any:
+def _merge(base: Any, updates: Any, prefix: str) -> Any:
     if not isinstance(updates, dict):
-        raise UserError(f"config section '{prefix.rstrip('.') or 'top'}' must be a mapping, got {updates!r}")
-    hints = typing.get_type_hints(cls)
+        raise UserError(f"config section '{prefix.rstrip('.') or 'top'}' must be a mapping, got {short(updates)}")
+    if prefix == "probes.":
+        updates = entries.upgrade_legacy(updates)  # a run directory of landscape 0.2 (flat probe settings)
+    hints = _fields(base)
     changes = {}
     for key, value in updates.items():
         if key not in hints:
-            valid = ", ".join(sorted(field_paths(cls, prefix)))
-            raise UserError(f"unknown config key '{prefix}{key}'; valid keys: {valid}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            changes[key] = _merge(tp, getattr(base, key), value, f"{prefix}{key}.")
+            valid = ", ".join(sorted(field_paths(base, prefix)))
+            raise UserError(f"unknown config key '{prefix}{key if isinstance(key, str) else short(key)}'"[:200]
+                            + f"; valid keys: {valid}")
+        current = getattr(base, key)
+        if dataclasses.is_dataclass(current):
+            changes[key] = _merge(current, value, f"{prefix}{key}.")
         else:
-            changes[key] = _coerce(value, tp, f"{prefix}{key}")
+            changes[key] = _coerce(value, hints[key], f"{prefix}{key}")
     return dataclasses.replace(base, **changes)
 
 
@@ -240,6 +306,9 @@ def parse_override(text: str) -> dict:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    except (RecursionError, ValueError):  # nested too deep; an integer of more digits than Python reads
+        raise UserError(f"--set {key}: the value cannot be read (nested too deep or a number too long); "
+                        "pass a plain value") from None
     nested: dict = {}
     node = nested
     parts = key.split(".")
@@ -249,15 +318,22 @@ def parse_override(text: str) -> dict:
     return nested
 
 
+def safe_yaml(text: str) -> Any:
+    """YAML through the safe loader; raises yaml.YAMLError, RecursionError or ValueError on what it cannot read."""
+    return yaml.safe_load(text)
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file '{path}' not found; pass a YAML file such as configs/vgg_bn.yaml")
     try:
-        loaded = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        loaded = safe_yaml(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError, ValueError) as exc:
+        first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise UserError(f"config file '{path}' is not valid YAML ({first}); fix the file") from None
+    except OSError as exc:
+        raise UserError(f"config file '{path}' cannot be read ({exc.strerror or exc}); check its permissions") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
@@ -269,7 +345,7 @@ def build_config(updates: list[dict] = (), base: Config | None = None) -> Config
     """Apply each mapping of updates in order to ``base`` (defaults) and validate."""
     cfg = base or Config()
     for update in updates:
-        cfg = _merge(Config, cfg, update, "")
+        cfg = _merge(cfg, update, "")
     validate(cfg)
     return cfg
 
@@ -289,93 +365,54 @@ def _get(cfg: Config, key: str) -> Any:
 
 
 def validate(cfg: Config) -> None:
-    """Nonsense values (negative sizes, unknown choices) end here, before any work."""
-    for key, allowed in CHOICES.items():
-        if _get(cfg, key) not in allowed:
-            raise UserError(f"config key '{key}' must be one of {', '.join(allowed)}; got {short(_get(cfg, key))}")
-    if cfg.model.arch == "vgg" and cfg.model.vgg_depth not in VGG_DEPTHS:
-        raise UserError(f"model.vgg_depth must be one of {VGG_DEPTHS}; got {cfg.model.vgg_depth}")
-    positive = ["steps", "model.dln_depth", "model.dln_width", "log.train_every", "log.checkpoint_every",
-                "data.synthetic_size", "data.gaussian_samples", "data.gaussian_dim"]
-    for key in positive:
-        if _get(cfg, key) <= 0:
-            raise UserError(f"config key '{key}' must be positive; got {_get(cfg, key)}")
-    non_negative = ["data.batch_size", "data.train_subset", "data.test_subset", "log.eval_every",
-                    "optim.momentum", "optim.weight_decay", "model.noise.mean_spread", "model.noise.scale_std"]
-    for key in non_negative:
-        if _get(cfg, key) < 0:
-            raise UserError(f"config key '{key}' must be >= 0; got {_get(cfg, key)}")
-    if not 0 < cfg.optim.lr <= MAX_LR:
-        raise UserError(f"optim.lr must be in (0, {MAX_LR:g}]; got {cfg.optim.lr}")
-    if not 0 <= cfg.optim.momentum < 1:
-        raise UserError(f"optim.momentum must be in [0, 1); got {cfg.optim.momentum}")
-    if cfg.optim.nesterov and (cfg.optim.name != "sgd" or cfg.optim.momentum == 0):
+    """Rules that tie fields together (each field's own type, choices and range are checked as it is read)."""
+    m, o, d, p = cfg.model, cfg.optim, cfg.data, cfg.probes
+    if o.nesterov and (o.name != "sgd" or o.momentum == 0):
         raise UserError("optim.nesterov needs optim.name=sgd and optim.momentum > 0")
-    if not all(0 <= b < 1 for b in cfg.optim.betas):
-        raise UserError(f"optim.betas must be two numbers in [0, 1); got {list(cfg.optim.betas)}")
-    if not cfg.optim.eps > 0:
-        raise UserError(f"optim.eps must be positive; got {cfg.optim.eps}")
-    if cfg.optim.name != "sgd" and cfg.optim.momentum:
-        raise UserError(f"optim.momentum is SGD's; optim.name={cfg.optim.name} takes optim.betas instead")
-    if not 0 < cfg.model.width <= 64:
-        raise UserError(f"model.width must be in (0, 64]; got {cfg.model.width}")
-    if not 0 < cfg.probes.sharpness_tol < 1:
-        raise UserError(f"probes.sharpness_tol must be in (0, 1); got {cfg.probes.sharpness_tol}")
-    if cfg.probes.trace_samples < min_trace_samples(cfg.probes.trace_method):
-        raise UserError(f"probes.trace_samples must be at least {min_trace_samples(cfg.probes.trace_method)} with "
-                        f"{cfg.probes.trace_method}, for a standard error; got {cfg.probes.trace_samples}")
-    if any(s <= 0 for s in cfg.probes.steps):
-        raise UserError(f"probes.steps must be positive step numbers; got {list(cfg.probes.steps)}")
-    if cfg.model.norm not in ARCH_NORMS[cfg.model.arch]:
-        raise UserError(f"model.norm={cfg.model.norm} is not one for model.arch={cfg.model.arch}; choose one of "
-                        f"{', '.join(ARCH_NORMS[cfg.model.arch])}")
-    if cfg.model.arch == "vit":
-        m = cfg.model
-        for key in ("vit_patch", "vit_dim", "vit_depth", "vit_heads"):
-            if getattr(m, key) <= 0:
-                raise UserError(f"config key 'model.{key}' must be positive; got {getattr(m, key)}")
+    if o.name != "sgd" and o.momentum:
+        raise UserError(f"optim.momentum is SGD's; optim.name={o.name} takes optim.betas instead")
+    if m.norm not in ARCH_NORMS[m.arch]:
+        raise UserError(f"model.norm={m.norm} is not one for model.arch={m.arch}; choose one of "
+                        f"{', '.join(ARCH_NORMS[m.arch])}")
+    if m.arch == "vit":
         if m.vit_dim % m.vit_heads:
             raise UserError(f"model.vit_dim ({m.vit_dim}) must be divisible by model.vit_heads ({m.vit_heads})")
-        side = 32 if cfg.data.dataset in ("cifar10", "synthetic") else cfg.data.image_size
+        side = 32 if d.dataset in ("cifar10", "synthetic") else d.image_size
         if side % m.vit_patch:
             raise UserError(f"model.vit_patch must divide the image size {side}; got {m.vit_patch}")
-        if not m.vit_mlp_ratio > 0:
-            raise UserError(f"model.vit_mlp_ratio must be positive; got {m.vit_mlp_ratio}")
-    if not 0 <= cfg.model.dropout < 1:
-        raise UserError(f"model.dropout must be in [0, 1); got {cfg.model.dropout}")
-    if not 32 <= cfg.data.image_size <= 1024:
-        raise UserError(f"data.image_size must be between 32 (VGG pools five times) and 1024; got {cfg.data.image_size}")
-    image = cfg.data.dataset != "gaussian"
-    if image != (cfg.model.arch in ("vgg", "vit")):
-        raise UserError(f"model.arch={cfg.model.arch} does not fit data.dataset={cfg.data.dataset}; "
+    image = d.dataset != "gaussian"
+    if image != (m.arch in ("vgg", "vit")):
+        raise UserError(f"model.arch={m.arch} does not fit data.dataset={d.dataset}; "
                         "use vgg or vit with image data sets and dln with gaussian")
     if image != (cfg.loss == "cross_entropy"):
-        raise UserError(f"loss={cfg.loss} does not fit data.dataset={cfg.data.dataset}: image data sets are "
+        raise UserError(f"loss={cfg.loss} does not fit data.dataset={d.dataset}: image data sets are "
                         "classified (loss=cross_entropy), the gaussian one is regression (sum_squares, mean_squares "
                         "or mse)")
-    for key in ("model.noise.mean_range", "model.noise.scale_range"):
-        lo, hi = _get(cfg, key)
+    for key, (lo, hi) in (("model.noise.mean_range", m.noise.mean_range), ("model.noise.scale_range",
+                                                                            m.noise.scale_range)):
         if lo > hi:
             raise UserError(f"config key '{key}' must be [low, high] with low <= high; got [{lo}, {hi}]")
-    from landscape.outputs import OUTPUT_NAMES, require
+    from landscape.extras import require
 
     for name in cfg.outputs:
-        if name not in OUTPUT_NAMES:
-            raise UserError(f"unknown output {short(name)} in outputs; choose from {', '.join(OUTPUT_NAMES)}")
         require(name, f"outputs: [{name}]")
-    unknown = [p for p in cfg.probes.enabled if p not in PROBE_NAMES]
+    unknown = [n for n in p.enabled if n not in entries.REGISTRY]
     if unknown:
-        raise UserError(f"unknown probe '{unknown[0]}' in probes.enabled; choose from {', '.join(PROBE_NAMES)}")
-    if not cfg.probes.etas or any(not (e > 0 and math.isfinite(e)) for e in cfg.probes.etas):
-        raise UserError(f"probes.etas must be positive multiples of the lr; got {list(cfg.probes.etas)}")
-    for key in ("probes.every", "probes.points", "probes.activation_batch", "probes.sharpness_iters",
-                "probes.density_vectors", "probes.density_steps"):
-        if _get(cfg, key) <= 0:
-            raise UserError(f"config key '{key}' must be positive; got {_get(cfg, key)}")
-    if cfg.probes.schedule == "list" and cfg.probes.enabled and not cfg.probes.steps:
+        raise UserError(f"unknown probe '{short(unknown[0])}' in probes.enabled; choose from "
+                        f"{', '.join(entries.names())}")
+    for probe in entries.REGISTRY.values():
+        problem = probe.check(getattr(p, probe.name)) if probe.check and hasattr(p, probe.name) else None
+        if problem:
+            raise UserError(f"probes.{probe.name}: {problem}")
+    if p.schedule == "list" and p.enabled and not p.steps:
         raise UserError("probes.schedule=list needs probes.steps, e.g. --set probes.steps=[1,100,1000]")
-    if not cfg.name or "/" in cfg.name or "\0" in cfg.name or cfg.name in (".", "..") or len(cfg.name.encode()) > 200:
-        raise UserError(f"name must be a plain directory name of at most 200 bytes; got {short(cfg.name)}")
+    if not cfg.name or "/" in cfg.name or "\0" in cfg.name or cfg.name in (".", "..") or \
+            len(cfg.name.encode(errors="surrogateescape")) > 200 or not cfg.name.isprintable():
+        raise UserError(f"name must be a plain, printable directory name of at most 200 bytes; got {short(cfg.name)}")
+    try:
+        cfg.name.encode()
+    except UnicodeEncodeError:
+        raise UserError(f"name must be valid UTF-8; got {short(cfg.name)}") from None
 
 
 def to_dict(cfg: Config) -> dict:

@@ -288,6 +288,7 @@ def load_cifar10(data_dir: str | Path | None = None, cache_dir: str | Path | Non
 TORCHVISION_SETS = {"cifar100": ("CIFAR100", "cifar-100-python"), "mnist": ("MNIST", "MNIST"),
                     "fashion_mnist": ("FashionMNIST", "FashionMNIST"), "svhn": ("SVHN", "svhn")}
 IMAGE_DATASETS = ("cifar10", *TORCHVISION_SETS, "folder")
+DATASETS = (*IMAGE_DATASETS, "synthetic", "gaussian")  # data.dataset: synthetic (generated images, for tests), gaussian (DLN regression)
 
 
 def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -13,11 +13,10 @@ from pathlib import Path
 
 from landscape.config import Config, build_config, read_yaml
 from landscape.errors import UserError
+from landscape.names import NETS  # noqa: F401 (planning's network kinds)
 
-# Network kinds as the paper names them, and the model.norm each one uses.
-NETS = {"standard": "none", "bn": "batch", "noisy_bn": "noisy_batch", "l1": "l1", "l2": "l2", "linf": "linf",
-        "ln": "layer", "rms": "rms", "dyt": "dyt"}
-PRESET_KEYS = ("extends", "lrs", "seeds", "vgg", "dln", "dln_regimes", "stability", "transformer")
+# What every preset may hold; an experiment adds its own section's key (Experiment.preset_key).
+PRESET_KEYS = ("extends", "lrs", "seeds", "vgg", "dln")
 REGRESSION_LOSS_TAGS = {"sum_squares": "sum", "mean_squares": "mean", "mse": "mse"}
 
 
@@ -60,21 +59,23 @@ def _deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
-def load_preset(name: str, _seen: tuple[str, ...] = ()) -> dict:
-    """A preset file; ``extends: OTHER`` starts from preset OTHER and overrides what it lists."""
+def load_preset(name: str, keys: tuple[str, ...] = (), _seen: tuple[str, ...] = ()) -> dict:
+    """A preset file; ``extends: OTHER`` starts from preset OTHER and overrides what it lists.
+    ``keys``: the sections experiments declare beside :data:`PRESET_KEYS`."""
     names = preset_names()
     if name not in names:
         raise UserError(f"unknown preset '{name}'; choose one of {', '.join(names)}")
     path = configs_dir() / "presets" / f"{name}.yaml"
     preset = read_yaml(path)
-    unknown = [k for k in preset if k not in PRESET_KEYS]
+    valid = (*PRESET_KEYS, *keys)
+    unknown = [k for k in preset if k not in valid]
     if unknown:
-        raise UserError(f"preset file '{path}' has unknown key '{unknown[0]}'; valid keys: {', '.join(PRESET_KEYS)}")
+        raise UserError(f"preset file '{path}' has unknown key '{unknown[0]}'; valid keys: {', '.join(valid)}")
     if "extends" in preset:
         base = preset.pop("extends")
         if base in _seen + (name,):
             raise UserError(f"preset file '{path}': 'extends: {base}' makes a cycle; remove it")
-        parent = load_preset(str(base), _seen + (name,))
+        parent = load_preset(str(base), keys, _seen + (name,))
         parent.pop("name", None)
         preset = _deep_merge(parent, preset)
     preset.setdefault("lrs", [0.1, 0.5])
@@ -85,30 +86,38 @@ def load_preset(name: str, _seen: tuple[str, ...] = ()) -> dict:
     return preset
 
 
+def run_name(family: str, net: str, lr: float, seed: int, tag: str = "") -> str:
+    """A planned run's name, e.g. ``vgg-bn-lr0.1-s0``, ``stability-vgg-bn-adam-lr0.0001-s2``: its name fixes its config."""
+    return f"{family}-{net}{'-' + tag if tag else ''}-lr{lr:g}-s{seed}"
+
+
+def paired_run(family: str, arch: str, net: str, lr: float, seed: int, sections: list[dict], overrides=(),
+               optim: dict | None = None, tag: str = "", variant: str = "", after: list[dict] = ()) -> RunSpec:
+    """One run of a paired comparison: ``sections`` (the preset's), then the run's own settings
+    (its network's norm, its lr, and ``seed`` as its init, data and noise seed, which pairs it with
+    the other networks of the same seed), then ``overrides`` (``--set``), then ``after``."""
+    name = run_name(family, net, lr, seed, tag)
+    own = {"name": name, "seed": seed, "data_seed": seed, "noise_seed": seed,
+           "model": {"arch": arch, "norm": NETS[net]}, "optim": {**(optim or {}), "lr": lr}}
+    return RunSpec(name, arch, net, lr, seed, build_config([*sections, own, *overrides, *after]), variant)
+
+
 def vgg_run(preset: dict, net: str, lr: float, seed: int, overrides: list[dict] = ()) -> RunSpec:
-    name = f"vgg-{net}-lr{lr:g}-s{seed}"
-    cfg = build_config([preset.get("vgg", {}),
-                        {"name": name, "seed": seed, "data_seed": seed, "noise_seed": seed,
-                         "model": {"arch": "vgg", "norm": NETS[net]}, "optim": {"lr": lr}}, *overrides])
-    return RunSpec(name, "vgg", net, lr, seed, cfg)
+    return paired_run("vgg", "vgg", net, lr, seed, [preset.get("vgg", {})], overrides)
 
 
 def dln_run(preset: dict, net: str, seed: int, overrides: list[dict] = (), samples: int | None = None,
             loss: str | None = None) -> RunSpec:
     """The deep linear network of the preset; ``samples`` and ``loss`` set another regime
     (the run is then named for it, and is the preset's own run when they equal its values)."""
-    base = read_yaml(configs_dir() / "dln.yaml")
-    cfg = build_config([base, preset.get("dln", {}),
-                        {"seed": seed, "data_seed": seed, "noise_seed": seed, "model": {"norm": NETS[net]}},
-                        *overrides])
+    sections = [read_yaml(configs_dir() / "dln.yaml"), preset.get("dln", {})]
+    cfg = build_config([*sections, *overrides])  # the preset's own lr and regime
     own = (cfg.data.gaussian_samples, cfg.loss)
     regime = (samples or own[0], loss or own[1])
-    if regime != own:
-        cfg = build_config([{"data": {"gaussian_samples": regime[0]}, "loss": regime[1]}], base=cfg)
-    tag = f"-{regime_name(*regime)}" if regime != own else ""
-    name = f"dln-{net}{tag}-lr{cfg.optim.lr:g}-s{seed}"
-    cfg = build_config([{"name": name}], base=cfg)
-    return RunSpec(name, "dln", net, cfg.optim.lr, seed, cfg, regime_name(*regime) if samples or loss else "")
+    after = [{"data": {"gaussian_samples": regime[0]}, "loss": regime[1]}] if regime != own else []
+    return paired_run("dln", "dln", net, cfg.optim.lr, seed, sections, overrides,
+                      tag=regime_name(*regime) if regime != own else "",
+                      variant=regime_name(*regime) if samples or loss else "", after=after)
 
 
 def regime_name(samples: int, loss: str) -> str:

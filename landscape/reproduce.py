@@ -14,12 +14,12 @@ from pathlib import Path
 
 from landscape.config import parse_override
 from landscape.errors import UserError
-from landscape.experiments import REGISTRY, Experiment, get
+from landscape.experiments import REGISTRY, Experiment, get, preset_keys
 from landscape.files import FolderLock, atomic_write
 from landscape.launch import Launch, Log, execute, say
 from landscape.planning import RunSpec, check_overrides, load_preset
 from landscape.results import RunTable, final_test, final_train, read_run
-from landscape.runs import json_safe
+from landscape.probes.records import json_safe
 
 MAX_SEEDS = 1000  # a sanity bound: --seeds 1000000000 is a typo, not a plan
 
@@ -42,7 +42,7 @@ def prepare(names: list[str], preset_name: str, seeds: int | None, overrides: li
         raise UserError(f"--data-dir '{data_dir}' does not exist; pass the folder holding the data set")
     if seeds is not None and not 1 <= seeds <= MAX_SEEDS:
         raise UserError(f"--seeds must be between 1 and {MAX_SEEDS}; got {seeds}")
-    preset = load_preset(preset_name)
+    preset = load_preset(preset_name, preset_keys())
     seeds = preset["seeds"] if seeds is None else seeds
     if not 1 <= seeds <= MAX_SEEDS:
         raise UserError(f"preset '{preset_name}' asks for {seeds} seeds; at most {MAX_SEEDS}")
@@ -117,4 +117,4 @@ def reproduce(preset_name: str, seeds: int | None, out: str | Path, data_dir=Non
     summaries = run_experiments(names, preset_name, seeds, out, data_dir, device, overrides, launch, log, on_summary,
                                 first_seed)
     log(f"all experiments in {time.perf_counter() - t0:.0f} s -> {out}")
-    return summaries, build_report([out], report or Path(out) / "report.html")
+    return summaries, build_report([out], report or Path(out) / "report.html", REGISTRY)

@@ -10,12 +10,13 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
-from landscape.planning import NETS
-from landscape.runs import read_json, read_metrics
+from landscape.names import NETS
+from landscape.probes import entries
+from landscape.runs import describe_status, read_json, read_metrics
 
 
 @dataclass
@@ -47,16 +48,20 @@ class RunRecords:
         return dataclasses.replace(self, records=records)
 
     def describe_status(self) -> str:
-        s = self.state
-        if s == "diverged":
-            return f"diverged at step {self.status.get('diverged_step')}"
-        if s == "running":
-            return f"running (step {self.status.get('step', 0)})"
-        if s == "failed":
-            return f"failed at step {self.status.get('step', 0)}: {self.status.get('error', 'unknown error')}"
-        if s == "done" and self.status.get("stuck_on_plateau"):
-            return "done, never left the initial plateau"
-        return s
+        return describe_status(self.status)
+
+
+def json_plain(x: Any, depth: int = 0) -> Any:
+    """YAML's values as JSON's (dates and other tags as strings); deeper than 100 levels is not a config."""
+    if depth > 100:
+        raise ValueError("nested too deep")
+    if isinstance(x, dict):
+        return {str(k): json_plain(v, depth + 1) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_plain(v, depth + 1) for v in x]
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return x
+    return str(x)
 
 
 def read_run(path: str | Path) -> RunRecords:
@@ -67,9 +72,10 @@ def read_run(path: str | Path) -> RunRecords:
         f = path / name
         if f.exists():
             try:
-                config = yaml.safe_load(f.read_text(errors="replace"))
-            except (OSError, yaml.YAMLError):
-                problems.append(f"{name} is unreadable")
+                config = json_plain(yaml.safe_load(f.read_text(errors="replace")))
+            except (OSError, yaml.YAMLError, RecursionError, ValueError):
+                problems.append(f"{name} is unreadable (not YAML, or nested too deep)")
+                config = None
             if config is not None and not isinstance(config, dict):
                 problems.append(f"{name} is not a mapping")
                 config = None
@@ -145,48 +151,78 @@ def final_test(run: RunRecords) -> dict:
         {"loss": None, "acc": None}
 
 
+def final_train_loss(run: RunRecords) -> float | None:
+    """Final train loss; a diverged run counts as infinitely bad (it is compared, not dropped)."""
+    return math.inf if run.state == "diverged" else final_train(run)["loss"]
+
+
+def final_train_acc(run: RunRecords) -> float | None:
+    """Final train accuracy; a diverged run counts as 0 (as for test accuracy: compared, not dropped,
+    so "the normalised network trains better" holds against a baseline that diverged)."""
+    return 0.0 if run.state == "diverged" else final_train(run)["acc"]
+
+
+def final_test_acc(run: RunRecords) -> float | None:
+    """Final test accuracy; a diverged run counts as chance-or-worse (0), whatever it scored before diverging."""
+    return 0.0 if run.state == "diverged" else final_test(run)["acc"]
+
+
 def probe_series(run: RunRecords, probe: str, fn) -> list[tuple[int, Any]]:
-    """``[(step, fn(values))]`` over a probe's records."""
+    """``[(step, value)]`` over a probe's records: ``fn`` is the name of one of the probe's
+    quantities (its entry's), or a function of the record's values. Records whose value is
+    missing or of the wrong shape give None."""
     out = []
     for r in run.probe(probe):
+        if isinstance(fn, str):
+            out.append((r["step"], entries.quantity(probe, r["values"], fn)))
+            continue
         try:
             out.append((r["step"], fn(r["values"])))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             continue
     return out
 
 
-def loss_band(values: dict) -> float | None:
-    """Width of the loss-variation band at one step: max - min of L(w - eta g) over the grid."""
-    losses = finite(values.get("losses", []))
-    return max(losses) - min(losses) if len(losses) == len(values.get("losses", [])) and losses else None
+def series(probe: str, key: str):
+    """A run's ``[(step, quantity)]`` with the value present, for figures: ``series("sharpness", "over_threshold")(run)``."""
+    def fn(run: RunRecords) -> list[tuple[int, Any]]:
+        return [(s, v) for s, v in probe_series(run, probe, key) if v is not None]
+    return fn
 
 
-def max_grad_change(values: dict) -> float | None:
-    changes = values.get("grad_change", [])
-    vals = finite(changes)
-    return max(vals) if vals and len(vals) == len(changes) else None
+def quantity_of(probe: str, key: str):
+    """One quantity of a probe's record values, as a function ``values -> number | None`` (for claims)."""
+    def fn(values: dict):
+        return entries.quantity(probe, values, key)
+    fn.__name__ = key
+    return fn
 
 
-def beta_eff(values: dict) -> float | None:
-    return values.get("beta_eff")
+# The per-record quantities claims and figures read most (the probe entries define them).
+loss_band = quantity_of("gradient_sweep", "loss_band")  # max - min of L(w - eta g) over the grid
+max_grad_change = quantity_of("gradient_sweep", "grad_change")  # the largest gradient change over the grid
+beta_eff = quantity_of("gradient_sweep", "beta_eff")
+grad_norm = quantity_of("gradient_sweep", "grad_norm")
+sharpness_value = quantity_of("sharpness", "sharpness")
+over_threshold = quantity_of("sharpness", "over_threshold")  # sharpness / the optimizer's stability threshold
 
 
 def mean_over_layers(values: dict, key: str, skip_first: bool = True) -> float | None:
     """Mean of a per-layer ICS value; the first layer (G' = G by definition) is left out."""
-    layers = values.get("layers", [])
-    if skip_first:
-        layers = layers[1:]
-    vals = finite(values.get(key, {}).get(layer) for layer in layers)
-    return sum(vals) / len(vals) if vals else None
+    return entries.number(entries.mean_over_layers(values, key, skip_first)) if isinstance(values, dict) else None
 
 
 def mean_shift(values: dict) -> float | None:
-    shift = values.get("shift")
-    if not shift:
-        return None
-    vals = finite(s.get("wasserstein") for s in shift.values())
-    return sum(vals) / len(vals) if vals else None
+    return entries.quantity("activation_stats", values, "mean_shift")
+
+
+def median_probe(probe: str, fn) -> "Callable[[RunRecords], float | None]":
+    """The median over a run's probe steps of ``fn`` (a quantity's name or a function of the values)."""
+    def metric(run: RunRecords) -> float | None:
+        return med(v for _, v in probe_series(run, probe, fn))
+
+    metric.__name__ = f"median_{probe}_{fn if isinstance(fn, str) else getattr(fn, '__name__', 'value')}"
+    return metric
 
 
 # ------------------------------------------------------------------ an experiment's runs

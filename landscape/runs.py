@@ -32,6 +32,7 @@ import yaml
 from landscape.config import Config, dump_yaml, from_dict, to_dict
 from landscape.errors import UserError
 from landscape.files import LOCK_NAME, FolderLock, atomic_write, is_temporary
+from landscape.probes.records import json_safe, problem
 
 STATUSES = ("running", "done", "diverged", "failed", "interrupted")
 RUN_FILES = {"config.yaml", "monitor.yaml", "env.json", "metrics.jsonl", "status.json", "checkpoint.pt", "code.diff",
@@ -47,15 +48,25 @@ def run_contents(path: Path) -> list[str]:
 FINISHED = ("done", "diverged")
 
 
-def json_safe(x: Any) -> Any:
-    """JSON has no NaN/inf: non-finite floats become null (the record keeps its other fields)."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    return x
+def describe_status(status: dict, detail: bool = False) -> str:
+    """A run's status record in words: ``done``, ``diverged at step N``, ``running (step N)``,
+    ``failed at step N: why``; ``detail`` adds the last step of a finished run (the CLI's line)."""
+    s = status.get("status", "unknown")
+    s = s if isinstance(s, str) else "unknown"
+    step = status.get("step", 0)
+    if s == "diverged":
+        text = f"diverged at step {step if detail else status.get('diverged_step')}"
+        if detail and status.get("diverged_step") is not None:
+            text += f" (first non-finite loss at step {status['diverged_step']})"
+    elif s == "running":
+        text = f"running (step {step})"
+    elif s == "failed":
+        text = f"failed at step {step}: {status.get('error', 'unknown error')}"
+    else:
+        text = f"{s} at step {step}" if detail else s
+    if s == "done" and status.get("stuck_on_plateau"):
+        text += ", never left the initial plateau"
+    return text
 
 
 def _git(*args: str) -> subprocess.CompletedProcess | None:
@@ -138,21 +149,6 @@ def read_json(path: Path) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def _record_problem(record: Any) -> str | None:
-    """Why a parsed line cannot be used as a record (None when it can)."""
-    if not isinstance(record, dict):
-        return f"a JSON {type(record).__name__}, not an object"
-    if not isinstance(record.get("kind"), str):
-        return "no 'kind'"
-    if isinstance(record.get("step"), bool) or not isinstance(record.get("step"), int):
-        return "'step' is not an integer"
-    if record["kind"] == "probe" and not (isinstance(record.get("probe"), str) and isinstance(record.get("values"), dict)):
-        return "a probe record without a name or values"
-    if record.get("cost") is not None and not isinstance(record["cost"], dict):
-        return "'cost' is not an object"
-    return None
-
-
 def read_metrics(path: Path, problems: list[str] | None = None) -> list[dict]:
     """All usable records of a metrics file. A torn last line (a kill mid-write) is skipped
     silently; other lines that do not parse or have the wrong shape are skipped and, when
@@ -170,7 +166,7 @@ def read_metrics(path: Path, problems: list[str] | None = None) -> list[dict]:
             if problems is not None and number < len(lines):
                 problems.append(f"metrics.jsonl line {number}: not JSON")
             continue
-        why = _record_problem(record)
+        why = problem(record)
         if why is None:
             records.append(record)
         elif problems is not None:
@@ -361,6 +357,17 @@ class Run:
             reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
             raise UserError(f"checkpoint '{self.checkpoint_path}' is unreadable ({reason}); "
                             "delete it to restart the run from step 0, or --force to start over") from None
+
+
+def monitor_run(path: str | Path, settings: dict, device: torch.device, force: bool = False,
+                resume_step: int | None = None) -> Run:
+    """The run directory a ``Monitor`` (or a callback) writes: new (``force`` replaces one), or
+    continued from ``resume_step``; its ``monitor.yaml`` holds ``settings``."""
+    run = Run.fresh(path, force=force) if resume_step is None else Run.reopen(path, resume_step)
+    run.write_settings(settings)
+    run.write_env(device)
+    run.set_status("running", resume_step or 0)
+    return run
 
 
 def _comparable(d: dict) -> dict:

@@ -19,34 +19,21 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from landscape.config import Config, to_dict
 from landscape.data import (CIFAR10_MEAN, CIFAR10_STD, Batches, Split, channel_stats, fingerprint, load_data,
                             seeded_generator)
 from landscape.errors import UserError
+from landscape.losses import LOSSES, mean_squares, sum_squares  # noqa: F401 (the trainer's losses)
 from landscape.models import build_model
+from landscape.optimizers import build_optimizer
 from landscape.outputs import Fanout, build_outputs
-from landscape.probes import Monitor, resolve_layers, schedules
+from landscape.probes import Monitor, entries, resolve_layers, schedules
 from landscape.probes.functional import rng_state, set_rng_state
-from landscape.runs import FINISHED, Run
+from landscape.runs import FINISHED, Run, describe_status
 
 PLATEAU_MARGIN = 0.1  # nats below ln(num_classes): a train loss under it has left the initial plateau
-
-
-def sum_squares(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``sum_i ||f(x_i) - y_i||^2``: the deep linear network's loss in PAPER.md."""
-    return (out - y).pow(2).sum()
-
-
-def mean_squares(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``mean_i ||f(x_i) - y_i||^2``: the same loss averaged over samples instead of summed."""
-    return (out - y).pow(2).sum(1).mean()
-
-
-LOSSES = {"cross_entropy": F.cross_entropy, "sum_squares": sum_squares, "mean_squares": mean_squares,
-          "mse": F.mse_loss}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -61,18 +48,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise UserError(f"unsupported device '{name}'; use auto, cpu, cuda or cuda:N")
     return device
-
-
-def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float = 0.0, nesterov: bool = False,
-                    weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8) -> torch.optim.Optimizer:
-    """The optimizer ``optim.name`` names, over every trainable parameter, with a constant lr."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
-    if name in ("adam", "adamw"):
-        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-        return cls(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer '{name}'")
 
 
 class TrainMeter:
@@ -148,35 +123,33 @@ def _progress(enabled: bool):
 
 
 def _monitor(cfg: Config, log, model, optimizer, loss_fn, batches: Batches, train_split: Split):
-    """The probes of ``cfg.probes`` as a Monitor writing into the run (None when none are enabled)."""
+    """The probes of ``cfg.probes`` as a Monitor writing into the run (None when none are enabled):
+    the config's section of each probe is its options."""
     p = cfg.probes
     if not p.enabled:
         return None
     schedule = schedules.build(p.schedule, cfg.steps, p.every, p.points, p.steps)
-    fixed = train_split.subset(p.activation_batch, seed=cfg.data_seed)
-    probe_batch = (batches.prepare(fixed.inputs.to(batches.split.inputs.device)),
-                   fixed.targets.to(batches.split.targets.device))
+    options = {name: getattr(p, name) for name in p.enabled}
+    sizes = [n for name in p.enabled if (f := entries.get(name).fixed_batch) and (n := f(options[name]))]
+    probe_batch = None
+    if sizes:  # one fixed training batch, the same for paired runs (data_seed), for the probes that measure one
+        fixed = train_split.subset(max(sizes), seed=cfg.data_seed)
+        probe_batch = (batches.prepare(fixed.inputs.to(batches.split.inputs.device)),
+                       fixed.targets.to(batches.split.targets.device))
     try:
-        return Monitor(log, model, optimizer, loss_fn, schedule, probes=p.enabled, eta_multiples=p.etas,
-                       layers=list(p.layers) or None, probe_batch=probe_batch, sharpness_iters=p.sharpness_iters,
-                       sharpness_tol=p.sharpness_tol, warm_start=p.warm_start, trace_samples=p.trace_samples,
-                       trace_method=p.trace_method, density_vectors=p.density_vectors,
-                       density_steps=p.density_steps, eval_mode=p.eval_mode, step_hook=False)
+        return Monitor(log, model, optimizer, loss_fn, schedule, probes=p.enabled, options=options,
+                       layers=list(p.layers) or None, probe_batch=probe_batch, eval_mode=p.eval_mode, step_hook=False)
     except KeyError as exc:
         raise UserError(f"probes.layers: {exc.args[0]}") from None
 
 
 def describe(name: str, status: dict) -> str:
-    """One line for a finished (or diverged) run's status record."""
-    text = f"{name}: {status.get('status')} at step {status.get('step')}"
-    if status.get("diverged_step") is not None:
-        text += f" (first non-finite loss at step {status['diverged_step']})"
+    """One line for a finished (or diverged) run: its status in words, test metrics."""
+    text = f"{name}: {describe_status(status, detail=True)}"
     test = status.get("test") or {}
     parts = [f"test {k} {test[k]:.4g}" for k in ("acc", "loss") if isinstance(test.get(k), (int, float))]
     if parts:
         text += ", " + ", ".join(parts)
-    if status.get("stuck_on_plateau"):
-        text += ", never left the initial loss plateau"
     return text
 
 

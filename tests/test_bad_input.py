@@ -17,7 +17,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from cli import app
+from landscape.cli import app
 from landscape.files import FolderLock
 from tests.conftest import ROOT, make_batches_dir, make_image_tree
 
@@ -107,13 +107,17 @@ CASES = {
     "wrong type": (["train", C, *R, "--set", "optim.lr=abc"], "expects a number"),
     "lr NaN": (["train", C, *R, "--set", "optim.lr=.nan"], "finite"),
     "lr inf": (["train", C, *R, "--set", "optim.lr=.inf"], "finite"),
-    "lr 1e308": (["train", C, *R, "--set", "optim.lr=1e308"], "optim.lr must be in"),
-    "lr negative": (["train", C, *R, "--set", "optim.lr=-0.1"], "optim.lr must be in"),
+    "lr 1e308": (["train", C, *R, "--set", "optim.lr=1e308"], "'optim.lr' must be at most 1e+09"),
+    "lr negative": (["train", C, *R, "--set", "optim.lr=-0.1"], "'optim.lr' must be positive"),
     "momentum NaN": (["train", C, *R, "--set", "optim.momentum=.nan"], "finite"),
     "momentum 1.5": (["train", C, *R, "--set", "optim.momentum=1.5"], "momentum"),
     "noise range NaN": (["train", C, *R, "--set", "model.noise.mean_range=[.nan, 1]"], "finite"),
     "noise range reversed": (["train", C, *R, "--set", "model.noise.scale_range=[2, 1]"], "low <= high"),
-    "negative sharpness_tol": (["train", C, *R, "--set", "probes.sharpness_tol=-1"], "sharpness_tol"),
+    "negative sharpness_tol (0.2's key)": (["train", C, *R, "--set", "probes.sharpness_tol=-1"],
+                                           "probes.sharpness: tol must be in (0, 1)"),
+    "negative sharpness tol": (["train", C, *R, "--set", "probes.sharpness.tol=-1"], "probes.sharpness: tol"),
+    "trace samples too few": (["train", C, *R, "--set", "probes.hessian_trace.samples=1"], "probes.hessian_trace"),
+    "unknown probe option": (["train", C, *R, "--set", "probes.sharpness.nope=1"], "probes.sharpness.iters"),
     "probe steps [0, -5]": (["train", C, *R, "--set", "probes.steps=[0,-5]"], "probes.steps"),
     "negative steps": (["train", C, *R, "--set", "steps=-3"], "must be positive"),
     "negative batch": (["train", C, *R, "--set", "data.batch_size=-1"], ">= 0"),
@@ -144,7 +148,7 @@ CASES = {
                                "{w}/empty"], "no train/ and test/"),
     "image size 8": (["train", C, *R, "--name", "x", "--set", "data.image_size=8"], "data.image_size"),
     "unknown dataset": (["train", C, *R, "--name", "x", "--set", "data.dataset=imagenet"], "data.dataset"),
-    "unknown output": (["train", C, *R, "--name", "x", "--output", "csv"], "unknown output"),
+    "unknown output": (["train", C, *R, "--name", "x", "--output", "csv"], "'outputs' must be one of tensorboard, wandb"),
     # train: existing runs
     "resume and force": (["train", C, *R, "--resume", "--force"], "contradict"),
     "run exists": (["train", C, *R], "already exists"),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from landscape.experiments import REGISTRY
 from landscape.report import build_report
 from landscape.train import train
 from tests.conftest import tiny_config
@@ -37,7 +38,7 @@ def test_report_renders_in_chromium(tmp_path):
     train(tiny_config(name="browser", steps=6, model={"norm": "batch"},
                       probes={"enabled": ["gradient_sweep", "ics_opti", "activation_stats", "sharpness"], "every": 3,
                               "sharpness_iters": 3, "activation_batch": 16}), out=tmp_path / "runs")
-    page_path = build_report([tmp_path / "runs"], tmp_path / "report.html")
+    page_path = build_report([tmp_path / "runs"], tmp_path / "report.html", REGISTRY)
     errors, requests = [], []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)

@@ -4,7 +4,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from cli import app
+from landscape.cli import app
 from tests.conftest import make_image_tree
 
 runner = CliRunner()

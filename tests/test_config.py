@@ -42,13 +42,13 @@ def test_int_accepted_for_float_but_not_the_reverse():
     ("steps=many", "'steps' expects an integer"),
     ("data.augment=3", "'data.augment' expects true or false"),
     ("model.norm=group", "'model.norm' must be one of none, batch"),
-    ("optim.lr=-1", "optim.lr must be in"),
+    ("optim.lr=-1", "'optim.lr' must be positive"),
     ("steps=0", "'steps' must be positive"),
-    ("model.vgg_depth=12", "model.vgg_depth must be one of"),
+    ("model.vgg_depth=12", "'model.vgg_depth' must be one of 11, 13, 16, 19"),
     ("model.noise.scale_range=[2, 1]", "low <= high"),
     ("model.noise.scale_range=1", "a list of 2 numbers"),
     ("optim", "--set expects key=value"),
-    ("name=a/b", "plain directory name"),
+    ("name=a/b", "plain, printable directory name"),
 ])
 def test_bad_overrides_are_one_line_user_errors(override, message):
     with pytest.raises(UserError) as err:

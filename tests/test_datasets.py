@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli import app
+from landscape.cli import app
 from landscape.data import channel_stats, load_folder, load_torchvision, resize_images
 from landscape.errors import UserError
 from landscape.models import VGG

@@ -5,11 +5,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli import app
+from landscape.cli import app
 from landscape import planning
 from landscape.data import Batches, load_splits
 from landscape.errors import UserError
-from landscape.experiments import REGISTRY, get
+from landscape.experiments import REGISTRY, get, preset_keys
 from landscape.reproduce import plan, run_experiment
 from landscape.results import read_run
 from landscape.stats import judge, mean_ci, seeds_needed
@@ -18,7 +18,7 @@ runner = CliRunner()
 
 
 def smoke():
-    return planning.load_preset("smoke")
+    return planning.load_preset("smoke", preset_keys())
 
 
 @pytest.mark.parametrize("experiment, expected", [
@@ -218,21 +218,21 @@ def test_first_seed_plans_fresh_seeds_and_keeps_them_paired():
 def test_every_shipped_preset_builds_every_experiment(preset):
     path = planning.configs_dir() / "presets" / f"{preset}.yaml"
     assert path.read_text().startswith("# landscape reproduce --preset " + preset)
-    p = planning.load_preset(preset)
+    p = planning.load_preset(preset, preset_keys())
     for experiment in REGISTRY.values():
         specs = plan(experiment, p, [0, 1])
         assert specs and all(s.cfg.probes.enabled for s in specs)
         assert experiment.claims(p)
-    if preset == "paper":  # PAPER.md's protocol
+    if preset == "paper":  # the paper's protocol
         vgg = plan(get("train-compare"), p, [0])[0].cfg
         dln = plan(get("ics-opti"), p, [0])[-1].cfg
         assert (vgg.steps, vgg.data.batch_size, vgg.optim.momentum, vgg.model.init, vgg.data.augment) == \
             (15000, 128, 0.0, "xavier", False)
-        assert [e * 0.1 for e in (vgg.probes.etas[0], vgg.probes.etas[-1])] == pytest.approx([0.05, 0.4])
+        assert [e * 0.1 for e in (vgg.probes.gradient_sweep.etas[0], vgg.probes.gradient_sweep.etas[-1])] == pytest.approx([0.05, 0.4])
         assert (dln.steps, dln.optim.lr, dln.model.dln_depth, dln.data.batch_size) == (10000, 1e-6, 25, 0)
         assert (dln.data.gaussian_samples, dln.loss, dln.model.init, dln.model.dln_width) == \
             (1000, "sum_squares", "xavier", 10)  # the appendix: 1,000 samples as one batch, summed l2 loss
-        assert (dln.probes.etas[0], dln.probes.etas[-1]) == (0.01, 30.0)
+        assert (dln.probes.gradient_sweep.etas[0], dln.probes.gradient_sweep.etas[-1]) == (0.01, 30.0)
         noisy = plan(get("ics-distrib"), p, [0])[-1].cfg
         assert noisy.model.norm == "noisy_batch" and noisy.model.noise.form == "per_unit"  # Algorithm 1
 

@@ -12,7 +12,7 @@ import torch
 from landscape import planning
 from landscape.claims import Claim, in_phase, median_probe, on_schedule, schedule_part, training_phase
 from landscape.data import fingerprint, gaussian_regression
-from landscape.experiments import get, smoothness
+from landscape.experiments import get, smoothness, preset_keys
 from landscape.models import build_model
 from landscape.probes.schedules import build, every, log_spaced_steps, mixed
 from landscape.report import build_report
@@ -111,7 +111,7 @@ def test_the_sharpness_claim_says_when_both_networks_sit_at_their_edge_of_stabil
 
 
 def test_presets_extend_each_other_and_carry_their_seed_count():
-    quick, cpu = planning.load_preset("quick"), planning.load_preset("cpu")
+    quick, cpu = planning.load_preset("quick", preset_keys()), planning.load_preset("cpu", preset_keys())
     assert (quick["seeds"], cpu["seeds"]) == (1, 5)
     assert {k: v for k, v in cpu.items() if k not in ("seeds", "name")} == \
         {k: v for k, v in quick.items() if k not in ("seeds", "name")}
@@ -122,7 +122,7 @@ def test_presets_extend_each_other_and_carry_their_seed_count():
 
 
 def test_the_dln_regimes_reuse_the_main_run_for_the_presets_own_regime():
-    p = planning.load_preset("quick")
+    p = planning.load_preset("quick", preset_keys())
     specs = plan(get("dln-regimes"), p, [0])
     main = {s.name: s.cfg for s in plan(get("ics-opti"), p, [0]) if s.arch == "dln"}
     regimes = {(s.cfg.data.gaussian_samples, s.cfg.loss) for s in specs}
@@ -143,7 +143,7 @@ def test_the_mean_loss_is_the_summed_loss_over_the_number_of_samples():
 def test_the_paper_dln_has_the_appendix_init_and_data_scale():
     """Glorot (Xavier) uniform 10x10 layers: U(-a, a) with a = sqrt(6 / 20), variance 0.1; x ~ N(0, I)
     and A a standard Gaussian matrix, so E||A x||^2 = 100 per sample."""
-    cfg = plan(get("ics-opti"), planning.load_preset("paper"), [0])[-1].cfg
+    cfg = plan(get("ics-opti"), planning.load_preset("paper", preset_keys()), [0])[-1].cfg
     model = build_model(cfg.model, cfg.seed, in_dim=10, out_dim=10)
     w = torch.cat([m.weight.reshape(-1) for m in model.modules() if isinstance(m, torch.nn.Linear)])
     assert len(w) == 25 * 100 and w.abs().max() <= math.sqrt(6 / 20)
@@ -182,7 +182,7 @@ def test_the_report_keeps_diagnostics_in_their_section_and_says_what_one_seed_is
 def test_the_claims_command_prints_the_readme_tables(smoke_results):
     from typer.testing import CliRunner
 
-    from cli import app
+    from landscape.cli import app
 
     out, summaries, _ = smoke_results
     runner = CliRunner()

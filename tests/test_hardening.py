@@ -6,7 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
-from cli import app
+from landscape.cli import app
 from landscape.config import load_config
 from landscape.report import build_report
 from landscape.reproduce import run_experiment

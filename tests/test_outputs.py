@@ -9,7 +9,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from cli import app
+from landscape.cli import app
 from landscape.errors import UserError
 from landscape.outputs import require, scalars_of
 from tests.wandb_reader import history
@@ -105,11 +105,11 @@ def test_export_writes_existing_runs_as_tensorboard_events(tmp_path):
 
 def test_an_output_without_its_extra_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if not installed
-    with pytest.raises(UserError, match=r"pip install 'landscape\[tensorboard\]'"):
+    with pytest.raises(UserError, match=r"pip install 'bn-landscape\[tensorboard\]'"):
         require("tensorboard", "--output tensorboard")
     result = runner.invoke(app, ["train", str(config(tmp_path)), "--out", str(tmp_path / "runs"), "--no-progress",
                                  "--output", "tensorboard"])
-    assert result.exit_code == 2 and "landscape[tensorboard]" in result.output
+    assert result.exit_code == 2 and "bn-landscape[tensorboard]" in result.output
     assert not (tmp_path / "runs").exists()  # refused before any file was made
     unknown = runner.invoke(app, ["train", str(config(tmp_path)), "--out", str(tmp_path / "runs"), "--output", "csv"])
     assert unknown.exit_code == 2 and "unknown output 'csv'" in unknown.output

@@ -24,7 +24,7 @@ def test_a_wheel_installs_and_runs_the_smoke_reproduce(tmp_path):
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(wheels), str(ROOT)],
                    check=True, capture_output=True, timeout=300)
-    (wheel,) = wheels.glob("landscape-*.whl")
+    (wheel,) = wheels.glob("bn_landscape-*.whl")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     py = venv / "bin" / "python"
@@ -40,9 +40,13 @@ def test_a_wheel_installs_and_runs_the_smoke_reproduce(tmp_path):
     helped = subprocess.run([str(landscape), "reproduce", "--help"], cwd=work, capture_output=True, text=True,
                             env=env, timeout=120)
     assert helped.returncode == 0 and "--preset" in helped.stdout
-    where = subprocess.run([str(py), "-c", "import landscape, cli; print(landscape.__file__, cli.__file__)"], cwd=work,
+    where = subprocess.run([str(py), "-c", "import landscape; print(landscape.__file__)"], cwd=work,
                            capture_output=True, text=True, env=env, check=True).stdout
     assert str(ROOT) not in where  # the wheel's copy, not the source tree
+    top = subprocess.run([str(py), "-c", "import cli"], cwd=work, capture_output=True, text=True, env=env)
+    assert top.returncode != 0  # nothing named `cli` is installed at the top level of site-packages
+    module = subprocess.run([str(py), "-m", "landscape", "--help"], cwd=work, capture_output=True, text=True, env=env)
+    assert module.returncode == 0 and "reproduce" in module.stdout
     res = subprocess.run([str(landscape), "reproduce", "--preset", "smoke", "--out", str(work / "results")],
                          cwd=work, capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]

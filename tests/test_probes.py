@@ -388,7 +388,7 @@ def test_ics_matches_a_fresh_computation_when_the_optimizer_hook_finishes_it(tmp
                       buffers=buffers)
     for layer in direct.layers:
         assert ics["values"]["l2"][layer] == pytest.approx(direct.l2[layer], rel=1e-10, abs=1e-15)
-    fresh = gradient_sweep(model, CE, batch, [m * 0.1 for m in mon.eta_multiples], params=w_t, buffers=buffers)
+    fresh = gradient_sweep(model, CE, batch, [m * 0.1 for m in mon.options["gradient_sweep"].etas], params=w_t, buffers=buffers)
     assert sweep["values"]["losses"] == pytest.approx(fresh.losses, rel=1e-10)
     assert sweep["values"]["beta_eff"] == pytest.approx(fresh.beta_eff, rel=1e-10)
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from landscape import planning
-from landscape.experiments import REGISTRY, get
+from landscape.experiments import REGISTRY, get, preset_keys
 from landscape.launch import Launch, execute
 from landscape.reproduce import plan, run_experiment
 from landscape.results import read_run
@@ -54,7 +54,7 @@ def test_reproduce_smoke_on_ray_matches_the_local_launcher(tmp_path, local_ray):
     finally:
         torch.set_num_threads(threads)
     launch = Launch("ray", cpus_per_run=1)
-    specs = [s for e in REGISTRY for s in plan(get(e), planning.load_preset("smoke"), [0])]
+    specs = [s for e in REGISTRY for s in plan(get(e), planning.load_preset("smoke", preset_keys()), [0])]
     statuses = execute(specs, tmp_path / "ray", None, None, launch, log=lambda s: None)
     assert set(statuses) == {s.name for s in specs} and set(statuses.values()) <= {"done", "diverged"}
     for e in REGISTRY:

@@ -4,7 +4,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from cli import app
+from landscape.cli import app
 from landscape.experiments import REGISTRY
 from landscape.report import build_report
 from landscape.reproduce import run_experiment
@@ -38,7 +38,7 @@ def results(tmp_path_factory, smoke_results):
 
 @pytest.fixture(scope="module")
 def html(results, tmp_path_factory):
-    path = build_report([results], tmp_path_factory.mktemp("report") / "index.html")
+    path = build_report([results], tmp_path_factory.mktemp("report") / "index.html", REGISTRY)
     return path.read_text()
 
 
@@ -110,7 +110,7 @@ def test_a_single_run_and_a_monitor_run_make_a_report(tmp_path):
             monitor.observe(step, batch, loss)
             opt.step()
             monitor.log_train(step, loss=loss.item())
-    page = build_report([tmp_path / "solo", tmp_path / "mine"], tmp_path / "r.html").read_text()
+    page = build_report([tmp_path / "solo", tmp_path / "mine"], tmp_path / "r.html", REGISTRY).read_text()
     assert 'id="runs"' in page and "Figure not drawn" not in page and "Problems reading records" not in page
     assert "<td>solo</td>" in page and "<td>mine</td>" in page
     for caption in ("Training curves", "Smoothness along the gradient", "ICS_opti"):

@@ -39,7 +39,7 @@ def test_the_report_groups_runs_by_the_summary_not_by_configs(smoke, tmp_path):
     path.write_text(json.dumps(summary))
     for name in ("train-compare", "ics-distrib", "ics-opti", "norms"):
         shutil.rmtree(copy / name)
-    html = build_report([copy], tmp_path / "r.html").read_text()
+    html = build_report([copy], tmp_path / "r.html", REGISTRY).read_text()
     assert "Problems reading records" not in html
     assert html.count("<figcaption>VGG: loss variation") == 1
 
@@ -51,7 +51,7 @@ def test_a_figure_that_raises_is_listed_as_a_problem_and_the_report_completes(sm
         raise RuntimeError("a bug in a figure")
 
     monkeypatch.setattr(F, "landscape_panels", broken)
-    html = build_report([out], tmp_path / "r.html").read_text()
+    html = build_report([out], tmp_path / "r.html", REGISTRY).read_text()
     assert "Problems reading records" in html
     assert "figure &#39;VGG: loss variation, gradient predictiveness, beta_eff and sharpness&#39; not drawn " \
            "(RuntimeError: a bug in a figure)" in html
@@ -63,4 +63,4 @@ def test_colours_are_fixed_per_network_in_every_process():
     seen = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2)}
     assert len(seen) == 1
-    assert F.color_of("bn") != F.color_of("standard") and F.color_of("bn") == F.NET_COLORS["bn"]
+    assert F.color_of("bn") != F.color_of("standard") and F.color_of("bn") == F._palette()[1]  # bn is the second kind

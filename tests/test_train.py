@@ -164,8 +164,8 @@ def test_probes_never_change_training(tmp_path, norm):
     assert probes == {(s, p) for s in (1, 2, 4, 6, 8)
                       for p in ("gradient_sweep", "ics_opti", "activation_stats", "sharpness")}
     sweep = next(r for r in recs_on if r.get("probe") == "gradient_sweep")
-    assert sweep["values"]["etas"] == pytest.approx([m * 0.05 for m in on.probes.etas])
-    assert sweep["cost"]["backward"] == len(on.probes.etas)  # reuses the training step's gradient
+    assert sweep["values"]["etas"] == pytest.approx([m * 0.05 for m in on.probes.gradient_sweep.etas])
+    assert sweep["cost"]["backward"] == len(on.probes.gradient_sweep.etas)  # reuses the training step's gradient
     sharp = next(r for r in recs_on if r.get("probe") == "sharpness")
     assert sharp["values"]["threshold"] == pytest.approx(2 * 1.9 / 0.05)
     stats = [r for r in recs_on if r.get("probe") == "activation_stats"]

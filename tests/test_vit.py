@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from landscape.experiments import preset_keys
 from landscape.config import build_config
 from landscape.models import build_model
 from landscape.models.vit import DyT, RMSNorm, TokenBatchNorm, ViT, parameter_count, vit_norm
@@ -132,7 +133,7 @@ def test_the_quick_presets_vit_is_the_calibrated_one():
     from landscape import planning
     from landscape.experiments.transformer_norms import vit_run
 
-    run = vit_run(planning.load_preset("quick"), "ln", "sgd", 0.1, 0)
+    run = vit_run(planning.load_preset("quick", preset_keys()), "ln", "sgd", 0.1, 0)
     model = build_model(run.cfg.model, 0, in_dim=3, out_dim=10)
     assert parameter_count(model) == 12352 + 64 + 1088 + 2 * 33216 + 650 + 5 * 128
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)

@@ -29,6 +29,7 @@ class Experiment:
     claims: Callable[[dict], list[Claim]]  # preset -> the claims its runs test
     figures: Callable[[RunTable], list[Figure]]  # the experiment's runs -> the report's figures
     paper: bool = True  # one of the paper's experiments (reproduce runs these); False: beyond the paper
+    preset_key: str | None = None  # the preset section of its own settings (e.g. "stability"), if it has one
 
 
 REGISTRY: dict[str, Experiment] = {}
@@ -42,6 +43,11 @@ def register(experiment: Experiment) -> Experiment:
 
 def unregister(name: str) -> None:
     REGISTRY.pop(name, None)
+
+
+def preset_keys() -> tuple[str, ...]:
+    """The preset sections the registered experiments declare."""
+    return tuple(e.preset_key for e in REGISTRY.values() if e.preset_key)
 
 
 def get(name: str) -> Experiment:

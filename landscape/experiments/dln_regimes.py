@@ -34,7 +34,7 @@ def plan(preset: dict, seeds: list[int], overrides: list[dict]):
 
 def below_threshold(net: str):
     def measure(t):
-        return t.per_seed(median_probe("sharpness", smoothness.sharpness_over_threshold), "dln", net)
+        return t.per_seed(median_probe("sharpness", "over_threshold"), "dln", net)
     return measure
 
 
@@ -79,4 +79,4 @@ EXPERIMENT = register(Experiment(
     name="dln-regimes", title="The deep linear network in other regimes (sample count, loss summed or averaged)",
     anchor="dln-regimes",
     help="The DLN of Figures 3-4 at several sample counts, loss summed or averaged: stability and the paper's claims.",
-    plan=plan, claims=claims, figures=figures))
+    plan=plan, claims=claims, figures=figures, preset_key="dln_regimes"))

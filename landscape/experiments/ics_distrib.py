@@ -68,9 +68,9 @@ def figures(t) -> list[Figure]:
     figs = [Figure("Standard, BN and noisy BN: train and test curves", F.training_curves, (g, "ICS_distrib"))]
     runs = [r for rs in g.values() for r in rs]
     present, absent = F.numbered(runs, "activation_stats", PAPER_LAYERS)
-    for k, layer in present:
-        figs.append(Figure(f"Activation distributions of layer {k} ({layer}) over training; {F.LAYER_COUNTING}",
-                           F.activation_ridges, (g, layer, f"input of layer {k}")))
+    for k in present:
+        figs.append(Figure(f"Activation distributions of layer {k} over training; {F.LAYER_COUNTING}",
+                           F.activation_ridges, (g, k, f"input of layer {k}")))
     probed = F.probed_layers(runs, "activation_stats")
     if absent and probed:
         figs.append(Figure(f"Activation distributions of the last probed layer, {probed[-1]} (the paper's layer "

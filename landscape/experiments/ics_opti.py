@@ -6,7 +6,6 @@ from landscape.claims import Claim, diff, final_train_loss, median_probe, ratio
 from landscape.experiments import Experiment, Figure, register
 from landscape.planning import dln_runs, vgg_runs
 from landscape.report import figures as F
-from landscape.results import mean_over_layers
 
 PAPER_LAYERS = {"vgg": (5, 10), "dln": (9, 17)}  # the layers Figure 3 of the paper shows
 LAYERS = "every probed layer after the first (its G' = G by definition), mean over layers"
@@ -18,7 +17,7 @@ def plan(preset: dict, seeds: list[int], overrides: list[dict]):
 
 
 def _cos(t, arch, net):
-    return t.per_seed(median_probe("ics_opti", lambda v: mean_over_layers(v, "cosine")), arch, net)
+    return t.per_seed(median_probe("ics_opti", "mean_cos"), arch, net)
 
 
 def vgg_cos_standard_minus_bn(t):
@@ -63,7 +62,7 @@ def figures(t) -> list[Figure]:
             if present:
                 note = f" (layer {', '.join(map(str, absent))} is beyond this network)" if absent else ""
                 figs.append(Figure(f"{arch.upper()}: ICS_opti at the paper's layers "
-                                   f"{', '.join(str(k) for k, _ in present)}{note}; {F.LAYER_COUNTING}",
+                                   f"{', '.join(str(k) for k in present)}{note}; {F.LAYER_COUNTING}",
                                    F.ics_layer_curves, (g, arch.upper(), present)))
             figs.append(Figure(f"{arch.upper()}: training", curves, (g, arch.upper())))
     return figs

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 from landscape.claims import (EARLY_SHARE, PHASES, SCHEDULE_PARTS, Claim, early_end, in_phase, keep_steps, median_probe,
                              on_schedule, ratio, training_phase)
 from landscape.experiments import Experiment, Figure, register
 from landscape.planning import dln_runs, vgg_runs
+from landscape.names import label_of
 from landscape.report import figures as F
 from landscape.results import beta_eff, loss_band, max_grad_change, med
 
@@ -33,29 +32,14 @@ def standard_over_bn(arch: str, metric):
     return measure
 
 
-def sharpness_value(values: dict):
-    return values.get("value")
-
-
-def grad_norm(values: dict):
-    return values.get("grad_norm")
-
-
-def sharpness_over_threshold(values: dict):
-    """Sharpness as a share of the optimizer's stability threshold (2/lr for plain SGD)."""
-    value, threshold = values.get("value"), values.get("threshold")
-    ok = all(isinstance(x, (int, float)) and math.isfinite(x) for x in (value, threshold))
-    return value / threshold if ok and threshold > 0 else None
-
-
 def edge_note(arch: str, nets: tuple[str, str] = ("standard", "bn"), lr: float | None = None):
     """Where both networks sit at their stability threshold, say that a ratio near 1 is expected."""
     def note(t) -> str | None:
-        share = {net: med(median_probe("sharpness", sharpness_over_threshold)(run)
+        share = {net: med(median_probe("sharpness", "over_threshold")(run)
                           for _, run in t.select(arch, net, lr)) for net in nets}
         if None in share.values():
             return None
-        at = "median sharpness / threshold: " + ", ".join(f"{LABELS.get(n, F.label_of(n))} {share[n]:.2f}" for n in nets)
+        at = "median sharpness / threshold: " + ", ".join(f"{LABELS.get(n, label_of(n))} {share[n]:.2f}" for n in nets)
         if min(share.values()) >= EDGE:
             return (f"both networks sit at their stability threshold ({at}): at the edge of stability a ratio near 1 "
                     "is expected and is not evidence against the paper")
@@ -69,11 +53,11 @@ def grad_norm_note(arch: str, phase: str, nets: tuple[str, str] = ("standard", "
     what the standard VGG's early steps are (README: Figure 4, early training)."""
     def note(t) -> str | None:
         t = keep_steps(t, lambda config: training_phase(config, phase))
-        size = {net: med(median_probe("gradient_sweep", grad_norm)(run) for _, run in t.select(arch, net))
+        size = {net: med(median_probe("gradient_sweep", "grad_norm")(run) for _, run in t.select(arch, net))
                 for net in nets}
         if None in size.values():
             return None
-        return "median gradient norm at these steps: " + ", ".join(f"{LABELS.get(n, F.label_of(n))} {size[n]:.3g}" for n in nets)
+        return "median gradient norm at these steps: " + ", ".join(f"{LABELS.get(n, label_of(n))} {size[n]:.3g}" for n in nets)
     return note
 
 
@@ -99,7 +83,7 @@ def claims(preset: dict) -> list[Claim]:
                              layers="all parameters (a step along the whole gradient)", headline=arch != "vgg"))
         out.append(Claim(f"beyond.{arch}.sharpness", f"{arch.upper()}: the top Hessian eigenvalue is lower with BN "
                          "(beyond the paper)", "median sharpness, standard / BN",
-                         standard_over_bn(arch, median_probe("sharpness", sharpness_value)), 1.0, transform="log",
+                         standard_over_bn(arch, median_probe("sharpness", "sharpness")), 1.0, transform="log",
                          layers="all parameters (the full Hessian)", note=edge_note(arch)))
     # What the probe schedule does to the VGG claims: each part of a mixed schedule alone.
     for part in SCHEDULE_PARTS:

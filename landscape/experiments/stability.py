@@ -16,11 +16,10 @@ from __future__ import annotations
 import math
 
 from landscape.claims import Claim, ratio
-from landscape.config import build_config
 from landscape.experiments import Experiment, Figure, register
-from landscape.planning import NETS, RunSpec
+from landscape.planning import RunSpec, paired_run
 from landscape.report import figures as F
-from landscape.results import RunRecords, finite
+from landscape.results import RunRecords, series
 
 OPTIMIZERS = ("sgd", "adam")
 BAND = 1.25  # "at the edge": median sharpness / threshold over the last quarter within [1/BAND, BAND]
@@ -33,12 +32,9 @@ def settings(preset: dict) -> list[tuple[str, float]]:
 
 
 def stability_run(preset: dict, net: str, optimizer: str, lr: float, seed: int, overrides=()) -> RunSpec:
-    name = f"stability-vgg-{net}-{optimizer}-lr{lr:g}-s{seed}"
-    cfg = build_config([preset.get("vgg", {}), (preset.get("stability") or {}).get("vgg", {}),
-                        {"name": name, "seed": seed, "data_seed": seed, "noise_seed": seed,
-                         "model": {"arch": "vgg", "norm": NETS[net]}, "optim": {"name": optimizer, "lr": lr}},
-                        *overrides])
-    return RunSpec(name, "vgg", net, lr, seed, cfg, variant=optimizer)
+    return paired_run("stability-vgg", "vgg", net, lr, seed,
+                      [preset.get("vgg", {}), (preset.get("stability") or {}).get("vgg", {})], overrides,
+                      optim={"name": optimizer}, tag=optimizer, variant=optimizer)
 
 
 def plan(preset: dict, seeds: list[int], overrides: list[dict]):
@@ -49,14 +45,7 @@ def plan(preset: dict, seeds: list[int], overrides: list[dict]):
 # ------------------------------------------------------------------ per-run quantities (from records)
 
 
-def share_series(run: RunRecords) -> list[tuple[int, float]]:
-    """(step, sharpness / threshold) at each probe step with both recorded."""
-    out = []
-    for r in run.probe("sharpness"):
-        v, th = r["values"].get("value"), r["values"].get("threshold")
-        if finite([v, th]) == [v, th] and th > 0:
-            out.append((r["step"], v / th))
-    return out
+share_series = series("sharpness", "over_threshold")  # (step, sharpness / threshold) where both are recorded
 
 
 def sharpening(run: RunRecords) -> float | None:
@@ -150,4 +139,4 @@ EXPERIMENT = register(Experiment(
     name="stability", title="Beyond the paper: the edge of stability", anchor="stability",
     help="Beyond the paper: VGG +/- BN under SGD (3 lrs) and Adam (2 lrs): sharpness against its stability "
     "threshold, per layer, trace and spectral density.",
-    plan=plan, claims=claims, figures=figures, paper=False))
+    plan=plan, claims=claims, figures=figures, paper=False, preset_key="stability"))

@@ -34,9 +34,9 @@ def figures(t) -> list[Figure]:
         g = t.groups("vgg", lrs[0])
         runs = [r for rs in g.values() for r in rs]
         present, absent = F.numbered(runs, "activation_stats", PAPER_LAYERS)
-        for k, layer in present:
-            figs.append(Figure(f"Activation distributions of layer {k} ({layer}) over training (lr {lrs[0]:g}); "
-                               f"{F.LAYER_COUNTING}", F.activation_ridges, (g, layer, f"input of layer {k}")))
+        for k in present:
+            figs.append(Figure(f"Activation distributions of layer {k} over training (lr {lrs[0]:g}); "
+                               f"{F.LAYER_COUNTING}", F.activation_ridges, (g, k, f"input of layer {k}")))
         if absent or not present:
             layer = F.middle_layer(runs)
             if layer:

@@ -15,10 +15,10 @@ from __future__ import annotations
 import math
 
 from landscape.claims import Claim, diff, final_train_acc, median_probe, ratio
-from landscape.config import build_config
 from landscape.experiments import Experiment, Figure, register
 from landscape.experiments.smoothness import edge_note
-from landscape.planning import NETS, RunSpec
+from landscape.planning import RunSpec, paired_run
+from landscape.names import label_of
 from landscape.report import figures as F
 from landscape.results import beta_eff, max_grad_change
 
@@ -36,12 +36,9 @@ def settings(preset: dict) -> list[tuple[str, float]]:
 
 def vit_run(preset: dict, net: str, optimizer: str, lr: float, seed: int, overrides=()) -> RunSpec:
     s = preset.get("transformer") or {}
-    name = f"vit-{net}-{optimizer}-lr{lr:g}-s{seed}"
-    optim = {"name": optimizer, "lr": lr, "weight_decay": s.get("adamw_weight_decay", 0.0) if optimizer == "adamw"
-             else 0.0}
-    cfg = build_config([s.get("vit", {}), {"name": name, "seed": seed, "data_seed": seed, "noise_seed": seed,
-                                           "model": {"arch": "vit", "norm": NETS[net]}, "optim": optim}, *overrides])
-    return RunSpec(name, "vit", net, lr, seed, cfg, variant=optimizer)
+    optim = {"name": optimizer, "weight_decay": s.get("adamw_weight_decay", 0.0) if optimizer == "adamw" else 0.0}
+    return paired_run("vit", "vit", net, lr, seed, [s.get("vit", {})], overrides, optim=optim, tag=optimizer,
+                      variant=optimizer)
 
 
 def plan(preset: dict, seeds: list[int], overrides: list[dict]):
@@ -89,15 +86,15 @@ def claims(preset: dict) -> list[Claim]:
         main = (opt, lr) in headline
         for net in ("ln", "rms"):
             for cid, text, metric in SMOOTH:
-                out.append(Claim(f"vit.{opt}{lr:g}.{net}.{cid}", f"ViT, {tag}: {F.label_of(net)} lowers the {text} "
-                                 "(smoother than no normalisation)", "median over probe steps, none / " + F.label_of(net),
+                out.append(Claim(f"vit.{opt}{lr:g}.{net}.{cid}", f"ViT, {tag}: {label_of(net)} lowers the {text} "
+                                 "(smoother than no normalisation)", "median over probe steps, none / " + label_of(net),
                                  _setting(opt, lr, smoother(net, metric)), 1.0, transform="log",
                                  layers="all parameters", headline=main, note=_edge(opt, lr, net)))
         out.append(Claim(f"vit.{opt}{lr:g}.dyt_like_ln", f"ViT, {tag}: Dynamic Tanh is as smooth as LayerNorm "
                          f"(beta_eff within a factor {DYT_BAND:g})", "|log(median beta_eff DyT / LayerNorm)|",
                          _setting(opt, lr, dyt_vs_ln), math.log(DYT_BAND), direction="below", headline=main))
         for net in ("ln", "rms", "bn", "dyt"):
-            out.append(Claim(f"vit.{opt}{lr:g}.{net}.trains_better", f"ViT, {tag}: {F.label_of(net)} trains better "
+            out.append(Claim(f"vit.{opt}{lr:g}.{net}.trains_better", f"ViT, {tag}: {label_of(net)} trains better "
                              "than no normalisation at equal steps", "final train acc (norm) - train acc (none)",
                              _setting(opt, lr, trains_better(net)), 0.0, headline=main))
     return out
@@ -121,4 +118,4 @@ EXPERIMENT = register(Experiment(
     name="transformer-norms", title="Beyond the paper: normalisation in a Vision Transformer", anchor="transformer",
     help="Beyond the paper: a small ViT with no norm, LayerNorm, RMSNorm, BatchNorm or Dynamic Tanh, under AdamW and "
     "SGD: Figure 4's probes, sharpness and ICS_opti.",
-    plan=plan, claims=claims, figures=figures, paper=False))
+    plan=plan, claims=claims, figures=figures, paper=False, preset_key="transformer"))

@@ -35,7 +35,8 @@ import torch
 
 from landscape.errors import UserError
 from landscape.integrations.common import check_probeable
-from landscape.outputs import TensorBoard, require
+from landscape.extras import require
+from landscape.outputs import TensorBoard
 from landscape.probes.monitor import Monitor
 from landscape.probes.schedules import Schedule
 
@@ -75,17 +76,17 @@ class _ActiveWandB:
 
 class LandscapeHFCallback(transformers.TrainerCallback):
     """Probes on a schedule inside ``Trainer.train``. ``monitor_options`` go to
-    :class:`~landscape.probes.Monitor` (``etas``, ``layers``, ``sharpness_iters``, ...)."""
+    :class:`~landscape.probes.Monitor` (``options``, ``layers``, ``eval_mode``, ...)."""
 
     def __init__(self, out: str | Path, schedule: Schedule | None = None, *,
                  probes: Sequence[str] = ("gradient_sweep", "ics_opti"), loss_fn: Callable = model_loss,
                  output_fn: Callable = _identity, outputs: Sequence | None = None, follow_report_to: bool = True,
                  resume: bool = False, force: bool = False, **monitor_options):
-        from landscape.probes.monitor import PROBE_NAMES
+        from landscape.probes import entries
 
-        unknown = [p for p in probes if p not in PROBE_NAMES]
+        unknown = [p for p in probes if p not in entries.REGISTRY]
         if unknown:
-            raise UserError(f"LandscapeHFCallback: unknown probes {unknown}; choose from {', '.join(PROBE_NAMES)}")
+            raise UserError(f"LandscapeHFCallback: unknown probes {unknown}; choose from {', '.join(entries.names())}")
         self.out, self.schedule, self.probes = Path(out), schedule, tuple(probes)
         self.loss_fn, self.output_fn = loss_fn, output_fn
         self.extra_outputs, self.follow_report_to = list(outputs or []), follow_report_to

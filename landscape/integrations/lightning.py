@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from landscape.errors import UserError
-from landscape.outputs import ScalarFn, require
+from landscape.extras import require
+from landscape.outputs import ScalarFn
 from landscape.integrations.common import check_probeable
 from landscape.probes.monitor import Monitor
 from landscape.probes.schedules import Schedule
@@ -50,8 +51,7 @@ def default_batch_fn(batch: Any) -> tuple[Any, Any]:
 
 class LandscapeCallback(pl.Callback):
     """Probes on a schedule inside ``Trainer.fit``. ``monitor_options`` are passed to
-    :class:`~landscape.probes.Monitor` (``etas``, ``eta_multiples``, ``layers``, ``probe_batch``,
-    ``sharpness_iters``, ``warm_start``, ``eval_mode``, ...). ``outputs``: more outputs
+    :class:`~landscape.probes.Monitor` (``options``, ``layers``, ``probe_batch``, ``eval_mode``, ...). ``outputs``: more outputs
     (``landscape.outputs.TensorBoard``...); ``log_scalars=False`` keeps scalars off the loggers.
     ``train_every``: steps between train-loss records in the run directory (from the step's
     ``training_step`` output)."""
@@ -61,11 +61,11 @@ class LandscapeCallback(pl.Callback):
                  batch_fn: Callable[[Any], tuple[Any, Any]] = default_batch_fn, output_fn: Callable | None = None,
                  log_scalars: bool = True, outputs: Sequence | None = None, train_every: int = 50,
                  force: bool = False, **monitor_options):
-        from landscape.probes.monitor import PROBE_NAMES
+        from landscape.probes import entries
 
-        unknown = [p for p in probes if p not in PROBE_NAMES]
+        unknown = [p for p in probes if p not in entries.REGISTRY]
         if unknown:
-            raise UserError(f"LandscapeCallback: unknown probes {unknown}; choose from {', '.join(PROBE_NAMES)}")
+            raise UserError(f"LandscapeCallback: unknown probes {unknown}; choose from {', '.join(entries.names())}")
         if train_every <= 0:
             raise UserError(f"LandscapeCallback: train_every must be positive; got {train_every}")
         self.out, self.schedule, self.probes = Path(out), schedule, tuple(probes)

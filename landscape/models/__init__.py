@@ -7,13 +7,20 @@ import dataclasses
 import torch
 from torch import nn
 
-from landscape.config import ModelConfig
 from landscape.models.dln import DeepLinear
-from landscape.models.norms import LpNorm, NoisyBatchNorm, make_norm
-from landscape.models.vgg import VGG
-from landscape.models.vit import ViT
+from landscape.models.norms import NOISE_FORMS, NORMS, LpNorm, NoisyBatchNorm, make_norm
+from landscape.models.vgg import HEADS, VGG, VGG_FEATURES
+from landscape.models.vit import VIT_NORMS, ViT
 
-__all__ = ["VGG", "ViT", "DeepLinear", "LpNorm", "NoisyBatchNorm", "make_norm", "build_model", "initialize"]
+# The choices the config offers (model.arch, model.norm per arch, model.head, model.init, model.vgg_depth).
+ARCH_NORMS = {"vgg": NORMS,  # after each conv (conv -> norm -> ReLU)
+              "dln": NORMS,  # after each linear layer but the last
+              "vit": VIT_NORMS}  # every pre-norm slot and the final norm
+ALL_NORMS = tuple(dict.fromkeys(n for norms in ARCH_NORMS.values() for n in norms))
+INITS = ("xavier", "kaiming", "torch_default")
+VGG_DEPTHS = tuple(VGG_FEATURES)
+
+__all__ = ["ARCH_NORMS", "ALL_NORMS", "INITS", "VGG_DEPTHS", "HEADS", "NOISE_FORMS", "VGG", "ViT", "DeepLinear", "LpNorm", "NoisyBatchNorm", "make_norm", "build_model", "initialize"]
 
 
 def initialize(model: nn.Module, scheme: str) -> None:
@@ -35,9 +42,9 @@ def initialize(model: nn.Module, scheme: str) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def build_model(cfg: ModelConfig, seed: int = 0, noise_seed: int = 0, in_dim: int | None = None, out_dim: int = 10,
+def build_model(cfg, seed: int = 0, noise_seed: int = 0, in_dim: int | None = None, out_dim: int = 10,
                 image_size: int = 32) -> nn.Module:
-    """Build on the CPU from ``seed`` without touching the global RNG (so init is device-independent).
+    """The model ``cfg`` (a ``ModelConfig``) describes, built on the CPU from ``seed`` without touching the global RNG (so init is device-independent).
     ``in_dim``: image channels (vgg, vit) or input width (dln); ``image_size``: the images' side (vit)."""
     noise = dataclasses.asdict(cfg.noise)
     if in_dim is None:

@@ -1,4 +1,4 @@
-"""Deep linear network (PAPER.md, Experiment 3): x -> W_k ... W_1 x, optionally normalised between layers."""
+"""Deep linear network (the paper's Appendix A.1; docs/protocol.md): x -> W_k ... W_1 x, optionally normalised between layers."""
 
 from __future__ import annotations
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from landscape.config import NOISE_FORMS, NORMS
 from landscape.data import seeded_generator
+
+NORMS = ("none", "batch", "noisy_batch", "l1", "l2", "linf")  # make_norm: after a conv or linear layer
+NOISE_FORMS = ("per_unit", "per_layer")  # NoisyBatchNorm's form
 
 
 class NoisyBatchNorm(nn.BatchNorm2d):
-    """BatchNorm followed by noise that changes every step (PAPER.md, Experiment 2; the
+    """BatchNorm followed by noise that changes every step (the paper's Figure 2; the
     paper's Appendix A.2.1, Algorithm 1).
 
     ``form="per_unit"`` (the paper's): at every step, for each unit j (channel) draw
@@ -81,7 +83,7 @@ class NoisyBatchNorm(nn.BatchNorm2d):
 
 
 class LpNorm(nn.Module):
-    """l_p normalisation (PAPER.md, Appendix): subtract the per-channel mean, as BN does, then
+    """l_p normalisation (the paper's appendix; docs/protocol.md): subtract the per-channel mean, as BN does, then
     divide by the channel's average l_p norm computed before mean-shifting.
 
     With the channel's M values over batch and space, the average l_p norm is the power mean

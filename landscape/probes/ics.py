@@ -1,4 +1,4 @@
-"""Internal covariate shift, both views of PAPER.md.
+"""Internal covariate shift, both views of the paper (docs/protocol.md).
 
 ICS_opti (Experiment 3), for layer i at step t on one batch:
     ``G  = grad_{W_i} L(W_1^t, ..., W_k^t)``

@@ -1,4 +1,4 @@
-"""The loss landscape along the gradient (PAPER.md, Experiment 4) and its curvature.
+"""The loss landscape along the gradient (the paper's Figure 4; docs/protocol.md) and its curvature.
 
 Definitions, at weights ``w`` with gradient ``g = grad L(w)`` on one batch ``B``, for
 absolute step sizes ``eta`` (trainer configs give them as multiples of the lr):

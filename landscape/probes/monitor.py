@@ -1,114 +1,126 @@
-"""Run the probes on a schedule inside any training loop, and write run-directory records.
+"""Run the probes on a schedule inside any training loop; every measurement goes to a sink.
 
     monitor = Monitor("runs/my_model", model, optimizer, loss_fn, every(50))
     ...                                  # your forward and loss.backward()
     monitor.observe(step, (x, y), loss)  # after backward, before optimizer.step()
-    optimizer.step()                     # a hook on the optimizer finishes ics_opti
+    optimizer.step()                     # a hook on the optimizer finishes the after-step probes
     monitor.close()
 
-A loop that would rather call everything itself (as ``landscape train`` does) passes
-``step_hook=False`` and calls ``monitor.after_step()`` right after ``optimizer.step()``.
+The probes are the entries of :mod:`landscape.probes.entries`; ``Monitor`` loops over the
+enabled ones. A loop that would rather call everything itself (as ``landscape train`` does)
+passes ``step_hook=False`` and calls ``monitor.after_step()`` right after ``optimizer.step()``.
 
-Records (one JSON line each, in ``metrics.jsonl``), as ``landscape train`` writes them:
-``{"kind": "probe", "probe": NAME, "step": t, "values": {...}, "cost": {"seconds", "forward",
-"backward", "hvp"}}``. ``monitor.log_train(step, loss=..., acc=...)`` adds train records.
+Records (one per probe and step): ``{"kind": "probe", "probe": NAME, "step": t, "values": {...},
+"cost": {"seconds", "forward", "backward", "hvp"}}``; ``monitor.log_train(step, loss=..., acc=...)``
+adds train records. They go to the sink: any callable taking a record, or a run directory
+(a path: ``landscape.runs`` opens it and writes ``metrics.jsonl``, ``status.json``, ...).
 """
 
 from __future__ import annotations
 
 import time
-import warnings
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from landscape.probes.curvature import (UnreadableOptimizer, directional_curvature, hessian_trace, layer_sharpness,
-                                        preconditioner, spectral_density, stability_threshold)
+from landscape.probes import entries
+from landscape.probes.entries import Context
 from landscape.probes.functional import Batch, current_params, rng_state, snapshot_buffers
-from landscape.probes.ics import activation_stats, distribution_shift, ics_opti
-from landscape.probes.landscape import gradient_sweep, sharpness
 from landscape.probes.schedules import Schedule, every
 
-PROBE_NAMES = ("gradient_sweep", "ics_opti", "activation_stats", "sharpness", "curvature", "layer_sharpness",
-               "hessian_trace", "spectral_density")
-DEFAULT_ETA_MULTIPLES = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)  # the paper's [0.5, 4] x lr
-CURVATURE_PROBES = ("sharpness", "curvature", "layer_sharpness", "hessian_trace", "spectral_density")
+Sink = Callable[[dict], None]
 
 
 class Monitor:
     """Probes on a schedule for any model, optimizer and loss.
 
-    ``out``: a run directory to create (refuses to overwrite one unless ``force``), or a
-    callable that receives each record (the trainer passes its run's ``log``).
-    ``etas`` are absolute step sizes; ``eta_multiples`` are multiples of the optimizer's
-    current lr (the paper's convention; used when ``etas`` is None).
-    ``probe_batch`` is the fixed batch ``activation_stats`` measures (default: each step's).
-    ``outputs``: more places for the records and their scalars (``landscape.outputs``:
-    ``TensorBoard(logdir)``, ``WandB(dir)``, or anything with ``record``/``scalars``/``close``);
-    :meth:`close` closes them. ``resume_step``: continue the run directory ``out`` from this step
-    (its later records are dropped; restore the rest with :meth:`load_state_dict`).
+    ``out``: where records go: a callable receiving each record (the trainer passes its run's
+    ``log``), or a run directory to create (refused if it exists, unless ``force``; with
+    ``resume_step``, continued from that step, its later records dropped: restore the rest with
+    :meth:`load_state_dict`). ``probes``: names of entries (``landscape.probes.entries``).
+    ``options``: per probe, a mapping or its options dataclass (``{"sharpness": {"iters": 30}}``);
+    0.2's keywords (``etas`` absolute, ``eta_multiples``, ``sharpness_iters``, ``sharpness_tol``,
+    ``warm_start``, ``trace_samples``, ``trace_method``, ``density_vectors``, ``density_steps``)
+    still work. ``probe_batch``: the fixed batch of probes that measure one (``activation_stats``;
+    default: each step's). ``outputs``: more places for records and their scalars
+    (``landscape.outputs``: ``TensorBoard(logdir)``, ``WandB(dir)``, or anything with
+    ``record``/``scalars``/``close``); :meth:`close` closes them.
 
-    Call :meth:`before_forward` (optional) at the start of a step: on probe steps it
-    snapshots the buffers and RNG state, so the probes can reuse the step's own loss and
-    gradient (one pass fewer per probe) and see exactly the training forward's randomness.
+    Call :meth:`before_forward` (optional) at the start of a step: on probe steps it snapshots the
+    buffers and RNG state, so the probes can reuse the step's own loss and gradient (one pass
+    fewer per probe) and see exactly the training forward's randomness.
     """
 
-    def __init__(self, out: str | Path | Callable[[dict], None], model: nn.Module,
-                 optimizer: torch.optim.Optimizer, loss_fn: Callable, schedule: Schedule | None = None, *,
-                 probes: Sequence[str] = ("gradient_sweep", "ics_opti"), etas: Sequence[float] | None = None,
-                 eta_multiples: Sequence[float] = DEFAULT_ETA_MULTIPLES,
-                 layers: Iterable | dict | None = None, probe_batch: Batch | None = None,
-                 sharpness_iters: int = 20, sharpness_tol: float = 1e-3, warm_start: bool = False,
-                 trace_samples: int = 30, trace_method: str = "hutchinson", density_vectors: int = 4,
-                 density_steps: int = 20, eval_mode: bool = False, output_fn: Callable | None = None,
-                 force: bool = False, step_hook: bool = True, outputs: Sequence | None = None,
-                 resume_step: int | None = None):
-        unknown = [p for p in probes if p not in PROBE_NAMES]
+    def __init__(self, out: str | Path | Sink, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 loss_fn: Callable, schedule: Schedule | None = None, *,
+                 probes: Sequence[str] = ("gradient_sweep", "ics_opti"), options: Mapping[str, Any] | None = None,
+                 layers: Iterable | dict | None = None, probe_batch: Batch | None = None, eval_mode: bool = False,
+                 output_fn: Callable | None = None, force: bool = False, step_hook: bool = True,
+                 outputs: Sequence | None = None, resume_step: int | None = None, **legacy: Any):
+        unknown = [p for p in probes if p not in entries.REGISTRY]
         if unknown:
-            raise ValueError(f"unknown probes {unknown}; choose from {PROBE_NAMES}")
-        if "sharpness" in probes:
-            try:
-                stability_threshold(optimizer)
-            except UnreadableOptimizer as exc:  # said once, at attach time; sharpness is still measured
-                warnings.warn(str(exc), stacklevel=2)
-        self.warm_start, self._sharpness_vector = warm_start, None
-        self.trace_samples, self.trace_method = trace_samples, trace_method
-        self.density_vectors, self.density_steps = density_vectors, density_steps
+            raise ValueError(f"unknown probes {unknown}; choose from {entries.names()}")
+        self.probes = tuple(probes)
+        self._order = [n for n in entries.names() if n in self.probes]  # the table's order, whatever the list's
+        self.options = self._options(dict(options or {}), legacy)
+        entries.warn_at_attach(self.probes, optimizer, self.options)
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.schedule = schedule or every(100)
-        self.probes = tuple(probes)
-        self.etas, self.eta_multiples = etas, tuple(eta_multiples)
-        self.layers = layers
-        self.probe_batch = probe_batch
-        self.sharpness_iters, self.sharpness_tol = sharpness_iters, sharpness_tol
+        self.layers, self.probe_batch = layers, probe_batch
         self.eval_mode, self.output_fn = eval_mode, output_fn
+        self.state: dict[str, dict] = {name: {} for name in self.probes}  # each probe's own, between its steps
         self.run = None
         if callable(out):
             self.sink = out
         else:
-            from landscape.runs import Run
+            from landscape.runs import monitor_run  # a path: the run directory is runs.py's business
 
-            self.run = Run.fresh(out, force=force) if resume_step is None else Run.reopen(out, resume_step)
-            self.run.write_settings({"monitor": {"model": type(model).__name__, "optimizer": type(optimizer).__name__,
-                                                 "probes": list(self.probes), "etas": etas,
-                                                 "eta_multiples": list(self.eta_multiples),
-                                                 "eval_mode": eval_mode}})
-            self.run.write_env(next(model.parameters()).device)
-            self.run.set_status("running", resume_step or 0)
+            self.run = monitor_run(out, self.settings(), next(model.parameters()).device, force=force,
+                                   resume_step=resume_step)
             self.sink = self.run.log
         self.outputs = list(outputs or [])
         if self.outputs:
-            from landscape.outputs import Fanout
+            from landscape.probes.records import Fanout
 
             self.sink = Fanout(self.sink, self.outputs)
-        self.previous_activations: dict | None = None
         self._snapshot: tuple[int, dict, dict] | None = None
-        self._pending: dict | None = None
+        self._pending: list[tuple[str, Context]] = []
         self._last_step = 0
-        # Users' loops get ics_opti finished by the optimizer itself; the trainer calls after_step().
+        # Users' loops get the after-step probes finished by the optimizer itself; the trainer calls after_step().
         self._hook = optimizer.register_step_post_hook(lambda *_: self.after_step()) if step_hook else None
+
+    def _options(self, given: dict, legacy: dict) -> dict:
+        absolute = legacy.pop("etas", None)
+        multiples = legacy.pop("eta_multiples", None)
+        unknown = [k for k in legacy if k not in entries.LEGACY_OPTIONS]
+        if unknown:
+            raise TypeError(f"Monitor() got unexpected keyword arguments {unknown}")
+        upgraded = entries.upgrade_legacy(legacy)
+        sweep = dict(upgraded.get("gradient_sweep", {}))
+        if absolute is not None:
+            sweep.update(etas=tuple(absolute), absolute=True)
+        elif multiples is not None:
+            sweep.update(etas=tuple(multiples))
+        if sweep:
+            upgraded["gradient_sweep"] = sweep
+        out = {}
+        for name in self.probes:
+            opts = given.get(name)
+            if isinstance(opts, dict) or opts is None:
+                opts = {**upgraded.get(name, {}), **(opts or {})}
+            out[name] = entries.options_of(name, opts)
+        return out
+
+    def settings(self) -> dict:
+        """What this Monitor measures, as a run's ``monitor.yaml`` records it."""
+        import dataclasses
+
+        return {"monitor": {"model": type(self.model).__name__, "optimizer": type(self.optimizer).__name__,
+                            "probes": list(self.probes),
+                            "options": {n: dataclasses.asdict(o) for n, o in self.options.items()},
+                            "eval_mode": self.eval_mode}}
 
     # ---------------------------------------------------------------- the loop's calls
     def before_forward(self, step: int) -> None:
@@ -136,95 +148,35 @@ class Monitor:
                     if p.requires_grad and p.grad is not None}
             if len(grad) != sum(p.requires_grad for p in self.model.parameters()):
                 grad = None  # some parameter has no gradient this step: compute it instead
-        common = dict(eval_mode=self.eval_mode, buffers=buffers, rng=rng)
-        lr = self.optimizer.param_groups[0]["lr"]
-
-        if "gradient_sweep" in self.probes:
-            etas = list(self.etas) if self.etas is not None else [m * lr for m in self.eta_multiples]
-            reuse = {"grad": grad, "loss": loss.detach() if torch.is_tensor(loss) else loss} if grad else {}
-            self._timed(step, "gradient_sweep", lambda: gradient_sweep(
-                self.model, self.loss_fn, batch, etas, output_fn=self.output_fn, **reuse, **common).as_dict(),
-                extra={"lr": lr, "eta_multiples": None if self.etas is not None else list(self.eta_multiples)})
-        if "sharpness" in self.probes:
-            self._timed(step, "sharpness", lambda: self._sharpness(batch, common), extra=self._optimizer_facts())
-        if "curvature" in self.probes:
-            self._timed(step, "curvature", lambda: directional_curvature(
-                self.model, self.loss_fn, batch, output_fn=self.output_fn, **common).as_dict())
-        if "layer_sharpness" in self.probes:
-            self._timed(step, "layer_sharpness", lambda: layer_sharpness(
-                self.model, self.loss_fn, batch, self.layers, iters=self.sharpness_iters, tol=max(self.sharpness_tol, 1e-2),
-                output_fn=self.output_fn, **common).as_dict())
-        if "hessian_trace" in self.probes:
-            self._timed(step, "hessian_trace", lambda: hessian_trace(
-                self.model, self.loss_fn, batch, samples=self.trace_samples, method=self.trace_method, seed=step,
-                output_fn=self.output_fn, **common).as_dict())
-        if "spectral_density" in self.probes:
-            self._timed(step, "spectral_density", lambda: spectral_density(
-                self.model, self.loss_fn, batch, vectors=self.density_vectors, steps=self.density_steps, seed=step,
-                output_fn=self.output_fn, **common).as_dict())
-        if "activation_stats" in self.probes:
-            probe_batch = self.probe_batch if self.probe_batch is not None else batch
-            layers = None if self.layers is None or isinstance(self.layers, dict) else list(self.layers)
-
-            def measure():
-                stats = activation_stats(self.model, probe_batch, layers, eval_mode=self.eval_mode,
-                                         buffers=buffers, rng=rng).as_dict()
-                stats["shift"] = (distribution_shift(self.previous_activations, stats)
-                                  if self.previous_activations is not None else None)
-                self.previous_activations = {"stats": stats["stats"]}
-                return stats
-
-            self._timed(step, "activation_stats", measure)
-        if "ics_opti" in self.probes:  # finished by after_step(), with W^{t+1}
-            self._pending = {"step": step, "batch": batch, "grad": grad, "buffers": buffers, "rng": rng,
-                             "params": {n: p.clone() for n, p in current_params(self.model).items()}}
-
-    def _optimizer_facts(self) -> dict:
-        group = self.optimizer.param_groups[0]
-        try:
-            threshold = stability_threshold(self.optimizer)  # per call: the lr may change
-        except UnreadableOptimizer:
-            threshold = None
-        facts = {"lr": group["lr"], "optimizer": type(self.optimizer).__name__, "threshold": threshold}
-        if "momentum" in group:
-            facts["momentum"] = group["momentum"]
-        if "betas" in group:
-            facts["betas"] = list(group["betas"])
-        return facts
-
-    def _sharpness(self, batch: Batch, common: dict) -> dict:
-        """Optimizer-aware sharpness: of P^-1 H for Adam/AdamW (P its preconditioner), of H otherwise."""
-        try:
-            P = preconditioner(self.optimizer, self.model)
-        except UnreadableOptimizer as exc:
-            if isinstance(self.optimizer, (torch.optim.Adam, torch.optim.AdamW)):  # before its first step
-                return {"value": None, "preconditioned": True, "note": str(exc)}
-            P = None  # an optimizer we cannot read: the plain Hessian (said at attach time)
-        start = self._sharpness_vector if self.warm_start and self._sharpness_vector is not None else "gradient"
-        result = sharpness(self.model, self.loss_fn, batch, iters=self.sharpness_iters, tol=self.sharpness_tol,
-                           output_fn=self.output_fn, preconditioner=P, start=start, **common)
-        self._sharpness_vector = result.vector if self.warm_start else None
-        return {**result.as_dict(), "warm_start": not isinstance(start, str)}
+        before = None
+        for name in self._order:
+            probe = entries.get(name)
+            ctx = Context(step, self.model, self.optimizer, self.loss_fn, batch, buffers, rng, grad=grad,
+                          loss=loss if grad else None, layers=self.layers, eval_mode=self.eval_mode,
+                          output_fn=self.output_fn, fixed_batch=self.probe_batch, state=self.state[name])
+            if probe.after_step:  # finished by after_step(), with W^{t+1}
+                if before is None:
+                    before = {n: p.clone() for n, p in current_params(self.model).items()}
+                ctx.params = before
+                self._pending.append((name, ctx))
+                continue
+            t0 = time.perf_counter()
+            self._write(step, name, probe.measure(ctx, self.options[name]), t0)
 
     def after_step(self) -> None:
-        """Right after ``optimizer.step()``: finish ics_opti with the optimizer's real update W^{t+1}
-        (called by the optimizer's post-step hook unless the Monitor was made with ``step_hook=False``)."""
-        pending, self._pending = self._pending, None
-        if pending is None:
+        """Right after ``optimizer.step()``: finish the after-step probes (ICS_opti) with the
+        optimizer's real update W^{t+1} (called by the optimizer's post-step hook unless the
+        Monitor was made with ``step_hook=False``)."""
+        pending, self._pending = self._pending, []
+        if not pending:
             return
-        t0 = time.perf_counter()
-        result = ics_opti(self.model, self.loss_fn, pending["batch"], current_params(self.model),
-                          params=pending["params"], layers=self.layers, grad=pending["grad"],
-                          eval_mode=self.eval_mode, buffers=pending["buffers"], rng=pending["rng"],
-                          output_fn=self.output_fn).as_dict()
-        self._write(pending["step"], "ics_opti", result, t0)
+        next_params = current_params(self.model)
+        for name, ctx in pending:
+            t0 = time.perf_counter()
+            ctx.next_params = next_params
+            self._write(ctx.step, name, entries.get(name).measure(ctx, self.options[name]), t0)
 
     # ---------------------------------------------------------------- records
-    def _timed(self, step: int, name: str, fn: Callable[[], dict], extra: dict | None = None) -> None:
-        t0 = time.perf_counter()
-        values = fn()
-        self._write(step, name, {**values, **(extra or {})}, t0)
-
     def _write(self, step: int, name: str, values: dict, t0: float) -> None:
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.synchronize()  # probe steps only: so the recorded seconds are the probe's
@@ -238,11 +190,16 @@ class Monitor:
 
     def state_dict(self) -> dict:
         """What the next probes depend on (saved in checkpoints, so a resumed run records the same)."""
-        return {"previous_activations": self.previous_activations, "sharpness_vector": self._sharpness_vector}
+        return {"probes": {name: dict(s) for name, s in self.state.items() if s}}
 
     def load_state_dict(self, state: dict) -> None:
-        self.previous_activations = state.get("previous_activations")
-        self._sharpness_vector = state.get("sharpness_vector")
+        saved = state.get("probes")
+        if saved is None:  # written by landscape 0.2
+            saved = {"activation_stats": {"previous": state.get("previous_activations")},
+                     "sharpness": {"vector": state.get("sharpness_vector")}}
+        for name in self.probes:
+            self.state[name].clear()
+            self.state[name].update({k: v for k, v in (saved.get(name) or {}).items() if v is not None})
 
     def close(self, status: str = "done") -> None:
         if self._hook is not None:

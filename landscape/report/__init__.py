@@ -154,7 +154,10 @@ def seed_trust(claims: list[dict]) -> dict:
     return {"single": len(single), "several": len(several), "seeds": seeds, "against": against, "decided": decided}
 
 
-def build_report(paths: list[str | Path], output: str | Path) -> Path:
+def build_report(paths: list[str | Path], output: str | Path, experiments: dict | None = None) -> Path:
+    """The report of every run and experiment summary under ``paths``, written to ``output``.
+    ``experiments``: the experiment registry (``landscape.experiments.REGISTRY``), whose figures and
+    titles a summary's section gets; without it every section is drawn as plain runs."""
     paths, output = [Path(p) for p in paths], Path(output)
     if output.is_dir():
         raise UserError(f"report output '{output}' is a folder; pass a file name such as {output / 'report.html'}")
@@ -166,8 +169,7 @@ def build_report(paths: list[str | Path], output: str | Path) -> Path:
     if not runs and not summaries:
         raise UserError(f"no runs or experiment summaries under {', '.join(map(str, paths))}; "
                         "pass the --out folder of `landscape train` or of an experiment")
-    from landscape.experiments import REGISTRY
-
+    REGISTRY = experiments or {}
     by_name = {r.name: r for r in runs}
     problems = [f"{s}: unreadable, or not a summary (a JSON object with a 'runs' object)" for s, d in summaries
                 if d is None]
@@ -211,7 +213,7 @@ def build_report(paths: list[str | Path], output: str | Path) -> Path:
     return atomic_write(output, html)
 
 
-def claims_markdown(paths: list[str | Path], diagnostics: bool = False) -> str:
+def claims_markdown(paths: list[str | Path], diagnostics: bool = False, order=()) -> str:
     """The claims of every experiment summary under ``paths`` as a Markdown table (the README's
     tables come from this): value (mean over seeds), 95% interval, one-sided bound, sign count,
     verdict and why. Diagnostics are left out unless asked for."""
@@ -219,9 +221,7 @@ def claims_markdown(paths: list[str | Path], diagnostics: bool = False) -> str:
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise UserError(f"'{missing[0]}' does not exist; pass experiment folders or their parent")
-    from landscape.experiments import REGISTRY
-
-    order = {name: i for i, name in enumerate(REGISTRY)}
+    order = {name: i for i, name in enumerate(order)}  # experiments in the registry's order
     summaries = sorted([(f, d) for f, d in find_summaries(paths) if d],
                        key=lambda fd: (order.get(fd[1].get("experiment"), len(order)), str(fd[0])))
     if not summaries:

@@ -1,32 +1,68 @@
 """Figures from run records (seaborn/matplotlib), returned as PNG bytes. Nothing here measures:
-every number drawn is a recorded one, or a mean/confidence band over seeds of recorded ones."""
+every number drawn is a recorded one, or a mean/confidence band over seeds of recorded ones.
+
+Plotting libraries are imported when the first figure is drawn, never at import (``landscape
+--help`` does not pay for them), and drawing never changes the user's matplotlib state: figures
+are ``matplotlib.figure.Figure`` objects (no pyplot, no backend switch), drawn inside seaborn's
+style and context managers and an rc context that is restored afterwards.
+"""
 
 from __future__ import annotations
 
+import functools
+import importlib
 import io
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from landscape.planning import NETS  # noqa: E402
-from landscape.results import RunRecords, finite, loss_band, max_grad_change, mean_over_layers, mean_shift  # noqa: E402
-from landscape.stats import mean_ci  # noqa: E402
+from landscape.names import NETS, label_of
+from landscape.results import (RunRecords, beta_eff, final_test_acc, finite, loss_band, max_grad_change, mean_over_layers,
+                               mean_shift, med, series)
+from landscape.stats import mean_ci
 
 MAX_POINTS = 300  # long series are downsampled for drawing
-NET_LABELS = {"standard": "standard", "bn": "BatchNorm", "noisy_bn": "noisy BN", "l1": "l1 norm", "l2": "l2 norm",
-              "linf": "l_inf norm", "ln": "LayerNorm", "rms": "RMSNorm", "dyt": "Dynamic Tanh"}
-PALETTE = sns.color_palette("colorblind", 10) + sns.color_palette("dark", 10)
-NET_COLORS = {net: PALETTE[i] for i, net in enumerate(NETS)}  # the same colour per network in every figure
 
-sns.set_theme(style="whitegrid", context="paper", font_scale=1.05)
+
+class _Lazy:
+    """A module imported on first use (seaborn and matplotlib cost about a second to import)."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr):
+        return getattr(importlib.import_module(self._name), attr)
+
+
+sns = _Lazy("seaborn")
+
+
+def drawing(fn):
+    """A figure function: drawn in the report's style, leaving matplotlib's global settings as they were."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context(), sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=1.05):
+            matplotlib.rcParams["mathtext.default"] = "regular"
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def subplots(nrows: int = 1, ncols: int = 1, figsize=(6, 4), squeeze: bool = True):
+    """``plt.subplots`` without pyplot: a Figure nobody else holds (no global figure manager)."""
+    from matplotlib.figure import Figure as MplFigure
+
+    fig = MplFigure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
+
+
+@functools.cache
+def _palette() -> list:
+    return list(sns.color_palette("colorblind", 10)) + list(sns.color_palette("dark", 10))
 
 
 @dataclass(frozen=True)
@@ -39,16 +75,19 @@ class Figure:
 
 
 def color_of(net: str) -> tuple:
-    """A fixed colour per network kind; other names (runs outside experiments) get one of the
-    remaining colours by a stable hash of the name, the same in every process."""
-    if net in NET_COLORS:
-        return NET_COLORS[net]
-    rest = PALETTE[len(NET_COLORS):]
-    return rest[zlib.crc32(net.encode()) % len(rest)]
+    """A fixed colour per network kind (the same in every figure); other names (runs outside
+    experiments) get one of the remaining colours by a stable hash of the name, the same in every process."""
+    palette = _palette()
+    kinds = list(NETS)
+    if net in kinds:
+        return palette[kinds.index(net)]
+    rest = palette[len(kinds):]
+    return rest[zlib.crc32(net.encode(errors="surrogateescape")) % len(rest)]
 
 
-def label_of(net: str) -> str:
-    return NET_LABELS.get(net, net)
+def text(label: str) -> str:
+    """A user-provided name as a figure label: ``$`` would start matplotlib's mathtext."""
+    return str(label).replace("$", r"\$")
 
 
 def downsample(steps, values):
@@ -61,7 +100,6 @@ def downsample(steps, values):
 def to_png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
-    plt.close(fig)
     return buf.getvalue()
 
 
@@ -90,7 +128,8 @@ def plot_lines(ax, groups: dict[str, list[RunRecords]], series_fn, logy: bool = 
         if not steps:
             continue
         s, m = downsample(steps, mean)
-        ax.plot(s, m, color=color_of(net), label=label_of(net) + (f" ({len(runs)} seeds)" if len(runs) > 1 else ""))
+        ax.plot(s, m, color=color_of(net), marker="o" if len(s) == 1 else None,  # one point is drawn too
+                label=text(label_of(net)) + (f" ({len(runs)} seeds)" if len(runs) > 1 else ""))
         if len(runs) > 1:
             s, lo = downsample(steps, low)
             _, hi = downsample(steps, high)
@@ -106,20 +145,26 @@ def _metric(kind: str, key: str):
     return lambda run: [(r["step"], r.get(key)) for r in run.kind(kind) if r.get(key) is not None]
 
 
+def diverged(groups: dict[str, list[RunRecords]]) -> bool:
+    return any(r.state == "diverged" and r.status.get("diverged_step") for runs in groups.values() for r in runs)
+
+
+@drawing
 def training_curves(groups: dict[str, list[RunRecords]], title: str) -> bytes:
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.3))
+    fig, axes = subplots(1, 4, figsize=(15, 3.3))
     for ax, (kind, key, label) in zip(axes, [("train", "loss", "train loss"), ("train", "acc", "train accuracy"),
                                              ("test", "loss", "test loss"), ("test", "acc", "test accuracy")]):
         plot_lines(ax, groups, _metric(kind, key))
         ax.set_xlabel("step")
         ax.set_ylabel(label)
     axes[0].legend(fontsize=8)
-    fig.suptitle(title + "  (dotted: step of divergence)", y=1.03)
+    fig.suptitle(text(title) + ("  (dotted: step of divergence)" if diverged(groups) else ""), y=1.03)
     return to_png(fig)
 
 
+@drawing
 def regression_curves(groups: dict[str, list[RunRecords]], title: str) -> bytes:
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.3))
+    fig, axes = subplots(1, 2, figsize=(9, 3.3))
     for ax, kind in zip(axes, ("train", "test")):
         plot_lines(ax, groups, _metric(kind, "loss"), logy=True)
         ax.set_xlabel("step")
@@ -138,17 +183,21 @@ def middle_layer(runs: list[RunRecords]) -> str | None:
     return None
 
 
-def activation_ridges(groups: dict[str, list[RunRecords]], layer: str, title: str, max_steps: int = 8) -> bytes:
-    """Per net, the histogram of the layer's input at each probe step, stacked (a ridge plot)."""
+@drawing
+def activation_ridges(groups: dict[str, list[RunRecords]], layer: str | int, title: str, max_steps: int = 8) -> bytes:
+    """Per net, the histogram of the layer's input at each probe step, stacked (a ridge plot).
+    ``layer``: a module name, or the paper's layer number k, found in each run's own records."""
     nets = list(groups)
-    fig, axes = plt.subplots(1, len(nets), figsize=(3.6 * len(nets), 4.2), squeeze=False)
+    fig, axes = subplots(1, len(nets), figsize=(3.6 * len(nets), 4.2), squeeze=False)
     for ax, net in zip(axes[0], nets):
         run = groups[net][0]
-        recs = [r for r in run.probe("activation_stats") if layer in r["values"].get("stats", {})]
+        name = layer_name(run, "activation_stats", layer) if isinstance(layer, int) else layer
+        recs = [r for r in run.probe("activation_stats") if isinstance(r["values"].get("stats"), dict)
+                and name in r["values"]["stats"]]
         if len(recs) > max_steps:
             recs = [recs[i] for i in np.unique(np.linspace(0, len(recs) - 1, max_steps).round().astype(int))]
         for i, r in enumerate(recs):
-            h = r["values"]["stats"][layer]["hist"]
+            h = r["values"]["stats"][name]["hist"]
             if not h["counts"]:
                 continue
             edges, counts = np.array(h["edges"]), np.array(h["counts"], dtype=float)
@@ -158,27 +207,19 @@ def activation_ridges(groups: dict[str, list[RunRecords]], layer: str, title: st
         ax.set_yticks(range(len(recs)))
         ax.set_yticklabels([str(r["step"]) for r in recs])
         ax.set_ylabel("step")
-        ax.set_xlabel(f"input of {layer}")
-        ax.set_title(label_of(net) + f" ({run.name})", fontsize=9)
-    fig.suptitle(title, y=1.02)
+        ax.set_xlabel(text(f"input of {name}" if not isinstance(layer, int) else f"input of layer {layer} ({name})"))
+        ax.set_title(text(label_of(net) + f" ({run.name})"), fontsize=9)
+    fig.suptitle(text(title), y=1.02)
     return to_png(fig)
 
 
+@drawing
 def shift_curves(groups: dict[str, list[RunRecords]], title: str) -> bytes:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.3))
-    plot_lines(axes[0], groups, lambda run: [(r["step"], mean_shift(r["values"])) for r in run.probe("activation_stats")
-                                             if mean_shift(r["values"]) is not None], logy=True)
+    fig, axes = subplots(1, 2, figsize=(10, 3.3))
+    plot_lines(axes[0], groups, series("activation_stats", "mean_shift"), logy=True)
     axes[0].set_ylabel("Wasserstein-1 shift\n(mean over layers)")
 
-    def std_series(run):
-        out = []
-        for r in run.probe("activation_stats"):
-            vals = finite(s.get("std") for s in r["values"].get("stats", {}).values())
-            if vals:
-                out.append((r["step"], sum(vals) / len(vals)))
-        return out
-
-    plot_lines(axes[1], groups, std_series, logy=True)
+    plot_lines(axes[1], groups, series("activation_stats", "mean_std"), logy=True)
     axes[1].set_ylabel("std of layer inputs\n(mean over layers)")
     for ax in axes:
         ax.set_xlabel("step")
@@ -190,15 +231,17 @@ def shift_curves(groups: dict[str, list[RunRecords]], title: str) -> bytes:
 def heatmap_axes(ax, net: str, groups: dict[str, list[RunRecords]]) -> None:
     """Labels of a layers-by-steps heatmap of one network."""
     ax.set_xlabel("step")
-    ax.set_title(f"{label_of(net)} ({groups[net][0].name})", fontsize=9)
+    ax.set_ylabel("layer k (weight layers from the input)", fontsize=8)
+    ax.set_title(text(f"{label_of(net)} ({groups[net][0].name})"), fontsize=9)
     ax.tick_params(axis="x", labelrotation=90, labelsize=7)
     ax.tick_params(axis="y", labelsize=7)
 
 
+@drawing
 def ics_heatmaps(groups: dict[str, list[RunRecords]], title: str) -> bytes:
     """Layers against probe steps, per net: ||G - G'|| (log colour) and cos(G, G')."""
     nets = [n for n in groups if groups[n][0].probe("ics_opti")]
-    fig, axes = plt.subplots(len(nets) or 1, 2, figsize=(12, 2.8 * max(len(nets), 1)), squeeze=False)
+    fig, axes = subplots(len(nets) or 1, 2, figsize=(12, 2.8 * max(len(nets), 1)), squeeze=False)
     for row, net in zip(axes, nets):
         recs = groups[net][0].probe("ics_opti")
         layers = recs[0]["values"]["layers"]
@@ -209,8 +252,8 @@ def ics_heatmaps(groups: dict[str, list[RunRecords]], title: str) -> bytes:
             if key == "l2":  # the first layer's G' = G exactly: blank, not log(0)
                 grid = np.log10(np.where(grid > 0, grid, np.nan))
             limits = {"vmin": -1, "vmax": 1} if key == "cosine" else {}
-            sns.heatmap(grid, ax=ax, cmap=cmap, **limits,
-                        xticklabels=steps, yticklabels=layers,
+            sns.heatmap(grid, ax=ax, cmap=cmap, **limits,  # rows: layer k, counted over the recorded weight layers
+                        xticklabels=steps, yticklabels=[str(k) for k in range(1, len(layers) + 1)],
                         cbar_kws={"label": "log10 ||G - G'||" if key == "l2" else "cos(G, G')"})
             heatmap_axes(ax, net, groups)
     fig.suptitle(title, y=1.01)
@@ -218,8 +261,9 @@ def ics_heatmaps(groups: dict[str, list[RunRecords]], title: str) -> bytes:
     return to_png(fig)
 
 
+@drawing
 def ics_curves(groups: dict[str, list[RunRecords]], title: str) -> bytes:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.3))
+    fig, axes = subplots(1, 2, figsize=(10, 3.3))
     for ax, key, logy in zip(axes, ("l2", "cosine"), (True, False)):
         plot_lines(ax, groups, lambda run, key=key: [(r["step"], mean_over_layers(r["values"], key))
                                                      for r in run.probe("ics_opti")], logy=logy)
@@ -231,12 +275,13 @@ def ics_curves(groups: dict[str, list[RunRecords]], title: str) -> bytes:
     return to_png(fig)
 
 
+@drawing
 def landscape_panels(groups: dict[str, list[RunRecords]], title: str, phase_at: float | None = None) -> bytes:
     """Figure 4: loss-variation band, gradient-predictiveness band (min-max over the eta grid),
     effective beta-smoothness, and sharpness against the optimizer's stability threshold.
     ``phase_at``: the step where the claims' early phase ends, drawn as a dotted line on a
     log step axis (so the early probe steps are visible)."""
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.5))
+    fig, axes = subplots(1, 4, figsize=(17, 3.5))
     for net, runs in groups.items():
         run = runs[0]
         recs = run.probe("gradient_sweep")
@@ -249,10 +294,10 @@ def landscape_panels(groups: dict[str, list[RunRecords]], title: str, phase_at: 
                                 label=label_of(net))
                 ax.plot(s, [min(v) for _, v in pts], color=color_of(net), lw=0.8)
                 ax.plot(s, [max(v) for _, v in pts], color=color_of(net), lw=0.8)
-    plot_lines(axes[2], groups, lambda run: [(r["step"], r["values"].get("beta_eff"))
-                                             for r in run.probe("gradient_sweep")], logy=True)
-    plot_lines(axes[3], groups, lambda run: [(r["step"], r["values"].get("value")) for r in run.probe("sharpness")],
-               logy=True)
+    plot_lines(axes[2], groups, series("gradient_sweep", "beta_eff"), logy=True)
+    plot_lines(axes[3], groups, series("sharpness", "sharpness"), logy=True)
+    preconditioned = any(r["values"].get("preconditioned") for runs in groups.values() for run in runs
+                         for r in run.probe("sharpness"))
     thresholds = {}
     for net, runs in groups.items():
         for r in runs[0].probe("sharpness"):
@@ -263,7 +308,8 @@ def landscape_panels(groups: dict[str, list[RunRecords]], title: str, phase_at: 
         axes[3].annotate(f"stability threshold {thr:.3g}", (0.02, thr), xycoords=("axes fraction", "data"), fontsize=7,
                          va="bottom")
     for ax, label in zip(axes, ("loss L(w - eta g), min-max over eta", "||grad L(w - eta g) - g||, min-max",
-                                "effective beta-smoothness", "top Hessian eigenvalue (Adam: of P^-1 H)")):
+                                "effective beta-smoothness",
+                                "top Hessian eigenvalue" + (" (Adam: of P^-1 H)" if preconditioned else ""))):
         ax.set_xlabel("step" if phase_at is None else "step (log scale; dotted: end of the early phase)")
         ax.set_ylabel(label)
         if phase_at is not None and ax.has_data():  # an empty panel (no sharpness probe) stays as it is
@@ -274,21 +320,20 @@ def landscape_panels(groups: dict[str, list[RunRecords]], title: str, phase_at: 
     for ax in (axes[0], axes[2]):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    fig.suptitle(title, y=1.03)
+    fig.suptitle(text(title), y=1.03)
     return to_png(fig)
 
 
+@drawing
 def summary_bars(groups: dict[str, list[RunRecords]], title: str) -> bytes:
     """Per net: median beta_eff, loss band and max gradient change over probe steps (log scale)."""
-    from landscape.results import med
-
     rows = []
     for net, runs in groups.items():
         for run in runs:
             recs = [r["values"] for r in run.probe("gradient_sweep")]
             rows.append((net, med(loss_band(v) for v in recs), med(max_grad_change(v) for v in recs),
-                         med(v.get("beta_eff") for v in recs)))
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3))
+                         med(beta_eff(v) for v in recs)))
+    fig, axes = subplots(1, 3, figsize=(12, 3))
     for ax, i, label in zip(axes, (1, 2, 3), ("loss band", "gradient change", "beta_eff")):
         nets = [r[0] for r in rows if r[i] is not None]
         vals = [r[i] for r in rows if r[i] is not None]
@@ -317,26 +362,42 @@ def probed_layers(runs: list[RunRecords], probe: str) -> list[str]:
     return []
 
 
-def numbered(runs: list[RunRecords], probe: str, numbers) -> tuple[list[tuple[int, str]], list[int]]:
-    """The paper's layer numbers that exist in the recorded layers, as (k, name), and those that do not."""
-    layers = probed_layers(runs, probe)
-    present = [(k, layers[k - 1]) for k in numbers if 1 <= k <= len(layers)]
-    return present, [k for k in numbers if not 1 <= k <= len(layers)]
+def numbered(runs: list[RunRecords], probe: str, numbers) -> tuple[list[int], list[int]]:
+    """The paper's layer numbers that every run's recorded layers reach, and those beyond some run.
+    Layer k is resolved in each run's own records (:func:`layer_name`): networks with and without
+    normalisation modules between their weight layers name the same layer differently."""
+    counts = [len(probed_layers([r], probe)) for r in runs]
+    counts = [c for c in counts if c] or [0]
+    present = [k for k in numbers if 1 <= k <= min(counts)]
+    return present, [k for k in numbers if k not in present]
 
 
-def ics_layer_curves(groups: dict[str, list[RunRecords]], title: str, layers: list[tuple[int, str]]) -> bytes:
-    """||G - G'|| and cos(G, G') over training for the paper's named layers, one row per layer."""
-    fig, axes = plt.subplots(len(layers), 2, figsize=(10, 3.0 * len(layers)), squeeze=False)
-    for row, (k, name) in zip(axes, layers):
+def layer_name(run: RunRecords, probe: str, k: int) -> str | None:
+    """The name of the paper's layer k (counting the recorded layers with weights from the input, from 1) in ``run``."""
+    layers = probed_layers([run], probe)
+    return layers[k - 1] if 1 <= k <= len(layers) else None
+
+
+@drawing
+def ics_layer_curves(groups: dict[str, list[RunRecords]], title: str, layers: list[int]) -> bytes:
+    """||G - G'|| and cos(G, G') over training for the paper's numbered layers, one row per layer,
+    each network's layer k found in its own records."""
+    fig, axes = subplots(len(layers), 2, figsize=(10, 3.0 * len(layers)), squeeze=False)
+    for row, k in zip(axes, layers):
         for ax, key, logy in zip(row, ("l2", "cosine"), (True, False)):
-            plot_lines(ax, groups, lambda run, key=key, name=name: [
-                (r["step"], r["values"].get(key, {}).get(name)) for r in run.probe("ics_opti")
-                if isinstance(r["values"].get(key), dict)], logy=logy)
+            def layer_series(run, key=key, k=k):
+                name = layer_name(run, "ics_opti", k)
+                return [(r["step"], r["values"].get(key, {}).get(name)) for r in run.probe("ics_opti")
+                        if name is not None and isinstance(r["values"].get(key), dict)]
+
+            plot_lines(ax, groups, layer_series, logy=logy)
             ax.set_xlabel("step")
-            ax.set_ylabel(("||G - G'||" if key == "l2" else "cos(G, G')") + f"\nlayer {k} ({name})")
+            names = sorted({n for runs in groups.values() for n in [layer_name(runs[0], "ics_opti", k)] if n})
+            ax.set_ylabel(("||G - G'||" if key == "l2" else "cos(G, G')") + f"\nlayer {k} ({text(', '.join(names))})",
+                          fontsize=8)
         row[1].axhline(1.0, color="grey", lw=0.8)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(title, y=1.01)
+    fig.suptitle(text(title), y=1.01)
     fig.tight_layout()
     return to_png(fig)
 
@@ -347,7 +408,7 @@ def ics_layer_curves(groups: dict[str, list[RunRecords]], title: str, layers: li
 def row_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], panels, title: str, ones=()) -> bytes:
     """A grid: one row per setting (label, runs by network), one column per ``(name, series, logy)``
     panel; ``ones`` are the columns that get a reference line at 1."""
-    fig, axes = plt.subplots(len(rows), len(panels), figsize=(4 * len(panels), 2.8 * len(rows)), squeeze=False)
+    fig, axes = subplots(len(rows), len(panels), figsize=(4 * len(panels), 2.8 * len(rows)), squeeze=False)
     for row, (label, groups) in zip(axes, rows):
         for ax, (name, series, logy) in zip(row, panels):
             plot_lines(ax, groups, series, logy=logy)
@@ -362,21 +423,15 @@ def row_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], panels, titl
     return fig
 
 
-def _share(values: dict):
-    """Sharpness as a share of the threshold recorded beside it."""
-    value, threshold = values.get("value"), values.get("threshold")
-    ok = finite([value, threshold]) == [value, threshold]
-    return value / threshold if ok and threshold > 0 else None
-
-
 def _probe_values(probe: str, key: str):
     return lambda run: [(r["step"], r["values"].get(key)) for r in run.probe(probe)]
 
 
+@drawing
 def regime_panels(regimes: list[tuple[str, dict[str, list[RunRecords]]]], title: str) -> bytes:
     """One row per regime: sharpness / stability threshold, cos(G, G') (mean over layers after
     the first), beta_eff and the train loss, over steps, per network."""
-    panels = (("sharpness / threshold", lambda run: [(r["step"], _share(r["values"])) for r in run.probe("sharpness")],
+    panels = (("sharpness / threshold", series("sharpness", "over_threshold"),
                True),
               ("cos(G, G')", lambda run: [(r["step"], mean_over_layers(r["values"], "cosine"))
                                           for r in run.probe("ics_opti")], False),
@@ -388,10 +443,11 @@ def regime_panels(regimes: list[tuple[str, dict[str, list[RunRecords]]]], title:
 # ------------------------------------------------------------------ the edge of stability
 
 
+@drawing
 def stability_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], title: str) -> bytes:
     """One row per optimizer setting: sharpness / threshold (1 = the edge of stability; Adam's
     is of P^-1 H), the directional curvature g'Hg/g'g, and the Hessian trace, per network."""
-    panels = (("sharpness / threshold", lambda run: [(r["step"], _share(r["values"])) for r in run.probe("sharpness")],
+    panels = (("sharpness / threshold", series("sharpness", "over_threshold"),
                True),
               ("g'Hg / g'g", _probe_values("curvature", "value"), True),
               ("Hessian trace", _probe_values("hessian_trace", "value"), False))
@@ -407,16 +463,18 @@ def stability_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], title:
     return to_png(fig)
 
 
+@drawing
 def layer_sharpness_heatmaps(groups: dict[str, list[RunRecords]], title: str) -> bytes:
     """Per network: log10 of each layer's sharpness (its Hessian block's top eigenvalue) against probe steps."""
     nets = [n for n in groups if groups[n][0].probe("layer_sharpness")]
-    fig, axes = plt.subplots(1, max(len(nets), 1), figsize=(6.5 * max(len(nets), 1), 3.6), squeeze=False)
+    fig, axes = subplots(1, max(len(nets), 1), figsize=(6.5 * max(len(nets), 1), 3.6), squeeze=False)
     for ax, net in zip(axes[0], nets):
         recs = groups[net][0].probe("layer_sharpness")
         layers = recs[0]["values"].get("layers", [])
         grid = np.array([[(lambda v: np.log10(v) if isinstance(v, (int, float)) and v > 0 else np.nan)(
             r["values"].get("values", {}).get(layer)) for r in recs] for layer in layers], dtype=float)
-        sns.heatmap(grid, ax=ax, cmap="mako", xticklabels=[r["step"] for r in recs], yticklabels=layers,
+        sns.heatmap(grid, ax=ax, cmap="mako", xticklabels=[r["step"] for r in recs],
+                    yticklabels=[str(k) for k in range(1, len(layers) + 1)],
                     cbar_kws={"label": "log10 layer sharpness"})
         heatmap_axes(ax, net, groups)
     fig.suptitle(title, y=1.02)
@@ -424,10 +482,11 @@ def layer_sharpness_heatmaps(groups: dict[str, list[RunRecords]], title: str) ->
     return to_png(fig)
 
 
+@drawing
 def density_panels(groups: dict[str, list[RunRecords]], title: str) -> bytes:
     """Per network, the recorded spectral-density histogram at the first, middle and last probe step."""
     nets = [n for n in groups if groups[n][0].probe("spectral_density")]
-    fig, axes = plt.subplots(1, max(len(nets), 1), figsize=(6 * max(len(nets), 1), 3.3), squeeze=False)
+    fig, axes = subplots(1, max(len(nets), 1), figsize=(6 * max(len(nets), 1), 3.3), squeeze=False)
     for ax, net in zip(axes[0], nets):
         recs = [r for r in groups[net][0].probe("spectral_density") if r["values"].get("density")]
         picks = [recs[i] for i in sorted({0, len(recs) // 2, len(recs) - 1})] if recs else []
@@ -446,16 +505,14 @@ def density_panels(groups: dict[str, list[RunRecords]], title: str) -> bytes:
     return to_png(fig)
 
 
+@drawing
 def accuracy_bars(rows: list[tuple[str, dict[str, list[RunRecords]]]], title: str) -> bytes:
     """Final test accuracy per network (mean over seeds, each seed a dot), one panel per setting."""
-    from landscape.results import final_test
-
-    fig, axes = plt.subplots(1, len(rows), figsize=(4.2 * len(rows), 3.2), squeeze=False)
+    fig, axes = subplots(1, len(rows), figsize=(4.2 * len(rows), 3.2), squeeze=False)
     for ax, (label, groups) in zip(axes[0], rows):
         nets = list(groups)
         for i, net in enumerate(nets):
-            accs = [a for a in (final_test(r)["acc"] for r in groups[net]) if a is not None]
-            accs += [0.0 for r in groups[net] if r.state == "diverged"]  # a diverged run counts as chance or worse
+            accs = [a for a in (final_test_acc(r) for r in groups[net]) if a is not None]  # diverged: 0, as the claims
             if accs:
                 ax.bar(i, sum(accs) / len(accs), color=color_of(net), alpha=0.8)
                 ax.scatter([i] * len(accs), accs, color="k", s=8, zorder=3)

@@ -1,0 +1,5 @@
+"""``python -m landscape``: the same command as ``landscape``."""
+
+from landscape.cli import main
+
+main()

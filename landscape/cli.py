@@ -1,0 +1,240 @@
+"""The ``landscape`` command line: parses options, calls the library, and ends bad input
+(a ``UserError``, or a usage error of typer's) with one line on stderr and exit status 2.
+
+One command per registered experiment (``landscape.experiments.REGISTRY``), plus ``train``,
+``reproduce`` and ``report``.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from landscape.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Measure how smooth a network's loss landscape is while it trains, with and without "
+    "normalisation (Santurkar et al., NeurIPS 2018).",
+)
+
+SET_HELP = "Override a config key, e.g. --set optim.lr=0.5 (repeatable; values are YAML scalars)."
+DATA_HELP = ("CIFAR-10 folder: cifar-10-batches-py/ or train/<class>/*.jpg + test/<class>/. "
+             "Without it, the official archive is downloaded into ~/.cache/landscape (LANDSCAPE_CACHE).")
+PRESET_HELP = ("smoke (seconds, generated data) | quick (2-core CPU, <= 15 min for reproduce, 1 seed) | "
+               "cpu (the quick protocol with 5 seeds, <= 90 min) | paper (the paper's protocol, GPU).")
+LAUNCHER_HELP = "local (this process, one run after another) | ray (one Ray task per run)."
+ADDRESS_HELP = "Ray cluster address (host:port), or auto to join a running one; none starts a local instance."
+
+
+@app.callback()
+def root() -> None:
+    """Reproduce Santurkar et al. (2018): train VGG/DLN with and without normalisation and
+    measure the loss landscape (smoothness, ICS) along the way. Run `landscape COMMAND --help`."""
+
+
+def user_errors(fn):
+    """Bad input (a UserError) and file-system failures end in one line on stderr and exit
+    status 2; Ctrl-C or SIGTERM in one line and status 130, the run left resumable."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except OSError as exc:  # not writable, not a directory, no space left, a name too long...
+            where = f" '{exc.filename}'" if exc.filename else ""
+            typer.echo(f"error: cannot use{where}: {exc.strerror or exc}; free space, fix the permissions or pick "
+                       "another path (finished runs and results are kept)", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt as exc:
+            typer.echo(f"interrupted: {exc}" if str(exc) else "interrupted; run the same command again to resume",
+                       err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.command()
+@user_errors
+def train(
+    config: str = typer.Argument(..., help="YAML config, e.g. configs/vgg_bn.yaml (see configs/)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_HELP),
+    out: str = typer.Option("runs", "--out", help="Parent folder of run directories."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto (CUDA when present) | cpu | cuda | cuda:N."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name (default: the config's name, else file name)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run from its last checkpoint."),
+    force: bool = typer.Option(False, "--force", help="Delete an existing run of the same name and start again."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    output: Optional[List[str]] = typer.Option(
+        None, "--output", help="Also write scalars to tensorboard (OUT/NAME/tensorboard) or wandb (offline, "
+        "OUT/NAME/wandb); repeatable."),
+):
+    """Train one run (VGG, ViT or deep linear network) into OUT/NAME and print its final status."""
+    from landscape.config import Config, load_config
+    from landscape.train import describe, train as run_training
+
+    if resume and force:
+        raise UserError("--resume and --force contradict each other; pass one of them")
+    overrides = list(set_ or [])
+    if device:
+        overrides.append(f"device={device}")
+    if name:
+        overrides.append(f"name={name}")
+    if output:
+        overrides.append(f"outputs=[{', '.join(output)}]")
+    cfg = load_config(config, overrides, base=Config(name=Path(config).stem))
+    status = run_training(cfg, out=out, data_dir=data_dir, resume=resume, force=force, progress=progress)
+    typer.echo(f"{describe(cfg.name, status)} -> {Path(out) / cfg.name}")
+
+
+# Options shared by every experiment command and reproduce (typer reads them from Annotated).
+Preset = Annotated[str, typer.Option("--preset", help=PRESET_HELP)]
+Seeds = Annotated[Optional[int], typer.Option(
+    "--seeds", help="Seeds per configuration (default: the preset's; 5 or more for a decisive test).")]
+FirstSeed = Annotated[int, typer.Option(
+    "--first-seed", help="The first seed (seeds FIRST, FIRST+1, ...): a confirmatory run on seeds an earlier one never saw.")]
+DataDir = Annotated[Optional[str], typer.Option("--data-dir", help=DATA_HELP)]
+Out = Annotated[Optional[str], typer.Option("--out", help="Results folder (default: results/PRESET).")]
+Device = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda | cuda:N (default: auto).")]
+Sets = Annotated[Optional[List[str]], typer.Option("--set", help=SET_HELP + " Applied to every run.")]
+Launcher = Annotated[str, typer.Option("--launcher", help=LAUNCHER_HELP)]
+Address = Annotated[Optional[str], typer.Option("--address", help=ADDRESS_HELP)]
+CpusPerRun = Annotated[float, typer.Option("--cpus-per-run", help="Ray CPUs (and torch threads) per run.")]
+GpusPerRun = Annotated[float, typer.Option("--gpus-per-run", help="Ray GPUs per run.")]
+Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar per run (local).")]
+
+
+def _print_claims(summary: dict) -> None:
+    typer.echo(f"== {summary['experiment']}")
+    for name, run in summary["runs"].items():
+        if run["status"] != "done":
+            typer.echo(f"  run {name}: {run['status_text']}")
+    for c in summary["claims"]:
+        mean = "n/a" if c["mean"] is None else f"{c['mean']:.4g}"
+        ci = "" if not c.get("ci") else f" [95% CI {c['ci'][0]:.3g}, {c['ci'][1]:.3g}]"
+        signs = f", {c['signs']['k']} of {c['signs']['n']} seeds on the claimed side" if c.get("signs") else ""
+        kind = "" if c.get("headline", True) else "[diagnostic] "
+        typer.echo(f"  {c['verdict']:>15}: {kind}{c['claim']} ({c['quantity']} = {mean}{ci}{signs}; {c.get('why', '')})")
+        if c.get("note"):
+            typer.echo(f"  {'':>15}  note: {c['note']}")
+
+
+def _experiment_command(name: str, help_text: str):
+    @user_errors
+    def command(preset: Preset = "quick", seeds: Seeds = None, data_dir: DataDir = None, out: Out = None,
+                device: Device = None, set_: Sets = None, launcher: Launcher = "local", address: Address = None,
+                cpus_per_run: CpusPerRun = 1.0, gpus_per_run: GpusPerRun = 0.0, progress: Progress = False,
+                first_seed: FirstSeed = 0):
+        from landscape.launch import Launch
+        from landscape.reproduce import run_experiment
+
+        launch = Launch(launcher, address, cpus_per_run, gpus_per_run, progress)
+        _print_claims(run_experiment(name, preset, seeds, out or f"results/{preset}", data_dir, device,
+                                     list(set_ or []), launch, first_seed=first_seed))
+
+    command.__doc__ = help_text + " Skips finished runs and resumes interrupted ones."
+    command.__name__ = name.replace("-", "_")
+    return command
+
+
+def _register_experiment_commands() -> None:
+    from landscape.experiments import REGISTRY
+
+    for experiment in REGISTRY.values():
+        app.command(experiment.name)(_experiment_command(experiment.name, experiment.help))
+
+
+_register_experiment_commands()
+
+
+@app.command()
+@user_errors
+def reproduce(preset: Preset = "quick", seeds: Seeds = None, data_dir: DataDir = None, out: Out = None,
+              device: Device = None, set_: Sets = None,
+              report: Annotated[Optional[str], typer.Option("--report", help="Report file (default: OUT/report.html).")
+                                ] = None,
+              launcher: Launcher = "local", address: Address = None, cpus_per_run: CpusPerRun = 1.0,
+              gpus_per_run: GpusPerRun = 0.0, progress: Progress = False, first_seed: FirstSeed = 0,
+              beyond: Annotated[bool, typer.Option("--beyond/--paper-only", help=(
+                  "Also run the experiments beyond the paper (stability, ...); by default only the paper's."))] = False):
+    """The paper's experiments (runs shared between them), then the claims table and the HTML report."""
+    from landscape.launch import Launch
+    from landscape.reproduce import reproduce as run_all
+
+    launch = Launch(launcher, address, cpus_per_run, gpus_per_run, progress)
+    _, path = run_all(preset, seeds, out or f"results/{preset}", data_dir, device, list(set_ or []), launch, report,
+                      on_summary=_print_claims, beyond=beyond, first_seed=first_seed)
+    typer.echo(f"report -> {path}")
+
+
+@app.command()
+@user_errors
+def report(
+    paths: List[str] = typer.Argument(..., help="Run directories, experiment folders, or parents of either."),
+    output: str = typer.Option("reports/index.html", "-o", "--output", help="The HTML file to write."),
+):
+    """Build one self-contained HTML report (figures, claims, configs, status) from records."""
+    from landscape.experiments import REGISTRY
+    from landscape.report import build_report
+
+    typer.echo(f"report -> {build_report(paths, output, REGISTRY)}")
+
+
+@app.command()
+@user_errors
+def claims(
+    paths: List[str] = typer.Argument(..., help="Experiment folders (the --out of an experiment), or their parent."),
+    diagnostics: bool = typer.Option(False, "--diagnostics", help="Also the diagnostic claims (regimes, schedules)."),
+):
+    """Print the claims of experiment summaries as a Markdown table (value, interval, bound, signs, verdict)."""
+    from landscape.experiments import REGISTRY
+    from landscape.report import claims_markdown
+
+    typer.echo(claims_markdown(paths, diagnostics, order=list(REGISTRY)), nl=False)
+
+
+@app.command()
+@user_errors
+def export(
+    runs: List[str] = typer.Argument(..., help="Run directories, or folders holding them (e.g. results/quick)."),
+    to: str = typer.Option(..., "--to", help="Format: tensorboard."),
+    out: str = typer.Option(..., "--out", "-o", help="Folder for the exported files (one subfolder per run)."),
+):
+    """Write existing runs' records as TensorBoard event files (scalar names: see README)."""
+    from landscape.export import export_runs
+
+    for path in export_runs(runs, to, out):
+        typer.echo(f"wrote {path}")
+
+
+def main() -> None:
+    """Entry point: typer's own usage errors (bad option type, missing argument, unknown
+    command) also end in one line and exit status 2; `landscape` alone prints the help."""
+    command = typer.main.get_command(app)
+    if len(sys.argv) == 1:
+        command.main(["--help"], prog_name="landscape")  # prints the help and exits 0
+    try:
+        code = command.main(prog_name="landscape", standalone_mode=False)
+    except typer.TyperException as exc:  # typer's usage errors (public base class)
+        ctx = getattr(exc, "ctx", None)
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        where = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+        typer.echo(f"error: {' '.join(message.split()).rstrip('.')}{where}", err=True)
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

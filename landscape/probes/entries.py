@@ -1,0 +1,451 @@
+"""The probe table: one :class:`Probe` entry per probe, and the one place that knows them all.
+
+An entry says everything the rest of landscape needs of a probe:
+
+- ``measure(ctx, options) -> values``: the measurement at one step (a :class:`Context` holds the
+  model, loss, batch and the state of that step; ``options`` is the probe's own settings);
+- ``options``: a frozen dataclass of those settings, with commented defaults. It is the config
+  section ``probes.<name>`` (``probes.sharpness.iters``), ``Monitor(..., options={name: {...}})``
+  and the ``monitor.yaml`` of a run;
+- ``quantities``: named numbers read off one record's values (``loss_band``, ``ics_cos`` per
+  layer, ...). Results, claims, figures and exports read recorded probes only through them;
+  ``exported`` names those that are also written as scalars (TensorBoard, W&B: ``landscape/<name>``,
+  a per-layer quantity as ``landscape/<name>/<layer>``);
+- ``after_step``: measured after ``optimizer.step()`` with the new weights (ICS_opti);
+- ``attach(optimizer, options)``: a warning to give once when the probe is attached (e.g. an
+  optimizer whose stability threshold is unknown), or None;
+- ``fixed_batch(options)``: the size of a fixed training batch the probe measures every time
+  instead of the step's own (activation statistics), or None.
+
+Adding a probe is one function, its options, its entry and a call to :func:`register`: ``Monitor``
+schedules it, the config validates ``probes.<name>``, the records carry it, exports and results
+read its quantities.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import torch
+from torch import nn
+
+from landscape.probes.curvature import (UnreadableOptimizer, directional_curvature, hessian_trace, layer_sharpness,
+                                        min_trace_samples, preconditioner, spectral_density, stability_threshold)
+from landscape.probes.functional import Batch, Params
+from landscape.probes.ics import activation_stats, distribution_shift, ics_opti
+from landscape.probes.landscape import gradient_sweep, sharpness
+
+DEFAULT_ETA_MULTIPLES = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)  # the paper's [0.5, 4] x lr
+
+
+@dataclass
+class Context:
+    """What a probe sees at one step: the model as the training step left it (after backward,
+    before the update), the step's batch, and the buffers and RNG state of its forward."""
+
+    step: int
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable
+    batch: Batch
+    buffers: Params
+    rng: dict
+    grad: Params | None = None  # the step's own gradient (reused when it is exactly this forward's)
+    loss: Any = None  # the step's own loss, with ``grad``
+    layers: Any = None  # the Monitor's layer selection (see landscape.probes.resolve_layers)
+    eval_mode: bool = False
+    output_fn: Callable | None = None
+    fixed_batch: Batch | None = None  # the Monitor's fixed probe batch, for probes that ask for one
+    state: dict = field(default_factory=dict)  # this probe's own state between its steps (checkpointed)
+    params: Params | None = None  # after-step probes: the weights before the update (W^t)
+    next_params: Params | None = None  # after-step probes: the weights after it (W^{t+1})
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def common(self) -> dict:
+        """The keyword arguments every probe function takes for the step's state."""
+        return {"eval_mode": self.eval_mode, "buffers": self.buffers, "rng": self.rng, "output_fn": self.output_fn}
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    doc: str  # one line: what it measures
+    measure: Callable[[Context, Any], dict]
+    options: type  # a frozen dataclass; its instance is the probe's settings
+    quantities: dict[str, Callable[[dict], Any]] = field(default_factory=dict)  # values -> a number or {layer: number}
+    exported: tuple[str, ...] = ()  # the quantities also written as scalars
+    after_step: bool = False
+    attach: Callable[[torch.optim.Optimizer, Any], "str | None"] | None = None
+    fixed_batch: Callable[[Any], "int | None"] | None = None
+    check: Callable[[Any], "str | None"] | None = None  # options -> what is wrong with them, or None
+
+
+REGISTRY: dict[str, Probe] = {}
+
+
+def register(probe: Probe) -> Probe:
+    REGISTRY[probe.name] = probe
+    return probe
+
+
+def unregister(name: str) -> None:
+    REGISTRY.pop(name, None)
+
+
+def names() -> tuple[str, ...]:
+    return tuple(REGISTRY)
+
+
+def get(name: str) -> Probe:
+    if name not in REGISTRY:
+        raise ValueError(f"unknown probe '{name}'; choose from {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+# ------------------------------------------------------------------ reading a record's numbers
+
+
+def number(x: Any) -> float | None:
+    """A finite number, else None (records write non-finite values as null)."""
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
+def numbers(xs: Any) -> list[float | None] | None:
+    """A list of numbers, each None where it is not a finite one; None when ``xs`` is not a list."""
+    return [number(x) for x in xs] if isinstance(xs, (list, tuple)) else None
+
+
+def per_layer(d: Any) -> dict[str, float] | None:
+    """``{layer: number}`` with the finite numbers of a per-layer record field (None if it is not a mapping)."""
+    if not isinstance(d, dict):
+        return None
+    return {str(k): v for k, v in ((k, number(x)) for k, x in d.items()) if v is not None}
+
+
+def quantity(name: str, values: Any, key: str) -> Any:
+    """Quantity ``key`` of a ``name`` probe's recorded ``values``: a finite number, ``{layer:
+    number}``, or None when the record does not have it in a usable form (a record of the wrong
+    shape never raises here)."""
+    probe = REGISTRY.get(name)
+    fn = probe.quantities.get(key) if probe else None
+    if fn is None or not isinstance(values, dict):
+        return None
+    try:
+        out = fn(values)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError, OverflowError):
+        return None
+    return per_layer(out) if isinstance(out, dict) else number(out)
+
+
+def scalars(name: str, values: Any) -> dict[str, float]:
+    """A probe record's exported scalars, ``{quantity: number}`` and ``{quantity/layer: number}``."""
+    probe = REGISTRY.get(name)
+    out: dict[str, float] = {}
+    for key in probe.exported if probe else ():
+        v = quantity(name, values, key)
+        if isinstance(v, dict):
+            out.update({f"{key}/{layer}": x for layer, x in v.items()})
+        elif v is not None:
+            out[key] = v
+    return out
+
+
+def _band(xs: Any) -> float | None:
+    """max - min of a list when every element is a finite number."""
+    vals = numbers(xs)
+    return max(vals) - min(vals) if vals and None not in vals else None
+
+
+def _top(xs: Any) -> float | None:
+    vals = numbers(xs)
+    return max(vals) if vals and None not in vals else None
+
+
+def mean_over_layers(values: dict, key: str, skip_first: bool = True) -> float | None:
+    """Mean of a per-layer ICS value over the recorded layers; the first layer (G' = G by
+    definition) is left out."""
+    layers = values.get("layers", [])
+    by_layer = values.get(key)
+    if not isinstance(layers, list) or not isinstance(by_layer, dict):
+        return None
+    vals = [v for v in (number(by_layer.get(layer)) for layer in (layers[1:] if skip_first else layers)
+                        if isinstance(layer, str)) if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _mean(xs) -> float | None:
+    vals = [v for v in (number(x) for x in xs) if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _over(value: Any, threshold: Any) -> float | None:
+    v, t = number(value), number(threshold)
+    return v / t if v is not None and t is not None and t > 0 else None
+
+
+# ------------------------------------------------------------------ the probes
+
+
+@dataclass(frozen=True)
+class GradientSweepOptions:
+    etas: tuple[float, ...] = DEFAULT_ETA_MULTIPLES  # step sizes, as multiples of the optimizer's lr (the paper's [0.5, 4] x lr)
+    absolute: bool = False  # true: etas are absolute step sizes instead
+
+
+def _sweep(ctx: Context, o: GradientSweepOptions) -> dict:
+    etas = list(o.etas) if o.absolute else [m * ctx.lr for m in o.etas]
+    reuse = {"grad": ctx.grad, "loss": ctx.loss.detach() if torch.is_tensor(ctx.loss) else ctx.loss} if ctx.grad else {}
+    values = gradient_sweep(ctx.model, ctx.loss_fn, ctx.batch, etas, **reuse, **ctx.common()).as_dict()
+    return {**values, "lr": ctx.lr, "eta_multiples": None if o.absolute else list(o.etas)}
+
+
+def _positive_etas(o: GradientSweepOptions) -> str | None:
+    if not o.etas or any(not (e > 0 and math.isfinite(e)) for e in o.etas):
+        return f"etas must be positive step sizes; got {list(o.etas)}"
+    return None
+
+
+register(Probe(
+    "gradient_sweep", "loss variation, gradient predictiveness and beta_eff along the gradient (the paper's Figure 4)",
+    _sweep, GradientSweepOptions,
+    quantities={"loss": lambda v: v["loss"], "loss_band": lambda v: _band(v["losses"]),
+                "grad_change": lambda v: _top(v["grad_change"]), "beta_eff": lambda v: v["beta_eff"],
+                "grad_norm": lambda v: v["grad_norm"]},
+    exported=("loss", "loss_band", "grad_change", "beta_eff", "grad_norm"),
+    check=_positive_etas))
+
+
+@dataclass(frozen=True)
+class SharpnessOptions:
+    iters: int = 20  # Lanczos iterations (Hessian-vector products) at most
+    tol: float = 1e-3  # stop when the eigenvalue's error bound is below this relative tolerance
+    warm_start: bool = False  # start each Lanczos from the previous measurement's eigenvector (checkpointed)
+
+
+def optimizer_facts(optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer settings a sharpness record is read against: lr, threshold (2/lr for SGD), momentum or betas."""
+    group = optimizer.param_groups[0]
+    try:
+        threshold = stability_threshold(optimizer)  # per call: the lr may change
+    except UnreadableOptimizer:
+        threshold = None
+    facts = {"lr": group["lr"], "optimizer": type(optimizer).__name__, "threshold": threshold}
+    if "momentum" in group:
+        facts["momentum"] = group["momentum"]
+    if "betas" in group:
+        facts["betas"] = list(group["betas"])
+    return facts
+
+
+def _sharpness(ctx: Context, o: SharpnessOptions) -> dict:
+    """Optimizer-aware sharpness: of P^-1 H for Adam/AdamW (P its preconditioner), of H otherwise."""
+    try:
+        P = preconditioner(ctx.optimizer, ctx.model)
+    except UnreadableOptimizer as exc:
+        if isinstance(ctx.optimizer, (torch.optim.Adam, torch.optim.AdamW)):  # before its first step
+            return {"value": None, "preconditioned": True, "note": str(exc), **optimizer_facts(ctx.optimizer)}
+        P = None  # an optimizer we cannot read: the plain Hessian (said at attach time)
+    previous = ctx.state.get("vector")
+    start = previous if o.warm_start and previous is not None else "gradient"
+    result = sharpness(ctx.model, ctx.loss_fn, ctx.batch, iters=o.iters, tol=o.tol, preconditioner=P, start=start,
+                       **ctx.common())
+    ctx.state["vector"] = result.vector if o.warm_start else None
+    return {**result.as_dict(), "warm_start": not isinstance(start, str), **optimizer_facts(ctx.optimizer)}
+
+
+def _threshold_known(optimizer: torch.optim.Optimizer, options: Any) -> str | None:
+    try:
+        stability_threshold(optimizer)
+    except UnreadableOptimizer as exc:
+        return str(exc)
+    return None
+
+
+def _lanczos_check(o) -> str | None:
+    if o.iters <= 0:
+        return f"iters must be positive; got {o.iters}"
+    if not 0 < o.tol < 1:
+        return f"tol must be in (0, 1); got {o.tol}"
+    return None
+
+
+register(Probe(
+    "sharpness", "the top Hessian eigenvalue (of P^-1 H under Adam) and the optimizer's stability threshold",
+    _sharpness, SharpnessOptions,
+    quantities={"sharpness": lambda v: v["value"], "sharpness_threshold": lambda v: v["threshold"],
+                "over_threshold": lambda v: _over(v["value"], v["threshold"])},
+    exported=("sharpness", "sharpness_threshold"), attach=_threshold_known, check=_lanczos_check))
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    pass
+
+
+register(Probe(
+    "curvature", "the curvature along the gradient, g'Hg / g'g (one Hessian-vector product)",
+    lambda ctx, o: directional_curvature(ctx.model, ctx.loss_fn, ctx.batch, **ctx.common()).as_dict(), NoOptions,
+    quantities={"curvature": lambda v: v["value"]}, exported=("curvature",)))
+
+
+@dataclass(frozen=True)
+class LayerSharpnessOptions:
+    iters: int = 20  # Lanczos iterations per layer at most
+    tol: float = 1e-2  # relative tolerance per layer (coarser than sharpness': one Lanczos per layer)
+
+
+register(Probe(
+    "layer_sharpness", "per layer, the top eigenvalue of its diagonal Hessian block",
+    lambda ctx, o: layer_sharpness(ctx.model, ctx.loss_fn, ctx.batch, ctx.layers, iters=o.iters, tol=o.tol,
+                                   **ctx.common()).as_dict(),
+    LayerSharpnessOptions, quantities={"layer_sharpness": lambda v: v["values"]}, exported=("layer_sharpness",),
+    check=_lanczos_check))
+
+
+@dataclass(frozen=True)
+class HessianTraceOptions:
+    samples: int = 30  # Hessian-vector products (probe vectors)
+    method: Literal["hutchinson", "hutch++"] = "hutchinson"  # the estimator
+
+
+def _trace_check(o: HessianTraceOptions) -> str | None:
+    least = min_trace_samples(o.method)
+    return None if o.samples >= least else \
+        f"samples must be at least {least} with {o.method}, for a standard error; got {o.samples}"
+
+
+register(Probe(
+    "hessian_trace", "the Hessian's trace (Hutchinson or Hutch++) with its standard error",
+    lambda ctx, o: hessian_trace(ctx.model, ctx.loss_fn, ctx.batch, samples=o.samples, method=o.method,
+                                 seed=ctx.step, **ctx.common()).as_dict(),
+    HessianTraceOptions, quantities={"hessian_trace": lambda v: v["value"]}, exported=("hessian_trace",),
+    check=_trace_check))
+
+
+@dataclass(frozen=True)
+class SpectralDensityOptions:
+    vectors: int = 4  # random start vectors (one Lanczos run each)
+    steps: int = 20  # Lanczos steps per vector (quadrature nodes)
+
+
+register(Probe(
+    "spectral_density", "the Hessian's eigenvalue density by stochastic Lanczos quadrature",
+    lambda ctx, o: spectral_density(ctx.model, ctx.loss_fn, ctx.batch, vectors=o.vectors, steps=o.steps,
+                                    seed=ctx.step, **ctx.common()).as_dict(),
+    SpectralDensityOptions,
+    check=lambda o: None if o.vectors > 0 and o.steps > 0 else
+    f"vectors and steps must be positive; got {o.vectors} and {o.steps}"))
+
+
+@dataclass(frozen=True)
+class ActivationStatsOptions:
+    batch: int = 256  # size of the fixed training batch measured every time (the same for paired runs)
+
+
+def _activation_stats(ctx: Context, o: ActivationStatsOptions) -> dict:
+    batch = ctx.fixed_batch if ctx.fixed_batch is not None else ctx.batch
+    layers = None if ctx.layers is None or isinstance(ctx.layers, dict) else list(ctx.layers)
+    stats = activation_stats(ctx.model, batch, layers, eval_mode=ctx.eval_mode, buffers=ctx.buffers,
+                             rng=ctx.rng).as_dict()
+    previous = ctx.state.get("previous")
+    stats["shift"] = distribution_shift(previous, stats) if previous is not None else None
+    ctx.state["previous"] = {"stats": stats["stats"]}
+    return stats
+
+
+def _shift(v: dict) -> dict:
+    shift = v.get("shift") or {}
+    return {k: s.get("wasserstein") for k, s in shift.items() if isinstance(s, dict)}
+
+
+register(Probe(
+    "activation_stats", "each layer's input distribution on a fixed batch, and its shift since the last probe "
+    "(ICS_distrib)", _activation_stats, ActivationStatsOptions,
+    quantities={"shift": _shift, "mean_shift": lambda v: _mean(_shift(v).values()) if v.get("shift") else None,
+                "mean_std": lambda v: _mean(s.get("std") for s in v["stats"].values() if isinstance(s, dict))},
+    exported=("shift",), fixed_batch=lambda o: o.batch,
+    check=lambda o: None if o.batch > 0 else f"batch must be positive; got {o.batch}"))
+
+
+def _ics(ctx: Context, o: NoOptions) -> dict:
+    return ics_opti(ctx.model, ctx.loss_fn, ctx.batch, ctx.next_params, params=ctx.params, layers=ctx.layers,
+                    grad=ctx.grad, **ctx.common()).as_dict()
+
+
+register(Probe(
+    "ics_opti", "ICS_opti per layer: ||G - G'|| and cos(G, G') after the layers before it take the step's update",
+    _ics, NoOptions,
+    quantities={"ics_l2": lambda v: v["l2"], "ics_cos": lambda v: v["cosine"],
+                "mean_l2": lambda v: mean_over_layers(v, "l2"), "mean_cos": lambda v: mean_over_layers(v, "cosine")},
+    exported=("ics_l2", "ics_cos"), after_step=True))
+
+
+# ------------------------------------------------------------------ options
+
+
+def options_of(name: str, given: Any = None) -> Any:
+    """A probe's options: its defaults, updated by a mapping or given as its options dataclass."""
+    cls = get(name).options
+    if given is None:
+        return cls()
+    if isinstance(given, cls):
+        return given
+    if isinstance(given, dict):
+        return dataclasses.replace(cls(), **given)
+    raise TypeError(f"options of probe '{name}' must be a mapping or {cls.__name__}, got {type(given).__name__}")
+
+
+# Settings of landscape 0.2 (flat keys of `probes:` and keywords of Monitor) and where they live now.
+# A run directory made by 0.2 (its config.yaml, its checkpoint) reads through this table.
+LEGACY_OPTIONS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
+    "etas": [("gradient_sweep", "etas", lambda x: x)],
+    "activation_batch": [("activation_stats", "batch", lambda x: x)],
+    # 0.2 ran layer_sharpness with sharpness' budget and max(sharpness_tol, 1e-2), a rule no config said
+    "sharpness_iters": [("sharpness", "iters", lambda x: x), ("layer_sharpness", "iters", lambda x: x)],
+    "sharpness_tol": [("sharpness", "tol", lambda x: x),
+                      ("layer_sharpness", "tol", lambda x: max(x, 1e-2) if isinstance(x, (int, float)) else x)],
+    "warm_start": [("sharpness", "warm_start", lambda x: x)],
+    "trace_samples": [("hessian_trace", "samples", lambda x: x)],
+    "trace_method": [("hessian_trace", "method", lambda x: x)],
+    "density_vectors": [("spectral_density", "vectors", lambda x: x)],
+    "density_steps": [("spectral_density", "steps", lambda x: x)],
+}
+
+
+def upgrade_legacy(flat: dict) -> dict:
+    """0.2's flat probe settings (``{"sharpness_iters": 15, ...}``) as nested per-probe options
+    (``{"sharpness": {"iters": 15}, ...}``). A nested value given beside a flat one wins. Keys
+    that are not 0.2 settings are kept as they are."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in flat.items() if k not in LEGACY_OPTIONS}
+    for key, targets in LEGACY_OPTIONS.items():
+        if key not in flat:
+            continue
+        for probe, option, convert in targets:
+            section = out.setdefault(probe, {})
+            if isinstance(section, dict):
+                section.setdefault(option, convert(flat[key]))
+    return out
+
+
+def attach_warnings(probes, optimizer: torch.optim.Optimizer, options: dict) -> list[str]:
+    """What attaching these probes to this optimizer should say once (one line each)."""
+    out = []
+    for name in probes:
+        probe = get(name)
+        if probe.attach is not None:
+            msg = probe.attach(optimizer, options.get(name))
+            if msg:
+                out.append(f"{name}: {msg}")
+    return out
+
+
+def warn_at_attach(probes, optimizer, options: dict, stacklevel: int = 3) -> None:
+    for msg in attach_warnings(probes, optimizer, options):
+        warnings.warn(msg, stacklevel=stacklevel)
