@@ -505,21 +505,27 @@ def density_panels(groups: dict[str, list[RunRecords]], title: str) -> bytes:
     return to_png(fig)
 
 
+def final_accuracies(groups: dict[str, list[RunRecords]]) -> dict[str, list[float]]:
+    """Per network, each seed's final test accuracy as the claims count it (a diverged run: 0, once)."""
+    return {net: [a for a in (final_test_acc(r) for r in runs) if a is not None] for net, runs in groups.items()}
+
+
 @drawing
 def accuracy_bars(rows: list[tuple[str, dict[str, list[RunRecords]]]], title: str) -> bytes:
     """Final test accuracy per network (mean over seeds, each seed a dot), one panel per setting."""
     fig, axes = subplots(1, len(rows), figsize=(4.2 * len(rows), 3.2), squeeze=False)
     for ax, (label, groups) in zip(axes[0], rows):
         nets = list(groups)
+        accuracies = final_accuracies(groups)
         for i, net in enumerate(nets):
-            accs = [a for a in (final_test_acc(r) for r in groups[net]) if a is not None]  # diverged: 0, as the claims
+            accs = accuracies[net]
             if accs:
                 ax.bar(i, sum(accs) / len(accs), color=color_of(net), alpha=0.8)
                 ax.scatter([i] * len(accs), accs, color="k", s=8, zorder=3)
         ax.set_xticks(range(len(nets)))
-        ax.set_xticklabels([label_of(n) for n in nets], rotation=25, fontsize=8)
+        ax.set_xticklabels([text(label_of(n)) for n in nets], rotation=25, fontsize=8)
         ax.set_ylabel("final test accuracy")
-        ax.set_title(label, fontsize=9)
-    fig.suptitle(title, y=1.03)
+        ax.set_title(text(label), fontsize=9)
+    fig.suptitle(text(title), y=1.03)
     fig.tight_layout()
     return to_png(fig)

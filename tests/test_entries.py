@@ -1,0 +1,171 @@
+"""The probe table (landscape.probes.entries): a probe is one entry, and a run directory made by
+landscape 0.2 (flat probe settings) still loads, resumes bitwise and reports."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from landscape.config import build_config, field_paths, to_dict
+from landscape.errors import UserError
+from landscape.experiments import REGISTRY
+from landscape.probes import Monitor, Probe, entries, explicit, register, unregister
+from landscape.probes.records import scalars_of
+from landscape.report import build_report
+from landscape.results import median_probe, read_run
+from landscape.runs import Run
+from landscape.train import train
+from tests.conftest import ROOT, tiny_config
+
+RELEASE = ROOT / "tests" / "data" / "release-0.2"  # made by tests/data/release-0.2/make.py with landscape 0.2
+
+
+@dataclass(frozen=True)
+class WeightNormOptions:
+    scale: float = 1.0  # multiplies the norm (a setting, to see it travel from the config)
+
+
+def weight_norm(ctx, options: WeightNormOptions) -> dict:
+    norm = torch.sqrt(sum(p.detach().double().pow(2).sum() for p in ctx.model.parameters()))
+    return {"value": options.scale * float(norm), "per_layer": {n: float(p.detach().norm())
+                                                                 for n, p in ctx.model.named_parameters()}}
+
+
+@pytest.fixture
+def weight_norm_probe():
+    register(Probe("weight_norm", "the weights' l2 norm", weight_norm, WeightNormOptions,
+                   quantities={"weight_norm": lambda v: v["value"], "layer_norm": lambda v: v["per_layer"]},
+                   exported=("weight_norm", "layer_norm"),
+                   check=lambda o: None if o.scale > 0 else f"scale must be positive; got {o.scale}"))
+    yield
+    unregister("weight_norm")
+
+
+def test_a_new_probe_needs_only_its_entry(tmp_path, weight_norm_probe):
+    # validated from a config: its section is probes.weight_norm, its own check runs
+    assert "probes.weight_norm.scale" in field_paths()
+    with pytest.raises(UserError, match="probes.weight_norm: scale must be positive"):
+        tiny_config(probes={"weight_norm": {"scale": -1.0}})
+    with pytest.raises(UserError, match="valid keys: probes.weight_norm.scale"):
+        tiny_config(probes={"weight_norm": {"nope": 1}})
+    cfg = tiny_config(probes={"enabled": ["weight_norm"], "schedule": "list", "steps": [2, 5],
+                              "weight_norm": {"scale": 2.0}})
+    assert to_dict(cfg)["probes"]["weight_norm"] == {"scale": 2.0}
+    # scheduled by Monitor inside the trainer, written to records
+    train(cfg, out=tmp_path)
+    run = read_run(tmp_path / cfg.name)
+    recs = run.probe("weight_norm")
+    assert [r["step"] for r in recs] == [2, 5] and not run.problems
+    assert all(r["values"]["value"] > 0 for r in recs)
+    # exported as scalars under landscape/<quantity> (and /<layer> for per-layer quantities)
+    scalars = scalars_of(recs[0])
+    assert scalars["landscape/weight_norm"] == recs[0]["values"]["value"]
+    assert any(k.startswith("landscape/layer_norm/") for k in scalars)
+    # reduced per run through the results module
+    assert median_probe("weight_norm", "weight_norm")(run) == pytest.approx(
+        sorted(r["values"]["value"] for r in recs)[1] / 2 + sorted(r["values"]["value"] for r in recs)[0] / 2)
+    # and a Monitor in any loop schedules it too
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    records = []
+    mon = Monitor(records.append, model, opt, torch.nn.functional.cross_entropy, explicit([1]),
+                  probes=["weight_norm"], options={"weight_norm": {"scale": 3.0}})
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 0, 1])
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    mon.observe(1, (x, y))
+    mon.close()
+    assert records[0]["values"]["value"] == pytest.approx(3 * float(torch.cat([p.detach().reshape(-1)
+                                                                                for p in model.parameters()]).norm()))
+
+
+def test_quantities_of_a_record_of_the_wrong_shape_are_none():
+    for values in ({}, {"losses": "x"}, {"losses": [1, None]}, {"losses": 3}, [], None, {"grad_change": {"a": 1}}):
+        assert entries.quantity("gradient_sweep", values, "loss_band") is None
+        assert entries.quantity("gradient_sweep", values, "grad_change") is None
+    assert entries.quantity("gradient_sweep", {"losses": [1.0, 3.5, 2.0]}, "loss_band") == 2.5
+    assert entries.quantity("ics_opti", {"l2": {"a": 1.0, "b": "x", "c": None}}, "ics_l2") == {"a": 1.0}
+    assert entries.quantity("nope", {"value": 1}, "value") is None
+
+
+def test_legacy_flat_probe_settings_read_into_the_entries_options():
+    cfg = build_config([{"probes": {"etas": [0.5, 1.0], "sharpness_iters": 7, "sharpness_tol": 0.002,
+                                    "trace_samples": 6, "trace_method": "hutch++", "activation_batch": 32,
+                                    "density_vectors": 3, "density_steps": 9, "warm_start": True}}])
+    p = cfg.probes
+    assert p.gradient_sweep.etas == (0.5, 1.0) and p.activation_stats.batch == 32
+    assert (p.sharpness.iters, p.sharpness.tol, p.sharpness.warm_start) == (7, 0.002, True)
+    # 0.2 ran layer_sharpness with sharpness' budget and max(sharpness_tol, 1e-2): now said, not hidden
+    assert (p.layer_sharpness.iters, p.layer_sharpness.tol) == (7, 0.01)
+    assert (p.hessian_trace.samples, p.hessian_trace.method) == (6, "hutch++")
+    assert (p.spectral_density.vectors, p.spectral_density.steps) == (3, 9)
+    # the nested key given beside the flat one wins
+    assert build_config([{"probes": {"sharpness_iters": 7, "sharpness": {"iters": 9}}}]).probes.sharpness.iters == 9
+    # and 0.2's Monitor keywords
+    model = torch.nn.Linear(2, 2)
+    mon = Monitor(lambda r: None, model, torch.optim.SGD(model.parameters(), lr=0.1), None,
+                  probes=["gradient_sweep", "sharpness"], etas=[0.01], sharpness_iters=3)
+    assert mon.options["gradient_sweep"].etas == (0.01,) and mon.options["gradient_sweep"].absolute
+    assert mon.options["sharpness"].iters == 3
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        Monitor(lambda r: None, model, torch.optim.SGD(model.parameters(), lr=0.1), None, sharpnes_iters=3)
+
+
+def _weights_sha256(state: dict) -> str:
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _without_timing(records: list[dict]) -> list[dict]:
+    out = []
+    for r in records:
+        r = {k: v for k, v in r.items() if k not in ("examples_per_s", "elapsed_s")}
+        if "cost" in r:
+            r["cost"] = {k: v for k, v in r["cost"].items() if k != "seconds"}
+        out.append(r)
+    return out
+
+
+def test_a_run_directory_of_release_0_2_loads_resumes_and_reports(tmp_path):
+    run_dir = tmp_path / "runs" / "run"
+    shutil.copytree(RELEASE / "interrupted", run_dir)
+    saved = Run(run_dir).config()  # 0.2's flat probe keys, read into the entries' options
+    assert saved is not None and saved.probes.sharpness.iters == 5 and saved.probes.layer_sharpness.tol == 0.05
+    assert saved.probes.gradient_sweep.etas == (0.5, 2.0) and saved.probes.sharpness.warm_start
+    status = train(saved, out=tmp_path / "runs", resume=True)  # the same config: resume is allowed
+    assert status["status"] == "done" and status["step"] == 12
+    resumed = read_run(run_dir)
+    assert not resumed.problems
+    full = read_run(RELEASE / "full")
+    env = json.loads((RELEASE / "full" / "env.json").read_text())
+    here = {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads()}
+    if any(env.get(k) != v for k, v in here.items()):
+        pytest.skip(f"bitwise comparison needs 0.2's environment {[env.get(k) for k in here]}, this is "
+                    f"{list(here.values())} (env.json's bitwise_keys)")
+    # records after the checkpoint were recomputed by this release: bitwise those 0.2 wrote uninterrupted
+    assert _without_timing(resumed.records) == _without_timing(full.records)
+    weights = torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
+    assert _weights_sha256(weights) == (RELEASE / "full" / "weights.sha256").read_text().strip()
+    html = build_report([tmp_path / "runs"], tmp_path / "report.html", REGISTRY).read_text()
+    assert "Problems reading records" not in html and "Smoothness along the gradient" in html
+
+
+def test_checkpoint_monitor_state_of_0_2_loads():
+    state = torch.load(RELEASE / "interrupted" / "checkpoint.pt", weights_only=True)
+    assert set(state["monitor"]) == {"previous_activations", "sharpness_vector"}
+    model = torch.nn.Linear(2, 2)
+    mon = Monitor(lambda r: None, model, torch.optim.SGD(model.parameters(), lr=0.1), None,
+                  probes=["activation_stats", "sharpness"])
+    mon.load_state_dict(state["monitor"])
+    assert mon.state["activation_stats"]["previous"] == state["monitor"]["previous_activations"]
+    assert torch.equal(mon.state["sharpness"]["vector"], state["monitor"]["sharpness_vector"])
+    assert set(mon.state_dict()["probes"]) == {"activation_stats", "sharpness"}

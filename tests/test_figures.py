@@ -1,0 +1,97 @@
+"""The report's figures (landscape.report.figures): what they draw is what the records and the
+claims say, for every network, and drawing leaves the user's matplotlib alone."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from landscape.report import figures as F
+from landscape.results import RunRecords
+from tests.conftest import ROOT
+
+
+def run(name: str, records: list[dict], status: dict | None = None) -> RunRecords:
+    return RunRecords(Path(name), name, {}, {}, status or {"status": "done"}, records)
+
+
+def ics(step: int, layers: list[str], cos: list[float]) -> dict:
+    return {"kind": "probe", "probe": "ics_opti", "step": step,
+            "values": {"layers": layers, "l2": {n: 1.0 for n in layers}, "cosine": dict(zip(layers, cos))}}
+
+
+def test_the_papers_layer_k_is_found_in_each_runs_own_records():
+    # a BN DLN has BatchNorm modules between its linear layers: its 3rd weight layer is layers.4, not layers.2
+    std = run("std", [ics(1, ["layers.0", "layers.1", "layers.2"], [1.0, 0.9, 0.8])])
+    bn = run("bn", [ics(1, ["layers.0", "layers.2", "layers.4"], [1.0, 0.5, 0.25])])
+    assert F.layer_name(std, "ics_opti", 3) == "layers.2" and F.layer_name(bn, "ics_opti", 3) == "layers.4"
+    present, absent = F.numbered([std, bn], "ics_opti", (3, 9))
+    assert present == [3] and absent == [9]
+    drawn = {}
+    real = F.plot_lines
+
+    def spy(ax, groups, series_fn, logy=False):
+        drawn[ax.get_ylabel() or len(drawn)] = {net: series_fn(runs[0]) for net, runs in groups.items()}
+        return real(ax, groups, series_fn, logy)
+
+    F.plot_lines = spy
+    try:
+        F.ics_layer_curves({"standard": [std], "bn": [bn]}, "DLN", [3])
+    finally:
+        F.plot_lines = real
+    cosines = list(drawn.values())[1]
+    assert cosines == {"standard": [(1, 0.8)], "bn": [(1, 0.25)]}  # the BN DLN's real layer 3, not layers.2
+
+
+def test_a_diverged_run_counts_as_0_in_the_accuracy_bars_once_as_in_the_claims():
+    diverged = run("d", [{"kind": "test", "step": 10, "loss": 1.0, "acc": 0.5}],
+                   {"status": "diverged", "diverged_step": 12})
+    done = run("ok", [{"kind": "test", "step": 20, "loss": 1.0, "acc": 0.7}])
+    assert F.final_accuracies({"standard": [diverged], "bn": [done]}) == {"standard": [0.0], "bn": [0.7]}
+    assert F.accuracy_bars([("sgd", {"standard": [diverged], "bn": [done]})], "t")[:4] == b"\x89PNG"
+
+
+def test_a_series_of_one_point_is_drawn():
+    one = run("one", [{"kind": "train", "step": 50, "loss": 2.0, "acc": 0.2},
+                      {"kind": "test", "step": 50, "loss": 2.1, "acc": 0.25}])
+    fig, ax = F.subplots()
+    F.plot_lines(ax, {"bn": [one]}, F._metric("test", "acc"))
+    (line,) = ax.get_lines()
+    assert list(line.get_xdata()) == [50] and line.get_marker() == "o"
+
+
+def test_the_divergence_label_only_when_a_run_diverged():
+    ok = {"bn": [run("ok", [{"kind": "train", "step": 1, "loss": 2.0, "acc": 0.1}])]}
+    bad = {"standard": [run("d", [{"kind": "train", "step": 1, "loss": 2.0, "acc": 0.1}],
+                            {"status": "diverged", "diverged_step": 3})]}
+    assert not F.diverged(ok) and F.diverged(bad)
+
+
+def test_user_names_are_not_read_as_mathtext():
+    weird = run("$\\frac$ run", [{"kind": "train", "step": s, "loss": 2.0 - s / 10, "acc": 0.1} for s in (1, 2)])
+    assert F.training_curves({"$\\frac$": [weird]}, "$\\frac{") [:4] == b"\x89PNG"
+
+
+def test_importing_the_figures_module_loads_no_plotting_library_and_drawing_leaves_matplotlib_alone():
+    code = ("import sys, matplotlib; backend = matplotlib.get_backend(); style = dict(matplotlib.rcParams)\n"
+            "import landscape.report.figures as F\n"
+            "assert 'seaborn' not in sys.modules\n"
+            "from pathlib import Path; from landscape.results import RunRecords\n"
+            "r = RunRecords(Path('a'), 'a', {}, {}, {'status': 'done'}, [{'kind': 'train', 'step': 1, 'loss': 1.0}])\n"
+            "F.regression_curves({'a': [r]}, 't')\n"
+            "assert matplotlib.get_backend() == backend and dict(matplotlib.rcParams) == style\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+@pytest.mark.parametrize("command", [["--help"], ["train", "--help"]])
+def test_the_help_imports_no_plotting_library(command):
+    code = ("import sys; from landscape.cli import main; sys.argv = ['landscape', *%r]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "bad = [m for m in ('matplotlib', 'seaborn', 'scipy') if m in sys.modules]\n"
+            "assert not bad, bad\n") % (command,)
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
