@@ -13,6 +13,18 @@ from landscape.config import build_config
 from landscape.data import CIFAR10_CLASSES
 
 ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def doc_block(first_line: str) -> tuple[str, str]:
+    """The Python example of the README or a docs page that starts with ``first_line``: (its code, its file)."""
+    for page in DOCS:
+        text = page.read_text()
+        marker = "```python\n" + first_line
+        if marker in text:
+            start = text.index(marker)
+            return text[start + len("```python\n"):text.index("```", start + 10)], page.name
+    raise AssertionError(f"no example starting {first_line!r} in the README or docs/")
 
 
 @pytest.fixture(autouse=True)

@@ -97,3 +97,16 @@ def test_force_with_a_bad_data_path_keeps_the_existing_run(tmp_path):
                  "--data-dir", tmp_path / "missing")
     assert res.exit_code == 2 and "does not exist" in res.stderr
     assert (tmp_path / "runs" / "clirun" / "metrics.jsonl").read_text() == before
+
+
+runner = CliRunner()
+
+
+def test_a_diverged_run_prints_its_summary_line_and_exits_0(tmp_path):
+    (tmp_path / "c.yaml").write_text(json.dumps({"name": "boom", "steps": 30, "device": "cpu", "optim": {"lr": 1e6},
+                                                 "data": {"dataset": "synthetic", "batch_size": 16,
+                                                          "synthetic_size": 64}, "model": {"width": 0.0625},
+                                                 "log": {"train_every": 2, "eval_every": 10, "checkpoint_every": 10}}))
+    res = runner.invoke(app, ["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "boom: diverged at step" in res.output and "first non-finite loss at step" in res.output

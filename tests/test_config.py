@@ -74,3 +74,8 @@ def test_field_paths_cover_the_tree():
     paths = field_paths()
     assert "optim.lr" in paths and "model.noise.scale_std" in paths and "log.train_every" in paths
     assert parse_override("a.b.c=1") == {"a": {"b": {"c": 1}}}
+
+
+def test_an_exponent_without_a_dot_is_the_number_a_user_means():
+    assert load_config(None, ["optim.lr=1e-3"]).optim.lr == 0.001  # YAML alone reads "1e-3" as a string
+    assert load_config(None, ["model.noise.mean_range=[-1e-1, 1e-1]"]).model.noise.mean_range == (-0.1, 0.1)

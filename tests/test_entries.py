@@ -7,7 +7,6 @@ import hashlib
 import json
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch

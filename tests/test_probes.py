@@ -449,14 +449,13 @@ def test_both_hessian_vector_product_routes_agree():
 
 @pytest.mark.slow
 def test_the_readme_monitor_example_runs_as_written(tmp_path, monkeypatch):
-    """The README's Python example, executed verbatim (in a temporary directory)."""
-    from tests.conftest import ROOT
+    """The README's Python example, executed verbatim (in a temporary directory), twice: force=True re-runs it."""
+    from tests.conftest import doc_block
 
-    text = (ROOT / "README.md").read_text()
-    start = text.index("```python\nimport torch, torchvision\nfrom landscape.probes import Monitor")
-    code = text[start + len("```python\n"):text.index("```", start + 10)]
+    code, page = doc_block("import torch, torchvision\nfrom landscape.probes import Monitor")
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, "README.md", "exec"), {})
+    exec(compile(code, page, "exec"), {})
+    exec(compile(code, page, "exec"), {})
     recs = read_metrics(tmp_path / "runs" / "resnet18" / "metrics.jsonl")
     assert {r["probe"] for r in recs if r["kind"] == "probe"} == {"gradient_sweep", "ics_opti", "sharpness"}
     assert [r["step"] for r in recs if r.get("probe") == "sharpness"] == [1, 10, 20]

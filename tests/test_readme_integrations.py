@@ -1,21 +1,16 @@
-"""The README's Lightning, Hugging Face and TensorBoard examples, executed as written."""
+"""The docs' Lightning, Hugging Face, TensorBoard and probe-entry examples, executed as written."""
 
 import pytest
 
 from landscape.runs import read_metrics
-from tests.conftest import ROOT
-
-
-def readme_block(first_line: str) -> str:
-    text = (ROOT / "README.md").read_text()
-    start = text.index("```python\n" + first_line)
-    return text[start + len("```python\n"):text.index("```", start + 10)]
+from tests.conftest import doc_block
 
 
 def run_block(first_line, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
-    exec(compile(readme_block(first_line), "README.md", "exec"), {})
+    code, page = doc_block(first_line)
+    exec(compile(code, page, "exec"), {})
 
 
 def probes_in(path):
@@ -48,3 +43,15 @@ def test_the_readme_tensorboard_example_runs(tmp_path, monkeypatch):
     # Adam has no preconditioner before its first step: step 1's sharpness is recorded as null, not drawn
     assert [e.step for e in acc.Scalars("landscape/sharpness")] == [5, 10, 15, 20]
     assert "landscape/sharpness_threshold" in acc.Tags()["scalars"]
+
+
+def test_the_docs_probe_entry_example_runs(tmp_path, monkeypatch, capsys):
+    from landscape.probes import entries
+
+    try:
+        run_block("from dataclasses import dataclass", tmp_path, monkeypatch)
+        assert "weight_norm" in entries.REGISTRY
+    finally:
+        entries.unregister("weight_norm")
+    printed = capsys.readouterr().out
+    assert printed.startswith("[(1, ") and "(5, " in printed and "(10, " in printed

@@ -10,6 +10,11 @@ from landscape.report import build_report
 from landscape.reproduce import run_experiment
 from landscape.train import train
 from tests.conftest import tiny_config
+import torch
+import os
+import subprocess
+import sys
+from landscape.report import figures as F
 
 EVIL = '<img src=x onerror=alert(1)>'
 
@@ -92,7 +97,6 @@ def test_no_external_references(html):
 
 
 def test_a_single_run_and_a_monitor_run_make_a_report(tmp_path):
-    import torch
 
     from landscape.probes import Monitor, every
     from tests.test_probes import CE, batch_for, mlp_bn
@@ -127,3 +131,117 @@ def test_report_cli_and_bad_input(results, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert runner.invoke(app, ["report", str(empty)]).exit_code == 2
+
+
+def test_the_report_keeps_diagnostics_in_their_section_and_says_what_one_seed_is_worth(smoke_results):
+    _, summaries, html = smoke_results
+    top = html[html.index('<section id="claims">'):html.index("</section>")]
+    assert "diagnostic" not in top and "n32-mean" not in top and "every-N probe steps only" not in top
+    regimes = html[html.index('<section id="dln-regimes">'):]
+    assert "<em>diagnostic:</em> n8-sum: Figure 3" in regimes
+    assert "How far one seed can be trusted" in top and "indicative only" in top
+    sharp = next(c for c in summaries["smoothness"]["claims"] if c["id"] == "beyond.vgg.sharpness")
+    assert sharp["note"].startswith(("median sharpness / threshold", "both networks sit"))
+
+
+def test_the_claims_command_prints_the_readme_tables(smoke_results):
+    from typer.testing import CliRunner
+
+    from landscape.cli import app
+
+    out, summaries, _ = smoke_results
+    runner = CliRunner()
+    res = runner.invoke(app, ["claims", str(out)])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    headline = [c for s in summaries.values() for c in s["claims"] if c["headline"]]
+    assert lines[0].startswith("| experiment | claim |") and len(lines) == 2 + len(headline)
+    assert "diagnostic" not in res.output and "n8-sum" not in res.output
+    every = runner.invoke(app, ["claims", str(out), "--diagnostics"])
+    assert len(every.output.splitlines()) == 2 + sum(len(s["claims"]) for s in summaries.values())
+    bad = runner.invoke(app, ["claims", str(out / "nowhere")])
+    assert bad.exit_code == 2 and "does not exist" in bad.stderr
+
+
+runner = CliRunner()
+
+
+def test_records_of_the_wrong_shape_are_listed_with_file_and_line_and_the_rest_is_drawn(tmp_path):
+    runs = tmp_path / "runs"
+    for name in ("good", "lists", "types"):
+        train(tiny_config(name=name, steps=4, probes={"enabled": ["gradient_sweep"], "every": 2}), out=runs)
+    with open(runs / "lists" / "metrics.jsonl", "a") as f:
+        f.write("[1, 2, 3]\n")  # a JSON list, not an object
+        f.write(json.dumps({"kind": "probe", "probe": "gradient_sweep", "step": 5, "values": {}, "cost": None}) + "\n")
+        f.write(json.dumps({"kind": "probe", "probe": "gradient_sweep", "step": 6, "values": {}, "cost": [1]}) + "\n")
+        f.write(json.dumps({"kind": "train", "step": "seven", "loss": 1.0}) + "\n")
+    (runs / "lists" / "status.json").write_text("[1, 2]")
+    with open(runs / "types" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"kind": "train", "step": 8, "loss": "low", "acc": None}) + "\n")
+        f.write(json.dumps({"kind": "probe", "probe": "gradient_sweep", "step": 8,
+                            "values": {"losses": ["a", None], "grad_change": "x", "beta_eff": "big"}}) + "\n")
+    summary = tmp_path / "exp" / "summary.json"
+    summary.parent.mkdir()
+    summary.write_text(json.dumps({"experiment": "smoothness", "runs": ["not", "an", "object"]}))
+    res = runner.invoke(app, ["report", str(tmp_path), "-o", str(tmp_path / "r.html")])
+    assert res.exit_code == 0, res.output
+    html = (tmp_path / "r.html").read_text()
+    assert "Problems reading records" in html
+    for line in ("metrics.jsonl line 7: a JSON list, not an object", "line 9: &#39;cost&#39; is not an object",
+                 "line 10: &#39;step&#39; is not an integer", "status.json missing, unreadable or not a JSON object",
+                 "summary.json: unreadable, or not a summary"):
+        assert line in html, line
+    assert "<figcaption>Smoothness along the gradient</figcaption>" in html and "Figure not drawn" not in html
+
+
+def test_every_figure_of_every_experiment_draws_on_the_smoke_preset(smoke):
+    out, summaries, html = smoke
+    assert set(summaries) == set(REGISTRY)
+    assert "Problems reading records" not in html and "Figure not drawn" not in html
+    for experiment in REGISTRY.values():
+        assert f'id="{experiment.anchor}"' in html and experiment.title in html
+
+
+def test_the_report_groups_runs_by_the_summary_not_by_configs(smoke, tmp_path):
+    out, summaries, _ = smoke
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    path = copy / "smoothness" / "summary.json"
+    summary = json.loads(path.read_text())
+    for row in summary["runs"].values():  # relabel: the report must follow the summary's net names
+        row["net"] = {"standard": "plain", "bn": "normalised"}[row["net"]]
+    path.write_text(json.dumps(summary))
+    for name in ("train-compare", "ics-distrib", "ics-opti", "norms"):
+        shutil.rmtree(copy / name)
+    html = build_report([copy], tmp_path / "r.html", REGISTRY).read_text()
+    assert "Problems reading records" not in html
+    assert html.count("<figcaption>VGG: loss variation") == 1
+
+
+def test_a_figure_that_raises_is_listed_as_a_problem_and_the_report_completes(smoke, tmp_path, monkeypatch):
+    out, _, _ = smoke
+
+    def broken(*args):
+        raise RuntimeError("a bug in a figure")
+
+    monkeypatch.setattr(F, "landscape_panels", broken)
+    html = build_report([out], tmp_path / "r.html", REGISTRY).read_text()
+    assert "Problems reading records" in html
+    assert "figure &#39;VGG: loss variation, gradient predictiveness, beta_eff and sharpness&#39; not drawn " \
+           "(RuntimeError: a bug in a figure)" in html
+    assert "<figcaption>VGG: ICS_opti per layer and step</figcaption>" in html  # the others are drawn
+
+
+def test_colours_are_fixed_per_network_in_every_process():
+    code = "from landscape.report.figures import color_of; print([color_of(n) for n in ('bn', 'standard', 'my-run')])"
+    seen = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2)}
+    assert len(seen) == 1
+    assert F.color_of("bn") != F.color_of("standard") and F.color_of("bn") == F._palette()[1]  # bn is the second kind
+
+
+@pytest.fixture(scope="module")
+def smoke(smoke_results):
+    return smoke_results

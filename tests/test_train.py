@@ -9,6 +9,7 @@ from landscape.errors import UserError
 from landscape.runs import Run, read_metrics
 from landscape.train import train
 from tests.conftest import tiny_config
+from landscape.train import LOSSES
 
 TIMING = {"examples_per_s", "elapsed_s"}
 
@@ -229,3 +230,8 @@ def test_a_run_with_dropout_is_a_pure_function_of_its_config(tmp_path):
         assert torch.equal(before, torch.get_rng_state())
         weights.append(torch.load(tmp_path / f"r{i}" / "checkpoint.pt", weights_only=True)["model"])
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_the_mean_loss_is_the_summed_loss_over_the_number_of_samples():
+    out, y = torch.randn(7, 10, dtype=torch.float64), torch.randn(7, 10, dtype=torch.float64)
+    assert LOSSES["mean_squares"](out, y).item() == pytest.approx(LOSSES["sum_squares"](out, y).item() / 7, rel=1e-12)

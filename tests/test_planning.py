@@ -1,0 +1,51 @@
+"""Planning (landscape.planning): presets and the runs an experiment needs, following the paper where it states a value."""
+
+import math
+import pytest
+import torch
+from landscape import planning
+from landscape.data import gaussian_regression
+from landscape.experiments import get, preset_keys
+from landscape.models import build_model
+from landscape.reproduce import plan
+
+
+def test_presets_extend_each_other_and_carry_their_seed_count():
+    quick, cpu = planning.load_preset("quick", preset_keys()), planning.load_preset("cpu", preset_keys())
+    assert (quick["seeds"], cpu["seeds"]) == (1, 5)
+    assert {k: v for k, v in cpu.items() if k not in ("seeds", "name")} == \
+        {k: v for k, v in quick.items() if k not in ("seeds", "name")}
+    # seed 0 of the cpu preset is the quick preset's run: the same names and configs
+    for experiment in ("smoothness", "ics-distrib", "dln-regimes"):
+        a, b = plan(get(experiment), quick, [0]), plan(get(experiment), cpu, [0])
+        assert [(s.name, s.cfg) for s in a] == [(s.name, s.cfg) for s in b]
+
+
+def test_the_dln_regimes_reuse_the_main_run_for_the_presets_own_regime():
+    p = planning.load_preset("quick", preset_keys())
+    specs = plan(get("dln-regimes"), p, [0])
+    main = {s.name: s.cfg for s in plan(get("ics-opti"), p, [0]) if s.arch == "dln"}
+    regimes = {(s.cfg.data.gaussian_samples, s.cfg.loss) for s in specs}
+    assert regimes == {(1000, "sum_squares"), (1000, "mean_squares"), (100, "sum_squares"), (100, "mean_squares")}
+    own = [s for s in specs if s.variant == "n1000-sum"]
+    assert {s.name: s.cfg for s in own} == main
+    assert {s.variant for s in specs} == {"n1000-sum", "n1000-mean", "n100-sum", "n100-mean"}
+    claims = get("dln-regimes").claims(p)
+    assert claims and not any(c.headline for c in claims)
+    assert {c.id.split(".")[1] for c in claims} == {"n1000-sum", "n1000-mean", "n100-sum", "n100-mean"}
+
+
+def test_the_paper_dln_has_the_appendix_init_and_data_scale():
+    """Glorot (Xavier) uniform 10x10 layers: U(-a, a) with a = sqrt(6 / 20), variance 0.1; x ~ N(0, I)
+    and A a standard Gaussian matrix, so E||A x||^2 = 100 per sample."""
+    cfg = plan(get("ics-opti"), planning.load_preset("paper", preset_keys()), [0])[-1].cfg
+    model = build_model(cfg.model, cfg.seed, in_dim=10, out_dim=10)
+    w = torch.cat([m.weight.reshape(-1) for m in model.modules() if isinstance(m, torch.nn.Linear)])
+    assert len(w) == 25 * 100 and w.abs().max() <= math.sqrt(6 / 20)
+    assert w.var().item() == pytest.approx(0.1, rel=0.05)
+    data = gaussian_regression(cfg.data.gaussian_samples, 10, cfg.data.gaussian_seed, 0)
+    x, y = data.inputs, data.targets
+    assert x.shape == (1000, 10) and x.mean().abs() < 0.05 and x.var().item() == pytest.approx(1.0, rel=0.05)
+    A = torch.linalg.lstsq(x, y).solution.T  # y = A x exactly
+    assert A.var().item() == pytest.approx(1.0, rel=0.35) and y.pow(2).sum(1).mean().item() == pytest.approx(
+        (A.pow(2).sum() * 1.0).item(), rel=0.1)

@@ -1,0 +1,33 @@
+"""Run directories (landscape.runs): what a run writes and how a half-made one is taken up again."""
+
+import json
+import torch
+from landscape.data import fingerprint
+from landscape.runs import BITWISE_KEYS
+from landscape.train import train
+from tests.conftest import tiny_config
+from landscape.reproduce import run_experiment
+
+
+def test_env_json_records_what_a_bitwise_rerun_needs(tmp_path):
+    from landscape.data import load_splits
+
+    train(tiny_config(name="env", steps=2), out=tmp_path)
+    env = json.loads((tmp_path / "env" / "env.json").read_text())
+    assert set(BITWISE_KEYS) <= set(env) and env["bitwise_keys"] == list(BITWISE_KEYS)
+    splits = load_splits("synthetic", None, synthetic_size=64)
+    assert env["data_sha256"] == fingerprint(splits["train"], splits["test"])
+    assert env["threads"] == torch.get_num_threads() and env["cpu_capability"]
+    assert env["memory_format"] == "contiguous" and env["numpy"]
+
+
+def test_half_made_run_folders_from_a_full_disk_are_taken_up_again(tmp_path):
+    """A full disk can stop an experiment after it made a run folder holding only a temporary
+    config: the rerun uses the folder instead of refusing it as "not a landscape run"."""
+    out = tmp_path / "results"
+    for name in ("vgg-standard-lr0.1-s0", "vgg-bn-lr0.1-s0"):
+        (out / "runs" / name).mkdir(parents=True)
+        (out / "runs" / name / f".config.yaml.tmp{12345}").write_text("name: half")
+    summary = run_experiment("ics-distrib", "smoke", 1, out, log=lambda s: None)
+    assert all(r["status"] == "done" for r in summary["runs"].values())
+    assert not list((out / "runs").rglob("*.tmp*"))
