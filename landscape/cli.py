@@ -14,7 +14,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from landscape.errors import UserError
+from landscape.errors import UserError, one_line, quote
 
 app = typer.Typer(
     add_completion=False,
@@ -48,12 +48,12 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {one_line(exc)}", err=True)
             raise typer.Exit(2) from None
         except OSError as exc:  # not writable, not a directory, no space left, a name too long...
-            where = f" '{exc.filename}'" if exc.filename else ""
-            typer.echo(f"error: cannot use{where}: {exc.strerror or exc}; free space, fix the permissions or pick "
-                       "another path (finished runs and results are kept)", err=True)
+            where = f" {quote(exc.filename)}" if exc.filename else ""
+            typer.echo(one_line(f"error: cannot use{where}: {exc.strerror or exc}; free space, fix the permissions or "
+                                "pick another path (finished runs and results are kept)"), err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt as exc:
             typer.echo(f"interrupted: {exc}" if str(exc) else "interrupted; run the same command again to resume",

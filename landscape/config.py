@@ -19,7 +19,8 @@ from typing import Annotated, Any, Literal
 import yaml
 
 from landscape.data import DATASETS
-from landscape.errors import UserError
+from landscape.errors import UserError, quote
+from landscape.files import read_text
 from landscape.losses import LOSSES
 from landscape.models import ARCH_NORMS, ALL_NORMS, HEADS, INITS, NOISE_FORMS, VGG_DEPTHS
 from landscape.optimizers import OPTIMIZERS
@@ -326,9 +327,10 @@ def safe_yaml(text: str) -> Any:
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file '{path}' not found; pass a YAML file such as configs/vgg_bn.yaml")
+        raise UserError(f"config file {quote(path)} not found (or not a regular file); pass a YAML file such as "
+                        "configs/vgg_bn.yaml")
     try:
-        loaded = safe_yaml(path.read_text())
+        loaded = safe_yaml(read_text(path))
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError, ValueError) as exc:
         first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise UserError(f"config file '{path}' is not valid YAML ({first}); fix the file") from None

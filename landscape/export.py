@@ -17,27 +17,12 @@ from typing import Sequence
 
 from landscape.errors import UserError
 from landscape.extras import require
-from landscape.files import FolderLock, is_temporary
+from landscape.files import FolderLock, check_output, is_temporary
 from landscape.probes.records import scalars_of
-from landscape.results import find_runs
+from landscape.results import find_runs, run_dirs
 
 EXPORT_FORMATS = ("tensorboard",)
 EVENT_PREFIX = "events.out.tfevents."  # what a TensorBoard writer names its files
-
-
-def _inside(a: Path, b: Path) -> bool:
-    """``a`` is ``b`` or lies inside it (both resolved)."""
-    return a == b or b in a.parents
-
-
-def check_output(out: Path, inputs: Sequence[Path], what: str) -> None:
-    """Refuse an output path that is, lies inside or holds one of ``inputs`` (symbolic links resolved)."""
-    target = out.resolve()
-    for source in inputs:
-        src = source.resolve()
-        if _inside(target, src) or _inside(src, target):
-            raise UserError(f"{what} '{out}' {'is or lies inside' if _inside(target, src) else 'holds'} the input "
-                            f"'{source}'; pick a folder outside the runs and results it reads")
 
 
 def _is_previous_export(folder: Path) -> bool:
@@ -59,10 +44,11 @@ def export_runs(paths: Sequence[str | Path], to: str, out_dir: str | Path) -> li
     check_output(out_dir, paths, "--out")
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {str(out_dir)!r} is a file; pass a folder")
-    runs = find_runs(paths)
-    if not runs:
+    dirs = run_dirs(paths)
+    if not dirs:
         raise UserError(f"no runs found under {', '.join(map(str, paths))}")
-    check_output(out_dir, [r.path for r in runs], "--out")
+    check_output(out_dir, dirs, "--out")  # before a record is read
+    runs = find_runs(paths)
     require("tensorboard", "landscape export --to tensorboard")
     names: dict[str, int] = {}
     targets = []

@@ -4,6 +4,8 @@ sibling, then rename it over the target (``os.replace`` is atomic on one file sy
 from __future__ import annotations
 
 import os
+import re
+import stat
 from pathlib import Path
 from typing import Callable
 
@@ -20,8 +22,8 @@ def atomic_write(path: str | Path, content: str | bytes | Callable[[Path], None]
             content(tmp)
         elif isinstance(content, bytes):
             tmp.write_bytes(content)
-        else:
-            tmp.write_text(content)
+        else:  # a lone surrogate (a name read from a file system in another encoding) is written as "?"
+            tmp.write_bytes(content.encode("utf-8", errors="replace"))
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -29,9 +31,29 @@ def atomic_write(path: str | Path, content: str | bytes | Callable[[Path], None]
     return path
 
 
+_TEMPORARY = re.compile(r"^\..+\.tmp(-old)?\d+$")  # .<name>.tmp<pid>, and export's .<name>.tmp-old<pid>
+
+
 def is_temporary(name: str) -> bool:
-    """A file :func:`atomic_write` left behind when its writer was killed mid-write."""
-    return name.startswith(".") and TMP_MARK in name
+    """A file our writers (:func:`atomic_write`, ``landscape export``) left behind when killed mid-write:
+    exactly ``.<name>.tmp<pid>`` (a user's ``.notes.tmp.txt`` is not one)."""
+    return bool(_TEMPORARY.match(name))
+
+
+def regular(path: str | Path) -> bool:
+    """``path`` is a regular file (following symbolic links): never a FIFO, socket or device a read would block on."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def read_text(path: str | Path) -> str:
+    """A regular file's text (invalid UTF-8 replaced); OSError for anything else, FIFOs included, without blocking."""
+    if not regular(path):
+        raise OSError(f"'{path}' is not a regular file")
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()
 
 
 LOCK_NAME = ".lock"
@@ -76,3 +98,21 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _inside(a: Path, b: Path) -> bool:
+    """``a`` is ``b`` or lies inside it (both resolved)."""
+    return a == b or b in a.parents
+
+
+def check_output(out: str | Path, inputs, what: str, holding: bool = True) -> None:
+    """Refuse an output path that is or lies inside one of ``inputs`` (symbolic links resolved), or,
+    with ``holding``, that holds one of them: writing there would change what is being read."""
+    from landscape.errors import UserError, quote
+
+    target = Path(out).resolve()
+    for source in inputs:
+        src = Path(source).resolve()
+        if _inside(target, src) or (holding and _inside(src, target)):
+            raise UserError(f"{what} {quote(out)} {'is or lies inside' if _inside(target, src) else 'holds'} "
+                            f"{quote(source)}, which it reads; pick a path outside the runs and results it reads")

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import yaml
 
+from landscape.files import read_text
 from landscape.names import NETS
 from landscape.probes import entries
 from landscape.runs import describe_status, read_json, read_metrics
@@ -51,14 +52,20 @@ class RunRecords:
         return describe_status(self.status)
 
 
-def json_plain(x: Any, depth: int = 0) -> Any:
-    """YAML's values as JSON's (dates and other tags as strings); deeper than 100 levels is not a config."""
-    if depth > 100:
-        raise ValueError("nested too deep")
+MAX_CONFIG_NODES = 100_000  # a run's config has a few hundred; an alias bomb has billions
+
+
+def json_plain(x: Any, depth: int = 0, budget: list | None = None) -> Any:
+    """YAML's values as JSON's (dates and other tags as strings). Deeper than 100 levels, or more
+    than MAX_CONFIG_NODES values once aliases are expanded, is not a config: ValueError."""
+    budget = [MAX_CONFIG_NODES] if budget is None else budget
+    budget[0] -= 1
+    if depth > 100 or budget[0] < 0:
+        raise ValueError("nested too deep or too large")
     if isinstance(x, dict):
-        return {str(k): json_plain(v, depth + 1) for k, v in x.items()}
+        return {str(k): json_plain(v, depth + 1, budget) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [json_plain(v, depth + 1) for v in x]
+        return [json_plain(v, depth + 1, budget) for v in x]
     if x is None or isinstance(x, (bool, int, float, str)):
         return x
     return str(x)
@@ -72,7 +79,7 @@ def read_run(path: str | Path) -> RunRecords:
         f = path / name
         if f.exists():
             try:
-                config = json_plain(yaml.safe_load(f.read_text(errors="replace")))
+                config = json_plain(yaml.safe_load(read_text(f)))
             except (OSError, yaml.YAMLError, RecursionError, ValueError):
                 problems.append(f"{name} is unreadable (not YAML, or nested too deep)")
                 config = None
@@ -98,19 +105,26 @@ def read_run(path: str | Path) -> RunRecords:
     return RunRecords(path, path.name, config, env, status, records, problems)
 
 
-def find_runs(paths: list[str | Path]) -> list[RunRecords]:
+def run_dirs(paths: list[str | Path]) -> list[Path]:
     """Every run directory at or below each path (a run directory holds status.json,
-    config.yaml or metrics.jsonl), in path order, without duplicates."""
-    seen, runs = set(), []
+    config.yaml, monitor.yaml or metrics.jsonl), in path order, without duplicates; nothing is read."""
+    seen, out = set(), []
     for p in paths:
         p = Path(p)
-        candidates = [p] if _is_run(p) else sorted(d.parent for d in p.rglob("*") if d.name in _MARKERS)
+        if not p.is_dir():
+            continue
+        candidates = [p] if _is_run(p) else sorted({d.parent for d in p.rglob("*") if d.name in _MARKERS})
         for c in candidates:
             key = c.resolve()
             if key not in seen and _is_run(c):
                 seen.add(key)
-                runs.append(read_run(c))
-    return runs
+                out.append(c)
+    return out
+
+
+def find_runs(paths: list[str | Path]) -> list[RunRecords]:
+    """Every run directory at or below each path, read (see :func:`run_dirs`)."""
+    return [read_run(c) for c in run_dirs(paths)]
 
 
 _MARKERS = ("status.json", "config.yaml", "monitor.yaml", "metrics.jsonl")

@@ -31,7 +31,7 @@ import yaml
 
 from landscape.config import Config, dump_yaml, from_dict, to_dict
 from landscape.errors import UserError
-from landscape.files import LOCK_NAME, FolderLock, atomic_write, is_temporary
+from landscape.files import LOCK_NAME, FolderLock, atomic_write, is_temporary, read_text
 from landscape.probes.records import json_safe, problem
 
 STATUSES = ("running", "done", "diverged", "failed", "interrupted")
@@ -143,8 +143,8 @@ def environment(device: torch.device, **extra) -> dict:
 def read_json(path: Path) -> dict | None:
     """A JSON object from a file; None when the file is missing, unreadable or not an object."""
     try:
-        value = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+        value = json.loads(read_text(path))
+    except (OSError, ValueError, RecursionError):  # missing, not a regular file, not JSON, nested too deep
         return None
     return value if isinstance(value, dict) else None
 
@@ -155,14 +155,15 @@ def read_metrics(path: Path, problems: list[str] | None = None) -> list[dict]:
     ``problems`` is given, described there with their line number."""
     records = []
     try:
-        with open(path, errors="replace") as f:
-            lines = f.readlines()
+        lines = read_text(path).splitlines(keepends=True)
     except OSError:
+        if problems is not None and Path(path).exists():
+            problems.append(f"{Path(path).name} is not a regular file; it was not read")
         return []
     for number, line in enumerate(lines, 1):
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             if problems is not None and number < len(lines):
                 problems.append(f"metrics.jsonl line {number}: not JSON")
             continue
@@ -294,8 +295,8 @@ class Run:
 
     def config(self) -> Config | None:
         try:
-            return from_dict(yaml.safe_load((self.path / "config.yaml").read_text()) or {})
-        except (OSError, yaml.YAMLError, UserError):
+            return from_dict(yaml.safe_load(read_text(self.path / "config.yaml")) or {})
+        except (OSError, yaml.YAMLError, UserError, RecursionError, ValueError, TypeError):
             return None
 
     def write_env(self, device: torch.device, **extra) -> None:

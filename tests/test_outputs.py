@@ -112,4 +112,4 @@ def test_an_output_without_its_extra_names_the_extra(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "bn-landscape[tensorboard]" in result.output
     assert not (tmp_path / "runs").exists()  # refused before any file was made
     unknown = runner.invoke(app, ["train", str(config(tmp_path)), "--out", str(tmp_path / "runs"), "--output", "csv"])
-    assert unknown.exit_code == 2 and "unknown output 'csv'" in unknown.output
+    assert unknown.exit_code == 2 and "'outputs' must be one of tensorboard, wandb; got 'csv'" in unknown.output

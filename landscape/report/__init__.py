@@ -14,11 +14,11 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from landscape.errors import UserError
-from landscape.files import atomic_write
+from landscape.errors import UserError, one_line, quote
+from landscape.files import atomic_write, check_output, regular
 from landscape.report import figures as F
 from landscape.report.figures import Figure
-from landscape.results import RunRecords, RunTable, final_test, final_train, find_runs, finite
+from landscape.results import RunRecords, RunTable, final_test, final_train, find_runs, finite, run_dirs
 
 def _png(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode()
@@ -100,16 +100,18 @@ def generic_figures(runs: list[RunRecords]) -> list[Figure]:
     return figs
 
 
-def find_summaries(paths: list[Path]) -> list[tuple[Path, dict | None]]:
+def summary_files(paths: list[Path]) -> list[Path]:
     out = []
     for p in paths:
         if p.is_dir():
-            files = sorted(p.rglob("summary.json"))
-        else:
-            files = [p] if p.name == "summary.json" else []
-        for f in files:
-            out.append((f, _summary(f)))
+            out += sorted(p.rglob("summary.json"))
+        elif p.name == "summary.json":
+            out.append(p)
     return out
+
+
+def find_summaries(paths: list[Path]) -> list[tuple[Path, dict | None]]:
+    return [(f, _summary(f)) for f in summary_files(paths)]
 
 
 def _summary(path: Path) -> dict | None:
@@ -121,7 +123,12 @@ def _summary(path: Path) -> dict | None:
         return None
     claims = d.get("claims", [])
     d["claims"] = [_claim(c) for c in claims if isinstance(c, dict)] if isinstance(claims, list) else []
-    d["seeds"] = d.get("seeds") if isinstance(d.get("seeds"), list) else []
+    d["seeds"] = [x for x in d["seeds"] if isinstance(x, int) and not isinstance(x, bool)] \
+        if isinstance(d.get("seeds"), list) else []
+    for key in ("experiment", "preset"):  # names, or absent: a list or an object here is not a summary's
+        if not isinstance(d.get(key), str):
+            d.pop(key, None)
+    d["experiment"] = d.get("experiment") or path.parent.name
     return d
 
 
@@ -164,7 +171,13 @@ def build_report(paths: list[str | Path], output: str | Path, experiments: dict 
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise UserError(f"'{missing[0]}' does not exist; pass run directories, experiment folders or their parents")
-    runs = find_runs([p for p in paths if p.is_dir()])
+    # The report may sit at the top of a results folder (reproduce writes OUT/report.html), never inside a
+    # run or an experiment's folder, nor over a file it reads: checked before anything is read.
+    inputs = [*run_dirs(paths), *(f.parent for f in summary_files(paths))]
+    check_output(output, inputs, "report -o", holding=False)
+    if output.exists() and not regular(output):
+        raise UserError(f"report output {quote(output)} exists and is not a regular file; pass another -o")
+    runs = find_runs(paths)
     summaries = find_summaries(paths)
     if not runs and not summaries:
         raise UserError(f"no runs or experiment summaries under {', '.join(map(str, paths))}; "
@@ -232,7 +245,7 @@ def claims_markdown(paths: list[str | Path], diagnostics: bool = False, order=()
         for c in d["claims"]:
             if not (c["headline"] or diagnostics):
                 continue
-            cell = (lambda t: t.replace("|", "\\|"))
+            cell = (lambda t: " ".join(one_line(t.replace("|", "\\|")).split()))  # one table row, whatever the text
             ci = f"[{_num(c['ci'][0], 3)}, {_num(c['ci'][1], 3)}]" if c["ci"] else "-"
             bound = f"{'>' if c['direction'] == 'above' else '<'} {_num(c['bound'], 3)}" if c["bound"] is not None else "-"
             signs = f"{c['signs']['k']} of {c['signs']['n']}" if c["signs"] else "-"
