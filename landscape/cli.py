@@ -80,7 +80,7 @@ def train(
         "OUT/NAME/wandb); repeatable."),
 ):
     """Train one run (VGG, ViT or deep linear network) into OUT/NAME and print its final status."""
-    from landscape.config import Config, load_config
+    from landscape.config import Config, build_config, load_config
     from landscape.train import describe, train as run_training
 
     if resume and force:
@@ -88,11 +88,11 @@ def train(
     overrides = list(set_ or [])
     if device:
         overrides.append(f"device={device}")
-    if name:
-        overrides.append(f"name={name}")
     if output:
         overrides.append(f"outputs=[{', '.join(output)}]")
     cfg = load_config(config, overrides, base=Config(name=Path(config).stem))
+    if name is not None:  # taken as written (not as YAML, which would fold "a\nb" into "a b")
+        cfg = build_config([{"name": name}], base=cfg)
     status = run_training(cfg, out=out, data_dir=data_dir, resume=resume, force=force, progress=progress)
     typer.echo(f"{describe(cfg.name, status)} -> {Path(out) / cfg.name}")
 

@@ -11,6 +11,7 @@ paired run with another model, sees exactly the same examples in the same order.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 from dataclasses import dataclass
@@ -129,7 +130,15 @@ def _read_official_batches(folder: Path) -> dict[str, Split]:
 
 
 def _class_dirs(split_dir: Path) -> list[Path]:
-    dirs = sorted(p for p in split_dir.iterdir() if p.is_dir())
+    """The class folders of a split: hidden ones (.ipynb_checkpoints, ...) are not classes, and a
+    folder that is a symbolic link must stay inside the data tree."""
+    root = split_dir.resolve()
+    dirs = sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for d in dirs:
+        target = d.resolve()
+        if d.is_symlink() and root.parent not in target.parents:
+            raise UserError(f"class folder '{d}' links outside the data set (to '{target}'); copy the images in "
+                            "or remove the link")
     names = [d.name for d in dirs]
     if set(names) == set(CIFAR10_CLASSES):  # CIFAR-10's label order, not the alphabet's
         dirs = [split_dir / c for c in CIFAR10_CLASSES]
@@ -190,7 +199,7 @@ def _read_image_tree(root: Path, size: int | None = None) -> dict[str, Split]:
                             f"{train_classes}; both splits need the same class folders")
         paths, labels = [], []
         for label, d in enumerate(dirs):
-            files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
             paths += files
             labels += [label] * len(files)
         if not paths:
@@ -205,12 +214,17 @@ def _read_image_tree(root: Path, size: int | None = None) -> dict[str, Split]:
 
 
 def _tree_fingerprint(root: Path) -> str:
-    """Cheap cache key: the path, the class folders, their file counts and modification times."""
-    h = hashlib.sha256(f"v{CACHE_VERSION}:{root.resolve()}".encode())
+    """The cache key of an image tree: its path, and the name, size and modification time of every
+    image (an image edited in place changes the key, so the cache is rebuilt, never stale)."""
+    h = hashlib.sha256(f"v{CACHE_VERSION}:{root.resolve()}".encode(errors="surrogateescape"))
     for split in ("train", "test"):
+        if not (root / split).is_dir():
+            continue
         for d in _class_dirs(root / split):
-            st = d.stat()
-            h.update(f"{split}/{d.name}:{sum(1 for _ in d.iterdir())}:{st.st_mtime_ns}".encode())
+            for p in sorted(d.iterdir()):
+                if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."):
+                    st = p.stat()
+                    h.update(f"{split}/{d.name}/{p.name}:{st.st_size}:{st.st_mtime_ns}\n".encode(errors="surrogateescape"))
     return h.hexdigest()[:16]
 
 
@@ -218,13 +232,17 @@ def _cached(cache_file: Path, build) -> dict[str, Split]:
     if cache_file.is_file():
         try:
             raw = torch.load(cache_file, weights_only=True)
-            return {k: Split(v["inputs"], v["targets"]) for k, v in raw.items()}
+            splits = {k: Split(v["inputs"], v["targets"]) for k, v in raw.items()}
+            if set(splits) >= {"train", "test"} and not any(split_problem(k, splits[k], True) for k in ("train", "test")):
+                return splits
         except Exception:
-            pass  # a corrupt cache is rebuilt, never trusted
+            pass  # a corrupt or incomplete cache is rebuilt, never trusted
     splits = build()
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     state = {k: {"inputs": s.inputs, "targets": s.targets} for k, s in splits.items()}
-    atomic_write(cache_file, lambda tmp: torch.save(state, tmp))
+    buffer = io.BytesIO()  # serialised in memory: a full disk then fails as an OSError naming the cache file
+    torch.save(state, buffer)
+    atomic_write(cache_file, buffer.getvalue())
     return splits
 
 
@@ -418,10 +436,45 @@ def load_splits(dataset: str, data_dir: str | Path | None, synthetic_size: int =
     raise UserError(f"unknown dataset '{dataset}'")
 
 
+MAX_CLASSES = 100_000  # a label beyond this is a corrupt file, not a classifier's class
+
+
+def split_problem(name: str, split: Split | None, image: bool) -> str | None:
+    """What is wrong with a loaded split (None if nothing): checked once, where data is loaded, so a
+    bad label or shape ends in one line before a run directory exists."""
+    if split is None:
+        return f"it has no {name} split"
+    x, y = split.inputs, split.targets
+    if not (torch.is_tensor(x) and torch.is_tensor(y)):
+        return f"its {name} split is not a pair of tensors"
+    if len(x) == 0:
+        return f"its {name} split has no examples"
+    if len(x) != len(y):
+        return f"its {name} split has {len(x)} inputs but {len(y)} labels"
+    if image:
+        if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] not in (1, 3) or min(x.shape[-2:]) < 32:
+            return f"its {name} images have shape {tuple(x.shape)[1:]} ({x.dtype}); expected uint8 (1 or 3, H, W), H and W >= 32"
+        if y.dim() != 1 or y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            return f"its {name} labels are not one integer per image"
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= MAX_CLASSES:
+            return f"its {name} labels run from {lo} to {hi}; labels are classes 0, 1, ... (below {MAX_CLASSES})"
+    elif x.dim() != 2 or y.dim() != 2 or not x.is_floating_point():
+        return f"its {name} split is not (examples, features) regression data"
+    return None
+
+
 def load_data(d, data_dir: str | Path | None) -> dict[str, Split]:
-    """The splits a :class:`landscape.config.DataConfig` names."""
-    return load_splits(d.dataset, data_dir, d.synthetic_size, d.gaussian_samples, d.gaussian_dim, d.gaussian_seed,
-                       d.image_size)
+    """The splits a :class:`landscape.config.DataConfig` names, checked (labels, counts, shapes)."""
+    splits = load_splits(d.dataset, data_dir, d.synthetic_size, d.gaussian_samples, d.gaussian_dim, d.gaussian_seed,
+                         d.image_size)
+    for name in ("train", "test"):
+        problem = split_problem(name, splits.get(name) if isinstance(splits, dict) else None, d.dataset != "gaussian")
+        if problem:
+            where = f" in '{data_dir}'" if data_dir is not None else ""
+            raise UserError(f"data set {d.dataset}{where} cannot be used: {problem}; re-extract or fix the data "
+                            "(a cached copy under LANDSCAPE_CACHE can be deleted)")
+    return splits
 
 
 # ---------------------------------------------------------------- batches

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import socket
 import subprocess
@@ -38,6 +39,18 @@ STATUSES = ("running", "done", "diverged", "failed", "interrupted")
 RUN_FILES = {"config.yaml", "monitor.yaml", "env.json", "metrics.jsonl", "status.json", "checkpoint.pt", "code.diff",
              LOCK_NAME}
 RUN_FOLDERS = {"tensorboard", "wandb"}  # what outputs (landscape.outputs) write inside a run
+
+
+_OUTPUT_NAMES = {"tensorboard": re.compile(r"^events\.out\.tfevents\..+$"),  # what SummaryWriter names its files
+                 "wandb": re.compile(r"^((offline-)?run-\d{8}_\d{6}-\w+|latest-run|debug(-internal|-core)?\.log)$")}
+
+
+def output_folder(folder: Path) -> bool:
+    """``folder`` holds only what our outputs (TensorBoard, W&B) write there: --force may remove it."""
+    if not folder.is_dir() or folder.is_symlink():
+        return False
+    pattern = _OUTPUT_NAMES.get(folder.name)
+    return pattern is not None and all(pattern.match(n) for n in os.listdir(folder))
 
 
 def run_contents(path: Path) -> list[str]:
@@ -217,8 +230,7 @@ class Run:
         marker = "config.yaml" if cfg is not None else "monitor.yaml"
         if force:
             foreign = [n for n in names if not ((n in RUN_FILES and not (path / n).is_dir())
-                                                or (n in RUN_FOLDERS and (path / n).is_dir()
-                                                    and not (path / n).is_symlink()))]
+                                                or (n in RUN_FOLDERS and output_folder(path / n)))]
             if foreign or marker not in names:
                 why = f"it holds '{foreign[0]}'" if foreign else f"it has no {marker}"
                 raise UserError(f"--force removes only landscape runs and '{path}' is not one ({why}); "

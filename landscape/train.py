@@ -248,7 +248,46 @@ class Setup:
     checkpoint: dict | None  # to resume from (already loaded into model and optimizer)
 
 
-CHECKPOINT_KEYS = ("step", "model", "optimizer", "meter", "rng", "left_plateau_step")
+CHECKPOINT_KEYS = ("step", "model", "optimizer", "meter", "rng", "left_plateau_step", "monitor")
+METER_FIELDS = {"loss_sum": torch.Tensor, "correct": torch.Tensor, "first_nonfinite": torch.Tensor, "steps": int,
+                "examples": int}
+
+
+def checkpoint_problem(checkpoint, cfg: Config, optimizer: torch.optim.Optimizer) -> str | None:
+    """What makes a checkpoint unusable for ``cfg`` beyond its model's and optimizer's shapes (None if nothing):
+    every field checked before the run directory is touched, so a bad one changes nothing."""
+    if not isinstance(checkpoint, dict):
+        return "it is not a mapping"
+    missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint and not (k == "monitor" and not cfg.probes.enabled)]
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    step = checkpoint["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= cfg.steps:
+        return f"its step {str(step)[:40]!r} is not a step between 0 and the run's {cfg.steps}"
+    meter = checkpoint["meter"]
+    if not isinstance(meter, dict) or any(not isinstance(meter.get(k), t) or isinstance(meter.get(k), bool)
+                                          for k, t in METER_FIELDS.items()):
+        return "its train meter is not one landscape wrote"
+    if any(meter[k].numel() != 1 for k in ("loss_sum", "correct", "first_nonfinite")):
+        return "its train meter is not one landscape wrote"
+    rng = checkpoint["rng"]
+    cpu = rng.get("cpu") if isinstance(rng, dict) else None
+    if not (torch.is_tensor(cpu) and cpu.dtype == torch.uint8 and cpu.numel() == torch.get_rng_state().numel()):
+        return "its random-number state is not a CPU generator's"
+    plateau = checkpoint["left_plateau_step"]
+    if plateau is not None and (isinstance(plateau, bool) or not isinstance(plateau, int) or not 0 < plateau <= step):
+        return f"its left_plateau_step {str(plateau)[:40]!r} is not a step up to {step}"
+    if not isinstance(checkpoint.get("monitor", {}), dict):
+        return "its probe state is not a mapping"
+    saved = checkpoint["optimizer"].get("param_groups") if isinstance(checkpoint["optimizer"], dict) else None
+    if not isinstance(saved, list) or len(saved) != len(optimizer.param_groups):
+        return "its optimizer state is not one of this run's optimizer"
+    for group, now in zip(saved, optimizer.param_groups):  # the config's settings, never the checkpoint's
+        for key, value in now.items():
+            if key != "params" and isinstance(value, (int, float, bool, tuple)) and key in group and \
+                    (tuple(group[key]) if isinstance(group[key], list) else group[key]) != value:
+                return f"its optimizer's {key} is {str(group[key])[:40]}, the config's is {value}"
+    return None
 
 
 def _setup(cfg: Config, device: torch.device, splits: dict[str, Split], checkpoint: dict | None = None) -> Setup:
@@ -276,15 +315,15 @@ def _setup(cfg: Config, device: torch.device, splits: dict[str, Split], checkpoi
     optimizer = build_optimizer(model, cfg.optim.name, cfg.optim.lr, cfg.optim.momentum, cfg.optim.nesterov,
                                 cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.eps)
     if checkpoint is not None:
-        missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint] if isinstance(checkpoint, dict) else ["all"]
         try:
-            if missing:
-                raise ValueError(f"it lacks {', '.join(missing)}")
+            problem = checkpoint_problem(checkpoint, cfg, optimizer)
+            if problem:
+                raise ValueError(problem)
             model.load_state_dict(checkpoint["model"])
             optimizer.load_state_dict(checkpoint["optimizer"])
         except (ValueError, RuntimeError, KeyError, TypeError) as exc:
             reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"the checkpoint of run '{cfg.name}' does not fit its model ({reason}); "
+            raise UserError(f"the checkpoint of run '{cfg.name}' does not fit its config ({reason}); "
                             "--force starts the run again") from None
     # CIFAR-10 (and the synthetic test images) use CIFAR-10's published statistics; other image
     # data sets are normalised by their own training split's per-channel mean and std.

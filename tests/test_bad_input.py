@@ -81,7 +81,18 @@ def world(tmp_path_factory):
     wide["model"] = {k: torch.cat([v, v]) if v.dim() else v for k, v in wide["model"].items()}
     torch.save(wide, w / "ckpt" / "wide" / "checkpoint.pt")
     shutil.copytree(w / "runs" / "existing", w / "ckpt" / "paused")
-    for name in ("corrupt", "malicious", "wide", "paused"):
+    mutations = {"meter_empty": lambda c: c.update(meter={}), "step_string": lambda c: c.update(step="2"),
+                 "step_negative": lambda c: c.update(step=-100), "step_beyond": lambda c: c.update(step=10 ** 6),
+                 "rng_garbage": lambda c: c.update(rng={"cpu": torch.zeros(7, dtype=torch.uint8)}),
+                 "no_rng": lambda c: c.pop("rng"),
+                 "lr_override": lambda c: c["optimizer"]["param_groups"][0].update(lr=1e6),
+                 "plateau_later": lambda c: c.update(left_plateau_step=99)}
+    for name, mutate in mutations.items():
+        shutil.copytree(w / "runs" / "existing", w / "ckpt" / name)
+        ckpt = torch.load(w / "runs" / "existing" / "checkpoint.pt", weights_only=True)
+        mutate(ckpt)
+        torch.save(ckpt, w / "ckpt" / name / "checkpoint.pt")
+    for name in ("corrupt", "malicious", "wide", "paused", *mutations):
         (w / "ckpt" / name / "status.json").write_text('{"status": "running", "step": 2}')
         config = w / "ckpt" / name / "config.yaml"
         config.write_text(config.read_text().replace("name: existing", f"name: {name}"))
@@ -129,8 +140,8 @@ CASES = {
                                      "probes.schedule=list"], "probes.steps"),
     "dln on images": (["train", C, *R, "--name", "x", "--set", "model.arch=dln"], "does not fit"),
     "regression loss on a classifier": (["train", C, *R, "--name", "x", "--set", "loss=mse"], "does not fit"),
-    "name with a slash": (["train", C, *R, "--name", "a/b"], "plain directory name"),
-    "name too long": (["train", C, *R, "--name", "n" * 300], "plain directory name"),
+    "name with a slash": (["train", C, *R, "--name", "a/b"], "directory name of at most 200 bytes"),
+    "name too long": (["train", C, *R, "--name", "n" * 300], "directory name of at most 200 bytes"),
     "unknown device": (["train", C, *R, "--device", "quantum"], "unknown device"),
     # train: data
     "data dir missing": (["train", C, *R, "--name", "x", "--set", "data.dataset=cifar10", "--data-dir", "{w}/nope"],
@@ -162,7 +173,13 @@ CASES = {
     "corrupt checkpoint": (["train", C, "--out", "{w}/ckpt", "--name", "corrupt", "--resume"], "unreadable"),
     "malicious checkpoint": (["train", C, "--out", "{w}/ckpt", "--name", "malicious", "--resume"], "unreadable"),
     "checkpoint of another width": (["train", C, "--out", "{w}/ckpt", "--name", "wide", "--resume"],
-                                    "does not fit its model"),
+                                    "does not fit its config"),
+    **{f"checkpoint {name}": (["train", C, "--out", "{w}/ckpt", "--name", name, "--resume"], why)
+       for name, why in (("meter_empty", "train meter"), ("step_string", "is not a step"),
+                         ("step_negative", "is not a step"), ("step_beyond", "is not a step"),
+                         ("rng_garbage", "random-number state"), ("no_rng", "lacks rng"),
+                         ("lr_override", "optimizer's lr is 1000000.0, the config's is 0.1"),
+                         ("plateau_later", "left_plateau_step"))},
     "out is a file": (["train", C, "--out", "{w}/a_file"], "a_file"),
     "out under a file": (["train", C, "--out", "{w}/a_file/sub"], "a_file"),
     "run is being written": (["train", C, "--out", "{w}/ckpt", "--name", "paused", "--resume"],
@@ -193,10 +210,23 @@ CASES = {
     "report empty folder": (["report", "{w}/empty", "-o", "{w}/r.html"], "no runs"),
     "report output is a folder": (["report", "{w}/runs", "-o", "{w}/empty"], "empty"),
     "report output under a file": (["report", "{w}/runs", "-o", "{w}/a_file/r.html"], "a_file"),
+    "report over a run's records": (["report", "{w}/runs", "-o", "{w}/runs/existing/metrics.jsonl"], "which it reads"),
+    "report over a summary": (["report", "{w}/results", "-o", "{w}/results/ics-distrib/summary.json"],
+                              "which it reads"),
+    "report inside a results run": (["report", "{w}/results", "-o", "{w}/results/runs/vgg-bn-lr0.1-s0/r.html"],
+                                    "which it reads"),
     # export
     "export unknown format": (["export", "{w}/runs", "--to", "csv", "--out", "{w}/tb"], "--to must be"),
     "export missing path": (["export", "{w}/nowhere", "--to", "tensorboard", "--out", "{w}/tb"], "does not exist"),
     "export out is a file": (["export", "{w}/runs", "--to", "tensorboard", "--out", "{w}/a_file"], "a_file"),
+    "export into the run": (["export", "{w}/runs/existing", "--to", "tensorboard", "--out", "{w}/runs/existing"],
+                            "which it reads"),
+    "export into the runs folder": (["export", "{w}/runs/existing", "--to", "tensorboard", "--out", "{w}/runs"],
+                                    "which it reads"),
+    "export inside a results run": (["export", "{w}/results", "--to", "tensorboard", "--out",
+                                     "{w}/results/runs/vgg-bn-lr0.1-s0/tb"], "which it reads"),
+    "export over a user's folder": (["export", "{w}/runs", "--to", "tensorboard", "--out", "{w}"], "which it reads"),
+    "name with a newline": (["train", C, *R, "--name", "a\nb"], "printable"),
 }
 LOCKED = {"run is being written": "ckpt/paused", "results are being written": "results"}
 

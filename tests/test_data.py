@@ -140,3 +140,50 @@ def test_gaussian_regression_targets_are_a_fixed_linear_map():
     torch.testing.assert_close(b.inputs @ A.T, b.targets, atol=1e-4, rtol=1e-4)
     assert abs(a.inputs.mean()) < 0.1 and abs(a.inputs.std() - 1) < 0.1
     assert not torch.equal(a.inputs, b.inputs)
+
+
+def test_an_image_edited_in_place_invalidates_the_cache_and_its_new_pixels_are_trained_on(tmp_path):
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    from landscape.data import fingerprint
+
+    written = make_image_tree(tmp_path / "tree", per_class=1)
+    first = load_cifar10(tmp_path / "tree", cache_dir=tmp_path / "cache")
+    path = tmp_path / "tree" / "train" / CIFAR10_CLASSES[0] / "0000.png"
+    img = np.array(Image.open(path))
+    img[0, 0] = 255 - img[0, 0]  # one pixel, same size: only the content and the time change
+    Image.fromarray(img).save(path)
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))
+    second = load_cifar10(tmp_path / "tree", cache_dir=tmp_path / "cache")
+    assert fingerprint(second["train"], second["test"]) != fingerprint(first["train"], first["test"])
+    i = [c for _, c in written["train"]].index(CIFAR10_CLASSES[0])
+    assert second["train"].inputs[i, :, 0, 0].tolist() == img[0, 0].tolist()  # the new pixel, not the cached one
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
+
+
+def test_hidden_folders_are_not_classes_and_links_must_stay_inside_the_tree(tmp_path):
+    make_image_tree(tmp_path / "tree", per_class=1)
+    (tmp_path / "tree" / "train" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "tree" / "test" / ".DS_Store").write_text("")
+    splits = load_cifar10(tmp_path / "tree", cache_dir=tmp_path / "cache")
+    assert int(splits["train"].targets.max()) == 9
+    (tmp_path / "tree" / "train" / "zzz").symlink_to("/usr")
+    with pytest.raises(UserError, match="links outside the data set"):
+        load_cifar10(tmp_path / "tree", cache_dir=tmp_path / "cache2")
+
+
+@pytest.mark.parametrize("labels, inputs, message", [
+    ([-7, 1], None, "labels run from -7"), ([10 ** 12, 1], None, "labels run from 1 to 1000000000000"),
+    ([0, 1, 2], None, "2 inputs but 3 labels"), ([0, 1], (2, 3, 8, 8), "H and W >= 32"),
+])
+def test_loaded_data_with_bad_labels_or_shapes_is_refused_where_it_is_loaded(labels, inputs, message):
+    from landscape.data import split_problem
+
+    x = torch.zeros(inputs or (2, 3, 32, 32), dtype=torch.uint8)
+    assert message in split_problem("train", Split(x, torch.tensor(labels)), image=True)
+    assert split_problem("train", Split(x[:0], torch.tensor([], dtype=torch.int64)), image=True) == \
+        "its train split has no examples"

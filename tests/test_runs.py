@@ -1,5 +1,6 @@
 """Run directories (landscape.runs): what a run writes and how a half-made one is taken up again."""
 
+import pytest
 import json
 import torch
 from landscape.data import fingerprint
@@ -31,3 +32,23 @@ def test_half_made_run_folders_from_a_full_disk_are_taken_up_again(tmp_path):
     summary = run_experiment("ics-distrib", "smoke", 1, out, log=lambda s: None)
     assert all(r["status"] == "done" for r in summary["runs"].values())
     assert not list((out / "runs").rglob("*.tmp*"))
+
+
+def test_force_and_resume_remove_only_what_our_writers_made(tmp_path):
+    from landscape.errors import UserError
+    from landscape.runs import Run
+
+    cfg = tiny_config(steps=2, log={"train_every": 1, "eval_every": 2, "checkpoint_every": 1})
+    train(cfg, out=tmp_path)
+    run = tmp_path / cfg.name
+    (run / ".notes.tmp.txt").write_text("mine")  # a dot-name with .tmp in it is not our temporary file
+    (run / ".config.yaml.tmp4242").write_text("a killed writer's")
+    Run.open(run, cfg, resume=True).release()
+    assert (run / ".notes.tmp.txt").exists() and not (run / ".config.yaml.tmp4242").exists()
+    (run / ".notes.tmp.txt").unlink()
+    (run / "tensorboard").mkdir()
+    (run / "tensorboard" / "events.out.tfevents.1.host").write_text("")
+    assert Run.check(run, cfg, force=True) == "replace"  # what TensorBoard writes may go
+    (run / "tensorboard" / "thesis.tex").write_text("a user's")
+    with pytest.raises(UserError, match="not one"):
+        Run.check(run, cfg, force=True)
