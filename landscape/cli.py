@@ -74,7 +74,8 @@ def train(
     name: Optional[str] = typer.Option(None, "--name", help="Run name (default: the config's name, else file name)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run from its last checkpoint."),
     force: bool = typer.Option(False, "--force", help="Delete an existing run of the same name and start again."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
+                                            help="Show a progress bar (default: when the output is a terminal)."),
     output: Optional[List[str]] = typer.Option(
         None, "--output", help="Also write scalars to tensorboard (OUT/NAME/tensorboard) or wandb (offline, "
         "OUT/NAME/wandb); repeatable."),
@@ -93,7 +94,7 @@ def train(
     cfg = load_config(config, overrides, base=Config(name=Path(config).stem))
     if name is not None:  # taken as written (not as YAML, which would fold "a\nb" into "a b")
         cfg = build_config([{"name": name}], base=cfg)
-    status = run_training(cfg, out=out, data_dir=data_dir, resume=resume, force=force, progress=progress)
+    status = run_training(cfg, out=out, data_dir=data_dir, resume=resume, force=force, progress=_progress(progress))
     typer.echo(f"{describe(cfg.name, status)} -> {Path(out) / cfg.name}")
 
 
@@ -111,7 +112,13 @@ Launcher = Annotated[str, typer.Option("--launcher", help=LAUNCHER_HELP)]
 Address = Annotated[Optional[str], typer.Option("--address", help=ADDRESS_HELP)]
 CpusPerRun = Annotated[float, typer.Option("--cpus-per-run", help="Ray CPUs (and torch threads) per run.")]
 GpusPerRun = Annotated[float, typer.Option("--gpus-per-run", help="Ray GPUs per run.")]
-Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bar per run (local).")]
+Progress = Annotated[Optional[bool], typer.Option(
+    "--progress/--no-progress", help="Progress bar per run (local); default: on when the output is a terminal.")]
+
+
+def _progress(flag: bool | None) -> bool:
+    """A progress bar unless asked not to, or the output is not a terminal (a log file, a pipe)."""
+    return sys.stdout.isatty() if flag is None else flag
 
 
 def _print_claims(summary: dict) -> None:
@@ -133,14 +140,17 @@ def _experiment_command(name: str, help_text: str):
     @user_errors
     def command(preset: Preset = "quick", seeds: Seeds = None, data_dir: DataDir = None, out: Out = None,
                 device: Device = None, set_: Sets = None, launcher: Launcher = "local", address: Address = None,
-                cpus_per_run: CpusPerRun = 1.0, gpus_per_run: GpusPerRun = 0.0, progress: Progress = False,
+                cpus_per_run: CpusPerRun = 1.0, gpus_per_run: GpusPerRun = 0.0, progress: Progress = None,
                 first_seed: FirstSeed = 0):
         from landscape.launch import Launch
         from landscape.reproduce import run_experiment
 
-        launch = Launch(launcher, address, cpus_per_run, gpus_per_run, progress)
-        _print_claims(run_experiment(name, preset, seeds, out or f"results/{preset}", data_dir, device,
-                                     list(set_ or []), launch, first_seed=first_seed))
+        launch = Launch(launcher, address, cpus_per_run, gpus_per_run, _progress(progress))
+        where = out or f"results/{preset}"
+        _print_claims(run_experiment(name, preset, seeds, where, data_dir, device, list(set_ or []), launch,
+                                     first_seed=first_seed))
+        typer.echo(f"summary -> {Path(where) / name / 'summary.json'}; the report: landscape report {where} -o "
+                   f"{Path(where) / 'report.html'}")
 
     command.__doc__ = help_text + " Skips finished runs and resumes interrupted ones."
     command.__name__ = name.replace("-", "_")
@@ -164,14 +174,14 @@ def reproduce(preset: Preset = "quick", seeds: Seeds = None, data_dir: DataDir =
               report: Annotated[Optional[str], typer.Option("--report", help="Report file (default: OUT/report.html).")
                                 ] = None,
               launcher: Launcher = "local", address: Address = None, cpus_per_run: CpusPerRun = 1.0,
-              gpus_per_run: GpusPerRun = 0.0, progress: Progress = False, first_seed: FirstSeed = 0,
+              gpus_per_run: GpusPerRun = 0.0, progress: Progress = None, first_seed: FirstSeed = 0,
               beyond: Annotated[bool, typer.Option("--beyond/--paper-only", help=(
                   "Also run the experiments beyond the paper (stability, ...); by default only the paper's."))] = False):
     """The paper's experiments (runs shared between them), then the claims table and the HTML report."""
     from landscape.launch import Launch
     from landscape.reproduce import reproduce as run_all
 
-    launch = Launch(launcher, address, cpus_per_run, gpus_per_run, progress)
+    launch = Launch(launcher, address, cpus_per_run, gpus_per_run, _progress(progress))
     _, path = run_all(preset, seeds, out or f"results/{preset}", data_dir, device, list(set_ or []), launch, report,
                       on_summary=_print_claims, beyond=beyond, first_seed=first_seed)
     typer.echo(f"report -> {path}")

@@ -93,8 +93,11 @@ def run_locally(todo: list[Config], runs_dir: Path, data_dir, launch: Launch, lo
     from landscape.train import train
 
     cache: dict[tuple, dict] = {}
-    statuses = {}
+    statuses, seconds = {}, []
     for i, cfg in enumerate(todo, 1):
+        left = len(todo) - i + 1
+        eta = f", about {_duration(sum(seconds) / len(seconds) * left)} left at this pace" if seconds else ""
+        log(f"[{i}/{len(todo)} to train] {cfg.name}: training ({left} of {len(todo)} runs left{eta})")
         d = cfg.data
         key = (d.dataset, d.synthetic_size, d.gaussian_samples, d.gaussian_dim, d.gaussian_seed, d.image_size)
         if key not in cache:
@@ -109,9 +112,14 @@ def run_locally(todo: list[Config], runs_dir: Path, data_dir, launch: Launch, lo
             statuses[cfg.name] = "failed"
             log(f"[{i}/{len(todo)} to train] {cfg.name}: failed ({type(exc).__name__}: {exc})")
             continue
+        seconds.append(time.perf_counter() - t0)
         log(f"[{i}/{len(todo)} to train] {cfg.name}: {read_run(runs_dir / cfg.name).describe_status()} "
-            f"in {time.perf_counter() - t0:.0f} s")
+            f"in {seconds[-1]:.0f} s")
     return statuses
+
+
+def _duration(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min"
 
 
 # ------------------------------------------------------------------ Ray

@@ -16,7 +16,7 @@ from landscape.errors import UserError
 from landscape.names import NETS  # noqa: F401 (planning's network kinds)
 
 # What every preset may hold; an experiment adds its own section's key (Experiment.preset_key).
-PRESET_KEYS = ("extends", "lrs", "seeds", "vgg", "dln")
+PRESET_KEYS = ("extends", "lrs", "seeds", "vgg", "dln", "note")  # note: said in one line when the preset runs
 REGRESSION_LOSS_TAGS = {"sum_squares": "sum", "mean_squares": "mean", "mse": "mse"}
 
 

@@ -82,6 +82,8 @@ def run_experiments(names: list[str], preset_name: str, seeds: int | None, out: 
     stays busy), then each experiment is summarised; ``on_summary(summary)`` is called as
     each summary is written."""
     preset, seed_list, plans = prepare(names, preset_name, seeds, list(overrides), data_dir, device, first_seed)
+    if preset.get("note"):
+        log(f"note: preset {preset_name}: {preset['note']}")
     launch = launch or Launch()
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -418,7 +418,9 @@ def _train(cfg: Config, run: Run, log: Callable[[dict], None], device: torch.dev
         last_test = next(({k: r.get(k) for k in ("loss", "acc") if k in r} for r in reversed(run.records())
                           if r.get("kind") == "test"), None)
     final = {"steps": cfg.steps, "test": last_test, "left_plateau_step": left_plateau_step,
-             "stuck_on_plateau": plateau is not None and left_plateau_step is None,
+             # "stuck" only once the run saw every example at least once: before that it could still leave
+             "stuck_on_plateau": (plateau is not None and left_plateau_step is None) if
+             cfg.steps * batches.batch_size >= batches.n else None,
              "train_seconds": time.perf_counter() - t_start}
     if status == "diverged":
         run.set_status("diverged", step, diverged_step=diverged_step, **final)

@@ -18,6 +18,8 @@ def test_every_shipped_config_loads_and_opens_with_its_command(path):
     assert isinstance(cfg, Config)
     first = path.read_text().splitlines()[0]
     assert first.startswith("# landscape "), f"{path.name} must open with the command that uses it"
+    if cfg.model.arch == "vgg":  # what a user finds in configs/ shows the product: probed, at a laptop's size
+        assert cfg.probes.enabled and cfg.model.width <= 0.25 and cfg.steps <= 1000
 
 
 def test_yaml_then_overrides_in_order(tmp_path):

@@ -210,8 +210,13 @@ def build_report(paths: list[str | Path], output: str | Path, experiments: dict 
                          "configs": config_table(exp_runs)})
     rest = [r for r in runs if r.name not in used]
     if rest:
+        try:
+            figures = generic_figures(rest)
+        except Exception as exc:  # a bug in choosing the figures: say so, list the runs
+            problems.append(f"runs: figures not listed ({type(exc).__name__}: {exc})")
+            figures = []
         sections.append({"anchor": "runs", "title": "Runs", "experiment": None, "claims": [],
-                         "figures": draw(generic_figures(rest), "runs", problems), "runs": run_rows(rest),
+                         "figures": draw(figures, "runs", problems), "runs": run_rows(rest),
                          "absent": [], "configs": config_table(rest), "preset": None, "seeds": None,
                          "summary_path": None})
     claims = [dict(c, experiment=s["experiment"]) for s in sections for c in s["claims"] if c["headline"]]

@@ -175,12 +175,8 @@ def regression_curves(groups: dict[str, list[RunRecords]], title: str) -> bytes:
 
 
 def middle_layer(runs: list[RunRecords]) -> str | None:
-    for run in runs:
-        for r in run.probe("activation_stats"):
-            layers = r["values"].get("layers", [])
-            if layers:
-                return layers[len(layers) // 2]
-    return None
+    layers = probed_layers(runs, "activation_stats")
+    return layers[len(layers) // 2] if layers else None
 
 
 @drawing
