@@ -166,7 +166,8 @@ def run_on_ray(todo: list[Config], runs_dir: Path, data_dir, launch: Launch, log
                 raise UserError(f"cannot join the Ray cluster at '{launch.address}' ({str(exc).splitlines()[0]}); "
                                 "start it with `ray start --head` or use --address auto") from None
         else:
-            ray.init(log_to_driver=False, include_dashboard=False, **kwargs)
+            # a private local instance, as documented, even when a cluster already runs on this machine
+            ray.init(address="local", log_to_driver=False, include_dashboard=False, **kwargs)
     if not todo:
         return {}
     threads = max(1, int(launch.cpus_per_run))

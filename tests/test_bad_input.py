@@ -263,7 +263,7 @@ USAGE = {
 @pytest.mark.parametrize("case", USAGE)
 def test_usage_errors_of_the_installed_command_are_one_line(case):
     args, message = USAGE[case]
-    res = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    res = subprocess.run([sys.executable, "-m", "landscape", *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert res.returncode == 2
     assert res.stderr.startswith("error: ") and message in res.stderr and res.stderr.count("\n") == 1
     assert "--help" in res.stderr

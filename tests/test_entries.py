@@ -3,7 +3,6 @@ landscape 0.2 (flat probe settings) still loads, resumes bitwise and reports."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -116,11 +115,13 @@ def test_legacy_flat_probe_settings_read_into_the_entries_options():
 
 
 def _weights_sha256(state: dict) -> str:
-    h = hashlib.sha256()
-    for name in sorted(state):
-        h.update(name.encode())
-        h.update(state[name].cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    """The fixture's own hash of a state dict (tests/data/release-0.2/make.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("release_fixture", RELEASE / "make.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.weights_sha256(state)
 
 
 def _without_timing(records: list[dict]) -> list[dict]:

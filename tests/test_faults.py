@@ -101,9 +101,16 @@ def test_kill_9_anywhere_then_resume_is_bitwise_an_uninterrupted_run(tmp_path, w
     assert not [p for p in run.iterdir() if ".tmp" in p.name]  # a killed writer's temp file is cleaned up
 
 
+def _default_signals() -> None:
+    """In the child: SIGINT and SIGTERM as a terminal would deliver them. A shell starts background jobs
+    (nohup, &) with SIGINT ignored, and a child inherits that, so Ctrl-C could not be tested there."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def cli(*args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "cli", *map(str, args)], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    return subprocess.Popen([sys.executable, "-m", "landscape", *map(str, args)], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_default_signals, **kw)
 
 
 def wait_for(predicate, timeout=120.0):
@@ -181,14 +188,14 @@ def small_disk(tmp_path):
 @pytest.mark.slow
 def test_a_full_disk_ends_in_one_line_and_the_run_resumes_once_space_is_freed(small_disk, tmp_path, whole):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(CFG))
-    first = subprocess.run([sys.executable, "-m", "cli", "train", tmp_path / "c.yaml", "--out", small_disk,
+    first = subprocess.run([sys.executable, "-m", "landscape", "train", tmp_path / "c.yaml", "--out", small_disk,
                             "--no-progress"], cwd=ROOT, text=True, capture_output=True, timeout=300)
     assert first.returncode == 0, first.stderr  # it fits; now fill the disk and do it again
     used = sum(p.stat().st_size for p in (small_disk / "victim").iterdir())
     filler = small_disk / "filler"
     free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
     filler.write_bytes(b"\0" * max(0, free - used // 3))
-    full = subprocess.run([sys.executable, "-m", "cli", "train", tmp_path / "c.yaml", "--out", small_disk,
+    full = subprocess.run([sys.executable, "-m", "landscape", "train", tmp_path / "c.yaml", "--out", small_disk,
                            "--name", "again", "--no-progress"], cwd=ROOT, text=True, capture_output=True, timeout=300)
     assert full.returncode == 2 and full.stderr.startswith("error: ") and full.stderr.count("\n") == 1, full.stderr
     assert "No space left" in full.stderr

@@ -40,7 +40,8 @@ def records(out):
 
 @pytest.fixture
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # a private local instance, even when a cluster is already running on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -78,7 +79,7 @@ def test_an_experiment_on_a_real_cluster_head(tmp_path):
                            capture_output=True, text=True, env=env, timeout=120)
     assert start.returncode == 0, start.stderr[-2000:]
     try:
-        res = subprocess.run([sys.executable, "-m", "cli", "ics-distrib", "--preset", "smoke", "--out",
+        res = subprocess.run([sys.executable, "-m", "landscape", "ics-distrib", "--preset", "smoke", "--out",
                               str(tmp_path), "--launcher", "ray", "--address", f"127.0.0.1:{port}"],
                              capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
         assert res.returncode == 0, res.stderr[-3000:]
@@ -90,7 +91,7 @@ def test_an_experiment_on_a_real_cluster_head(tmp_path):
 
 
 def test_a_killed_worker_becomes_a_failed_run_and_the_rerun_completes_only_it(tmp_path):
-    cmd = [sys.executable, "-m", "cli", "ics-distrib", "--preset", "smoke", "--out", str(tmp_path),
+    cmd = [sys.executable, "-m", "landscape", "ics-distrib", "--preset", "smoke", "--out", str(tmp_path),
            "--launcher", "ray", "--set", "steps=400", "--set", "probes.steps=[1]"]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,

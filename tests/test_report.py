@@ -245,3 +245,8 @@ def test_colours_are_fixed_per_network_in_every_process():
 @pytest.fixture(scope="module")
 def smoke(smoke_results):
     return smoke_results
+
+
+def test_the_report_opens_with_a_summary_and_says_what_each_section_shows(html):
+    assert "In short:</strong> of " in html and " reproduced, " in html and " inconclusive" in html
+    assert html.count('<p class="about">What to look for:') == len(REGISTRY)

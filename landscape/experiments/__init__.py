@@ -30,6 +30,7 @@ class Experiment:
     figures: Callable[[RunTable], list[Figure]]  # the experiment's runs -> the report's figures
     paper: bool = True  # one of the paper's experiments (reproduce runs these); False: beyond the paper
     preset_key: str | None = None  # the preset section of its own settings (e.g. "stability"), if it has one
+    about: str = ""  # the report's plain words for the section: what its figures show and what to look for
 
 
 REGISTRY: dict[str, Experiment] = {}

@@ -76,6 +76,7 @@ def figures(t) -> list[Figure]:
 
 
 EXPERIMENT = register(Experiment(
+    about="What to look for: the deep linear network in each regime (samples, loss summed or averaged). Sharpness / threshold at 1 means the network trains at its edge of stability; there its updates overshoot along the top eigendirection and cos(G, G') can fall to -1 without any covariate shift. Which network sits at its edge decides which of the paper's DLN claims hold in that regime.",
     name="dln-regimes", title="The deep linear network in other regimes (sample count, loss summed or averaged)",
     anchor="dln-regimes",
     help="The DLN of Figures 3-4 at several sample counts, loss summed or averaged: stability and the paper's claims.",

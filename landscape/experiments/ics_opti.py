@@ -69,6 +69,7 @@ def figures(t) -> list[Figure]:
 
 
 EXPERIMENT = register(Experiment(
+    about="What to look for: cos(G, G') near 1 and a small ||G - G'|| mean a layer's gradient hardly changes when the layers before it take their step (little ICS in the optimisation sense). The paper says BN's VGG has no better cosines than the standard one, and that the BN deep linear network's G and G' are almost uncorrelated while it still trains better. Heatmap rows are layers counted over the weight layers from the input (1, 2, ...), the same numbering as the paper's figure labels.",
     name="ics-opti", title="Figure 3: ICS from the optimisation view (ICS_opti)", anchor="fig3",
     help="Figure 3: ICS_opti (l2 and cosine between G and G') for VGG and the deep linear network.",
     plan=plan, claims=claims, figures=figures))

@@ -51,6 +51,7 @@ def figures(t) -> list[Figure]:
 
 
 EXPERIMENT = register(Experiment(
+    about="What to look for: each l_p normalisation should train about as well as BN (final accuracy) and lower beta_eff, the loss band and the gradient change against the standard network (bars on a log scale), although its activations are not Gaussian.",
     name="norms", title="Appendix: l_p normalisations", anchor="appendix",
     help="Appendix: l1, l2 and l_inf normalisation against BN and standard.",
     plan=plan, claims=claims, figures=figures))

@@ -112,6 +112,7 @@ def figures(t) -> list[Figure]:
 
 
 EXPERIMENT = register(Experiment(
+    about="What to look for: along the gradient, a narrower loss band, a smaller gradient change and a lower beta_eff mean a smoother landscape; the paper says BN has all three, especially early in training. The VGG panels use a log step axis with the end of the claims' early phase dotted: look at each phase separately, since the standard network's first steps sit on its loss plateau with a tiny gradient. Sharpness is drawn against the optimizer's stability threshold (dashed): a network at the threshold is at its edge of stability, where sharpness is set by the step size.",
     name="smoothness", title="Figure 4: the landscape along the gradient", anchor="fig4",
     help="Figure 4: loss variation, gradient predictiveness, beta_eff and sharpness, VGG and DLN.",
     plan=plan, claims=claims, figures=figures))

@@ -136,6 +136,7 @@ def figures(t) -> list[Figure]:
 
 
 EXPERIMENT = register(Experiment(
+    about="What to look for: sharpness / threshold rising towards 1 is progressive sharpening; hovering at 1 is the edge of stability (for Adam the sharpness of P^-1 H against 38/lr). The trace, per-layer sharpness and spectral density show where the curvature sits.",
     name="stability", title="Beyond the paper: the edge of stability", anchor="stability",
     help="Beyond the paper: VGG +/- BN under SGD (3 lrs) and Adam (2 lrs): sharpness against its stability "
     "threshold, per layer, trace and spectral density.",

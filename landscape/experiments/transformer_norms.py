@@ -115,6 +115,7 @@ def figures(t) -> list[Figure]:
 
 
 EXPERIMENT = register(Experiment(
+    about="What to look for: whether each normalisation makes the ViT smoother along the gradient (beta_eff, gradient change) and train better than no normalisation, under AdamW and under SGD; at an SGD lr where both networks sit at their edge of stability a ratio near 1 is expected.",
     name="transformer-norms", title="Beyond the paper: normalisation in a Vision Transformer", anchor="transformer",
     help="Beyond the paper: a small ViT with no norm, LayerNorm, RMSNorm, BatchNorm or Dynamic Tanh, under AdamW and "
     "SGD: Figure 4's probes, sharpness and ICS_opti.",

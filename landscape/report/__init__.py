@@ -202,8 +202,9 @@ def build_report(paths: list[str | Path], output: str | Path, experiments: dict 
             problems.append(f"{f}: figures of '{name}' not listed ({type(exc).__name__}: {exc})")
             figures = []
         title, anchor = (experiment.title, experiment.anchor) if experiment else (name, f"exp-{name}")
+        about = experiment.about if experiment else ""
         exp_runs = list(table.records.values())
-        sections.append({"anchor": anchor, "title": title, "experiment": name, "summary_path": str(f),
+        sections.append({"anchor": anchor, "title": title, "experiment": name, "summary_path": str(f), "about": about,
                          "preset": summary.get("preset"), "seeds": summary.get("seeds"),
                          "claims": summary.get("claims", []), "figures": draw(figures, str(f), problems),
                          "runs": run_rows(exp_runs), "absent": [n for n in rows if n not in by_name],
@@ -218,13 +219,17 @@ def build_report(paths: list[str | Path], output: str | Path, experiments: dict 
         sections.append({"anchor": "runs", "title": "Runs", "experiment": None, "claims": [],
                          "figures": draw(figures, "runs", problems), "runs": run_rows(rest),
                          "absent": [], "configs": config_table(rest), "preset": None, "seeds": None,
+                         "about": "Runs outside any experiment (a landscape train, a Monitor in your own loop): their "
+                                  "training curves and whatever probes they recorded.",
                          "summary_path": None})
     claims = [dict(c, experiment=s["experiment"]) for s in sections for c in s["claims"] if c["headline"]]
     problems += [f"{r.path}: {p}" for r in runs for p in r.problems]
     env = Environment(loader=PackageLoader("landscape.report", "templates"), autoescape=select_autoescape(["html"]))
     env.filters["num"] = _num
+    verdicts = {v: sum(c.get("verdict") == v for c in claims) for v in ("reproduced", "not reproduced", "inconclusive")}
     html = env.get_template("report.html").render(
         sections=sections, claims=claims, trust=seed_trust(claims), envs=environments(runs), problems=problems,
+        verdicts=verdicts,
         n_runs=len(runs),
         sources=[str(p) for p in paths], generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
     output.parent.mkdir(parents=True, exist_ok=True)

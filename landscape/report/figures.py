@@ -237,7 +237,9 @@ def heatmap_axes(ax, net: str, groups: dict[str, list[RunRecords]]) -> None:
 def ics_heatmaps(groups: dict[str, list[RunRecords]], title: str) -> bytes:
     """Layers against probe steps, per net: ||G - G'|| (log colour) and cos(G, G')."""
     nets = [n for n in groups if groups[n][0].probe("ics_opti")]
-    fig, axes = subplots(len(nets) or 1, 2, figsize=(12, 2.8 * max(len(nets), 1)), squeeze=False)
+    rows = max([len(probed_layers(groups[n][:1], "ics_opti")) for n in nets] or [1])
+    height = max(2.8, 0.14 * rows + 1.2)  # a readable row per layer (the 25-layer DLN's labels did not fit)
+    fig, axes = subplots(len(nets) or 1, 2, figsize=(12, height * max(len(nets), 1)), squeeze=False)
     for row, net in zip(axes, nets):
         recs = groups[net][0].probe("ics_opti")
         layers = recs[0]["values"]["layers"]
@@ -266,8 +268,9 @@ def ics_curves(groups: dict[str, list[RunRecords]], title: str) -> bytes:
         ax.set_xlabel("step")
         ax.set_ylabel("||G - G'||" if key == "l2" else "cos(G, G')")
     axes[1].axhline(1.0, color="grey", lw=0.8)
+    axes[1].ticklabel_format(axis="y", useOffset=False)
     axes[0].legend(fontsize=8)
-    fig.suptitle(title + " (mean over layers after the first)", y=1.03)
+    fig.suptitle(text(title) + " (mean over layers after the first)", y=1.03)
     return to_png(fig)
 
 
@@ -313,6 +316,7 @@ def landscape_panels(groups: dict[str, list[RunRecords]], title: str, phase_at: 
             ax.axvline(phase_at, color="0.4", ls=":", lw=1)
     for ax in axes[:2]:
         ax.set_yscale("log")
+    fig.subplots_adjust(wspace=0.35)  # room for each panel's y label beside its neighbour's ticks
     for ax in (axes[0], axes[2]):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
@@ -408,6 +412,8 @@ def row_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], panels, titl
     for row, (label, groups) in zip(axes, rows):
         for ax, (name, series, logy) in zip(row, panels):
             plot_lines(ax, groups, series, logy=logy)
+            if not logy:
+                ax.ticklabel_format(axis="y", useOffset=False)  # cosines near 1 read as themselves, not 1e-6+9.9999e-1
             ax.set_ylabel(f"{name}\n{label}", fontsize=8)
             ax.set_xlabel("step")
         for i in ones:
