@@ -10,8 +10,10 @@ a killed export leaves no half-written run folder, and two exports into one fold
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -75,6 +77,11 @@ def _write_run(run, target: Path) -> None:
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
+    failures: list[BaseException] = []
+    previous_hook = threading.excepthook
+    # TensorBoard writes from a thread of its own; its failure (a full disk) would print a traceback
+    # there and let the export seem to succeed: catch it and end in the one-line error instead.
+    threading.excepthook = lambda args: failures.append(args.exc_value)
     try:
         writer = SummaryWriter(str(tmp))
         try:
@@ -83,6 +90,11 @@ def _write_run(run, target: Path) -> None:
                     writer.add_scalar(name, value, int(record["step"]))
         finally:
             writer.close()
+        threading.excepthook = previous_hook
+        if failures:
+            exc = failures[0]
+            raise OSError(getattr(exc, "errno", None) or errno.EIO, getattr(exc, "strerror", None) or str(exc),
+                          str(target))
         old = target.with_name(f".{target.name}.tmp-old{os.getpid()}")
         if target.exists():
             os.replace(target, old)  # a previous export of this run: replaced whole, never merged
@@ -90,5 +102,6 @@ def _write_run(run, target: Path) -> None:
         if old.exists():
             shutil.rmtree(old)
     finally:
+        threading.excepthook = previous_hook
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

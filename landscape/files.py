@@ -25,6 +25,8 @@ def atomic_write(path: str | Path, content: str | bytes | Callable[[Path], None]
         else:  # a lone surrogate (a name read from a file system in another encoding) is written as "?"
             tmp.write_bytes(content.encode("utf-8", errors="replace"))
         os.replace(tmp, path)
+    except OSError as exc:  # name the file the user asked for, not our temporary sibling
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
     finally:
         if tmp.exists():
             tmp.unlink()

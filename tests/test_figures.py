@@ -95,3 +95,15 @@ def test_the_help_imports_no_plotting_library(command):
             "assert not bad, bad\n") % (command,)
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_characters_the_font_lacks_are_said_once_not_warned_per_glyph(recwarn):
+    F.MISSING_GLYPHS.clear()
+    cjk = run("学习率", [{"kind": "train", "step": s, "loss": 2.0 - s / 10, "acc": 0.1} for s in (1, 2)])
+    F.training_curves({"学习率": [cjk]}, "学习率")
+    assert not [w for w in recwarn if "missing from font" in str(w.message)]
+    from matplotlib import font_manager
+
+    cjk_font = any("CJK" in f.name for f in font_manager.fontManager.ttflist)
+    assert F.MISSING_GLYPHS or cjk_font  # collected, unless this machine has a font that draws them
+    F.MISSING_GLYPHS.clear()

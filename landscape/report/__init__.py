@@ -222,6 +222,10 @@ def build_report(paths: list[str | Path], output: str | Path, experiments: dict 
                          "about": "Runs outside any experiment (a landscape train, a Monitor in your own loop): their "
                                   "training curves and whatever probes they recorded.",
                          "summary_path": None})
+    if F.MISSING_GLYPHS:
+        problems.append(f"figures: {len(F.MISSING_GLYPHS)} characters of names are not in the figure font and are "
+                        "drawn as boxes (install a font with them, e.g. Noto Sans CJK, for matplotlib to find)")
+        F.MISSING_GLYPHS.clear()
     claims = [dict(c, experiment=s["experiment"]) for s in sections for c in s["claims"] if c["headline"]]
     problems += [f"{r.path}: {p}" for r in runs for p in r.problems]
     env = Environment(loader=PackageLoader("landscape.report", "templates"), autoescape=select_autoescape(["html"]))

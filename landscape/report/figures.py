@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import importlib
 import io
+import warnings
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass
@@ -40,15 +41,28 @@ class _Lazy:
 sns = _Lazy("seaborn")
 
 
+MISSING_GLYPHS: set[str] = set()  # characters of names the figure font cannot draw (said once, in the report)
+
+
 def drawing(fn):
-    """A figure function: drawn in the report's style, leaving matplotlib's global settings as they were."""
+    """A figure function: drawn in the report's style, leaving matplotlib's global settings as they were.
+    A character the font lacks (a CJK run name) is collected in MISSING_GLYPHS instead of warning per glyph."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         import matplotlib
 
-        with matplotlib.rc_context(), sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=1.05):
+        with matplotlib.rc_context(), sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=1.05), \
+                warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             matplotlib.rcParams["mathtext.default"] = "regular"
-            return fn(*args, **kwargs)
+            out = fn(*args, **kwargs)
+        for w in caught:
+            text = str(w.message)
+            if "missing from font" in text:
+                MISSING_GLYPHS.add(text.split("(")[1].split(")")[0] if "(" in text else text)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return out
     return wrapper
 
 
