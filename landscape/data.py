@@ -14,6 +14,7 @@ import hashlib
 import io
 import os
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,8 +172,10 @@ def _is_gray(paths: list[Path]) -> bool:
     from PIL import Image
 
     try:
-        with Image.open(paths[0]) as im:
-            return im.mode in ("L", "LA", "1", "I", "I;16")
+        with warnings.catch_warnings():  # a decompression-bomb size is said once, by the decoding
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(paths[0]) as im:
+                return im.mode in ("L", "LA", "1", "I", "I;16")
     except Exception:
         raise UserError(f"cannot decode image '{paths[0]}'; remove or replace it") from None
 
@@ -206,8 +209,19 @@ def _read_image_tree(root: Path, size: int | None = None) -> dict[str, Split]:
             raise UserError(f"no .jpg/.png images under '{root / split}'")
         if gray is None:
             gray = size is not None and _is_gray(paths)
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL decodes without the GIL
+        from PIL import Image
+
+        with warnings.catch_warnings(record=True) as caught, \
+                ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL decodes without the GIL
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
             images = np.stack(list(pool.map(partial(_decode, size=size, gray=gray), paths, chunksize=256)))
+        bombs = [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+        if bombs:  # one line for the data set, not one warning per image
+            warnings.warn(f"{len(bombs)} images under '{root / split}' exceed PIL's decompression-bomb size "
+                          f"({Image.MAX_IMAGE_PIXELS:,} pixels); they were decoded and resized to {size}", stacklevel=2)
+        for w in caught:
+            if not issubclass(w.category, Image.DecompressionBombWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         out[split] = Split(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
                            torch.tensor(labels, dtype=torch.int64))
     return out

@@ -187,3 +187,19 @@ def test_loaded_data_with_bad_labels_or_shapes_is_refused_where_it_is_loaded(lab
     assert message in split_problem("train", Split(x, torch.tensor(labels)), image=True)
     assert split_problem("train", Split(x[:0], torch.tensor([], dtype=torch.int64)), image=True) == \
         "its train split has no examples"
+
+
+def test_images_beyond_pils_bomb_size_are_said_once_per_split(tmp_path, monkeypatch):
+    import warnings
+
+    from PIL import Image
+
+    from landscape.data import load_folder
+
+    make_image_tree(tmp_path / "tree", per_class=2, classes=("a", "b"))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 600)  # 32x32 = 1,024 pixels: over it, under 2x (an error)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_folder(tmp_path / "tree", 32, cache_dir=tmp_path / "cache")
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2 and all("exceed PIL's decompression-bomb size" in m for m in messages), messages
