@@ -81,6 +81,8 @@ def test_skip_and_resume(tmp_path, monkeypatch):
     before = {p.name: (p / "metrics.jsonl").read_text() for p in (tmp_path / "runs").iterdir()}
     logs.clear()
     run_experiment("ics-distrib", "smoke", 1, tmp_path, log=logs.append)
+    note, *logs = logs  # the smoke preset first says what it is
+    assert note.startswith("note: preset smoke: ") and "verdicts mean nothing" in note
     assert all("skipped" in line for line in logs) and len(logs) == 3
     assert before == {p.name: (p / "metrics.jsonl").read_text() for p in (tmp_path / "runs").iterdir()}
 
