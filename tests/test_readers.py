@@ -33,12 +33,16 @@ def mutate_value(rng: random.Random, value):
         i = rng.randrange(len(value))
         value[i] = mutate_value(rng, value[i])
         return value
-    if rng.random() < 0.1:
-        deep = {"a": 1}
-        for _ in range(rng.choice([50, 150, 1200])):
-            deep = [deep]
-        return deep
+    if rng.random() < 0.1:  # written out as text by deepen(): no encoder could write it
+        return f"__DEEP_{rng.choice([50, 150, 1200, 5000])}__"
     return rng.choice(SWAPS)
+
+
+def deepen(text: str) -> str:
+    """The placeholders of mutate_value as lists nested that deep (valid JSON and YAML flow style)."""
+    import re
+
+    return re.sub(r"""["']?__DEEP_(\d+)__["']?""", lambda m: "[" * int(m.group(1)) + "1" + "]" * int(m.group(1)), text)
 
 
 def mutate_file(rng: random.Random, path: Path) -> None:
@@ -53,18 +57,21 @@ def mutate_file(rng: random.Random, path: Path) -> None:
     if choice < 0.2:  # nesting far deeper than any parser's recursion limit
         path.write_text("[" * 100_000 + "]" * 100_000 + "\n")
         return
-    if path.suffix == ".jsonl":
-        lines = raw.decode().splitlines()
-        i = rng.randrange(len(lines))
-        lines[i] = json.dumps(mutate_value(rng, json.loads(lines[i])))
-        path.write_text("\n".join(lines) + "\n")
-    elif path.suffix == ".json":
-        path.write_text(json.dumps(mutate_value(rng, json.loads(raw))))
-    else:
-        import yaml
+    try:  # a file an earlier mutation already made unparseable gets its bytes corrupted instead
+        if path.suffix == ".jsonl":
+            lines = raw.decode().splitlines()
+            i = rng.randrange(len(lines))
+            lines[i] = deepen(json.dumps(mutate_value(rng, json.loads(lines[i]))))
+            path.write_text("\n".join(lines) + "\n")
+        elif path.suffix == ".json":
+            path.write_text(deepen(json.dumps(mutate_value(rng, json.loads(raw)))))
+        else:
+            import yaml
 
-        path.write_text(yaml.safe_dump(mutate_value(rng, yaml.safe_load(raw)), allow_unicode=True) if rng.random() < 0.8
-                        else "a: &x [1, 2]\nb: [*x, *x, !!python/object:os.system x]\n")
+            path.write_text(deepen(yaml.safe_dump(mutate_value(rng, yaml.safe_load(raw)), allow_unicode=True))
+                            if rng.random() < 0.8 else "a: &x [1, 2]\nb: [*x, *x, !!python/object:os.system x]\n")
+    except Exception:  # noqa: BLE001 (the test's own parsers: any failure means "corrupt the bytes")
+        path.write_bytes(raw[: len(raw) // 2] + b"\xff\xfe" + raw[len(raw) // 2:])
 
 
 @pytest.fixture(scope="module")
