@@ -22,7 +22,7 @@ import numpy as np
 
 from landscape.names import NETS, label_of
 from landscape.results import (RunRecords, beta_eff, final_test_acc, finite, loss_band, max_grad_change, mean_over_layers,
-                               mean_shift, med, series)
+                               med, series)
 from landscape.stats import mean_ci
 
 MAX_POINTS = 300  # long series are downsampled for drawing
