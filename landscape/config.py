@@ -157,8 +157,12 @@ def probe_config_class() -> type:
     key = tuple((p.name, p.options) for p in entries.REGISTRY.values())
     if key not in _PROBE_CLASSES:
         fields = [(p.name, p.options, field(default_factory=p.options)) for p in entries.REGISTRY.values()]
-        _PROBE_CLASSES[key] = dataclasses.make_dataclass("ProbeConfig", fields, bases=(ProbeSettings,), frozen=True)
-    return _PROBE_CLASSES[key]
+        made = dataclasses.make_dataclass("ProbeConfig", fields, bases=(ProbeSettings,), frozen=True)
+        made.__module__ = __name__
+        _PROBE_CLASSES[key] = made
+    cls = _PROBE_CLASSES[key]
+    globals()["ProbeConfig"] = cls  # the current table's class, so a Config pickles (multiprocessing, Ray)
+    return cls
 
 
 @dataclass(frozen=True)

@@ -81,3 +81,11 @@ def test_field_paths_cover_the_tree():
 def test_an_exponent_without_a_dot_is_the_number_a_user_means():
     assert load_config(None, ["optim.lr=1e-3"]).optim.lr == 0.001  # YAML alone reads "1e-3" as a string
     assert load_config(None, ["model.noise.mean_range=[-1e-1, 1e-1]"]).model.noise.mean_range == (-0.1, 0.1)
+
+
+def test_a_config_pickles_and_copies():
+    import copy
+    import pickle
+
+    cfg = build_config([{"probes": {"enabled": ["sharpness"], "sharpness": {"iters": 7}}}])
+    assert pickle.loads(pickle.dumps(cfg)) == cfg and copy.deepcopy(cfg) == cfg
