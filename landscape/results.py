@@ -216,9 +216,6 @@ def quantity_of(probe: str, key: str):
 loss_band = quantity_of("gradient_sweep", "loss_band")  # max - min of L(w - eta g) over the grid
 max_grad_change = quantity_of("gradient_sweep", "grad_change")  # the largest gradient change over the grid
 beta_eff = quantity_of("gradient_sweep", "beta_eff")
-grad_norm = quantity_of("gradient_sweep", "grad_norm")
-sharpness_value = quantity_of("sharpness", "sharpness")
-over_threshold = quantity_of("sharpness", "over_threshold")  # sharpness / the optimizer's stability threshold
 
 
 def mean_over_layers(values: dict, key: str, skip_first: bool = True) -> float | None:
