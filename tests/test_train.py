@@ -196,7 +196,7 @@ def test_probe_records_survive_resume(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("optim, arch", [({"name": "adamw", "lr": 0.003}, "vgg"), ({"name": "sgd", "lr": 0.05}, "vit")])
 def test_curvature_probes_never_change_training(tmp_path, optim, arch):
-    """Every probe, the curvature ones with a warm start included, on a VGG with BN under AdamW and
+    """Every probe, the curvature ones with a warm start included and the loss slice, on a VGG with BN under AdamW and
     a ViT with dropout under SGD: bitwise the same weights and records as probes off."""
     model = {"norm": "batch"} if arch == "vgg" else {"arch": "vit", "norm": "layer", "vit_dim": 16, "vit_depth": 2,
                                                       "vit_heads": 2, "vit_patch": 8, "dropout": 0.1}
@@ -204,7 +204,7 @@ def test_curvature_probes_never_change_training(tmp_path, optim, arch):
     off = tiny_config(name="off", **base)
     on = tiny_config(name="on", **base, probes={
         "enabled": ["gradient_sweep", "ics_opti", "sharpness", "curvature", "layer_sharpness", "hessian_trace",
-                    "spectral_density"], "every": 2, "sharpness_iters": 4, "warm_start": True, "trace_samples": 4,
+                    "spectral_density", "loss_slice"], "every": 2, "sharpness_iters": 4, "warm_start": True, "trace_samples": 4,
         "trace_method": "hutch++", "density_vectors": 2, "density_steps": 3})
     recs_on = train_off_and_on(off, on, tmp_path)
     assert without_timing([r for r in recs_on if r["kind"] != "probe"]) == \

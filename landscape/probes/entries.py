@@ -35,9 +35,10 @@ from torch import nn
 
 from landscape.probes.curvature import (UnreadableOptimizer, directional_curvature, hessian_trace, layer_sharpness,
                                         min_trace_samples, preconditioner, spectral_density, stability_threshold)
-from landscape.probes.functional import Batch, Params
+from landscape.probes.functional import Batch, Params, current_params
 from landscape.probes.ics import activation_stats, distribution_shift, ics_opti
 from landscape.probes.landscape import gradient_sweep, sharpness
+from landscape.probes.slices import evaluate_slice, flat_norm, grid_coords, quadratic_fit, random_direction
 
 DEFAULT_ETA_MULTIPLES = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)  # the paper's [0.5, 4] x lr
 
@@ -372,6 +373,46 @@ register(Probe(
                 "mean_std": lambda v: _mean(s.get("std") for s in v["stats"].values() if isinstance(s, dict))},
     exported=("shift",), fixed_batch=lambda o: o.batch,
     check=lambda o: None if o.batch > 0 else f"batch must be positive; got {o.batch}"))
+
+
+@dataclass(frozen=True)
+class LossSliceOptions:
+    points: int = 9  # points of the line, from -radius to radius (an odd number includes the point itself)
+    radius: float = 1.0  # the line's half-length, in units of the filter-normalised direction
+    ignore: Literal["biasbn", "none"] = "biasbn"  # leave biases and normalisation parameters out (Li et al.)
+    bn: Literal["train", "checkpoint"] = "train"  # BatchNorm on the batch's statistics, or the running ones
+
+
+def _loss_slice(ctx: Context, o: LossSliceOptions) -> dict:
+    """A 1D slice of the step's batch loss along a filter-normalised random direction (seeded by the step)."""
+    w = current_params(ctx.model)
+    d = random_direction(w, seed=ctx.step, ignore=o.ignore)
+    coords = grid_coords(1, o.points, -o.radius, o.radius)
+    values = evaluate_slice(ctx.model, ctx.loss_fn, [d], [*coords, (0.0,)], [ctx.batch], bn=o.bn, origin=w,
+                            buffers=ctx.buffers, output_fn=ctx.output_fn)  # the last point: the weights themselves
+    losses = [values[i].loss for i in range(len(coords))]
+    loss0 = values[len(coords)].loss
+    alphas = [c[0] for c in coords]
+    norm2 = flat_norm(d) ** 2
+    fit = quadratic_fit(alphas, losses) if all(math.isfinite(x) for x in losses) else (math.nan,) * 3
+    return {"alphas": alphas, "losses": losses, "loss": loss0, "direction_norm": math.sqrt(norm2),
+            "curvature": 2 * fit[2] / norm2 if norm2 > 0 else None, "ignore": o.ignore, "bn": o.bn,
+            "seed": ctx.step}
+
+
+def _slice_check(o: LossSliceOptions) -> str | None:
+    if o.points < 3:
+        return f"points must be at least 3 (a quadratic is fitted to them); got {o.points}"
+    if not (o.radius > 0 and math.isfinite(o.radius)):
+        return f"radius must be a positive number; got {o.radius}"
+    return None
+
+
+register(Probe(
+    "loss_slice", "the loss along a filter-normalised random direction (Li et al. 2018) around the weights: "
+    "its rise and its fitted curvature", _loss_slice, LossSliceOptions,
+    quantities={"slice_rise": lambda v: _top(v["losses"]) - v["loss"], "slice_curvature": lambda v: v["curvature"]},
+    exported=("slice_rise", "slice_curvature"), check=_slice_check))
 
 
 def _ics(ctx: Context, o: NoOptions) -> dict:
