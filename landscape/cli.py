@@ -227,6 +227,46 @@ def export(
         typer.echo(f"wrote {path}")
 
 
+@app.command("slice")
+@user_errors
+def slice_(
+    target: str = typer.Argument(..., help="A run directory, or a checkpoint file inside one."),
+    directions: str = typer.Option("random", "--directions", help="random (filter-normalised, Li et al.) | hessian "
+                                   "(top eigenvectors) | interpolate (from the initialisation, or --to) | pca "
+                                   "(of --trajectory)."),
+    dims: int = typer.Option(2, "--dims", help="1 (a line) or 2 (a grid)."),
+    grid: int = typer.Option(21, "--grid", help="Points per side."),
+    range_: str = typer.Option("-1:1", "--range", help="Coordinates a:b along each direction (interpolate: "
+                               "0 is the start, 1 the end)."),
+    bn: str = typer.Option("recompute", "--bn", help="BatchNorm: train (batch statistics) | recompute (running "
+                           "statistics recomputed at each point) | checkpoint (the stored ones)."),
+    bn_batches: int = typer.Option(4, "--bn-batches", help="Batches recompute averages statistics over."),
+    split: str = typer.Option("train", "--split", help="train | test."),
+    subset: int = typer.Option(1024, "--subset", help="Examples the loss is measured on (a seeded subset)."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Examples per forward pass."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the random directions and the subset."),
+    ignore: str = typer.Option("biasbn", "--ignore", help="biasbn (leave biases and normalisation parameters out) "
+                               "| none."),
+    to: Optional[str] = typer.Option(None, "--to", help="interpolate: the end point's checkpoint (default: from the "
+                                     "run's initialisation to its weights)."),
+    trajectory: Optional[List[str]] = typer.Option(None, "--trajectory", help="pca: a checkpoint of the trajectory "
+                                                   "(repeat, in training order; the run's own is the last point)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Folder under RUN/slices/ (default: KIND-Nd-BN)."),
+    workers: int = typer.Option(1, "--workers", help="Local worker processes the grid is split over."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_HELP),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (default: the run's)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing slice of the same name."),
+):
+    """A 1D or 2D loss-landscape slice of a run, written to RUN/slices/NAME (resumes a killed one)."""
+    from landscape.slicing import SliceSpec, parse_range, slice_run
+
+    lo, hi = parse_range(range_)
+    spec = SliceSpec(directions, dims, grid, lo, hi, bn, bn_batches, split, subset, batch_size, seed, ignore, to,
+                     tuple(trajectory or ()))
+    path = slice_run(target, spec, name, data_dir, device, workers, force, log=typer.echo)
+    typer.echo(f"slice -> {path}")
+
+
 def main() -> None:
     """Entry point: typer's own usage errors (bad option type, missing argument, unknown
     command) also end in one line and exit status 2; `landscape` alone prints the help."""
