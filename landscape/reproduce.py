@@ -91,6 +91,9 @@ def run_experiments(names: list[str], preset_name: str, seeds: int | None, out: 
     out.mkdir(parents=True, exist_ok=True)
     with FolderLock(out, "results folder"):  # one writer per results folder
         execute([s for specs in plans.values() for s in specs], out, data_dir, device, launch, log)
+        for name, specs in plans.items():
+            if get(name).after is not None:
+                get(name).after(preset, specs, out / "runs", data_dir, device, log)
         summaries = {}
         for name, specs in plans.items():
             summaries[name] = summarise(get(name), specs, out, preset, seed_list)

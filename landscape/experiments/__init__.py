@@ -31,6 +31,9 @@ class Experiment:
     paper: bool = True  # one of the paper's experiments (reproduce runs these); False: beyond the paper
     preset_key: str | None = None  # the preset section of its own settings (e.g. "stability"), if it has one
     about: str = ""  # the report's plain words for the section: what its figures show and what to look for
+    # (preset, runs, runs folder, data dir, device, log) -> None: work on the finished runs before the claims
+    # are judged (e.g. slices of the trained weights), resumable, written into the runs' own folders
+    after: Callable[..., None] | None = None
 
 
 REGISTRY: dict[str, Experiment] = {}
@@ -60,4 +63,4 @@ def get(name: str) -> Experiment:
 # The paper's figures, in the paper's order (the report's sections follow it).
 from landscape.experiments import train_compare, ics_distrib, ics_opti, smoothness, norms  # noqa: E402,F401
 # Beyond the paper's figures.
-from landscape.experiments import dln_regimes, stability, transformer_norms  # noqa: E402,F401
+from landscape.experiments import dln_regimes, stability, transformer_norms, slices  # noqa: E402,F401

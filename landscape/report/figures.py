@@ -545,3 +545,46 @@ def accuracy_bars(rows: list[tuple[str, dict[str, list[RunRecords]]]], title: st
     fig.suptitle(text(title), y=1.03)
     fig.tight_layout()
     return to_png(fig)
+
+
+def run_slices(run: RunRecords) -> dict[str, dict]:
+    """A run's finished slices by name (``RUN/slices/NAME/slice.json``)."""
+    from landscape.slicing import read_slices
+
+    return {s.get("name", "?"): s for s in read_slices(run.path)}
+
+
+@drawing
+def slice_panels(groups: dict[str, list[RunRecords]], title: str) -> bytes:
+    """Per network (its first seed): the 2D random slice as filled log-loss contours with the
+    trained point marked; last panel: every network's interpolation from the initialisation."""
+    nets = [(net, run_slices(runs[0])) for net, runs in groups.items()]
+    fig, axes = subplots(1, len(nets) + 1, figsize=(4.6 * (len(nets) + 1), 3.8), squeeze=False)
+    axes = axes[0]
+    for ax, (net, sl) in zip(axes, nets):
+        s = sl.get("random-2d")
+        ax.set_title(text(label_of(net)))
+        if not s or s.get("dims", len(s.get("shape", []))) == 1 or len(s.get("shape", [])) != 2:
+            ax.text(0.5, 0.5, "no 2D slice", ha="center", va="center", transform=ax.transAxes)
+            continue
+        n = s["shape"][0]
+        z = np.array([np.nan if v is None else v for v in s["loss"]], dtype=float).reshape(n, n)
+        axis = np.array(s["axis"], dtype=float)
+        cs = ax.contourf(axis, axis, np.log10(np.clip(z.T, 1e-6, None)), levels=20, cmap="viridis")
+        ax.contour(axis, axis, np.log10(np.clip(z.T, 1e-6, None)), levels=10, colors="k", linewidths=0.3)
+        fig.colorbar(cs, ax=ax, label="log10 loss")
+        ax.plot([0], [0], marker="+", color="w", ms=14, mew=2)
+        ax.set_xlabel("direction 1 (filter-normalised)")
+        ax.set_ylabel("direction 2")
+    ax = axes[-1]
+    for net, sl in nets:
+        s = sl.get("from-init")
+        if s:
+            ax.plot(s["axis"], s["loss"], color=color_of(net), label=text(label_of(net)), marker=".")
+    ax.set_yscale("log")
+    ax.set_xlabel("t: initialisation (0) to trained weights (1)")
+    ax.set_ylabel("training loss")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.suptitle(text(title), y=1.03)
+    return to_png(fig)
