@@ -586,5 +586,6 @@ def slice_panels(groups: dict[str, list[RunRecords]], title: str) -> bytes:
     ax.set_ylabel("training loss")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
+    fig.subplots_adjust(wspace=0.5)  # room for each colour bar's label beside the next panel
     fig.suptitle(text(title), y=1.03)
     return to_png(fig)
