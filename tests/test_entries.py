@@ -1,5 +1,5 @@
 """The probe table (landscape.probes.entries): a probe is one entry, and a run directory made by
-landscape 0.2 (flat probe settings) still loads, resumes bitwise and reports."""
+landscape 0.2 (flat probe settings) still loads, resumes (bitwise where the kernels round as the fixture machine's did) and reports."""
 
 from __future__ import annotations
 
@@ -134,6 +134,17 @@ def _without_timing(records: list[dict]) -> list[dict]:
     return out
 
 
+def _close(a, b, rel: float) -> bool:
+    """The same structure, every number within ``rel`` of the other's."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_close(a[k], b[k], rel) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(_close(x, y, rel) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, (int, float)) and not isinstance(b, bool):
+        return abs(a - b) <= rel * max(abs(a), abs(b), 1e-12)
+    return a == b
+
+
 def test_a_run_directory_of_release_0_2_loads_resumes_and_reports(tmp_path):
     run_dir = tmp_path / "runs" / "run"
     shutil.copytree(RELEASE / "interrupted", run_dir)
@@ -148,13 +159,20 @@ def test_a_run_directory_of_release_0_2_loads_resumes_and_reports(tmp_path):
     env = json.loads((RELEASE / "full" / "env.json").read_text())
     here = {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "threads": torch.get_num_threads()}
-    if any(env.get(k) != v for k, v in here.items()):
-        pytest.skip(f"bitwise comparison needs 0.2's environment {[env.get(k) for k in here]}, this is "
-                    f"{list(here.values())} (env.json's bitwise_keys)")
-    # records after the checkpoint were recomputed by this release: bitwise those 0.2 wrote uninterrupted
-    assert _without_timing(resumed.records) == _without_timing(full.records)
     weights = torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
-    assert _weights_sha256(weights) == (RELEASE / "full" / "weights.sha256").read_text().strip()
+    # Bitwise needs this machine's kernels to round as the fixture's did (the same torch, capability and
+    # threads are not enough: another CPU model differed by 6e-5). The canary: 0.3 trained from scratch
+    # here against 0.2's uninterrupted records. Where it differs, the resumed records must still agree
+    # to float32 rounding over 12 steps.
+    fresh = tmp_path / "fresh"
+    train(saved, out=fresh)
+    same_kernels = all(env.get(k) == v for k, v in here.items()) and \
+        _without_timing(read_run(fresh / saved.name).records) == _without_timing(full.records)
+    if same_kernels:  # records after the checkpoint were recomputed by this release: bitwise 0.2's
+        assert _without_timing(resumed.records) == _without_timing(full.records)
+        assert _weights_sha256(weights) == (RELEASE / "full" / "weights.sha256").read_text().strip()
+    else:
+        assert _close(_without_timing(resumed.records), _without_timing(full.records), rel=1e-3)
     html = build_report([tmp_path / "runs"], tmp_path / "report.html", REGISTRY).read_text()
     assert "Problems reading records" not in html and "Smoothness along the gradient" in html
 
