@@ -133,3 +133,21 @@ def test_a_checkpoint_of_another_model_is_refused(run_dir, tmp_path):
     assert tree_hash(run_dir) == before
     res = runner.invoke(app, ["slice", str(tmp_path / "missing")])
     assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_the_slices_experiment_slices_its_runs_once_and_judges_its_claims(tmp_path):
+    from landscape.reproduce import run_experiment
+
+    logs = []
+    summary = run_experiment("slices", "smoke", 1, tmp_path, log=logs.append)
+    assert [c["id"] for c in summary["claims"]] == ["slices.vgg.basin", "slices.vgg.standard.monotone",
+                                                    "slices.vgg.bn.monotone"]
+    assert all(c["per_seed"]["0"] is not None for c in summary["claims"])
+    for net in ("standard", "bn"):
+        for name in ("random-2d", "from-init"):
+            assert (tmp_path / "runs" / f"vgg-{net}-lr0.1-s0" / "slices" / name / "slice.json").exists()
+    assert sum("points to compute" in line for line in logs) == 4
+    logs.clear()
+    again = run_experiment("slices", "smoke", 1, tmp_path, log=logs.append)
+    assert not any("points to compute" in line for line in logs)  # finished slices are not recomputed
+    assert again["claims"] == summary["claims"]
