@@ -223,14 +223,14 @@ def evaluate_point(model: nn.Module, loss_fn: Callable, params: Params, buffers:
     prepare = prepare or (lambda x: x)
     output_fn = output_fn or default_output
     bufs = {n: b.clone() for n, b in buffers.items()}
-    if bn == "recompute":
+    bn_mods = [m for m in model.modules() if isinstance(m, NORM_TYPES)]
+    if bn == "recompute" and bn_mods:  # without BatchNorm there are no statistics to recompute
         names = _bn_buffers(model)
         for n in names:  # reset_running_stats, on the clones
             if n.endswith("running_mean") or n.endswith("num_batches_tracked"):
                 bufs[n].zero_()
             elif n.endswith("running_var"):
                 bufs[n].fill_(1)
-        bn_mods = [m for m in model.modules() if isinstance(m, NORM_TYPES)]
         for m in bn_mods:
             m.train()
         for x in (bn_batches if bn_batches is not None else (b[0] for b in batches)):
