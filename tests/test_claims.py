@@ -47,7 +47,8 @@ def test_the_vgg_figure4_claims_are_judged_early_and_later_in_training():
         in_phase("middle", ratio)
     claims = {c.id: c for c in smoothness.claims({})}
     headline = sorted(i for i, c in claims.items() if c.headline and i.startswith("fig4.vgg"))
-    assert headline == sorted(f"fig4.vgg.{m}.{p}" for m in ("loss_band", "grad_predictiveness", "beta_eff")
+    assert headline == sorted(f"fig4.vgg.{m}.{p}" for m in ("loss_band", "grad_predictiveness", "beta_eff",
+                                                            "rel_loss_departure", "rel_grad_change")
                               for p in ("early", "later"))
     assert not claims["fig4.vgg.beta_eff"].headline and claims["fig4.dln.beta_eff"].headline  # all steps: a diagnostic
     judged = claims["fig4.vgg.beta_eff.early"].judge(table)

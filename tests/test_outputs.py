@@ -41,7 +41,8 @@ def test_scalar_names_of_each_record_kind():
     sweep = {"kind": "probe", "probe": "gradient_sweep", "step": 3,
              "values": {"loss": 2.0, "losses": [1.5, 2.5], "grad_change": [0.1, 0.4], "beta_eff": 3.0, "grad_norm": 1.0}}
     assert scalars_of(sweep) == {"landscape/loss": 2.0, "landscape/loss_band": 1.0, "landscape/grad_change": 0.4,
-                                 "landscape/beta_eff": 3.0, "landscape/grad_norm": 1.0}
+                                 "landscape/beta_eff": 3.0, "landscape/grad_norm": 1.0,
+                                 "landscape/rel_grad_change": 0.4}  # rel_loss_departure needs the etas
     ics = {"kind": "probe", "probe": "ics_opti", "step": 1, "values": {"l2": {"a": 0.5}, "cosine": {"a": 0.9}}}
     assert scalars_of(ics) == {"landscape/ics_l2/a": 0.5, "landscape/ics_cos/a": 0.9}
     sharp = {"kind": "probe", "probe": "sharpness", "step": 1, "values": {"value": 7.0, "threshold": 20.0}}

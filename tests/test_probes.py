@@ -113,6 +113,31 @@ def test_gradient_sweep_on_a_quadratic_is_exact():
     assert s.value == pytest.approx(torch.linalg.eigvalsh(A)[-1].item(), rel=1e-10)
 
 
+def test_scale_free_companions_on_a_quadratic_are_exact():
+    """The companions of Figure 4 read off a sweep's record: on L = w'Aw/2 the loss departs from its
+    first-order prediction by eta^2 g'Ag/2, so rel_loss_departure = eta_max g'Ag / (2 g'g), and
+    rel_grad_change = eta_max ||Ag|| / ||g||; both unchanged when w (hence g) is scaled by 1000."""
+    from landscape.probes import entries
+
+    torch.manual_seed(1)
+    M = torch.randn(5, 5, dtype=F64)
+    A = M @ M.T + torch.eye(5, dtype=F64)
+    quad = lambda out, _: 0.5 * out @ A @ out  # noqa: E731
+    etas = [0.002, 0.01, 0.02]
+    w = torch.randn(5, dtype=F64)
+    for scale in (1.0, 1000.0):
+        r = gradient_sweep(Quadratic(scale * w), quad, (torch.zeros(1), None), etas).as_dict()
+        g = A @ (scale * w)
+        dep = entries.quantity("gradient_sweep", r, "rel_loss_departure")
+        assert dep == pytest.approx((etas[-1] * (g @ A @ g) / (2 * g @ g)).item(), rel=1e-6)
+        rel = entries.quantity("gradient_sweep", r, "rel_grad_change")
+        assert rel == pytest.approx((etas[-1] * (A @ g).norm() / g.norm()).item(), rel=1e-10)
+    # a record without the fields it needs, or with a zero gradient, has no value
+    assert entries.quantity("gradient_sweep", {"loss": 1.0, "grad_norm": 0.0, "etas": [0.1], "losses": [1.0],
+                                                "grad_change": [0.0]}, "rel_loss_departure") is None
+    assert entries.quantity("gradient_sweep", {"grad_change": [0.1]}, "rel_grad_change") is None
+
+
 def full_hessian(model, batch):
     """The Hessian of the batch loss in every parameter, by autograd on a flat vector (the slow,
     obvious way); also the gradient, the parameter names and shapes."""

@@ -8,11 +8,20 @@ from landscape.experiments import Experiment, Figure, register
 from landscape.planning import dln_runs, vgg_runs
 from landscape.names import label_of
 from landscape.report import figures as F
-from landscape.results import beta_eff, loss_band, max_grad_change, med
+from landscape.results import beta_eff, loss_band, max_grad_change, med, quantity_of
 
 SWEEP = (("loss_band", "the loss-variation band is narrower with BN", loss_band),
          ("grad_predictiveness", "the gradient changes less along the gradient with BN", max_grad_change),
          ("beta_eff", "effective beta-smoothness is lower with BN", beta_eff))
+# Scale-free companions of the first two (declared before any run recorded them, 0.3.1): each divides
+# by what the step's own gradient predicts, so a network on its loss plateau (a tiny gradient: a
+# step of eta x lr hardly moves it, and the raw band is narrow however rough the landscape) and a
+# smooth landscape no longer read the same. Headline, because they put the paper's question (is the
+# landscape smoother?) without the confound that decides the raw measures in early training.
+COMPANIONS = (("rel_loss_departure", "the loss departs less from its first-order prediction along the gradient "
+               "with BN (scale-free companion of the loss band)", quantity_of("gradient_sweep", "rel_loss_departure")),
+              ("rel_grad_change", "the gradient changes less relative to its own size along the gradient with BN "
+               "(scale-free companion of gradient predictiveness)", quantity_of("gradient_sweep", "rel_grad_change")))
 EDGE = 0.9  # a network whose median sharpness is at least this share of its threshold sits at its edge of stability
 LABELS = {"standard": "standard", "bn": "BN"}  # the VGG/DLN notes say "BN", the report's legend "BatchNorm"
 PART_TEXT = {"every": "the every-N probe steps only", "log": "the log-spaced probe steps only"}
@@ -85,6 +94,13 @@ def claims(preset: dict) -> list[Claim]:
                          "(beyond the paper)", "median sharpness, standard / BN",
                          standard_over_bn(arch, median_probe("sharpness", "sharpness")), 1.0, transform="log",
                          layers="all parameters (the full Hessian)", note=edge_note(arch)))
+    for cid, text, fn in COMPANIONS:
+        for phase in PHASES:
+            out.append(Claim(f"fig4.vgg.{cid}.{phase}", f"VGG: {text} ({PHASE_TEXT[phase]})",
+                             "median over those probe steps, standard / BN",
+                             in_phase(phase, standard_over_bn("vgg", median_probe("gradient_sweep", fn))), 1.0,
+                             transform="log", layers="all parameters (a step along the whole gradient)",
+                             note=grad_norm_note("vgg", phase)))
     # What the probe schedule does to the VGG claims: each part of a mixed schedule alone.
     for part in SCHEDULE_PARTS:
         for cid, text, fn in SWEEP:

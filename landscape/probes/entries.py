@@ -213,13 +213,35 @@ def _positive_etas(o: GradientSweepOptions) -> str | None:
     return None
 
 
+def relative_loss_departure(v: dict) -> float | None:
+    """The loss's departure from its first-order prediction along the step, relative to the predicted
+    decrease: ``max_k |L(w - eta_k g) - (L(w) - eta_k ||g||^2)| / (eta_k ||g||^2)``.
+
+    Scale-free in the gradient's size: on a quadratic it is ``eta_max (g'Hg / g'g) / 2``, so a flat
+    plateau (a tiny gradient, hence a tiny raw loss band) and a smooth landscape no longer read the same."""
+    loss, g = number(v["loss"]), number(v["grad_norm"])
+    etas, losses = numbers(v["etas"]), numbers(v["losses"])
+    if loss is None or g is None or not etas or not losses or len(etas) != len(losses) or None in etas + losses:
+        return None
+    ratios = [abs(lk - (loss - e * g * g)) / (e * g * g) for e, lk in zip(etas, losses) if e * g * g > 0]
+    return max(ratios) if len(ratios) == len(etas) else None
+
+
+def relative_grad_change(v: dict) -> float | None:
+    """The largest gradient change along the step relative to the gradient itself,
+    ``max_k ||grad L(w - eta_k g) - g|| / ||g||`` (on a quadratic ``eta_max ||Hg|| / ||g||``: scale-free in ``||g||``)."""
+    top, g = _top(v["grad_change"]), number(v["grad_norm"])
+    return top / g if top is not None and g is not None and g > 0 else None
+
+
 register(Probe(
     "gradient_sweep", "loss variation, gradient predictiveness and beta_eff along the gradient (the paper's Figure 4)",
     _sweep, GradientSweepOptions,
     quantities={"loss": lambda v: v["loss"], "loss_band": lambda v: _band(v["losses"]),
                 "grad_change": lambda v: _top(v["grad_change"]), "beta_eff": lambda v: v["beta_eff"],
-                "grad_norm": lambda v: v["grad_norm"]},
-    exported=("loss", "loss_band", "grad_change", "beta_eff", "grad_norm"),
+                "grad_norm": lambda v: v["grad_norm"], "rel_loss_departure": relative_loss_departure,
+                "rel_grad_change": relative_grad_change},
+    exported=("loss", "loss_band", "grad_change", "beta_eff", "grad_norm", "rel_loss_departure", "rel_grad_change"),
     check=_positive_etas))
 
 
