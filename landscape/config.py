@@ -21,8 +21,9 @@ import yaml
 from landscape.data import DATASETS
 from landscape.errors import UserError, quote
 from landscape.files import read_text
-from landscape.losses import LOSSES
-from landscape.models import ARCH_NORMS, ALL_NORMS, HEADS, INITS, NOISE_FORMS, VGG_DEPTHS
+from landscape.losses import CLASSIFICATION, LOSSES
+from landscape.models import (ACTIVATIONS, ARCH_NORMS, ALL_NORMS, HEADS, IMAGE_ARCHS, INITS, NOISE_FORMS, RESNET_DEPTHS,
+                              VGG_DEPTHS)
 from landscape.optimizers import OPTIMIZERS
 from landscape.outputs import OUTPUT_NAMES
 from landscape.probes import entries
@@ -98,12 +99,15 @@ class NoiseConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: Literal[tuple(ARCH_NORMS)] = "vgg"  # vgg | dln (deep linear network) | vit (a small Vision Transformer)
+    arch: Literal[tuple(ARCH_NORMS)] = "vgg"  # vgg | dln (deep linear network) | vit (a small Vision Transformer) | mlp (fully connected, on flattened images) | resnet (CIFAR ResNet)
     vgg_depth: Literal[VGG_DEPTHS] = 11  # VGG configuration: 11 | 13 | 16 | 19
     width: Annotated[float, Range(0, 64, lo_open=True)] = 1.0  # VGG channel multiplier: 0.25 gives 16..128 channels instead of 64..512
     head: Literal[HEADS] = "linear"  # VGG head: linear (one layer) | mlp (512-512-10, scaled by width)
-    norm: Literal[ALL_NORMS] = "none"  # vgg, dln: none | batch | noisy_batch | l1 | l2 | linf (conv -> norm -> ReLU); vit: none | layer | rms | batch | dyt
-    init: Literal[INITS] = "xavier"  # xavier (Glorot uniform, the paper) | kaiming | torch_default
+    norm: Literal[ALL_NORMS] = "none"  # vgg, dln: none | batch | noisy_batch | l1 | l2 | linf (conv -> norm -> ReLU); vit: none | layer | rms | batch | dyt; mlp, resnet: none | batch
+    init: Literal[INITS] = "xavier"  # xavier (Glorot uniform, the paper) | kaiming | torch_default | fixup (resnet with norm none: Fixup)
+    resnet_depth: Literal[RESNET_DEPTHS] = 20  # CIFAR ResNet depth 6n + 2: 8 | 20 | 32 | 56 | 110 (widths 16-32-64)
+    mlp_widths: tuple[Annotated[int, Range(1, 10 ** 6)], ...] = (200, 200)  # mlp: hidden widths (Cohen et al.'s fc nets: 200, 200)
+    activation: Literal[tuple(ACTIVATIONS)] = "tanh"  # mlp: tanh | relu | elu
     dln_depth: Annotated[int, Range(1, 10 ** 4)] = 25  # DLN: number of linear layers
     dln_width: Annotated[int, Range(1, 10 ** 5)] = 10  # DLN: width of every hidden layer
     vit_patch: Annotated[int, Range(1, 1024)] = 4  # ViT: patch size (32x32 images in 4x4 patches: 64 tokens and a class token)
@@ -173,7 +177,7 @@ class Config:
     data_seed: Seed = 0  # batch order and augmentation; equal across compared runs pairs them
     noise_seed: Seed = 0  # noisy-BN noise
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
-    loss: Literal[tuple(LOSSES)] = "cross_entropy"  # cross_entropy | sum_squares (sum over samples of ||f(x) - y||^2) | mean_squares (its mean over samples) | mse (mean over samples and outputs)
+    loss: Literal[tuple(LOSSES)] = "cross_entropy"  # cross_entropy | square_onehot (half ||f(x) - onehot(y)||^2, mean over samples: Cohen et al.'s square loss) | sum_squares (sum over samples of ||f(x) - y||^2) | mean_squares (its mean over samples) | mse (mean over samples and outputs)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -387,12 +391,16 @@ def validate(cfg: Config) -> None:
         if side % m.vit_patch:
             raise UserError(f"model.vit_patch must divide the image size {side}; got {m.vit_patch}")
     image = d.dataset != "gaussian"
-    if image != (m.arch in ("vgg", "vit")):
+    if image != (m.arch in IMAGE_ARCHS):
         raise UserError(f"model.arch={m.arch} does not fit data.dataset={d.dataset}; "
-                        "use vgg or vit with image data sets and dln with gaussian")
-    if image != (cfg.loss == "cross_entropy"):
+                        f"use {', '.join(IMAGE_ARCHS)} with image data sets and dln with gaussian")
+    if m.init == "fixup" and (m.arch != "resnet" or m.norm != "none"):
+        raise UserError("model.init=fixup is for the unnormalised ResNet: model.arch=resnet and model.norm=none")
+    if m.arch == "mlp" and not m.mlp_widths:
+        raise UserError("model.mlp_widths must list at least one hidden width, e.g. [200, 200]")
+    if image != (cfg.loss in CLASSIFICATION):
         raise UserError(f"loss={cfg.loss} does not fit data.dataset={d.dataset}: image data sets are "
-                        "classified (loss=cross_entropy), the gaussian one is regression (sum_squares, mean_squares "
+                        "classified (loss=cross_entropy or square_onehot), the gaussian one is regression (sum_squares, mean_squares "
                         "or mse)")
     for key, (lo, hi) in (("model.noise.mean_range", m.noise.mean_range), ("model.noise.scale_range",
                                                                             m.noise.scale_range)):

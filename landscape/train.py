@@ -25,7 +25,7 @@ from landscape.config import Config, to_dict
 from landscape.data import (CIFAR10_MEAN, CIFAR10_STD, Batches, Split, channel_stats, fingerprint, load_data,
                             seeded_generator)
 from landscape.errors import UserError
-from landscape.losses import LOSSES, mean_squares, sum_squares  # noqa: F401 (the trainer's losses)
+from landscape.losses import CLASSIFICATION, LOSSES, mean_squares, sum_squares  # noqa: F401 (the trainer's losses)
 from landscape.models import build_model
 from landscape.optimizers import build_optimizer
 from landscape.outputs import Fanout, build_outputs
@@ -292,7 +292,7 @@ def checkpoint_problem(checkpoint, cfg: Config, optimizer: torch.optim.Optimizer
 
 def _setup(cfg: Config, device: torch.device, splits: dict[str, Split], checkpoint: dict | None = None) -> Setup:
     d = cfg.data
-    classify = cfg.loss == "cross_entropy"
+    classify = cfg.loss in CLASSIFICATION
     train_split, test_split = splits["train"].subset(d.train_subset), splits["test"].subset(d.test_subset)
     is_image = train_split.inputs.dtype == torch.uint8
     in_dim = train_split.inputs.shape[1]  # image channels, or the regression input's width

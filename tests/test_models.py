@@ -133,3 +133,62 @@ def test_deep_linear_network():
     bn = build_model(ModelConfig(arch="dln", dln_depth=4, norm="batch"), in_dim=10, out_dim=3)
     assert sum(isinstance(m, nn.BatchNorm1d) for m in bn.modules()) == 3
     assert bn(x).shape == (7, 3)
+
+
+def test_resnet20_has_the_parameter_count_counted_by_hand():
+    """He et al.'s CIFAR ResNet-20 (option-A shortcuts, no parameters in them): 0.27M parameters.
+    By hand: the stem conv 3*16*9 and its BN 2*16; stage 1: six 16->16 convs and six BNs of 16;
+    stage 2: one 16->32 conv, five 32->32, six BNs of 32; stage 3: one 32->64, five 64->64, six BNs
+    of 64; the head 64*10 + 10."""
+    by_hand = (3 * 16 * 9 + 2 * 16
+               + 6 * 16 * 16 * 9 + 6 * 2 * 16
+               + 16 * 32 * 9 + 5 * 32 * 32 * 9 + 6 * 2 * 32
+               + 32 * 64 * 9 + 5 * 64 * 64 * 9 + 6 * 2 * 64
+               + 64 * 10 + 10)
+    model = build_model(ModelConfig(arch="resnet", resnet_depth=20, norm="batch"))
+    assert sum(p.numel() for p in model.parameters()) == by_hand == 269_722
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 19 and all(c.bias is None for c in convs)  # 19 convs + the head: 20 layers
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("depth", [8, 20, 32, 56])
+def test_resnet_depths_and_the_unnormalised_forms(depth):
+    n = (depth - 2) // 6
+    plain = build_model(ModelConfig(arch="resnet", resnet_depth=depth, norm="none", init="kaiming"))
+    assert len(plain.blocks) == 3 * n and not any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    assert all(c.bias is not None for c in plain.modules() if isinstance(c, nn.Conv2d))
+    fixup = build_model(ModelConfig(arch="resnet", resnet_depth=depth, norm="none", init="fixup"))
+    x = torch.randn(8, 3, 32, 32)
+    out = fixup(x)
+    # Fixup at initialisation: every residual branch is zero (its last conv is), so the output is finite at any depth
+    assert torch.isfinite(out).all() and all(float(b.conv2.weight.abs().max()) == 0 for b in fixup.blocks)
+    assert float(fixup.fc.weight.abs().max()) == 0
+    std = fixup.blocks[0].conv1.weight.std().item()
+    assert std == pytest.approx(math.sqrt(2 / (16 * 9)) * (3 * n) ** -0.5, rel=0.15)
+    # and it trains: one SGD step changes the output
+    loss = nn.functional.cross_entropy(out, torch.randint(0, 10, (8,)))
+    loss.backward()
+    with torch.no_grad():
+        for p in fixup.parameters():
+            p -= 0.1 * p.grad
+    assert not torch.equal(fixup(x), out)
+
+
+def test_fixup_is_refused_where_it_does_not_apply():
+    from landscape.config import build_config
+    from landscape.errors import UserError
+
+    with pytest.raises(UserError, match="fixup is for the unnormalised ResNet"):
+        build_config([{"model": {"arch": "resnet", "norm": "batch", "init": "fixup"}}])
+    with pytest.raises(UserError, match="fixup"):
+        build_config([{"model": {"arch": "vgg", "init": "fixup"}}])
+
+
+def test_the_mlp_is_cohen_et_als_fc_tanh():
+    model = build_model(ModelConfig(arch="mlp", init="torch_default"))
+    linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linear] == [(3072, 200), (200, 200), (200, 10)]
+    assert sum(isinstance(m, nn.Tanh) for m in model.modules()) == 2
+    bn = build_model(ModelConfig(arch="mlp", norm="batch", activation="relu", mlp_widths=(32,)))
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in bn.modules()) == 1 and bn(torch.randn(4, 3, 32, 32)).shape == (4, 10)

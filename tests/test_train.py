@@ -204,8 +204,10 @@ def test_curvature_probes_never_change_training(tmp_path, optim, arch):
     off = tiny_config(name="off", **base)
     on = tiny_config(name="on", **base, probes={
         "enabled": ["gradient_sweep", "ics_opti", "sharpness", "curvature", "layer_sharpness", "hessian_trace",
-                    "spectral_density", "loss_slice"], "every": 2, "sharpness_iters": 4, "warm_start": True, "trace_samples": 4,
-        "trace_method": "hutch++", "density_vectors": 2, "density_steps": 3})
+                    "spectral_density", "loss_slice", "update_sweep", "batch_sharpness", "edge_eigenvalues"], "every": 2,
+        "sharpness_iters": 4, "warm_start": True, "trace_samples": 4, "trace_method": "hutch++", "density_vectors": 2,
+        "density_steps": 3, "sharpness": {"raw": True}, "batch_sharpness": {"batches": 2, "batch_size": 8},
+        "edge_eigenvalues": {"max_products": 12, "batch": 16}})
     recs_on = train_off_and_on(off, on, tmp_path)
     assert without_timing([r for r in recs_on if r["kind"] != "probe"]) == \
         without_timing(read_metrics(tmp_path / "off" / "metrics.jsonl"))
@@ -215,6 +217,9 @@ def test_curvature_probes_never_change_training(tmp_path, optim, arch):
         assert sharp[1]["threshold"] == pytest.approx(38 / 0.003)
     flags = [s["warm_start"] for s in sharp if s.get("value") is not None]  # the first measurement has no predecessor
     assert len(flags) >= 3 and flags[0] is False and all(flags[1:])
+    assert all(("raw_value" in s) == (optim["name"] == "adamw") for s in sharp if s.get("value") is not None)
+    edge = [r["values"] for r in recs_on if r.get("probe") == "edge_eigenvalues" and r["values"].get("values") is not None]
+    assert edge and [e["warm"] for e in edge][1:] == [True] * (len(edge) - 1)
 
 
 def test_a_run_with_dropout_is_a_pure_function_of_its_config(tmp_path):
@@ -235,3 +240,20 @@ def test_a_run_with_dropout_is_a_pure_function_of_its_config(tmp_path):
 def test_the_mean_loss_is_the_summed_loss_over_the_number_of_samples():
     out, y = torch.randn(7, 10, dtype=torch.float64), torch.randn(7, 10, dtype=torch.float64)
     assert LOSSES["mean_squares"](out, y).item() == pytest.approx(LOSSES["sum_squares"](out, y).item() / 7, rel=1e-12)
+
+
+def test_the_square_loss_to_one_hot_labels_is_cohen_et_als_and_trains_an_mlp(tmp_path):
+    out, y = torch.randn(5, 4, dtype=torch.float64), torch.tensor([0, 3, 1, 1, 2])
+    by_hand = sum(0.5 * float(((out[i] - torch.eye(4, dtype=torch.float64)[y[i]]) ** 2).sum()) for i in range(5)) / 5
+    assert LOSSES["square_onehot"](out, y).item() == pytest.approx(by_hand, rel=1e-12)
+    cfg = tiny_config(steps=6, loss="square_onehot", model={"arch": "mlp", "mlp_widths": [16], "init": "torch_default"},
+                      data={"batch_size": 0}, optim={"lr": 0.05},
+                      probes={"enabled": ["sharpness", "batch_sharpness"], "every": 3,
+                              "sharpness": {"iters": 5, "batch": 64, "raw": True},
+                              "batch_sharpness": {"batches": 2, "batch_size": 16}})
+    status = train(cfg, out=tmp_path)
+    recs = read_metrics(tmp_path / "tiny" / "metrics.jsonl")
+    assert status["status"] == "done" and "acc" in [r for r in recs if r["kind"] == "train"][0]
+    sharp = [r["values"] for r in recs if r.get("probe") == "sharpness"]
+    assert sharp[0]["examples"] == 64 and "raw_value" not in sharp[0]  # SGD: no preconditioner, no raw twin
+    assert [len(r["values"]["per_batch"]) for r in recs if r.get("probe") == "batch_sharpness"] == [2, 2, 2]

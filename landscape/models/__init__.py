@@ -8,27 +8,41 @@ import torch
 from torch import nn
 
 from landscape.models.dln import DeepLinear
+from landscape.models.mlp import ACTIVATIONS, MLP, MLP_NORMS
 from landscape.models.norms import NOISE_FORMS, NORMS, LpNorm, NoisyBatchNorm, make_norm
+from landscape.models.resnet import RESNET_DEPTHS, RESNET_NORMS, ResNet, fixup_init
 from landscape.models.vgg import HEADS, VGG, VGG_FEATURES
 from landscape.models.vit import VIT_NORMS, ViT
 
 # The choices the config offers (model.arch, model.norm per arch, model.head, model.init, model.vgg_depth).
 ARCH_NORMS = {"vgg": NORMS,  # after each conv (conv -> norm -> ReLU)
               "dln": NORMS,  # after each linear layer but the last
-              "vit": VIT_NORMS}  # every pre-norm slot and the final norm
+              "vit": VIT_NORMS,  # every pre-norm slot and the final norm
+              "mlp": MLP_NORMS,  # after each hidden layer's activation
+              "resnet": RESNET_NORMS}  # after each conv (the original ResNet), or none
+IMAGE_ARCHS = ("vgg", "vit", "mlp", "resnet")  # the archs that take images (dln takes vectors)
 ALL_NORMS = tuple(dict.fromkeys(n for norms in ARCH_NORMS.values() for n in norms))
-INITS = ("xavier", "kaiming", "torch_default")
+INITS = ("xavier", "kaiming", "torch_default", "fixup")  # fixup: the unnormalised ResNet only
 VGG_DEPTHS = tuple(VGG_FEATURES)
 
-__all__ = ["ARCH_NORMS", "ALL_NORMS", "INITS", "VGG_DEPTHS", "HEADS", "NOISE_FORMS", "VGG", "ViT", "DeepLinear", "LpNorm", "NoisyBatchNorm", "make_norm", "build_model", "initialize"]
+__all__ = ["ARCH_NORMS", "ALL_NORMS", "INITS", "VGG_DEPTHS", "RESNET_DEPTHS", "IMAGE_ARCHS", "ACTIVATIONS", "HEADS",
+           "NOISE_FORMS", "VGG", "ViT", "DeepLinear", "MLP", "ResNet", "LpNorm", "NoisyBatchNorm", "make_norm",
+           "build_model", "initialize"]
 
 
 def initialize(model: nn.Module, scheme: str) -> None:
     """Re-initialise conv and linear weights: ``xavier`` (Glorot uniform, biases 0; the paper; the ViT's
     attention and MLP projections and patch embedding too),
-    ``kaiming`` (He normal for ReLU, fan-in, biases 0) or ``torch_default`` (left as built).
+    ``kaiming`` (He normal for ReLU, fan-in, biases 0), ``torch_default`` (left as built) or ``fixup``
+    (an unnormalised ResNet: He normal, then Fixup's scaling of each residual branch, :func:`fixup_init`).
     Normalisation layers keep gamma = 1, beta = 0."""
     if scheme == "torch_default":
+        return
+    if scheme == "fixup":
+        if not isinstance(model, ResNet) or not model.fixup:
+            raise ValueError("init 'fixup' is for the unnormalised ResNet")
+        initialize(model, "kaiming")
+        fixup_init(model)
         return
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -45,7 +59,7 @@ def initialize(model: nn.Module, scheme: str) -> None:
 def build_model(cfg, seed: int = 0, noise_seed: int = 0, in_dim: int | None = None, out_dim: int = 10,
                 image_size: int = 32) -> nn.Module:
     """The model ``cfg`` (a ``ModelConfig``) describes, built on the CPU from ``seed`` without touching the global RNG (so init is device-independent).
-    ``in_dim``: image channels (vgg, vit) or input width (dln); ``image_size``: the images' side (vit)."""
+    ``in_dim``: image channels (vgg, vit, mlp, resnet) or input width (dln); ``image_size``: the images' side (vit, mlp)."""
     noise = dataclasses.asdict(cfg.noise)
     if in_dim is None:
         in_dim = cfg.dln_width if cfg.arch == "dln" else 3
@@ -56,6 +70,10 @@ def build_model(cfg, seed: int = 0, noise_seed: int = 0, in_dim: int | None = No
         elif cfg.arch == "vit":
             model = ViT(image_size, cfg.vit_patch, in_dim, out_dim, cfg.vit_dim, cfg.vit_depth, cfg.vit_heads, cfg.vit_mlp_ratio,
                         cfg.norm, cfg.dropout)
+        elif cfg.arch == "mlp":
+            model = MLP(in_dim * image_size * image_size, tuple(cfg.mlp_widths), out_dim, cfg.activation, cfg.norm)
+        elif cfg.arch == "resnet":
+            model = ResNet(cfg.resnet_depth, cfg.norm, out_dim, in_dim, fixup=cfg.init == "fixup")
         elif cfg.arch == "dln":
             model = DeepLinear(cfg.dln_depth, in_dim, cfg.dln_width, out_dim, cfg.norm, noise, noise_seed)
         else:

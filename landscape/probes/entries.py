@@ -33,12 +33,14 @@ from typing import Any, Callable, Literal
 import torch
 from torch import nn
 
+from landscape.probes.edge import batch_sharpness, hessian_eigenvalues_above, split_batch
 from landscape.probes.curvature import (UnreadableOptimizer, directional_curvature, hessian_trace, layer_sharpness,
                                         min_trace_samples, preconditioner, spectral_density, stability_threshold)
 from landscape.probes.functional import Batch, Params, current_params
 from landscape.probes.ics import activation_stats, distribution_shift, ics_opti
 from landscape.probes.landscape import gradient_sweep, sharpness
 from landscape.probes.slices import evaluate_slice, flat_norm, grid_coords, quadratic_fit, random_direction
+from landscape.probes.update import check_readable, update_sweep
 
 DEFAULT_ETA_MULTIPLES = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)  # the paper's [0.5, 4] x lr
 
@@ -250,6 +252,16 @@ class SharpnessOptions:
     iters: int = 20  # Lanczos iterations (Hessian-vector products) at most
     tol: float = 1e-3  # stop when the eigenvalue's error bound is below this relative tolerance
     warm_start: bool = False  # start each Lanczos from the previous measurement's eigenvector (checkpointed)
+    batch: int = 0  # 0: each step's batch; N: a fixed training batch of N examples, the same every time (e.g. the full data set)
+    raw: bool = False  # under Adam/AdamW, also the plain Hessian's top eigenvalue (recorded as raw_value)
+
+
+def fixed_part(ctx: Context, n: int) -> Batch:
+    """The first ``n`` examples of the Monitor's fixed probe batch (``n`` = 0, or no fixed batch: the step's own)."""
+    if not n or ctx.fixed_batch is None:
+        return ctx.batch
+    x, y = ctx.fixed_batch
+    return x[:n], y[:n]
 
 
 def optimizer_facts(optimizer: torch.optim.Optimizer) -> dict:
@@ -277,10 +289,18 @@ def _sharpness(ctx: Context, o: SharpnessOptions) -> dict:
         P = None  # an optimizer we cannot read: the plain Hessian (said at attach time)
     previous = ctx.state.get("vector")
     start = previous if o.warm_start and previous is not None else "gradient"
-    result = sharpness(ctx.model, ctx.loss_fn, ctx.batch, iters=o.iters, tol=o.tol, preconditioner=P, start=start,
+    batch = fixed_part(ctx, o.batch)
+    result = sharpness(ctx.model, ctx.loss_fn, batch, iters=o.iters, tol=o.tol, preconditioner=P, start=start,
                        **ctx.common())
     ctx.state["vector"] = result.vector if o.warm_start else None
-    return {**result.as_dict(), "warm_start": not isinstance(start, str), **optimizer_facts(ctx.optimizer)}
+    out = {**result.as_dict(), "warm_start": not isinstance(start, str), **optimizer_facts(ctx.optimizer)}
+    if o.batch:
+        out["examples"] = len(batch[1])
+    if o.raw and P is not None:
+        plain = sharpness(ctx.model, ctx.loss_fn, batch, iters=o.iters, tol=o.tol, **ctx.common())
+        out.update(raw_value=plain.value, raw_residual=plain.residual)
+        out["cost"] = {k: out["cost"][k] + plain.cost[k] for k in out["cost"]}
+    return out
 
 
 def _threshold_known(optimizer: torch.optim.Optimizer, options: Any) -> str | None:
@@ -289,6 +309,12 @@ def _threshold_known(optimizer: torch.optim.Optimizer, options: Any) -> str | No
     except UnreadableOptimizer as exc:
         return str(exc)
     return None
+
+
+def _sharpness_check(o) -> str | None:
+    if o.batch < 0:
+        return f"batch must be 0 (each step's) or a number of examples; got {o.batch}"
+    return _lanczos_check(o)
 
 
 def _lanczos_check(o) -> str | None:
@@ -303,8 +329,11 @@ register(Probe(
     "sharpness", "the top Hessian eigenvalue (of P^-1 H under Adam) and the optimizer's stability threshold",
     _sharpness, SharpnessOptions,
     quantities={"sharpness": lambda v: v["value"], "sharpness_threshold": lambda v: v["threshold"],
-                "over_threshold": lambda v: _over(v["value"], v["threshold"])},
-    exported=("sharpness", "sharpness_threshold"), attach=_threshold_known, check=_lanczos_check))
+                "over_threshold": lambda v: _over(v["value"], v["threshold"]),
+                "raw_sharpness": lambda v: v["raw_value"],
+                "raw_over_threshold": lambda v: _over(v["raw_value"], v["threshold"])},
+    exported=("sharpness", "sharpness_threshold"), attach=_threshold_known, check=_sharpness_check,
+    fixed_batch=lambda o: o.batch or None))
 
 
 @dataclass(frozen=True)
@@ -448,6 +477,111 @@ register(Probe(
     quantities={"ics_l2": lambda v: v["l2"], "ics_cos": lambda v: v["cosine"],
                 "mean_l2": lambda v: mean_over_layers(v, "l2"), "mean_cos": lambda v: mean_over_layers(v, "cosine")},
     exported=("ics_l2", "ics_cos"), after_step=True))
+
+
+# ------------------------------------------------------------------ the optimizer's update and the edge of stability
+
+
+@dataclass(frozen=True)
+class UpdateSweepOptions:
+    scales: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)  # multiples of the optimizer's next step (1: the step itself)
+
+
+def _update_sweep(ctx: Context, o: UpdateSweepOptions) -> dict:
+    try:
+        check_readable(ctx.optimizer)
+    except UnreadableOptimizer as exc:
+        return {"alpha": None, "note": str(exc), "optimizer": type(ctx.optimizer).__name__}
+    reuse = {"grad": ctx.grad, "loss": ctx.loss.detach() if torch.is_tensor(ctx.loss) else ctx.loss} if ctx.grad else {}
+    return update_sweep(ctx.model, ctx.optimizer, ctx.loss_fn, ctx.batch, list(o.scales), **reuse, **ctx.common())
+
+
+def _readable(optimizer: torch.optim.Optimizer, options: Any) -> str | None:
+    try:
+        check_readable(optimizer)
+    except UnreadableOptimizer as exc:
+        return f"{exc}: this probe records no values (the others run)"
+    return None
+
+
+register(Probe(
+    "update_sweep", "loss variation, gradient change and beta_eff along the optimizer's own next update, and "
+    "Cockpit's alpha (where in the valley the step lands)", _update_sweep, UpdateSweepOptions,
+    quantities={"update_loss_band": lambda v: _band(v["losses"]), "update_grad_change": lambda v: _top(v["grad_change"]),
+                "update_beta_eff": lambda v: v["beta_eff"], "alpha": lambda v: v["alpha"],
+                "update_norm": lambda v: v["update_norm"]},
+    exported=("update_loss_band", "update_grad_change", "update_beta_eff", "alpha"), attach=_readable,
+    check=lambda o: None if o.scales and all(s > 0 and math.isfinite(s) for s in o.scales) else
+    f"scales must be positive multiples of the step; got {list(o.scales)}"))
+
+
+@dataclass(frozen=True)
+class BatchSharpnessOptions:
+    batches: int = 8  # minibatches averaged over (fixed training batches, the same every time)
+    batch_size: int = 128  # their size: the training batch size (Andreyev and Beneventano's B)
+
+
+def _batch_sharpness(ctx: Context, o: BatchSharpnessOptions) -> dict:
+    source = ctx.fixed_batch if ctx.fixed_batch is not None else ctx.batch
+    minibatches = split_batch(source, o.batch_size)[:o.batches]
+    if not minibatches:  # a step's batch smaller than batch_size and no fixed batch
+        minibatches = [ctx.batch]
+    out = batch_sharpness(ctx.model, ctx.loss_fn, minibatches, **ctx.common()).as_dict()
+    return {**out, **optimizer_facts(ctx.optimizer)}
+
+
+register(Probe(
+    "batch_sharpness", "batch sharpness: the mean over minibatches of g_B'H_B g_B / |g_B|^2 (Edge of Stochastic "
+    "Stability), against the stability threshold", _batch_sharpness, BatchSharpnessOptions,
+    quantities={"batch_sharpness": lambda v: v["value"],
+                "batch_over_threshold": lambda v: _over(v["value"], v["threshold"])},
+    exported=("batch_sharpness",), fixed_batch=lambda o: o.batches * o.batch_size,
+    check=lambda o: None if o.batches > 0 and o.batch_size > 0 else
+    f"batches and batch_size must be positive; got {o.batches} and {o.batch_size}"))
+
+
+@dataclass(frozen=True)
+class EdgeEigenvaluesOptions:
+    fraction: float = 0.75  # the line: this fraction of the stability threshold (0.75 x 2/lr = 1.5/lr)
+    block: int = 4  # starting block size (it doubles while the block is full of eigenvalues above the line)
+    max_products: int = 200  # Hessian-vector products at most
+    tol: float = 1e-2  # relative residual every eigenvalue above the line must reach
+    batch: int = 0  # 0: each step's batch; N: a fixed training batch of N examples
+    warm_start: bool = True  # start from the previous measurement's eigenvectors (checkpointed)
+
+
+def _edge_eigenvalues(ctx: Context, o: EdgeEigenvaluesOptions) -> dict:
+    facts = optimizer_facts(ctx.optimizer)
+    try:
+        P = preconditioner(ctx.optimizer, ctx.model)
+    except UnreadableOptimizer as exc:
+        return {"values": None, "count": None, "note": str(exc), **facts}
+    if facts["threshold"] is None:
+        return {"values": None, "count": None, "note": "no stability threshold for this optimizer", **facts}
+    previous = ctx.state.get("vectors") if o.warm_start else None
+    r = hessian_eigenvalues_above(ctx.model, ctx.loss_fn, fixed_part(ctx, o.batch), o.fraction * facts["threshold"],
+                                  block=o.block, max_products=o.max_products, tol=o.tol, start=previous,
+                                  seed=ctx.step, preconditioner=P, **ctx.common())
+    ctx.state["vectors"] = r.vectors if o.warm_start else None
+    return {**r.as_dict(), "fraction": o.fraction, "preconditioned": P is not None, **facts}
+
+
+def _edge_check(o: EdgeEigenvaluesOptions) -> str | None:
+    if not 0 < o.fraction < 100:
+        return f"fraction must be a positive share of the threshold; got {o.fraction}"
+    if o.block < 1 or o.max_products < o.block or not 0 < o.tol < 1 or o.batch < 0:
+        return (f"need block >= 1, max_products >= block, tol in (0, 1) and batch >= 0; got {o.block}, "
+                f"{o.max_products}, {o.tol}, {o.batch}")
+    return None
+
+
+register(Probe(
+    "edge_eigenvalues", "every Hessian eigenvalue (of P^-1 H under Adam) above a fraction of the stability "
+    "threshold, by warm-started block Krylov: how many directions sit at the edge", _edge_eigenvalues,
+    EdgeEigenvaluesOptions,
+    quantities={"edge_count": lambda v: v["count"], "edge_top": lambda v: v["top"],
+                "edge_products": lambda v: v["products"]},
+    exported=("edge_count",), attach=_threshold_known, fixed_batch=lambda o: o.batch or None, check=_edge_check))
 
 
 # ------------------------------------------------------------------ options

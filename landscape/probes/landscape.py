@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from landscape.probes.functional import Batch, Objective, Params, current_params, norm, untouched
+from landscape.probes.functional import Batch, Objective, Params, current_params, dot, norm, untouched
 
 
 @dataclass
@@ -50,6 +50,34 @@ def gradient_sweep(model: nn.Module, loss_fn: Callable, batch: Batch, etas: Sequ
     evaluations use (defaults: the model's current buffers, cloned per evaluation, and the
     current RNG state). ``params`` evaluates at other weights than the model's.
     """
+    r = direction_sweep(model, loss_fn, batch, None, etas, eval_mode=eval_mode, params=params, grad=grad, loss=loss,
+                        buffers=buffers, rng=rng, output_fn=output_fn)
+    return SweepResult(etas=r.scales, loss=r.loss, grad_norm=r.grad_norm, losses=r.losses, grad_change=r.grad_change,
+                       beta_eff=r.beta_eff, cost=r.cost)
+
+
+@dataclass
+class DirectionSweep:
+    scales: list[float]  # s_k: the points w + s_k d
+    loss: float  # L(w)
+    grad_norm: float  # ||g||
+    direction_norm: float  # ||d||
+    losses: list[float]  # L(w + s_k d)
+    grad_change: list[float]  # ||grad L(w + s_k d) - g||
+    beta_eff: float  # max_k grad_change[k] / ||s_k d||
+    slope: float  # g . d / ||d||: the loss's slope along d at w
+    slopes: list[float]  # grad L(w + s_k d) . d / ||d||
+    cost: dict
+
+
+def direction_sweep(model: nn.Module, loss_fn: Callable, batch: Batch, direction: Params | None,
+                    scales: Sequence[float], *, eval_mode: bool = False, params: Params | None = None,
+                    grad: Params | None = None, loss: float | torch.Tensor | None = None,
+                    buffers: Params | None = None, rng: dict | None = None,
+                    output_fn: Callable | None = None) -> DirectionSweep:
+    """Loss, gradient change and slope at ``w + s d`` for each ``s``; ``direction=None`` is ``-grad L(w)``
+    (then ``s`` is the paper's eta). Costs one forward-backward per point (and one for ``L(w)``
+    unless ``grad`` and ``loss`` come from this very forward)."""
     with untouched(model, eval_mode):
         f = Objective.of(model, loss_fn, batch, buffers, rng, output_fn)
         w = params if params is not None else current_params(model)
@@ -57,18 +85,25 @@ def gradient_sweep(model: nn.Module, loss_fn: Callable, batch: Batch, etas: Sequ
             loss, grad = f.value_and_grad(w)
         g = {n: grad[n].detach() for n in w}
         g_norm = norm(g)
-        losses, changes = [], []
-        for eta in etas:
-            stepped = {n: w[n] - eta * g[n] for n in w}
+        d = {n: -g[n] for n in w} if direction is None else {n: direction[n].detach() for n in w}
+        d_norm = g_norm if direction is None else norm(d)
+        losses, changes, slopes = [], [], []
+        for s in scales:
+            stepped = {n: w[n] + s * d[n] for n in w}
             loss_k, grad_k = f.value_and_grad(stepped)
             losses.append(loss_k)
             changes.append(norm({n: grad_k[n] - g[n] for n in w}))
+            slopes.append(dot(grad_k, d))
         losses_f = [float(v) for v in losses]  # one host read at the end, not per point
         changes_f = [float(v) for v in changes]
-        g_norm_f = float(g_norm)
-        ratios = [c / (eta * g_norm_f) if eta * g_norm_f > 0 else math.nan for c, eta in zip(changes_f, etas)]
-        return SweepResult(etas=[float(e) for e in etas], loss=float(loss), grad_norm=g_norm_f, losses=losses_f,
-                           grad_change=changes_f, beta_eff=max(ratios) if ratios else math.nan, cost=f.cost.as_dict())
+        g_norm_f, d_norm_f = float(g_norm), float(d_norm)
+        slopes_f = [float(v) / d_norm_f if d_norm_f > 0 else math.nan for v in slopes]
+        ratios = [c / (abs(s) * d_norm_f) if abs(s) * d_norm_f > 0 else math.nan for c, s in zip(changes_f, scales)]
+        return DirectionSweep(scales=[float(s) for s in scales], loss=float(loss), grad_norm=g_norm_f,
+                              direction_norm=d_norm_f, losses=losses_f, grad_change=changes_f,
+                              beta_eff=max(ratios) if ratios else math.nan,
+                              slope=float(dot(g, d)) / d_norm_f if d_norm_f > 0 else math.nan, slopes=slopes_f,
+                              cost=f.cost.as_dict())
 
 
 @dataclass
