@@ -78,6 +78,7 @@ class DataConfig:
     image_size: Annotated[int, Range(32, 1024)] = 32  # side images are resized to (not CIFAR-10): MNIST's 28x28 become 32x32 for VGG's 5 poolings
     batch_size: Size = 128  # examples per step; 0 = the whole training set (full-batch gradient descent)
     augment: bool = False  # random crop with 4-pixel padding + horizontal flip (off in the paper)
+    normalize: Literal["channel", "pixel"] = "channel"  # images: per-channel mean/std (CIFAR-10's published ones) | pixel: every pixel centred and standardised over the training split (Cohen et al.)
     train_subset: Size = 0  # train on a fixed random subset of N examples, the same for every run (0 = all)
     test_subset: Size = 0  # evaluate on a fixed random subset of N test examples (0 = all)
     synthetic_size: Annotated[int, Range(1, 10 ** 7)] = 256  # examples per split for dataset=synthetic

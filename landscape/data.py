@@ -410,6 +410,13 @@ def channel_stats(split: Split) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
+def pixel_stats(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel mean and standard deviation (C, H, W) of uint8 images, on the 0..1 scale: Cohen et al.'s
+    centring and standardisation of every input feature."""
+    x = split.inputs.double() / 255.0
+    return x.mean(0).float(), x.std(0).clamp_min(1e-3).float()
+
+
 # ---------------------------------------------------------------- generated data
 
 
@@ -527,10 +534,14 @@ class Batches:
         self.seed = seed
         self.augment = augment
         self.is_image = split.inputs.dtype == torch.uint8
-        if self.is_image:
-            std_t = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        if self.is_image:  # mean and std per channel (C,), or per pixel (C, H, W)
+            def shaped(v):
+                t = torch.as_tensor(v, dtype=torch.float32, device=device)
+                return t.view(1, -1, 1, 1) if t.dim() == 1 else t.unsqueeze(0)
+
+            std_t = shaped(std)
             self.scale = 1.0 / (255.0 * std_t)
-            self.shift = -torch.tensor(mean, device=device).view(1, -1, 1, 1) / std_t
+            self.shift = -shaped(mean) / std_t
         self._epoch, self._perm = -1, None
 
     def permutation(self, epoch: int) -> torch.Tensor:

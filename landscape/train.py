@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from landscape.config import Config, to_dict
-from landscape.data import (CIFAR10_MEAN, CIFAR10_STD, Batches, Split, channel_stats, fingerprint, load_data,
+from landscape.data import (CIFAR10_MEAN, CIFAR10_STD, Batches, Split, channel_stats, fingerprint, load_data, pixel_stats,
                             seeded_generator)
 from landscape.errors import UserError
 from landscape.losses import CLASSIFICATION, LOSSES, mean_squares, sum_squares  # noqa: F401 (the trainer's losses)
@@ -327,8 +327,11 @@ def _setup(cfg: Config, device: torch.device, splits: dict[str, Split], checkpoi
                             "--force starts the run again") from None
     # CIFAR-10 (and the synthetic test images) use CIFAR-10's published statistics; other image
     # data sets are normalised by their own training split's per-channel mean and std.
-    mean, std = (CIFAR10_MEAN, CIFAR10_STD) if d.dataset in ("cifar10", "synthetic") or not is_image \
-        else channel_stats(train_split)
+    if is_image and d.normalize == "pixel":  # over the whole training split, before any subset (as Cohen et al.)
+        mean, std = pixel_stats(splits["train"])
+    else:
+        mean, std = (CIFAR10_MEAN, CIFAR10_STD) if d.dataset in ("cifar10", "synthetic") or not is_image \
+            else channel_stats(train_split)
     return Setup(classify, train_split, Batches(train_split, d.batch_size, cfg.data_seed, d.augment, device, mean, std),
                  Batches(test_split, 0, cfg.data_seed, False, device, mean, std), is_image, out_dim, model, optimizer,
                  checkpoint)

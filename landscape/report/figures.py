@@ -479,6 +479,19 @@ def stability_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], title:
     return to_png(fig)
 
 
+def train_metric(key: str):
+    """A run's ``[(step, train record's key)]``, for a panel of :func:`edge_panels`."""
+    return _metric("train", key)
+
+
+@drawing
+def edge_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], panels, title: str) -> bytes:
+    """One row per setting (learning rate, batch size), one column per ``(name, series, logy)`` panel; a
+    panel of a value over its threshold ("... / (2/lr)") gets the edge, 1, as a dashed line."""
+    return to_png(row_panels(rows, panels, title, ones=tuple(i for i, (name, _, _) in enumerate(panels)
+                                                             if " / (" in name)))
+
+
 @drawing
 def layer_sharpness_heatmaps(groups: dict[str, list[RunRecords]], title: str) -> bytes:
     """Per network: log10 of each layer's sharpness (its Hessian block's top eigenvalue) against probe steps."""
