@@ -63,4 +63,4 @@ def get(name: str) -> Experiment:
 # The paper's figures, in the paper's order (the report's sections follow it).
 from landscape.experiments import train_compare, ics_distrib, ics_opti, smoothness, norms  # noqa: E402,F401
 # Beyond the paper's figures.
-from landscape.experiments import dln_regimes, stability, transformer_norms, slices, width, eos  # noqa: E402,F401
+from landscape.experiments import dln_regimes, stability, transformer_norms, slices, width, eos, depth  # noqa: E402,F401

@@ -36,7 +36,7 @@ from torch import nn
 from landscape.probes.edge import batch_sharpness, hessian_eigenvalues_above, split_batch
 from landscape.probes.curvature import (UnreadableOptimizer, directional_curvature, hessian_trace, layer_sharpness,
                                         min_trace_samples, preconditioner, spectral_density, stability_threshold)
-from landscape.probes.functional import Batch, Params, current_params
+from landscape.probes.functional import Batch, Objective, Params, current_params, norm, resolve_layers, untouched
 from landscape.probes.ics import activation_stats, distribution_shift, ics_opti
 from landscape.probes.landscape import gradient_sweep, sharpness
 from landscape.probes.slices import evaluate_slice, flat_norm, grid_coords, quadratic_fit, random_direction
@@ -477,6 +477,33 @@ register(Probe(
     quantities={"ics_l2": lambda v: v["l2"], "ics_cos": lambda v: v["cosine"],
                 "mean_l2": lambda v: mean_over_layers(v, "l2"), "mean_cos": lambda v: mean_over_layers(v, "cosine")},
     exported=("ics_l2", "ics_cos"), after_step=True))
+
+
+def _layer_grad_norm(ctx: Context, o: NoOptions) -> dict:
+    """||grad L|| per layer (Monitor's selection), from the step's own gradient when it has it."""
+    grad = ctx.grad
+    if grad is None:
+        f = Objective.of(ctx.model, ctx.loss_fn, ctx.batch, ctx.buffers, ctx.rng, ctx.output_fn)
+        with untouched(ctx.model, ctx.eval_mode):
+            grad = f.value_and_grad(current_params(ctx.model))[1]
+    groups = resolve_layers(ctx.model, ctx.layers)
+    norms = {label: float(norm(grad, names)) for label, names in groups}
+    return {"layers": [label for label, _ in groups], "values": norms, "total": float(norm(grad))}
+
+
+def _first_over_last(v: dict) -> float | None:
+    layers, values = v.get("layers"), per_layer(v.get("values"))
+    if not isinstance(layers, list) or not layers or values is None:
+        return None
+    first, last = values.get(str(layers[0])), values.get(str(layers[-1]))
+    return first / last if first is not None and last else None
+
+
+register(Probe(
+    "layer_grad_norm", "the gradient's norm per layer, and the first layer's over the last's (gradient explosion)",
+    _layer_grad_norm, NoOptions,
+    quantities={"layer_grad_norm": lambda v: v["values"], "grad_first_over_last": _first_over_last,
+                "grad_total": lambda v: v["total"]}, exported=("layer_grad_norm", "grad_first_over_last")))
 
 
 # ------------------------------------------------------------------ the optimizer's update and the edge of stability

@@ -493,6 +493,38 @@ def edge_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], panels, tit
 
 
 @drawing
+def depth_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], title: str) -> bytes:
+    """One row per (architecture, depth): top eigenvalue, trace and beta_eff over the probe steps (step 1 is
+    the initialisation), and the gradient norm per layer at step 1, per network (first seed)."""
+    panels = (("top Hessian eigenvalue", series("sharpness", "sharpness"), True),
+              ("Hessian trace", series("hessian_trace", "hessian_trace"), True),
+              ("beta_eff", series("gradient_sweep", "beta_eff"), True))
+    fig, axes = subplots(len(rows), len(panels) + 1, figsize=(4 * (len(panels) + 1), 2.8 * len(rows)), squeeze=False)
+    for row, (label, groups) in zip(axes, rows):
+        for ax, (name, fn, logy) in zip(row, panels):
+            plot_lines(ax, groups, fn, logy=logy)
+            ax.set_ylabel(f"{name}\n{text(label)}", fontsize=8)
+            ax.set_xlabel("step")
+        ax = row[-1]
+        for net, runs in groups.items():
+            first = next(iter(runs[0].probe("layer_grad_norm")), None)
+            values = first["values"].get("values") if first else None
+            if isinstance(values, dict):
+                ys = finite(list(values.values()))
+                if ys and len(ys) == len(values):
+                    ax.plot(range(len(ys)), ys, color=color_of(net), marker=".", label=text(label_of(net)))
+        if ax.has_data():
+            ax.set_yscale("log")
+        ax.set_xlabel("layer (first conv ... head)")
+        ax.set_ylabel(f"gradient norm at step 1\n{text(label)}", fontsize=8)
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=8)
+    fig.suptitle(title, y=1.01)
+    fig.tight_layout()
+    return to_png(fig)
+
+
+@drawing
 def layer_sharpness_heatmaps(groups: dict[str, list[RunRecords]], title: str) -> bytes:
     """Per network: log10 of each layer's sharpness (its Hessian block's top eigenvalue) against probe steps."""
     nets = [n for n in groups if groups[n][0].probe("layer_sharpness")]
