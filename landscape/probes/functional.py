@@ -11,6 +11,7 @@ when the probe ends. ``.grad`` is never touched: gradients come from ``torch.fun
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -94,16 +95,75 @@ def mode(model: nn.Module, eval_mode: bool):
             m.training = flag
 
 
+# ------------------------------------------------------------------ how probes evaluate: settings of a probe call
+
+HVP_MODES = ("auto", "exact", "finite_difference")
+_HVP_MODE: contextvars.ContextVar[str] = contextvars.ContextVar("landscape_hvp_mode", default="auto")
+_AUTOCAST: contextvars.ContextVar[dict | None] = contextvars.ContextVar("landscape_autocast", default=None)
+_GROUP: contextvars.ContextVar[Any] = contextvars.ContextVar("landscape_process_group", default=None)
+
+
+@contextlib.contextmanager
+def evaluation(hvp: str | None = None, autocast: dict | None = None, group: Any = None):
+    """Settings for every probe evaluated inside: ``hvp`` (``auto``: exact, by double backward, falling back
+    to finite differences where a kernel has no double backward; ``exact``; ``finite_difference``),
+    ``autocast`` (keyword arguments of :class:`torch.autocast`, e.g. ``{"device_type": "cpu", "dtype":
+    torch.bfloat16}``: forward passes under it, losses and dot products in float32 or wider) and ``group``
+    (a ``torch.distributed`` process group, or ``True`` for the default one: losses, gradients and
+    Hessian-vector products averaged over its ranks, so a probe means what it means on one process
+    holding the global batch). Unset arguments keep the enclosing setting."""
+    if hvp is not None and hvp not in HVP_MODES:
+        raise ValueError(f"hvp must be one of {', '.join(HVP_MODES)}; got {hvp!r}")
+    tokens = [(var, var.set(value)) for var, value in ((_HVP_MODE, hvp), (_AUTOCAST, autocast), (_GROUP, group))
+              if value is not None]
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
+
+
+def process_group() -> Any:
+    """The process group probes average over (None: one process)."""
+    return _GROUP.get()
+
+
+def average_over_ranks(t: torch.Tensor, group: Any = None) -> torch.Tensor:
+    """``t`` averaged over the ranks of ``group`` (a new tensor; ``t`` itself when there is no group)."""
+    group = process_group() if group is None else group
+    if group is None:
+        return t
+    import torch.distributed as dist
+
+    g = None if group is True else group
+    out = t.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM, group=g)
+    return out / dist.get_world_size(g)
+
+
+def fd_step(w: "Params", v: "Params") -> float:
+    """The finite-difference Hessian-vector product's step ``h`` (the points ``w +- h v``): the cube root of
+    the dtype's machine epsilon (the central difference's best balance of truncation and rounding),
+    relative to the size of the weights: ``||h v|| = eps^(1/3) max(||w||, 1)``."""
+    names = list(w)
+    eps = torch.finfo(w[names[0]].dtype).eps
+    wn, vn = float(norm(w, names)), float(norm(v, names))
+    return eps ** (1 / 3) * max(wn, 1.0) / vn if vn > 0 else 0.0
+
+
 @dataclass
 class Cost:
-    """Passes a probe made: forward, backward (one per gradient), and Hessian-vector products."""
+    """Passes a probe made: forward, backward (one per gradient), and Hessian-vector products
+    (``fd_hvp`` of them by finite differences, two gradients each, recorded only when nonzero)."""
 
     forward: int = 0
     backward: int = 0
     hvp: int = 0
+    fd_hvp: int = 0
 
     def as_dict(self) -> dict:
-        return {"forward": self.forward, "backward": self.backward, "hvp": self.hvp}
+        out = {"forward": self.forward, "backward": self.backward, "hvp": self.hvp}
+        return {**out, "fd_hvp": self.fd_hvp} if self.fd_hvp else out
 
 
 @dataclass
@@ -134,8 +194,13 @@ class Objective:
     def __call__(self, params: Params) -> torch.Tensor:
         set_rng_state(self.rng)  # the same dropout masks / random draws for every evaluation
         buffers = {n: b.clone() for n, b in self.buffers.items()}
-        out = functional_call(self.model, (params, buffers), self.args, self.kwargs, strict=False)
-        return self.loss_fn(self.output_fn(out), self.targets)
+        cast = _AUTOCAST.get()
+        with torch.autocast(**cast) if cast else contextlib.nullcontext():
+            out = functional_call(self.model, (params, buffers), self.args, self.kwargs, strict=False)
+        out = self.output_fn(out)
+        if cast and torch.is_tensor(out) and out.is_floating_point():
+            out = out.float()  # the loss in float32 whatever the forward's precision
+        return self.loss_fn(out, self.targets)
 
     # Gradients come from torch.autograd.grad on the functional call: nothing accumulates in
     # .grad, and it measured 23% faster than torch.func.grad on VGG (benchmarks/bench_probes.py).
@@ -146,41 +211,95 @@ class Objective:
             grads = torch.autograd.grad(value, list(leaves.values()), create_graph=create_graph)
         return value, dict(zip(names, grads)), leaves
 
+    def _reduced(self, value: torch.Tensor, grads: Params) -> tuple[torch.Tensor, Params]:
+        """Value and gradients averaged over the ranks (under a process group), detached."""
+        if process_group() is None:
+            return value.detach(), {n: g.detach() for n, g in grads.items()}
+        flat = torch.cat([value.detach().reshape(1).to(next(iter(grads.values())).dtype)]
+                         + [g.detach().reshape(-1) for g in grads.values()])
+        flat = average_over_ranks(flat)
+        out, i = {}, 1
+        for n, g in grads.items():
+            out[n] = flat[i:i + g.numel()].view_as(g)
+            i += g.numel()
+        return flat[0].to(value.dtype), out
+
     def value_and_grad(self, params: Params) -> tuple[torch.Tensor, Params]:
         self.cost.forward += 1
         self.cost.backward += 1
         value, grads, _ = self._grad(list(params), params)
-        return value.detach(), grads
+        return self._reduced(value, grads)
 
     def grad_of(self, names: Sequence[str], params: Params) -> Params:
         """Gradient with respect to ``names`` only: backpropagation stops at the earliest of them."""
         self.cost.forward += 1
         self.cost.backward += 1
-        return self._grad(list(names), params)[1]
+        value, grads, _ = self._grad(list(names), params)
+        return self._reduced(value, grads)[1]
 
     def hessian_operator(self, params: Params) -> tuple[torch.Tensor, Params, Callable[[Params], Params]]:
         """``(L(w), grad L(w), v -> H v)``: one forward and one differentiable backward, then every
         Hessian-vector product is one more backward through that retained graph (reverse over
-        reverse). Measured 2.2x faster per product than ``jvp(grad(L))``, which re-runs the forward."""
+        reverse). Measured 2.2x faster per product than ``jvp(grad(L))``, which re-runs the forward.
+
+        Where a kernel has no double backward (PyTorch's fused attention on the CPU, say), ``hvp="auto"``
+        (see :func:`evaluation`) switches to a central difference of two gradients,
+        ``(grad L(w + h v) - grad L(w - h v)) / 2h`` with ``h`` from :func:`fd_step`, at the first product;
+        ``"finite_difference"`` uses it throughout. Under a process group every product is averaged over
+        the ranks."""
         self.cost.forward += 1
         self.cost.backward += 1
         names = list(params)
-        value, grads, leaves = self._grad(names, params, create_graph=True)
+        mode = _HVP_MODE.get()
+        value, grads, leaves = self._grad(names, params, create_graph=mode != "finite_difference")
+        route = ["finite_difference" if mode == "finite_difference" else "exact"]
         flat_grads = [grads[n] for n in names]
 
-        def hvp(v: Params) -> Params:
-            self.cost.hvp += 1
+        def exact(v: Params) -> Params:
             with torch.enable_grad():
                 hv = torch.autograd.grad(flat_grads, list(leaves.values()), grad_outputs=[v[n] for n in names],
                                          retain_graph=True)
             return dict(zip(names, hv))
 
-        return value.detach(), {n: g.detach() for n, g in grads.items()}, hvp
+        def finite_difference(v: Params) -> Params:
+            h = fd_step(params, v)
+            if h == 0:
+                return {n: torch.zeros_like(v[n]) for n in names}
+            plus = self._grad(names, {n: params[n] + h * v[n] for n in names})[1]
+            minus = self._grad(names, {n: params[n] - h * v[n] for n in names})[1]
+            self.cost.forward += 2
+            self.cost.backward += 2
+            self.cost.fd_hvp += 1
+            return {n: (plus[n] - minus[n]) / (2 * h) for n in names}
+
+        def hvp(v: Params) -> Params:
+            self.cost.hvp += 1
+            if route[0] == "exact":
+                try:
+                    out = exact(v)
+                except RuntimeError as exc:
+                    if mode == "exact" or not _no_double_backward(exc):
+                        raise
+                    route[0] = "finite_difference"
+                    out = finite_difference(v)
+            else:
+                out = finite_difference(v)
+            return self._reduced(torch.zeros(()), out)[1] if process_group() is not None else out
+
+        value, grads = self._reduced(value, grads)
+        return value, grads, hvp
 
     def hvp(self, params: Params, v: Params) -> Params:
         """One Hessian-vector product by forward-over-reverse, ``jvp(grad(L))`` (no graph kept)."""
         self.cost.hvp += 1
         return torch.func.jvp(torch.func.grad(self), (params,), (v,))[1]
+
+
+def _no_double_backward(exc: RuntimeError) -> bool:
+    """A kernel without a second derivative (the error PyTorch raises at the double backward)."""
+    text = str(exc)
+    return "not implemented" in text and ("derivative for" in text or "double backward" in text.lower()) or \
+        "does not support double backward" in text.lower()
 
 
 @contextlib.contextmanager
