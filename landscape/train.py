@@ -246,6 +246,7 @@ class Setup:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     checkpoint: dict | None  # to resume from (already loaded into model and optimizer)
+    data_sha256: str = ""  # of the splits in host memory, before any copy to the device
 
 
 CHECKPOINT_KEYS = ("step", "model", "optimizer", "meter", "rng", "left_plateau_step", "monitor")
@@ -334,7 +335,7 @@ def _setup(cfg: Config, device: torch.device, splits: dict[str, Split], checkpoi
             else channel_stats(train_split)
     return Setup(classify, train_split, Batches(train_split, d.batch_size, cfg.data_seed, d.augment, device, mean, std),
                  Batches(test_split, 0, cfg.data_seed, False, device, mean, std), is_image, out_dim, model, optimizer,
-                 checkpoint)
+                 checkpoint, fingerprint(train_split, test_split))
 
 
 def _train(cfg: Config, run: Run, log: Callable[[dict], None], device: torch.device, progress: bool,
@@ -356,7 +357,7 @@ def _train(cfg: Config, run: Run, log: Callable[[dict], None], device: torch.dev
         if monitor is not None:
             monitor.load_state_dict(checkpoint["monitor"])
     run.truncate(start)
-    run.write_env(device, data_sha256=fingerprint(setup.train_split, setup.test_batches.split),
+    run.write_env(device, data_sha256=setup.data_sha256,
                   memory_format="channels_last" if device.type == "cuda" and is_image else "contiguous")
     run.set_status("running", start)
 

@@ -91,8 +91,8 @@ def _orthonormal_against(X: torch.Tensor, V: torch.Tensor | None) -> torch.Tenso
         if V is not None and V.shape[1]:
             X = X - V @ (V.T @ X)
         Q, R = torch.linalg.qr(X)
-        keep = R.diagonal().abs() > 1e-10 * max(1.0, float(R.diagonal().abs().max()) if R.numel() else 1.0)
-        X = Q[:, keep]
+        d = R.diagonal().abs().tolist()  # k numbers: the one synchronisation of a block
+        X = Q[:, [i for i, r in enumerate(d) if r > 1e-10 * max([1.0, *d])]]
     return X
 
 
@@ -110,16 +110,17 @@ def eigenvalues_above(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, li
     ``start`` (columns: e.g. the previous call's ``vectors``) fills the first block, the rest is random
     (seeded, never the global RNG)."""
     like = like if like is not None else torch.zeros(1)
-    gen = torch.Generator().manual_seed(seed)
-    cols = [] if start is None else [start.double()[:, i] for i in range(start.shape[1]) if start.shape[0] == n]
+    dev = like.device  # the Krylov basis lives on the model's device (float64); only the random draws start on the CPU
+    gen = torch.Generator().manual_seed(seed)  # seeded on the CPU: the same vectors on every device and rank
+    cols = [] if start is None else [start.to(dev, torch.float64)[:, i] for i in range(start.shape[1])
+                                     if start.shape[0] == n]
     k = max(block, len(cols) + 1)
-    random = torch.randn(n, max(k - len(cols), 1), generator=gen, dtype=torch.float64)
+    random = torch.randn(n, max(k - len(cols), 1), generator=gen, dtype=torch.float64).to(dev)
     X = torch.stack(cols, 1) if cols else random[:, :0]
     X = _orthonormal_against(torch.cat([X, random], 1)[:, :k], None)
 
     def apply(B: torch.Tensor) -> torch.Tensor:
-        return torch.stack([matvec(B[:, j].to(dtype=like.dtype, device=like.device)).double().cpu()
-                            for j in range(B.shape[1])], 1)
+        return torch.stack([matvec(B[:, j].to(dtype=like.dtype)).double() for j in range(B.shape[1])], 1)
 
     V, W = X, apply(X)
     products = X.shape[1]
@@ -146,7 +147,7 @@ def eigenvalues_above(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, li
             break
         # the next block: A times the newest Ritz directions' complement, orthogonalised against the space
         nxt = _orthonormal_against(torch.cat([W[:, -X.shape[1]:], torch.randn(n, max(0, k - X.shape[1]),
-                                                                               generator=gen, dtype=torch.float64)],
+                                                                               generator=gen, dtype=torch.float64).to(dev)],
                                              1), V)
         nxt = nxt[:, :min(k, max_products - products, n - V.shape[1])]
         if nxt.shape[1] == 0:
