@@ -36,7 +36,8 @@ from torch import nn
 from landscape.probes.edge import batch_sharpness, hessian_eigenvalues_above, split_batch
 from landscape.probes.curvature import (UnreadableOptimizer, directional_curvature, hessian_trace, layer_sharpness,
                                         min_trace_samples, preconditioner, spectral_density, stability_threshold)
-from landscape.probes.functional import Batch, Objective, Params, current_params, norm, resolve_layers, untouched
+from landscape.probes.functional import (Batch, Objective, Params, current_params, group_size, norm, resolve_layers,
+                                        untouched)
 from landscape.probes.ics import activation_stats, distribution_shift, ics_opti
 from landscape.probes.landscape import gradient_sweep, sharpness
 from landscape.probes.slices import evaluate_slice, flat_norm, grid_coords, quadratic_fit, random_direction
@@ -554,6 +555,7 @@ def _batch_sharpness(ctx: Context, o: BatchSharpnessOptions) -> dict:
     if not minibatches:  # a step's batch smaller than batch_size and no fixed batch
         minibatches = [ctx.batch]
     out = batch_sharpness(ctx.model, ctx.loss_fn, minibatches, **ctx.common()).as_dict()
+    out["batch_size"] *= group_size()  # under DDP a minibatch is every rank's share of it
     return {**out, **optimizer_facts(ctx.optimizer)}
 
 

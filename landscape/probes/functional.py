@@ -141,6 +141,28 @@ def average_over_ranks(t: torch.Tensor, group: Any = None) -> torch.Tensor:
     return out / dist.get_world_size(g)
 
 
+def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over the ranks of the probes' process group (``t`` itself without one)."""
+    group = process_group()
+    return t if group is None else average_over_ranks(t) * group_size()
+
+
+def group_size() -> int:
+    """The number of ranks probes average over (1: one process)."""
+    group = process_group()
+    if group is None:
+        return 1
+    import torch.distributed as dist
+
+    return dist.get_world_size(None if group is True else group)
+
+
+def forward_context():
+    """The autocast context probes' forward passes run under (a null context without one)."""
+    cast = _AUTOCAST.get()
+    return torch.autocast(**cast) if cast else contextlib.nullcontext()
+
+
 def fd_step(w: "Params", v: "Params") -> float:
     """The finite-difference Hessian-vector product's step ``h`` (the points ``w +- h v``): the cube root of
     the dtype's machine epsilon (the central difference's best balance of truncation and rounding),
@@ -194,11 +216,10 @@ class Objective:
     def __call__(self, params: Params) -> torch.Tensor:
         set_rng_state(self.rng)  # the same dropout masks / random draws for every evaluation
         buffers = {n: b.clone() for n, b in self.buffers.items()}
-        cast = _AUTOCAST.get()
-        with torch.autocast(**cast) if cast else contextlib.nullcontext():
+        with forward_context():
             out = functional_call(self.model, (params, buffers), self.args, self.kwargs, strict=False)
         out = self.output_fn(out)
-        if cast and torch.is_tensor(out) and out.is_floating_point():
+        if _AUTOCAST.get() and torch.is_tensor(out) and out.is_floating_point():
             out = out.float()  # the loss in float32 whatever the forward's precision
         return self.loss_fn(out, self.targets)
 

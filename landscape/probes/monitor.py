@@ -18,6 +18,7 @@ adds train records. They go to the sink: any callable taking a record, or a run 
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -27,7 +28,10 @@ from torch import nn
 
 from landscape.probes import entries
 from landscape.probes.entries import Context
-from landscape.probes.functional import Batch, current_params, rng_state, snapshot_buffers
+from landscape.errors import one_line
+from landscape.probes.distributed import (ProbeFailure, agree, collective_failure, probe_group, rank, ranks,
+                                          unwrap)
+from landscape.probes.functional import HVP_MODES, Batch, current_params, evaluation, rng_state, snapshot_buffers
 from landscape.probes.schedules import Schedule, every
 
 Sink = Callable[[dict], None]
@@ -51,6 +55,21 @@ class Monitor:
     Call :meth:`before_forward` (optional) at the start of a step: on probe steps it snapshots the
     buffers and RNG state, so the probes can reuse the step's own loss and gradient (one pass
     fewer per probe) and see exactly the training forward's randomness.
+
+    How probes evaluate (docs/scale.md): ``hvp`` is ``"auto"`` (exact Hessian-vector products by double
+    backward, switching to a central finite difference of two gradients where a kernel has no double
+    backward, e.g. fused attention), ``"exact"`` or ``"finite_difference"``. ``autocast``: the keyword
+    arguments of the :class:`torch.autocast` the model trains under (``{"device_type": "cpu", "dtype":
+    torch.bfloat16}``): probes run their forward passes under it and keep losses, dot products and
+    Lanczos in float32 or wider. ``distributed`` (default: whenever ``torch.distributed`` is initialised
+    with more than one rank): each rank passes its own batch, as DDP trains; every loss, gradient and
+    Hessian-vector product is averaged over the ranks on the unwrapped module (a
+    ``DistributedDataParallel`` model is unwrapped; its hooks never run in a probe), so each value is
+    the one a single process holding the global batch would record; random vectors are seeded alike on
+    every rank; only rank 0 writes records and outputs. The ranks check at construction that they
+    agree on probes, options and schedule, and refuse on every rank if not; the probes' collectives run
+    in their own process group whose ``timeout`` (seconds) ends a run whose other rank failed with one
+    line instead of a hang.
     """
 
     def __init__(self, out: str | Path | Sink, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -58,7 +77,9 @@ class Monitor:
                  probes: Sequence[str] = ("gradient_sweep", "ics_opti"), options: Mapping[str, Any] | None = None,
                  layers: Iterable | dict | None = None, probe_batch: Batch | None = None, eval_mode: bool = False,
                  output_fn: Callable | None = None, force: bool = False, step_hook: bool = True,
-                 outputs: Sequence | None = None, resume_step: int | None = None, **legacy: Any):
+                 outputs: Sequence | None = None, resume_step: int | None = None, hvp: str = "auto",
+                 autocast: Mapping[str, Any] | None = None, distributed: bool | None = None,
+                 timeout: float = 600.0, **legacy: Any):
         unknown = [p for p in probes if p not in entries.REGISTRY]
         if unknown:
             raise ValueError(f"unknown probes {unknown}; choose from {entries.names()}")
@@ -66,12 +87,25 @@ class Monitor:
         self._order = [n for n in entries.names() if n in self.probes]  # the table's order, whatever the list's
         self.options = self._options(dict(options or {}), legacy)
         entries.warn_at_attach(self.probes, optimizer, self.options)
+        if hvp not in HVP_MODES:
+            raise ValueError(f"hvp must be one of {', '.join(HVP_MODES)}; got {hvp!r}")
+        if autocast is not None and not isinstance(autocast, Mapping):
+            raise TypeError("autocast takes torch.autocast's keyword arguments, e.g. "
+                            "{'device_type': 'cpu', 'dtype': torch.bfloat16}")
+        model = unwrap(model)  # DistributedDataParallel's module: probes never run through its hooks
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.schedule = schedule or every(100)
         self.layers, self.probe_batch = layers, probe_batch
         self.eval_mode, self.output_fn = eval_mode, output_fn
         self.state: dict[str, dict] = {name: {} for name in self.probes}  # each probe's own, between its steps
+        self.group, self.rank, self.timeout = None, 0, float(timeout)
+        if distributed or (distributed is None and ranks() > 1):
+            self.group, self.rank = probe_group(self.timeout), rank()
+            agree(self.group, self.settings(), self.schedule)
+        self._evaluation = {"hvp": hvp, "autocast": dict(autocast) if autocast else None, "group": self.group}
         self.run = None
+        if self.rank != 0:  # only rank 0 writes
+            out, outputs = (lambda record: None), None
         if callable(out):
             self.sink = out
         else:
@@ -143,7 +177,7 @@ class Monitor:
         self._snapshot = None
         buffers, rng = (snap[1], snap[2]) if snap else (snapshot_buffers(self.model), rng_state())
         grad = None
-        if snap is not None and loss is not None:
+        if snap is not None and loss is not None and self.group is None:  # under DDP: recomputed, all-reduced
             grad = {n: p.grad.detach().clone() for n, p in self.model.named_parameters()
                     if p.requires_grad and p.grad is not None}
             if len(grad) != sum(p.requires_grad for p in self.model.parameters()):
@@ -161,7 +195,22 @@ class Monitor:
                 self._pending.append((name, ctx))
                 continue
             t0 = time.perf_counter()
-            self._write(step, name, probe.measure(ctx, self.options[name]), t0)
+            self._write(step, name, self._measure(name, ctx), t0)
+
+    def _measure(self, name: str, ctx: Context) -> dict:
+        """One probe's values, evaluated under this Monitor's settings (HVP route, autocast, process group)."""
+        with evaluation(**self._evaluation):
+            if self.group is None:
+                return entries.get(name).measure(ctx, self.options[name])
+            try:
+                return entries.get(name).measure(ctx, self.options[name])
+            except RuntimeError as exc:
+                if not collective_failure(exc):
+                    raise
+                detail = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip()).splitlines()[0][:120]  # gloo's source path
+                raise ProbeFailure(f"probe {name} at step {ctx.step} on rank {self.rank}: another rank failed or "
+                                   f"left, or did not answer within {self.timeout:g} s ({one_line(detail)}); "
+                                   "see the other ranks' errors") from None
 
     def after_step(self) -> None:
         """Right after ``optimizer.step()``: finish the after-step probes (ICS_opti) with the
@@ -174,7 +223,7 @@ class Monitor:
         for name, ctx in pending:
             t0 = time.perf_counter()
             ctx.next_params = next_params
-            self._write(ctx.step, name, entries.get(name).measure(ctx, self.options[name]), t0)
+            self._write(ctx.step, name, self._measure(name, ctx), t0)
 
     # ---------------------------------------------------------------- records
     def _write(self, step: int, name: str, values: dict, t0: float) -> None:

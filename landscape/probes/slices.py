@@ -38,7 +38,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from landscape.probes.functional import Params, current_buffers, current_params, default_output, split_inputs, untouched
+from landscape.probes.functional import (Params, current_buffers, current_params, default_output, forward_context,
+                                        split_inputs, sum_over_ranks, untouched)
 from landscape.probes.landscape import _flat, _unflat, flat_hessian, lanczos, start_vector
 
 BN_MODES = ("train", "recompute", "checkpoint")
@@ -242,7 +243,9 @@ def evaluate_point(model: nn.Module, loss_fn: Callable, params: Params, buffers:
     classify = None
     for x, y in batches:
         args, kwargs = split_inputs(prepare(x))
-        out = output_fn(functional_call(model, (params, bufs), args, kwargs, strict=False))
+        with forward_context():
+            out = output_fn(functional_call(model, (params, bufs), args, kwargs, strict=False))
+        out = out.float() if out.is_floating_point() and out.dtype in (torch.float16, torch.bfloat16) else out
         n = len(y)
         total += float(loss_fn(out, y)) * n
         if classify is None:
@@ -252,6 +255,8 @@ def evaluate_point(model: nn.Module, loss_fn: Callable, params: Params, buffers:
         n_total += n
     if n_total == 0:
         raise ValueError("the slice's data are empty: pass at least one batch")
+    total, correct, n_total = sum_over_ranks(torch.tensor([total, correct, n_total], dtype=torch.float64,
+                                                          device=out.device)).tolist()  # DDP: every rank's share
     return PointValue(total / n_total, correct / n_total if classify else None)
 
 
