@@ -116,6 +116,7 @@ class ModelConfig:
     vit_depth: Annotated[int, Range(1, 10 ** 4)] = 4  # ViT: pre-norm blocks
     vit_heads: Annotated[int, Range(1, 10 ** 4)] = 4  # ViT: attention heads (vit_dim divisible by it)
     vit_mlp_ratio: Annotated[float, Range(0, 1000, lo_open=True)] = 2.0  # ViT: MLP hidden width / token width
+    vit_attention: Literal["explicit", "sdpa"] = "explicit"  # ViT: explicit softmax(QK^T/sqrt(d))V (exact Hessian-vector products) | sdpa: PyTorch's fused scaled_dot_product_attention (no double backward on the CPU: curvature probes take finite differences)
     dropout: Unit = 0.0  # ViT: dropout on attention weights, MLP and embeddings
     noise: NoiseConfig = field(default_factory=NoiseConfig)
 

@@ -155,3 +155,21 @@ def test_a_loss_the_callback_cannot_reach_is_refused_before_the_first_update(tmp
         trainer([cb], tmp_path / "t", enable_checkpointing=False).fit(model, loader())
     assert "loss cannot be computed" in str(err.value) and "\n" not in str(err.value)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_under_ddp_every_rank_probes_only_rank_0_writes_and_training_is_unchanged(tmp_path):
+    """strategy="ddp_spawn" on 2 CPU processes (gloo): the callback attaches on both ranks (the probes
+    all-reduce), one set of records is written, and the weights equal a DDP fit without the callback."""
+    ddp = {"strategy": "ddp_spawn", "devices": 2, "enable_checkpointing": False}
+    plain = Module()
+    pl.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+               default_root_dir=str(tmp_path / "a"), **ddp).fit(plain, loader())
+    probed = Module()
+    cb = LandscapeCallback(tmp_path / "run", every(2), probes=("gradient_sweep", "sharpness"), sharpness_iters=3)
+    pl.Trainer(max_steps=4, accelerator="cpu", callbacks=[cb], logger=False, enable_progress_bar=False,
+               enable_model_summary=False, default_root_dir=str(tmp_path / "b"), **ddp).fit(probed, loader())
+    assert [(s, p) for s, p, _ in probe_records(tmp_path / "run")] == \
+        [(s, p) for s in (1, 2, 4) for p in ("gradient_sweep", "sharpness")]
+    for (n, a), (_, b) in zip(plain.state_dict().items(), probed.state_dict().items()):
+        assert torch.equal(a, b), n
+    assert not torch.equal(plain.net[0].weight, Module().net[0].weight)  # the trained weights came back

@@ -80,8 +80,7 @@ class LandscapeCallback(pl.Callback):
 
     # ---------------------------------------------------------------- attach
     def on_train_start(self, trainer, pl_module) -> None:
-        if not trainer.is_global_zero:
-            return
+        # Every rank attaches (under strategy="ddp" the probes average over the ranks); only rank 0 writes.
         if len(trainer.optimizers) != 1:
             raise UserError(f"LandscapeCallback probes one optimizer; this module has {len(trainer.optimizers)}")
         if not pl_module.automatic_optimization:
@@ -96,9 +95,14 @@ class LandscapeCallback(pl.Callback):
             resume_step = self._resumed.get("step", trainer.global_step)
         elif trainer.global_step > 0:  # a checkpoint without this callback's state
             resume_step = trainer.global_step
+        options = dict(self.monitor_options)
+        cast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(trainer.precision))
+        if cast is not None and "autocast" not in options:  # probe under the autocast Lightning trains under
+            options["autocast"] = {"device_type": pl_module.device.type, "dtype": cast}
         self.monitor = Monitor(self.out, pl_module, trainer.optimizers[0], self.loss_fn, self.schedule,
                                probes=self.probes, output_fn=self.output_fn, force=self.force, step_hook=False,
-                               outputs=outputs, resume_step=resume_step, **self.monitor_options)
+                               outputs=outputs if trainer.is_global_zero else [], resume_step=resume_step,
+                               **options)
         if self._resumed is not None:
             self.monitor.load_state_dict(self._resumed.get("monitor", {}))
         self._step = trainer.global_step

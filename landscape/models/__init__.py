@@ -69,7 +69,7 @@ def build_model(cfg, seed: int = 0, noise_seed: int = 0, in_dim: int | None = No
             model = VGG(cfg.vgg_depth, cfg.width, cfg.head, cfg.norm, out_dim, noise, noise_seed, in_dim)
         elif cfg.arch == "vit":
             model = ViT(image_size, cfg.vit_patch, in_dim, out_dim, cfg.vit_dim, cfg.vit_depth, cfg.vit_heads, cfg.vit_mlp_ratio,
-                        cfg.norm, cfg.dropout)
+                        cfg.norm, cfg.dropout, cfg.vit_attention)
         elif cfg.arch == "mlp":
             model = MLP(in_dim * image_size * image_size, tuple(cfg.mlp_widths), out_dim, cfg.activation, cfg.norm)
         elif cfg.arch == "resnet":

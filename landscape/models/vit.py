@@ -12,8 +12,10 @@ and a linear head on the class token. ``norm`` picks what every Norm is:
   ``alpha`` (init 0.5) and per-feature ``gamma``, ``beta``: no statistics at all;
 - ``none``: the identity (an unnormalised transformer).
 
-Attention is written out (softmax(QK^T / sqrt(d)) V) so every probe, second derivatives
-included, works on it. Weights are Xavier-uniform (biases 0) by default, like VGG's.
+Attention is written out (softmax(QK^T / sqrt(d)) V) by default (``attention="explicit"``), so every
+probe, second derivatives included, works on it; ``attention="sdpa"`` calls PyTorch's fused
+``scaled_dot_product_attention`` instead (the same function; its CPU and flash kernels have no double
+backward, so curvature probes take the finite-difference Hessian-vector product there). Weights are Xavier-uniform (biases 0) by default, like VGG's.
 """
 
 from __future__ import annotations
@@ -72,12 +74,17 @@ def vit_norm(kind: str, dim: int) -> nn.Module:
     raise ValueError(f"unknown ViT norm '{kind}'; choose from {VIT_NORMS}")
 
 
+ATTENTIONS = ("explicit", "sdpa")
+
+
 class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, kind: str = "explicit"):
         super().__init__()
         if dim % heads:
             raise ValueError(f"width {dim} is not divisible by {heads} heads")
-        self.heads = heads
+        if kind not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}; got {kind!r}")
+        self.heads, self.kind, self.p = heads, kind, dropout
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.drop = nn.Dropout(dropout)
@@ -85,15 +92,18 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, t, d = x.shape
         q, k, v = self.qkv(x).reshape(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if self.kind == "sdpa":
+            out = nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=self.p if self.training else 0.0)
+            return self.proj(out.transpose(1, 2).reshape(n, t, d))
         attn = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.heads)
         attn = self.drop(attn.softmax(-1))
         return self.proj((attn @ v).transpose(1, 2).reshape(n, t, d))
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, norm: str, dropout: float):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, norm: str, dropout: float, attention: str = "explicit"):
         super().__init__()
-        self.norm1, self.attn = vit_norm(norm, dim), Attention(dim, heads, dropout)
+        self.norm1, self.attn = vit_norm(norm, dim), Attention(dim, heads, dropout, attention)
         self.norm2 = vit_norm(norm, dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim),
@@ -110,7 +120,7 @@ class ViT(nn.Module):
 
     def __init__(self, image_size: int = 32, patch: int = 4, in_channels: int = 3, num_classes: int = 10,
                  dim: int = 64, depth: int = 4, heads: int = 4, mlp_ratio: float = 2.0, norm: str = "layer",
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, attention: str = "explicit"):
         super().__init__()
         if image_size % patch:
             raise ValueError(f"image size {image_size} is not a multiple of the patch size {patch}")
@@ -119,7 +129,7 @@ class ViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, tokens + 1, dim))
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.Sequential(*[Block(dim, heads, mlp_ratio, norm, dropout) for _ in range(depth)])
+        self.blocks = nn.Sequential(*[Block(dim, heads, mlp_ratio, norm, dropout, attention) for _ in range(depth)])
         self.norm = vit_norm(norm, dim)
         self.head = nn.Linear(dim, num_classes)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)

@@ -1,7 +1,9 @@
-"""Probe schedules: tiny functions ``step -> bool`` (steps count updates from 1)."""
+"""Probe schedules: tiny functions ``step -> bool`` (steps count updates from 1), picklable (so a
+callback holding one crosses to spawned processes, e.g. Lightning's ``ddp_spawn``)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
@@ -9,14 +11,38 @@ import numpy as np
 Schedule = Callable[[int], bool]
 
 
+@dataclass(frozen=True)
+class Every:
+    n: int
+    first: bool = True
+
+    def __call__(self, step: int) -> bool:
+        return step % self.n == 0 or (self.first and step == 1)
+
+
+@dataclass(frozen=True)
+class Steps:
+    chosen: frozenset
+
+    def __call__(self, step: int) -> bool:
+        return step in self.chosen
+
+
+@dataclass(frozen=True)
+class Union:
+    parts: tuple
+
+    def __call__(self, step: int) -> bool:
+        return any(p(step) for p in self.parts)
+
+
 def every(n: int, first: bool = True) -> Schedule:
     """Every ``n`` steps (and at step 1 if ``first``)."""
-    return lambda step: step % n == 0 or (first and step == 1)
+    return Every(n, first)
 
 
 def explicit(steps: Iterable[int]) -> Schedule:
-    chosen = frozenset(int(s) for s in steps)
-    return lambda step: step in chosen
+    return Steps(frozenset(int(s) for s in steps))
 
 
 def log_spaced_steps(total: int, points: int) -> list[int]:
@@ -36,8 +62,7 @@ def mixed(total: int, points: int, n: int) -> Schedule:
     the first N steps, where the paper's largest effects are; log-spaced steps leave the end of
     training almost unsampled. Each part is a subset of the records, so a claim can be judged
     on either (see ``landscape.claims.on_schedule``)."""
-    log_steps, regular = frozenset(log_spaced_steps(total, points)), every(n)
-    return lambda step: step in log_steps or regular(step)
+    return Union((explicit(log_spaced_steps(total, points)), every(n)))
 
 
 SCHEDULES = ("every", "log", "list", "mixed")  # probes.schedule
