@@ -192,12 +192,14 @@ def reproduce(preset: Preset = "quick", seeds: Seeds = None, data_dir: DataDir =
 def report(
     paths: List[str] = typer.Argument(..., help="Run directories, experiment folders, or parents of either."),
     output: str = typer.Option("reports/index.html", "-o", "--output", help="The HTML file to write."),
+    figures: Optional[str] = typer.Option(None, "--figures", help="Also write every figure as a PNG into this "
+                                          "folder (SECTION-N.png), e.g. for documentation pages."),
 ):
     """Build one self-contained HTML report (figures, claims, configs, status) from records."""
     from landscape.experiments import REGISTRY
     from landscape.report import build_report
 
-    typer.echo(f"report -> {build_report(paths, output, REGISTRY)}")
+    typer.echo(f"report -> {build_report(paths, output, REGISTRY, figures)}")
 
 
 @app.command()

@@ -250,3 +250,15 @@ def smoke(smoke_results):
 def test_the_report_opens_with_a_summary_and_says_what_each_section_shows(html):
     assert "In short:</strong> of " in html and " reproduced, " in html and " inconclusive" in html
     assert html.count('<p class="about">What to look for:') == len(REGISTRY)
+
+
+def test_report_figures_folder_writes_each_figure_and_refuses_a_file(results, tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["report", str(results), "-o", str(tmp_path / "r.html"), "--figures", str(tmp_path / "f")])
+    assert res.exit_code == 0, res.output
+    pngs = sorted((tmp_path / "f").glob("*.png"))
+    assert pngs and all(p.read_bytes().startswith(b"\x89PNG") for p in pngs)
+    (tmp_path / "file").write_text("keep")
+    bad = runner.invoke(app, ["report", str(results), "-o", str(tmp_path / "s.html"), "--figures", str(tmp_path / "file")])
+    assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and "is a file" in bad.stderr
+    assert (tmp_path / "file").read_text() == "keep" and not (tmp_path / "s.html").exists()

@@ -8,6 +8,7 @@ page makes no network request. Every user-provided string goes through Jinja2's 
 from __future__ import annotations
 
 import base64
+import os
 import json
 import time
 from pathlib import Path
@@ -74,7 +75,8 @@ def draw(figures: list, where: str, problems: list[str]) -> list[dict]:
     out = []
     for fig in figures:
         try:
-            out.append({"title": fig.title, "src": _png(fig.draw(*fig.args)), "error": None})
+            data = fig.draw(*fig.args)
+            out.append({"title": fig.title, "src": _png(data), "png": data, "error": None})
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             out.append({"title": fig.title, "src": None, "error": error})
@@ -161,11 +163,21 @@ def seed_trust(claims: list[dict]) -> dict:
     return {"single": len(single), "several": len(several), "seeds": seeds, "against": against, "decided": decided}
 
 
-def build_report(paths: list[str | Path], output: str | Path, experiments: dict | None = None) -> Path:
+def build_report(paths: list[str | Path], output: str | Path, experiments: dict | None = None,
+                 figures_dir: str | Path | None = None) -> Path:
     """The report of every run and experiment summary under ``paths``, written to ``output``.
     ``experiments``: the experiment registry (``landscape.experiments.REGISTRY``), whose figures and
-    titles a summary's section gets; without it every section is drawn as plain runs."""
+    titles a summary's section gets; without it every section is drawn as plain runs. ``figures_dir``:
+    also write every figure there as ``SECTION-N.png`` (for documentation pages)."""
     paths, output = [Path(p) for p in paths], Path(output)
+    if figures_dir is not None:
+        folder = Path(figures_dir)
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"--figures {quote(figures_dir)} is a file; pass a folder")
+        nearest = next(p for p in [folder, *folder.absolute().parents] if p.exists())
+        if not os.access(nearest, os.W_OK | os.X_OK):
+            raise UserError(f"--figures {quote(figures_dir)} cannot be written ({quote(nearest)} is read-only); "
+                            "pass a writable folder")
     if output.is_dir():
         raise UserError(f"report output '{output}' is a folder; pass a file name such as {output / 'report.html'}")
     missing = [str(p) for p in paths if not p.exists()]
@@ -237,7 +249,18 @@ def build_report(paths: list[str | Path], output: str | Path, experiments: dict 
         n_runs=len(runs),
         sources=[str(p) for p in paths], generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
     output.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(output, html)
+    written = atomic_write(output, html)
+    if figures_dir is not None:
+        folder = Path(figures_dir)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for section in sections:
+                for i, fig in enumerate(f for f in section["figures"] if f.get("png")):
+                    atomic_write(folder / f"{section['anchor']}-{i + 1}.png", fig["png"])
+        except OSError as exc:
+            raise UserError(f"cannot write figures to {quote(folder)} ({exc.strerror or exc}); pass a writable "
+                            "--figures folder (the report itself was written)") from None
+    return written
 
 
 def claims_markdown(paths: list[str | Path], diagnostics: bool = False, order=()) -> str:
