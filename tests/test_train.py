@@ -194,12 +194,17 @@ def test_probe_records_survive_resume(tmp_path, monkeypatch):
         strip(read_metrics(tmp_path / "whole" / "tiny" / "metrics.jsonl"))
 
 
-@pytest.mark.parametrize("optim, arch", [({"name": "adamw", "lr": 0.003}, "vgg"), ({"name": "sgd", "lr": 0.05}, "vit")])
+@pytest.mark.parametrize("optim, arch", [({"name": "adamw", "lr": 0.003}, "vgg"), ({"name": "sgd", "lr": 0.05}, "vit"),
+                                         ({"name": "sgd", "lr": 0.05, "momentum": 0.9}, "resnet"),
+                                         ({"name": "sgd", "lr": 0.05}, "resnet-fixup")])
 def test_curvature_probes_never_change_training(tmp_path, optim, arch):
-    """Every probe, the curvature ones with a warm start included and the loss slice, on a VGG with BN under AdamW and
-    a ViT with dropout under SGD: bitwise the same weights and records as probes off."""
-    model = {"norm": "batch"} if arch == "vgg" else {"arch": "vit", "norm": "layer", "vit_dim": 16, "vit_depth": 2,
-                                                      "vit_heads": 2, "vit_patch": 8, "dropout": 0.1}
+    """Every probe, the curvature ones with a warm start included and the loss slice, on a VGG with BN under AdamW,
+    a ViT with dropout under SGD, and ResNet-8 with BN and without (Fixup): bitwise the same weights and records as
+    probes off."""
+    model = {"norm": "batch"} if arch == "vgg" else \
+        {"arch": "resnet", "resnet_depth": 8, "norm": "batch", "init": "kaiming"} if arch == "resnet" else \
+        {"arch": "resnet", "resnet_depth": 8, "norm": "none", "init": "fixup"} if arch == "resnet-fixup" else \
+        {"arch": "vit", "norm": "layer", "vit_dim": 16, "vit_depth": 2, "vit_heads": 2, "vit_patch": 8, "dropout": 0.1}
     base = dict(steps=6, model=model, optim=optim)
     off = tiny_config(name="off", **base)
     on = tiny_config(name="on", **base, probes={
