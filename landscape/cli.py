@@ -207,12 +207,14 @@ def report(
 def claims(
     paths: List[str] = typer.Argument(..., help="Experiment folders (the --out of an experiment), or their parent."),
     diagnostics: bool = typer.Option(False, "--diagnostics", help="Also the diagnostic claims (regimes, schedules)."),
+    where: bool = typer.Option(False, "--where", help="Grouped by the published statement each claim tests (the paper's "
+                               "and its critiques'): where each holds and where it breaks, diagnostics included."),
 ):
     """Print the claims of experiment summaries as a Markdown table (value, interval, bound, signs, verdict)."""
     from landscape.experiments import REGISTRY
     from landscape.report import claims_markdown
 
-    typer.echo(claims_markdown(paths, diagnostics, order=list(REGISTRY)), nl=False)
+    typer.echo(claims_markdown(paths, diagnostics, order=list(REGISTRY), grouped=where), nl=False)
 
 
 @app.command()

@@ -262,3 +262,37 @@ def test_report_figures_folder_writes_each_figure_and_refuses_a_file(results, tm
     bad = runner.invoke(app, ["report", str(results), "-o", str(tmp_path / "s.html"), "--figures", str(tmp_path / "file")])
     assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and "is a file" in bad.stderr
     assert (tmp_path / "file").read_text() == "keep" and not (tmp_path / "s.html").exists()
+
+
+def test_where_groups_claims_by_the_statement_they_test_whatever_their_verdict(tmp_path):
+    from landscape.report.holds import where
+
+    def claim(cid, verdict):
+        return {"id": cid, "claim": cid, "verdict": verdict, "mean": 2.0, "direction": "above", "threshold": 1.0,
+                "signs": {"k": 1, "n": 1}, "headline": False}
+    summaries = [{"experiment": "width", "claims": [claim("width.w1.beta_eff.early", "not reproduced"),
+                                                    claim("width.w1.beta_eff.later", "reproduced")]},
+                 {"experiment": "depth", "claims": [claim("depth.yang.vgg_bn_grows", "inconclusive"),
+                                                    claim("depth.pyhessian.resnet20.trace", "reproduced")]},
+                 {"experiment": "norms", "claims": [claim("norms.l1", "reproduced")]}]
+    groups = {g["source"]: g for g in where(summaries)}
+    fig4 = groups["Santurkar et al. 2018"]
+    assert [r["id"] for r in fig4["rows"]] == ["width.w1.beta_eff.early", "width.w1.beta_eff.later"]
+    assert fig4["tally"] == "reproduced in early training (first 10% of steps): 0 of 1; later training: 1 of 1"
+    assert [r["id"] for r in groups["Yang et al. 2019"]["rows"]] == ["depth.yang.vgg_bn_grows"]
+    assert groups["Yao et al. 2020 (PyHessian)"]["tally"] == "reproduced in 1 of 1 settings"
+    assert not any("norms.l1" == r["id"] for g in groups.values() for r in g["rows"])
+
+
+def test_claims_where_prints_the_grouped_tables_and_refuses_folders_without_such_claims(smoke_results):
+    runner = CliRunner()
+    out, _, html = smoke_results
+    res = runner.invoke(app, ["claims", str(out), "--where"])
+    assert res.exit_code == 0, res.output
+    assert "(Santurkar et al. 2018): reproduced in" in res.output and "| experiment | setting and claim |" in res.output
+    assert 'id="holds"' in html and "Where each answer holds" in html
+    empty = out.parent / "no-such-claims"
+    (empty / "x").mkdir(parents=True, exist_ok=True)
+    (empty / "x" / "summary.json").write_text('{"experiment": "norms", "runs": {}, "claims": []}')
+    bad = runner.invoke(app, ["claims", str(empty), "--where"])
+    assert bad.exit_code == 2 and bad.stderr.count("\n") == 1

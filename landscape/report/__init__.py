@@ -16,6 +16,7 @@ from pathlib import Path
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from landscape.errors import UserError, one_line, quote
+from landscape.report.holds import markdown, where
 from landscape.files import atomic_write, check_output, regular
 from landscape.report import figures as F
 from landscape.report.figures import Figure
@@ -239,12 +240,13 @@ def build_report(paths: list[str | Path], output: str | Path, experiments: dict 
                         "drawn as boxes (install a font with them, e.g. Noto Sans CJK, for matplotlib to find)")
         F.MISSING_GLYPHS.clear()
     claims = [dict(c, experiment=s["experiment"]) for s in sections for c in s["claims"] if c["headline"]]
+    holds = where([dict(d, experiment=str(d.get("experiment", f.parent.name))) for f, d in good])
     problems += [f"{r.path}: {p}" for r in runs for p in r.problems]
     env = Environment(loader=PackageLoader("landscape.report", "templates"), autoescape=select_autoescape(["html"]))
     env.filters["num"] = _num
     verdicts = {v: sum(c.get("verdict") == v for c in claims) for v in ("reproduced", "not reproduced", "inconclusive")}
     html = env.get_template("report.html").render(
-        sections=sections, claims=claims, trust=seed_trust(claims), envs=environments(runs), problems=problems,
+        sections=sections, claims=claims, holds=holds, trust=seed_trust(claims), envs=environments(runs), problems=problems,
         verdicts=verdicts,
         n_runs=len(runs),
         sources=[str(p) for p in paths], generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
@@ -263,7 +265,7 @@ def build_report(paths: list[str | Path], output: str | Path, experiments: dict 
     return written
 
 
-def claims_markdown(paths: list[str | Path], diagnostics: bool = False, order=()) -> str:
+def claims_markdown(paths: list[str | Path], diagnostics: bool = False, order=(), grouped: bool = False) -> str:
     """The claims of every experiment summary under ``paths`` as a Markdown table (the README's
     tables come from this): value (mean over seeds), 95% interval, one-sided bound, sign count,
     verdict and why. Diagnostics are left out unless asked for."""
@@ -276,6 +278,12 @@ def claims_markdown(paths: list[str | Path], diagnostics: bool = False, order=()
                        key=lambda fd: (order.get(fd[1].get("experiment"), len(order)), str(fd[0])))
     if not summaries:
         raise UserError(f"no experiment summaries under {', '.join(map(str, paths))}; pass the --out of an experiment")
+    if grouped:  # by the published statement each claim tests (landscape.report.holds)
+        groups = where([d for _, d in summaries])
+        if not groups:
+            raise UserError("none of these summaries' claims tests a statement of landscape.report.holds; "
+                            "pass width, depth, smoothness, slices or eos-* folders")
+        return markdown(groups, _num)
     rows = ["| experiment | claim | quantity | value | 95% CI | one-sided bound | seeds on the claimed side | verdict |",
             "|---|---|---|---|---|---|---|---|"]
     for _, d in summaries:
