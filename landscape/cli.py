@@ -256,7 +256,12 @@ def slice_(
     trajectory: Optional[List[str]] = typer.Option(None, "--trajectory", help="pca: a checkpoint of the trajectory "
                                                    "(repeat, in training order; the run's own is the last point)."),
     name: Optional[str] = typer.Option(None, "--name", help="Folder under RUN/slices/ (default: KIND-Nd-BN)."),
-    workers: int = typer.Option(1, "--workers", help="Local worker processes the grid is split over."),
+    workers: int = typer.Option(1, "--workers", help="Shards the grid is split over: local worker processes, or Ray "
+                                "tasks with --launcher ray."),
+    launcher: str = typer.Option("local", "--launcher", help="local | ray (one task per shard; every node must see "
+                                 "the run's folder)."),
+    address: Optional[str] = typer.Option(None, "--address", help="With --launcher ray: the cluster (auto: the running "
+                                          "one); default a private local instance."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help=DATA_HELP),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (default: the run's)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing slice of the same name."),
@@ -267,7 +272,8 @@ def slice_(
     lo, hi = parse_range(range_)
     spec = SliceSpec(directions, dims, grid, lo, hi, bn, bn_batches, split, subset, batch_size, seed, ignore, to,
                      tuple(trajectory or ()))
-    path = slice_run(target, spec, name, data_dir, device, workers, force, log=typer.echo)
+    path = slice_run(target, spec, name, data_dir, device, workers, force, log=typer.echo, launcher=launcher,
+                     address=address)
     typer.echo(f"slice -> {path}")
 
 

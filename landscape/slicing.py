@@ -260,12 +260,42 @@ def _spawned(args):  # a worker process's entry
 # ------------------------------------------------------------------ the command
 
 
+def run_on_ray(folder: Path, data_dir, device, workers: int, address: str | None) -> None:
+    """One Ray task per shard (one CPU each), on the cluster at ``address`` (``auto``: the running one) or a
+    private local instance. The shards append to files in ``folder``, so every node must see that path (one
+    machine, or a shared filesystem); the merge reads them in grid order, as for local workers."""
+    from landscape.launch import _require_ray
+
+    ray = _require_ray()
+    if not ray.is_initialized():
+        try:
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        except ConnectionError:
+            raise UserError(f"no Ray cluster at --address {quote(address)}; start one with `ray start --head` "
+                            "or leave --address out for a local instance") from None
+    task = ray.remote(run_shard).options(num_cpus=1, max_retries=0)
+    ray.get([task.remote(str(folder), data_dir, device, k, workers, 1) for k in range(workers)])
+
+
 def slice_run(target: str | Path, spec: SliceSpec, name: str | None = None, data_dir=None, device: str | None = None,
-              workers: int = 1, force: bool = False, log=print) -> Path:
-    """Compute (or finish) a slice of a run; returns its ``slice.json``."""
+              workers: int = 1, force: bool = False, log=print, launcher: str = "local",
+              address: str | None = None) -> Path:
+    """Compute (or finish) a slice of a run; returns its ``slice.json``. ``launcher``: ``local`` (``workers``
+    processes on this machine) or ``ray`` (``workers`` Ray tasks, one shard each)."""
     spec.check()
     if not 1 <= workers <= 64:
         raise UserError(f"--workers must be between 1 and 64; got {workers}")
+    if launcher not in ("local", "ray"):
+        raise UserError(f"--launcher must be local or ray; got {quote(launcher)}")
+    if address and launcher != "ray":
+        raise UserError("--address needs --launcher ray")
+    if launcher == "ray":
+        from landscape.launch import _require_ray
+
+        _require_ray()  # installed, before any file is written
     run_dir, ckpt_path = locate(target)
     name = name or spec.default_name()
     if not name or "/" in name or name.startswith("."):
@@ -300,7 +330,9 @@ def slice_run(target: str | Path, spec: SliceSpec, name: str | None = None, data
     if before < len(coords):
         log(f"slice {name}: {len(coords) - before} of {len(coords)} points to compute"
             f"{' (resumed)' if before else ''}, {workers} worker(s)")
-        if workers == 1:
+        if launcher == "ray":
+            run_on_ray(folder, data_dir, device, workers, address)
+        elif workers == 1:
             run_shard(str(folder), data_dir, device, 0, 1)
         else:
             threads = max(1, torch.get_num_threads() // workers)

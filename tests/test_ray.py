@@ -127,3 +127,24 @@ def test_a_killed_worker_becomes_a_failed_run_and_the_rerun_completes_only_it(tm
     assert before == {r.name: (r.path / "metrics.jsonl").read_text() for r in others}
     steps = [r["step"] for r in read_run(victim).kind("train")]
     assert steps == sorted(set(steps)) and steps[-1] == 400  # resumed: no record lost or repeated
+
+
+def test_a_slice_split_over_ray_tasks_gives_exactly_the_single_process_points(tmp_path, local_ray):
+    from typer.testing import CliRunner
+
+    from landscape.cli import app
+    from landscape.train import train
+    from tests.conftest import tiny_config
+
+    train(tiny_config(steps=4, model={"norm": "batch"}), out=tmp_path)
+    run = tmp_path / "tiny"
+    args = ["slice", str(run), "--grid", "3", "--subset", "24", "--batch-size", "8", "--bn", "train"]
+    runner = CliRunner()
+    assert runner.invoke(app, [*args, "--name", "single"]).exit_code == 0
+    res = runner.invoke(app, [*args, "--name", "ray", "--workers", "2", "--launcher", "ray"])
+    assert res.exit_code == 0, res.output
+    a = json.loads((run / "slices" / "single" / "slice.json").read_text())
+    b = json.loads((run / "slices" / "ray" / "slice.json").read_text())
+    assert a["loss"] == b["loss"] and a["acc"] == b["acc"]
+    assert sorted(p.name for p in (run / "slices" / "ray").glob("points-*")) == \
+        ["points-0-of-2.jsonl", "points-1-of-2.jsonl"]
