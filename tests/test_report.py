@@ -75,7 +75,8 @@ def test_every_expected_figure_is_present(html):
     for e in expected:
         assert any(c.startswith(e) for c in captions), e
     assert "Figure not drawn" not in html
-    assert html.count('<img src="data:image/png;base64,') == len(captions)
+    inline = html.count('<div class="hover-slices">') + html.count("<p>No 2D slice to show.</p>")
+    assert html.count('<img src="data:image/png;base64,') + inline == len(captions)
 
 
 def test_statuses_and_problems_are_named(html):
@@ -296,3 +297,12 @@ def test_claims_where_prints_the_grouped_tables_and_refuses_folders_without_such
     (empty / "x" / "summary.json").write_text('{"experiment": "norms", "runs": {}, "claims": []}')
     bad = runner.invoke(app, ["claims", str(empty), "--where"])
     assert bad.exit_code == 2 and bad.stderr.count("\n") == 1
+
+
+def test_the_slices_section_has_a_hoverable_svg_with_one_titled_cell_per_point(smoke_results):
+    _, _, html = smoke_results
+    block = re.search(r'<div class="hover-slices">(.*?)</div>', html, re.S)
+    assert block, "no hoverable slice"
+    cells = re.findall(r"<rect [^>]*><title>\(([-\d.e]+), ([-\d.e]+)\): (loss [\d.e+-]+|not finite)", block.group(1))
+    assert cells and len(cells) % 9 == 0  # the smoke preset's 3 x 3 grid, per network
+    assert "<script" not in block.group(1)

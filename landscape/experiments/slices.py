@@ -105,7 +105,9 @@ def figures(t) -> list[Figure]:
         return []
     return [Figure("Loss around the trained weights: 2D filter-normalised random slice (contours; + the trained "
                    "point) and the line from the initialisation (t = 0) to the trained weights (t = 1)",
-                   F.slice_panels, (groups, "slices"))]
+                   F.slice_panels, (groups, "slices")),
+            Figure("The same 2D slices to hover: each cell names its point, loss and accuracy", F.slice_hover,
+                   (groups,))]
 
 
 EXPERIMENT = register(Experiment(

@@ -77,7 +77,10 @@ def draw(figures: list, where: str, problems: list[str]) -> list[dict]:
     for fig in figures:
         try:
             data = fig.draw(*fig.args)
-            out.append({"title": fig.title, "src": _png(data), "png": data, "error": None})
+            if isinstance(data, str):  # inline SVG, built by our code with every name escaped
+                out.append({"title": fig.title, "svg": data, "src": None, "error": None})
+            else:
+                out.append({"title": fig.title, "src": _png(data), "png": data, "error": None})
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             out.append({"title": fig.title, "src": None, "error": error})
@@ -257,8 +260,11 @@ def build_report(paths: list[str | Path], output: str | Path, experiments: dict 
         try:
             folder.mkdir(parents=True, exist_ok=True)
             for section in sections:
-                for i, fig in enumerate(f for f in section["figures"] if f.get("png")):
-                    atomic_write(folder / f"{section['anchor']}-{i + 1}.png", fig["png"])
+                for i, fig in enumerate(f for f in section["figures"] if f.get("png") or f.get("svg")):
+                    if fig.get("png"):
+                        atomic_write(folder / f"{section['anchor']}-{i + 1}.png", fig["png"])
+                    else:
+                        atomic_write(folder / f"{section['anchor']}-{i + 1}.html", fig["svg"])
         except OSError as exc:
             raise UserError(f"cannot write figures to {quote(folder)} ({exc.strerror or exc}); pass a writable "
                             "--figures folder (the report itself was written)") from None

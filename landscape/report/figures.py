@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import importlib
 import io
+import math
 import warnings
 import zlib
 from collections import defaultdict
@@ -634,3 +635,47 @@ def slice_panels(groups: dict[str, list[RunRecords]], title: str) -> bytes:
     fig.subplots_adjust(wspace=0.5)  # room for each colour bar's label beside the next panel
     fig.suptitle(text(title), y=1.03)
     return to_png(fig)
+
+
+def slice_hover(groups: dict[str, list[RunRecords]]) -> str:
+    """The 2D random slices as inline SVG heat maps whose cells name their point, loss and accuracy on hover
+    (an SVG ``<title>`` per cell): readable without any script, so the report stays one offline file.
+    Colour: log10 loss on one scale shared by the networks; + marks the trained point."""
+    import html
+
+    from matplotlib import colormaps
+
+    slices = [(net, run_slices(runs[0]).get("random-2d")) for net, runs in groups.items()]
+    slices = [(net, s) for net, s in slices if s and len(s.get("shape", [])) == 2]
+    if not slices:
+        return "<p>No 2D slice to show.</p>"
+    logs = [math.log10(max(v, 1e-6)) for _, s in slices for v in s["loss"] if v is not None and math.isfinite(v)]
+    lo, hi = (min(logs), max(logs)) if logs else (0.0, 1.0)
+    cmap, size, pad = colormaps["viridis"], 260, 28
+    parts = []
+    for net, s in slices:
+        n, axis = s["shape"][0], s["axis"]
+        cell = size / n
+        out = [f'<svg width="{size + pad}" height="{size + pad + 18}" '
+               f'role="img" aria-label="{html.escape(label_of(net))}: hover a cell for its loss">',
+               f'<text x="{pad}" y="13" font-size="12">{html.escape(label_of(net))}</text>']
+        for i in range(n):
+            for j in range(n):
+                v = s["loss"][i * n + j]
+                acc = s.get("acc", [None] * (n * n))[i * n + j]
+                if v is None or not math.isfinite(v):
+                    colour, what = "#cccccc", "not finite"
+                else:
+                    r, g, b, _ = cmap((math.log10(max(v, 1e-6)) - lo) / ((hi - lo) or 1.0))
+                    colour = f"#{int(255 * r):02x}{int(255 * g):02x}{int(255 * b):02x}"
+                    what = f"loss {v:.4g}" + (f", accuracy {acc:.3f}" if acc is not None else "")
+                x, y = pad + i * cell, 18 + (n - 1 - j) * cell  # direction 1 across, direction 2 up
+                out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{cell + 0.5:.1f}" height="{cell + 0.5:.1f}" '
+                           f'fill="{colour}"><title>({axis[i]:.3g}, {axis[j]:.3g}): {what}</title></rect>')
+        mid = pad + size / 2, 18 + size / 2
+        out.append(f'<text x="{mid[0]:.1f}" y="{mid[1] + 5:.1f}" font-size="16" fill="white" text-anchor="middle" '
+                   'pointer-events="none">+</text>')
+        out.append(f'<text x="{pad}" y="{size + 32}" font-size="10">{axis[0]:.3g} .. {axis[-1]:.3g} along each '
+                   f'direction; colour: log10 loss {lo:.2f} (dark) to {hi:.2f} (light)</text></svg>')
+        parts.append("".join(out))
+    return '<div class="hover-slices">' + "".join(parts) + "</div>"
