@@ -188,3 +188,19 @@ def test_the_new_probes_as_entries_in_a_users_loop(tmp_path):
     bs = next(r["values"] for r in recs if r["probe"] == "batch_sharpness")
     assert len(bs["per_batch"]) == 2 and bs["threshold"] == pytest.approx(2 * 1.9 / 0.05)
     assert entries.quantity("update_sweep", recs[0]["values"], "update_beta_eff") > 0
+
+
+def test_an_eigenvalue_hidden_by_a_tiny_overlap_with_the_start_is_still_found():
+    """One eigenvalue of 1,000 among 200,000 below 1: a random start overlaps its eigenvector by about
+    1/sqrt(n), so every first-block residual sits far below tol x line and a rule reading residuals alone
+    declares "none above the line" after one block (found on real fc-tanh runs: 0 counted at step 1 with
+    the sharpness above the line). The minimum Krylov space finds it."""
+    from landscape.probes.edge import eigenvalues_above
+
+    n = 200_000
+    d = torch.rand(n, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    d[12345] = 1000.0
+    blind = eigenvalues_above(lambda v: d * v, n, 750.0, block=4, min_products=0, max_products=60)
+    found = eigenvalues_above(lambda v: d * v, n, 750.0, block=4, max_products=60)
+    assert blind.count == 0 and blind.products == 4  # the old rule, kept reachable to show the failure
+    assert found.count == 1 and abs(found.values[0] - 1000.0) < 10.0 and found.products >= 20

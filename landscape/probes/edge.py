@@ -98,6 +98,7 @@ def _orthonormal_against(X: torch.Tensor, V: torch.Tensor | None) -> torch.Tenso
 
 def eigenvalues_above(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, line: float, *, block: int = 4,
                       max_products: int = 200, tol: float = 1e-2, start: torch.Tensor | None = None, seed: int = 0,
+                      min_products: int = 20,
                       like: torch.Tensor | None = None) -> EigenResult:
     """Every eigenvalue of the symmetric operator ``matvec`` (on length-``n`` vectors) above ``line``.
 
@@ -137,7 +138,11 @@ def eigenvalues_above(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, li
             done_above = done_above and bool(res[above] <= tol * max(abs(evals[above]), abs(line)))
         values, residuals = evals[:above].tolist(), res[:above].tolist()
         ritz = V @ evecs[:, :max(above, 1)]  # warm-starts the next call
-        if done_above and above < k:
+        # A Ritz value's small residual proves an eigenvalue near it, never the absence of one above the line: an
+        # eigenvector with a tiny overlap with the start (1/sqrt(n) for a random one) hides behind residuals far
+        # below tol x line. So nothing is declared before the space holds min_products products (a Krylov degree
+        # of min_products / block, which lifts such a direction by (lambda_top / lambda_rest)^degree).
+        if done_above and above < k and V.shape[1] >= min(min_products, n):
             converged = True
             break
         if above >= k:  # the block is full: double it, so one direction is always free to find the next
@@ -149,7 +154,7 @@ def eigenvalues_above(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, li
         nxt = _orthonormal_against(torch.cat([W[:, -X.shape[1]:], torch.randn(n, max(0, k - X.shape[1]),
                                                                                generator=gen, dtype=torch.float64).to(dev)],
                                              1), V)
-        nxt = nxt[:, :min(k, max_products - products, n - V.shape[1])]
+        nxt = nxt[:, :min(k, max(max_products - products, 0), n - V.shape[1])]
         if nxt.shape[1] == 0:
             converged = done_above
             break
@@ -164,7 +169,8 @@ def eigenvalues_above(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, li
 
 def hessian_eigenvalues_above(model: nn.Module, loss_fn: Callable, batch: Batch, line: float, *, block: int = 4,
                               max_products: int = 200, tol: float = 1e-2, start: torch.Tensor | None = None,
-                              seed: int = 0, preconditioner: Params | None = None, eval_mode: bool = False,
+                              seed: int = 0, min_products: int = 20, preconditioner: Params | None = None,
+                              eval_mode: bool = False,
                               params: Params | None = None, buffers: Params | None = None, rng: dict | None = None,
                               output_fn: Callable | None = None) -> EigenResult:
     """The Hessian's eigenvalues above ``line`` (of ``P^-1/2 H P^-1/2`` with a preconditioner), through one
@@ -179,6 +185,7 @@ def hessian_eigenvalues_above(model: nn.Module, loss_fn: Callable, batch: Batch,
             return H(v) if scale is None else scale * H(scale * v)
 
         r = eigenvalues_above(matvec, H.n, line, block=block, max_products=max_products, tol=tol, start=start,
+                              min_products=min_products,
                               seed=seed, like=H.like)
         r.cost = H.objective.cost.as_dict()
         return r

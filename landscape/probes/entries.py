@@ -574,6 +574,7 @@ class EdgeEigenvaluesOptions:
     fraction: float = 0.75  # the line: this fraction of the stability threshold (0.75 x 2/lr = 1.5/lr)
     block: int = 4  # starting block size (it doubles while the block is full of eigenvalues above the line)
     max_products: int = 200  # Hessian-vector products at most
+    min_products: int = 20  # at least (none "above the line" is declared on a smaller Krylov space)
     tol: float = 1e-2  # relative residual every eigenvalue above the line must reach
     batch: int = 0  # 0: each step's batch; N: a fixed training batch of N examples
     warm_start: bool = True  # start from the previous measurement's eigenvectors (checkpointed)
@@ -590,6 +591,7 @@ def _edge_eigenvalues(ctx: Context, o: EdgeEigenvaluesOptions) -> dict:
     previous = ctx.state.get("vectors") if o.warm_start else None
     r = hessian_eigenvalues_above(ctx.model, ctx.loss_fn, fixed_part(ctx, o.batch), o.fraction * facts["threshold"],
                                   block=o.block, max_products=o.max_products, tol=o.tol, start=previous,
+                                  min_products=o.min_products,
                                   seed=ctx.step, preconditioner=P, **ctx.common())
     ctx.state["vectors"] = r.vectors if o.warm_start else None
     return {**r.as_dict(), "fraction": o.fraction, "preconditioned": P is not None, **facts}
@@ -598,7 +600,7 @@ def _edge_eigenvalues(ctx: Context, o: EdgeEigenvaluesOptions) -> dict:
 def _edge_check(o: EdgeEigenvaluesOptions) -> str | None:
     if not 0 < o.fraction < 100:
         return f"fraction must be a positive share of the threshold; got {o.fraction}"
-    if o.block < 1 or o.max_products < o.block or not 0 < o.tol < 1 or o.batch < 0:
+    if o.block < 1 or o.max_products < o.block or not 0 < o.tol < 1 or o.batch < 0 or o.min_products < 0:
         return (f"need block >= 1, max_products >= block, tol in (0, 1) and batch >= 0; got {o.block}, "
                 f"{o.max_products}, {o.tol}, {o.batch}")
     return None
