@@ -102,6 +102,12 @@ def test_hessian_and_pca_slices(run_dir, tmp_path):
     assert res.exit_code == 0, res.output
     out = json.loads((run_dir / "slices" / "pca" / "slice.json").read_text())
     assert len(out["about"]["trajectory"]) == 3 and sum(out["about"]["explained"]) == pytest.approx(1.0, abs=1e-6)
+    # the report draws every slice of the run, the trajectory on the PCA plane among them
+    from landscape.experiments import REGISTRY
+    from landscape.report import build_report
+
+    html = build_report([run_dir], tmp_path / "r.html", REGISTRY).read_text()
+    assert "Loss-landscape slices of tiny (landscape slice)" in html and "Figure not drawn" not in html
 
 
 @pytest.mark.parametrize("args, message", [

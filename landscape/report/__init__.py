@@ -103,6 +103,9 @@ def generic_figures(runs: list[RunRecords]) -> list[Figure]:
     layer = F.middle_layer(runs)
     if layer:
         figs.append(Figure(f"Activation distributions of {layer}", F.activation_ridges, (groups, layer, layer)))
+    for r in runs:
+        if F.run_slices(r):
+            figs.append(Figure(f"Loss-landscape slices of {r.name} (landscape slice)", F.run_slice_panels, (r,)))
     return figs
 
 

@@ -679,3 +679,38 @@ def slice_hover(groups: dict[str, list[RunRecords]]) -> str:
                    f'direction; colour: log10 loss {lo:.2f} (dark) to {hi:.2f} (light)</text></svg>')
         parts.append("".join(out))
     return '<div class="hover-slices">' + "".join(parts) + "</div>"
+
+
+@drawing
+def run_slice_panels(run: RunRecords) -> bytes:
+    """Every finished slice of one run (``landscape slice``): a 1D slice as a curve, a 2D one as filled
+    log-loss contours with the run's point (+); on a PCA plane, the trajectory's checkpoints projected on it
+    (Li et al. Section 7), with each axis's share of the variance."""
+    slices = list(run_slices(run).items())
+    fig, axes = subplots(1, len(slices), figsize=(4.6 * len(slices), 3.8), squeeze=False)
+    for ax, (name, s) in zip(axes[0], slices):
+        axis = np.array(s.get("axis", []), dtype=float)
+        loss = np.array([np.nan if v is None else v for v in s.get("loss", [])], dtype=float)
+        about = s.get("about") or {}
+        ax.set_title(text(name), fontsize=9)
+        if len(s.get("shape", [])) == 2 and axis.size > 1:
+            n = s["shape"][0]
+            z = np.log10(np.clip(loss.reshape(n, n).T, 1e-6, None))
+            cs = ax.contourf(axis, axis, z, levels=20, cmap="viridis")
+            fig.colorbar(cs, ax=ax, label="log10 loss")
+            ax.plot([0], [0], marker="+", color="w", ms=14, mew=2)
+            traj = about.get("trajectory")
+            if traj:
+                pts = np.array(traj, dtype=float)
+                ax.plot(pts[:, 0], pts[:, 1], color="w", marker="o", ms=3, lw=1)
+            explained = about.get("explained")
+            ax.set_xlabel("direction 1" + (f" ({explained[0]:.0%} of the variance)" if explained else ""))
+            ax.set_ylabel("direction 2" + (f" ({explained[1]:.0%})" if explained and len(explained) > 1 else ""))
+        else:
+            ax.plot(axis, loss, marker=".")
+            ax.set_yscale("log")
+            ax.set_xlabel("coordinate along the direction")
+            ax.set_ylabel("loss")
+    fig.suptitle(text(f"slices of {run.name}"), y=1.03)
+    fig.tight_layout()
+    return to_png(fig)
