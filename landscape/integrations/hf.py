@@ -109,15 +109,19 @@ class LandscapeHFCallback(transformers.TrainerCallback):
         return outputs
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
-        if not state.is_world_process_zero:
-            return
+        # Every rank attaches (under DDP the probes average over the ranks); only the world's rank 0 writes.
         if model is None or optimizer is None:
             raise UserError("LandscapeHFCallback needs the Trainer's model and optimizer (transformers >= 4.45)")
         optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
-        outputs = self.extra_outputs + (self._report_outputs(args) if self.follow_report_to else [])
+        outputs = self.extra_outputs + (self._report_outputs(args) if self.follow_report_to else []) \
+            if state.is_world_process_zero else []
+        options = dict(self.monitor_options)
+        cast = torch.bfloat16 if getattr(args, "bf16", False) else torch.float16 if getattr(args, "fp16", False) else None
+        if cast is not None and "autocast" not in options:  # probe under the autocast the Trainer trains under
+            options["autocast"] = {"device_type": next(model.parameters()).device.type, "dtype": cast}
         self.monitor = Monitor(self.out, model, optimizer, self.loss_fn, self.schedule, probes=self.probes,
                                output_fn=self.output_fn, force=self.force, step_hook=False, outputs=outputs,
-                               resume_step=state.global_step if self.resume else None, **self.monitor_options)
+                               resume_step=state.global_step if self.resume else None, **options)
         self._hook = model.register_forward_pre_hook(self._capture, with_kwargs=True)
         self._step = state.global_step
 
