@@ -107,3 +107,20 @@ def test_characters_the_font_lacks_are_said_once_not_warned_per_glyph(recwarn):
     cjk_font = any("CJK" in f.name for f in font_manager.fontManager.ttflist)
     assert F.MISSING_GLYPHS or cjk_font  # collected, unless this machine has a font that draws them
     F.MISSING_GLYPHS.clear()
+
+
+def test_an_edge_panel_no_run_has_values_for_is_left_out_not_drawn_empty(monkeypatch):
+    # eos-sgd's quick preset records no edge_eigenvalues: its figure has three columns, not an empty fourth
+    from landscape.results import series
+    rec = [{"kind": "probe", "probe": "sharpness", "step": s, "values": {"value": 90.0 + s, "threshold": 100.0}}
+           for s in (1, 100)] + [{"kind": "train", "step": 100, "loss": 0.3, "acc": 0.5}]
+    panels = (("sharpness / (2/lr)", series("sharpness", "over_threshold"), True),
+              ("eigenvalues above 0.75 x 2/lr", series("edge_eigenvalues", "edge_count"), False),
+              ("train loss", F.train_metric("loss"), True))
+    seen = []
+    real = F.row_panels
+    monkeypatch.setattr(F, "row_panels", lambda rows, ps, title, ones=(): seen.append((ps, ones)) or
+                        real(rows, ps, title, ones))
+    assert F.edge_panels([("lr 0.02", {"standard": [run("a", rec)]})], panels, "t")[:4] == b"\x89PNG"
+    names = [p[0] for p in seen[0][0]]
+    assert names == ["sharpness / (2/lr)", "train loss"] and seen[0][1] == (0,)

@@ -488,7 +488,9 @@ def train_metric(key: str):
 @drawing
 def edge_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], panels, title: str) -> bytes:
     """One row per setting (learning rate, batch size), one column per ``(name, series, logy)`` panel; a
-    panel of a value over its threshold ("... / (2/lr)") gets the edge, 1, as a dashed line."""
+    panel of a value over its threshold ("... / (2/lr)") gets the edge, 1, as a dashed line. A panel that no
+    run has a value for (a probe the preset did not enable) is left out, not drawn empty."""
+    panels = [p for p in panels if any(p[1](r) for _, groups in rows for runs in groups.values() for r in runs)] or panels
     return to_png(row_panels(rows, panels, title, ones=tuple(i for i, (name, _, _) in enumerate(panels)
                                                              if " / (" in name)))
 
