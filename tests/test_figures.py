@@ -124,3 +124,15 @@ def test_an_edge_panel_no_run_has_values_for_is_left_out_not_drawn_empty(monkeyp
     assert F.edge_panels([("lr 0.02", {"standard": [run("a", rec)]})], panels, "t")[:4] == b"\x89PNG"
     names = [p[0] for p in seen[0][0]]
     assert names == ["sharpness / (2/lr)", "train loss"] and seen[0][1] == (0,)
+
+
+def test_a_negative_hessian_trace_is_drawn_not_dropped_by_a_log_axis(monkeypatch):
+    # BN networks at initialisation have a large negative trace (depth quick preset: -1.4e5 at VGG-19)
+    rec = [{"kind": "probe", "probe": "hessian_trace", "step": 1, "values": {"value": -1.4e5, "stderr": 3e3}},
+           {"kind": "probe", "probe": "hessian_trace", "step": 300, "values": {"value": 885.0, "stderr": 85.0}}]
+    figs = []
+    real = F.subplots
+    monkeypatch.setattr(F, "subplots", lambda *a, **k: figs.append(real(*a, **k)) or figs[-1])
+    assert F.depth_panels([("vgg19", {"bn": [run("b", rec)]})], "t")[:4] == b"\x89PNG"
+    ax = figs[0][1][0][1]
+    assert ax.get_yscale() == "symlog" and list(ax.get_lines()[0].get_ydata()) == [-1.4e5, 885.0]

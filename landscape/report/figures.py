@@ -499,13 +499,17 @@ def edge_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], panels, tit
 def depth_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], title: str) -> bytes:
     """One row per (architecture, depth): top eigenvalue, trace and beta_eff over the probe steps (step 1 is
     the initialisation), and the gradient norm per layer at step 1, per network (first seed)."""
+    # the trace can be negative (BN networks at initialisation: -5e3 to -2e5 in the quick preset), which a log
+    # axis would drop without a word: it gets a symmetric log axis, linear within +-1
     panels = (("top Hessian eigenvalue", series("sharpness", "sharpness"), True),
-              ("Hessian trace", series("hessian_trace", "hessian_trace"), True),
+              ("Hessian trace (symmetric log)", series("hessian_trace", "hessian_trace"), "symlog"),
               ("beta_eff", series("gradient_sweep", "beta_eff"), True))
     fig, axes = subplots(len(rows), len(panels) + 1, figsize=(4 * (len(panels) + 1), 2.8 * len(rows)), squeeze=False)
     for row, (label, groups) in zip(axes, rows):
         for ax, (name, fn, logy) in zip(row, panels):
-            plot_lines(ax, groups, fn, logy=logy)
+            plot_lines(ax, groups, fn, logy=logy is True)
+            if logy == "symlog":
+                ax.set_yscale("symlog", linthresh=1.0)
             ax.set_ylabel(f"{name}\n{text(label)}", fontsize=8)
             ax.set_xlabel("step")
         ax = row[-1]
