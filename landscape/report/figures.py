@@ -137,12 +137,17 @@ def seed_band(series_per_seed: list[list[tuple[int, float]]]):
 
 
 def plot_lines(ax, groups: dict[str, list[RunRecords]], series_fn, logy: bool = False) -> None:
-    """One line per net (mean over its seeds, with a 95% band when there are several)."""
+    """One line per net (mean over its seeds, with a 95% band when there are several). With ``logy``, a
+    series that reaches zero or below (a Hessian trace at initialisation under BN is large and negative)
+    gets a symmetric log axis, linear below the decade of its smallest magnitude, rather than a log axis that
+    would drop those points without a word."""
+    drawn = []
     for net, runs in groups.items():
         steps, mean, low, high = seed_band([series_fn(r) for r in runs])
         if not steps:
             continue
         s, m = downsample(steps, mean)
+        drawn += m
         ax.plot(s, m, color=color_of(net), marker="o" if len(s) == 1 else None,  # one point is drawn too
                 label=text(label_of(net)) + (f" ({len(runs)} seeds)" if len(runs) > 1 else ""))
         if len(runs) > 1:
@@ -153,7 +158,12 @@ def plot_lines(ax, groups: dict[str, list[RunRecords]], series_fn, logy: bool = 
             if r.state == "diverged" and r.status.get("diverged_step"):
                 ax.axvline(r.status["diverged_step"], color=color_of(net), ls=":", lw=1)
     if logy:
-        ax.set_yscale("log")
+        finite_ys = [y for y in drawn if math.isfinite(y)]
+        if any(y <= 0 for y in finite_ys):
+            smallest = min((abs(y) for y in finite_ys if y != 0), default=1.0)
+            ax.set_yscale("symlog", linthresh=10.0 ** math.floor(math.log10(smallest)))  # a decade: clean ticks
+        else:
+            ax.set_yscale("log")
 
 
 def _metric(kind: str, key: str):
@@ -490,7 +500,8 @@ def edge_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], panels, tit
     """One row per setting (learning rate, batch size), one column per ``(name, series, logy)`` panel; a
     panel of a value over its threshold ("... / (2/lr)") gets the edge, 1, as a dashed line. A panel that no
     run has a value for (a probe the preset did not enable) is left out, not drawn empty."""
-    panels = [p for p in panels if any(p[1](r) for _, groups in rows for runs in groups.values() for r in runs)] or panels
+    every_run = [r for _, groups in rows for runs in groups.values() for r in runs]
+    panels = [p for p in panels if any(p[1](r) for r in every_run)] or panels
     return to_png(row_panels(rows, panels, title, ones=tuple(i for i, (name, _, _) in enumerate(panels)
                                                              if " / (" in name)))
 
@@ -499,17 +510,13 @@ def edge_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], panels, tit
 def depth_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], title: str) -> bytes:
     """One row per (architecture, depth): top eigenvalue, trace and beta_eff over the probe steps (step 1 is
     the initialisation), and the gradient norm per layer at step 1, per network (first seed)."""
-    # the trace can be negative (BN networks at initialisation: -5e3 to -2e5 in the quick preset), which a log
-    # axis would drop without a word: it gets a symmetric log axis, linear within +-1
     panels = (("top Hessian eigenvalue", series("sharpness", "sharpness"), True),
-              ("Hessian trace (symmetric log)", series("hessian_trace", "hessian_trace"), "symlog"),
+              ("Hessian trace", series("hessian_trace", "hessian_trace"), True),
               ("beta_eff", series("gradient_sweep", "beta_eff"), True))
     fig, axes = subplots(len(rows), len(panels) + 1, figsize=(4 * (len(panels) + 1), 2.8 * len(rows)), squeeze=False)
     for row, (label, groups) in zip(axes, rows):
         for ax, (name, fn, logy) in zip(row, panels):
-            plot_lines(ax, groups, fn, logy=logy is True)
-            if logy == "symlog":
-                ax.set_yscale("symlog", linthresh=1.0)
+            plot_lines(ax, groups, fn, logy=logy)
             ax.set_ylabel(f"{name}\n{text(label)}", fontsize=8)
             ax.set_xlabel("step")
         ax = row[-1]
