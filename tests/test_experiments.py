@@ -282,3 +282,27 @@ def test_a_diverged_run_counts_as_zero_accuracy_not_as_missing():
 
     diverged = RunRecords(Path("x"), "x", {}, {}, {"status": "diverged", "diverged_step": 4}, [])
     assert final_train_acc(diverged) == 0.0 and final_test_acc(diverged) == 0.0
+
+
+def test_depth_calibration_rule_picks_the_first_rate_at_which_both_networks_leave_the_plateau():
+    from pathlib import Path
+
+    from landscape.experiments.depth import calibrate
+    from landscape.results import RunRecords
+
+    def run(arch, depth, norm, lr, left, state="done"):
+        key = "vgg_depth" if arch == "vgg" else "resnet_depth"
+        return RunRecords(Path("r"), "r", {"model": {"arch": arch, key: depth, "norm": {"none": "none", "bn": "batch"}[norm]}, "optim": {"lr": lr}},
+                          {}, {"status": state, "left_plateau_step": left}, [])
+
+    runs = [run("vgg", 11, "none", 0.1, 100), run("vgg", 11, "bn", 0.1, 50),          # passes at once
+            run("vgg", 19, "none", 0.1, None), run("vgg", 19, "bn", 0.1, 50),         # standard stuck at 0.1
+            run("vgg", 19, "none", 0.05, 250), run("vgg", 19, "bn", 0.05, 50),        # ... both leave at 0.05
+            run("vgg", 16, "none", 0.1, None), run("vgg", 16, "bn", 0.1, 50),         # 0.05 not run yet: undecided
+            run("resnet", 20, "none", 0.1, 50, "diverged"), run("resnet", 20, "bn", 0.1, 50),
+            run("resnet", 20, "none", 0.05, None), run("resnet", 20, "bn", 0.05, 50),
+            run("resnet", 20, "none", 0.02, None), run("resnet", 20, "bn", 0.02, None)]  # never: keeps 0.1
+    got = calibrate(runs)
+    assert got["vgg11"][0] == 0.1 and got["vgg19"][0] == 0.05 and got["vgg16"][0] is None
+    assert got["resnet20"][0] == 0.1 and "no candidate passed" in got["resnet20"][1]
+    assert "standard stuck" in got["vgg19"][1]

@@ -24,18 +24,60 @@ two critiques' own statements and from the paper's:
   VGG and at the deepest ResNet (each other depth: a diagnostic).
 
 Each claim compares the two networks of one seed (paired), one-sided as every claim here.
+
+Calibration (rule declared here before any calibration run; seed 0's claims had been read at the
+uncalibrated preset, lr 0.1 everywhere): for each network depth, the preset's learning rate is the
+first of ``CANDIDATE_LRS`` (0.1, 0.05, 0.02) at which both of its networks, standard and BN, leave
+the ln 10 plateau (a train record below ln 10 - 0.1: the trainer's ``left_plateau_step``) within the
+preset's steps on ``CALIBRATION_SEED`` (100), never an evaluation seed. Only training is read, no
+probe. A depth at which no candidate passes keeps the first (0.1), and docs/depth.md says so. The
+calibrated preset is then evaluated on seeds never used before (``--first-seed 1``).
 """
 
 from __future__ import annotations
 
 from landscape.claims import Claim, ratio
 from landscape.experiments import Experiment, Figure, register
+from landscape.names import NETS
 from landscape.planning import RunSpec, paired_run
 from landscape.report import figures as F
 from landscape.results import RunRecords, probe_series
 
 DEFAULTS = {"vgg_depths": [11, 13, 16, 19], "resnet_depths": [20, 56], "lrs": {}, "lr": 0.1, "run": {}, "vgg": {},
             "resnet": {}}
+
+
+CANDIDATE_LRS = (0.1, 0.05, 0.02)  # tried in this order; the first at which both networks leave the plateau
+CALIBRATION_SEED = 100
+
+
+def calibrate(runs, candidates=CANDIDATE_LRS) -> dict[str, tuple[float | None, str]]:
+    """The calibration rule above, read from calibration runs (``RunRecords`` of depth runs on any seeds
+    the caller chose). Per variant (``vgg19``, ...): ``(lr, why)``; lr is None while a candidate that
+    decides it has not been run yet."""
+    left: dict[tuple[str, float], dict[str, bool]] = {}
+    for run in runs:
+        cfg = run.config or {}
+        model, arch = cfg.get("model", {}), cfg.get("model", {}).get("arch")
+        depth = model.get("vgg_depth") if arch == "vgg" else model.get("resnet_depth")
+        net = {v: k for k, v in NETS.items()}.get(model.get("norm"))
+        key = (variant(arch, depth), float(cfg.get("optim", {}).get("lr")))
+        left.setdefault(key, {})[net] = (run.state == "done" and run.status.get("left_plateau_step") is not None)
+    out = {}
+    for v in sorted({v for v, _ in left}):
+        failed = []
+        for lr in candidates:
+            nets = left.get((v, lr), {})
+            if set(nets) != {"standard", "bn"}:
+                out[v] = (None, f"lr {lr:g} not run for both networks" + (f" ({'; '.join(failed)})" if failed else ""))
+                break
+            if all(nets.values()):
+                out[v] = (lr, "both left the plateau at lr " + f"{lr:g}" + (f" ({'; '.join(failed)})" if failed else ""))
+                break
+            failed.append(f"lr {lr:g}: " + ", ".join(n for n, ok in sorted(nets.items()) if not ok) + " stuck")
+        else:
+            out[v] = (candidates[0], "no candidate passed (" + "; ".join(failed) + "): keeps the first")
+    return out
 
 
 def settings(preset: dict) -> dict:
@@ -160,3 +202,14 @@ EXPERIMENT = register(Experiment(
     help="Beyond the paper: VGG-11/13/16/19 and CIFAR ResNets with and without BN: curvature, beta_eff and "
     "per-layer gradients at initialisation and after a short run, against PyHessian's and Yang et al.'s claims.",
     plan=plan, claims=claims, figures=figures, paper=False, preset_key="depth"))
+
+
+if __name__ == "__main__":  # python -m landscape.experiments.depth RUNS...: the calibration rule's table
+    import sys
+
+    from landscape.results import find_runs
+
+    found = find_runs(sys.argv[1:] or ["."])
+    print("| network | lr | why |\n|---|---|---|")
+    for name, (lr, why) in calibrate([r for r in found if r.name.startswith("depth-")]).items():
+        print(f"| {name} | {'undecided' if lr is None else f'{lr:g}'} | {why} |")
