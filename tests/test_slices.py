@@ -236,3 +236,67 @@ def test_the_loss_slice_probe_in_a_users_loop(tmp_path):
     assert v["alphas"] == pytest.approx([-0.5, -0.25, 0.0, 0.25, 0.5])
     assert v["losses"][2] == pytest.approx(v["loss"], rel=1e-12) and v["bn"] == "train"
     assert math.isfinite(v["curvature"])
+
+
+class Twice(nn.Module):
+    """The first layer used twice, the second time on another tensor: the cache must answer only
+    for the model's own input."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.first, self.head = nn.Linear(5, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.first(torch.tanh(self.first(x)))))
+
+
+class Scaled(nn.Module):
+    """A parameter acts on the input before the first Linear: no input layer to cache."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.scale, self.first = nn.Parameter(torch.ones(5)), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.first(x * self.scale)
+
+
+@pytest.mark.parametrize("make,bn", [(mlp_bn, "checkpoint"), (mlp_bn, "train"), (mlp_bn, "recompute"),
+                                     (small_cnn, "recompute"), (Twice, "checkpoint"), (Scaled, "checkpoint")])
+def test_the_cached_input_layer_gives_the_plain_forwards_values(make, bn):
+    model = make().to(F64)
+    x, y = batch_for(model if isinstance(model, nn.Sequential) else nn.Sequential(nn.Linear(1, 1)), n=24)
+    batches = [(x[:12], y[:12]), (x[12:], y[12:])]
+    w = {n: p.detach() for n, p in model.named_parameters()}
+    dirs = [S.random_direction(w, 0, ignore="none"), S.random_direction(w, 1, ignore="none")]  # biases move too
+    coords = S.grid_coords(2, 4, -1.0, 1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = full_state(model, opt)
+    cached = S.evaluate_slice(model, CE, dirs, coords, batches, bn=bn)
+    plain = S.evaluate_slice(model, CE, dirs, coords, batches, bn=bn, input_layer=False)
+    for i in range(len(coords)):
+        assert cached[i].loss == pytest.approx(plain[i].loss, rel=1e-12, abs=1e-14)
+        assert cached[i].acc == plain[i].acc
+    assert_same(before, full_state(model, opt))
+    assert all("forward" not in vars(m) for m in model.modules())  # the class's forward is back
+    with S.slicing(model, bn):
+        layer = S.InputLayer.build(model, w, dict(model.named_buffers()), dirs, batches, lambda t: t, 16)
+        assert (layer is not None) == (make is not Scaled)
+        if layer is not None:
+            assert layer.module is (model[0] if isinstance(model, nn.Sequential) else model.first)
+            assert S.InputLayer.build(model, w, dict(model.named_buffers()), dirs, batches, lambda t: t, 16,
+                                      budget=100) is None  # over its memory budget: not cached
+            assert S.InputLayer.build(model, w, dict(model.named_buffers()), dirs, batches, lambda t: t, 3) is None
+
+
+def test_statistics_batches_that_are_not_the_evaluation_batches_run_the_layer():
+    model, batch, batches = bn_modes_setup()
+    w = {n: p.detach() for n, p in model.named_parameters()}
+    dirs = [S.random_direction(w, 0, ignore="none")]
+    other = [batch[0][:8] * 0.5, batch[0][8:] + 1.0]
+    coords = S.grid_coords(1, 6, -1.0, 1.0)
+    cached = S.evaluate_slice(model, CE, dirs, coords, batches, bn="recompute", bn_batches=other)
+    plain = S.evaluate_slice(model, CE, dirs, coords, batches, bn="recompute", bn_batches=other, input_layer=False)
+    assert [v.loss for v in cached.values()] == pytest.approx([v.loss for v in plain.values()], rel=1e-12)
