@@ -2,12 +2,14 @@
 the same data) and against the loss-landscapes package (``pip install -e .[bench]``), on the
 same model, data, directions and grid; and where the values agree.
 
-    python benchmarks/bench_slices.py --data-dir DATA [--run RUN_DIR]
+    python benchmarks/bench_slices.py --data-dir DATA [--model vgg|mlp] [--run RUN_DIR]
 
-The model is VGG-11 at width 0.25 with BatchNorm (the quick preset's), its weights a run's
-checkpoint when ``--run`` is given (else its initialisation), in eval mode with the stored
-running statistics (``--bn checkpoint``: the mode loss-landscapes evaluates in, so that the
-definitions agree). The directions are the lines from the point to two other points (the
+The model is VGG-11 at width 0.25 with BatchNorm (the quick preset's), or with ``--model mlp``
+Cohen et al.'s fc-tanh (the eos experiments' MLP, whose first layer is 93% of its multiply-adds),
+its weights a run's checkpoint when ``--run`` is given (else its initialisation), in eval mode
+with the stored running statistics (``--bn checkpoint``: the mode loss-landscapes evaluates in,
+so that the definitions agree). Ours is timed with the cached input layer (the default) and
+without it (``input_layer=False``: one full forward per batch and point). The directions are the lines from the point to two other points (the
 peer's ``planar_interpolation``), so both evaluate exactly the same parameter vectors.
 Times are medians of ``--repeats``; nothing here asserts a time.
 """
@@ -31,6 +33,7 @@ CE = torch.nn.functional.cross_entropy
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir")
+    ap.add_argument("--model", choices=("vgg", "mlp"), default="vgg")
     ap.add_argument("--run", help="a run directory whose checkpoint gives the weights")
     ap.add_argument("--examples", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=256)
@@ -38,7 +41,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     torch.manual_seed(0)
-    model = build_model(ModelConfig(width=0.25, norm="batch"), seed=0)
+    cfg = (ModelConfig(width=0.25, norm="batch") if args.model == "vgg" else
+           ModelConfig(arch="mlp", mlp_widths=[200, 200], activation="tanh", init="torch_default"))
+    model = build_model(cfg, seed=0)
     if args.run:
         model.load_state_dict(torch.load(f"{args.run}/checkpoint.pt", weights_only=True)["model"])
     model.eval()
@@ -80,23 +85,31 @@ def main() -> None:
         return S.evaluate_slice(model, CE, [d1, d2], visited, batches, bn="checkpoint", origin=w,
                                 buffers=dict(model.named_buffers()))
 
+    def ours_plain():
+        return S.evaluate_slice(model, CE, [d1, d2], visited, batches, bn="checkpoint", origin=w,
+                                buffers=dict(model.named_buffers()), input_layer=False)
+
     def limit():
         with torch.no_grad():
             for _ in range(points):
                 sum(CE(model(xb), yb).item() for xb, yb in batches)
 
-    t_limit, t_ours, t_peer = (timeit(f, args.repeats) for f in (limit, ours, peer))
-    mine = ours()
+    t_limit, t_ours, t_plain, t_peer = (timeit(f, args.repeats) for f in (limit, ours, ours_plain, peer))
+    mine, plain = ours(), ours_plain()
     theirs = peer()  # rows i, columns in its own order (ascending j after its inserts)
     worst = max(abs(mine[i * steps + j].loss - float(theirs[i][j])) / max(abs(float(theirs[i][j])), 1e-12)
                 for i in range(steps) for j in range(steps))
-    print(f"model VGG-11 x0.25 BN (eval), {args.examples} examples in batches of {args.batch_size}, "
+    name = "VGG-11 x0.25 BN (eval)" if args.model == "vgg" else "fc-tanh (3072-200-200-10)"
+    print(f"model {name}, {args.examples} examples in batches of {args.batch_size}, "
           f"{steps}x{steps} grid, torch threads {torch.get_num_threads()}")
     print(f"limit (plain forwards): {1e3 * t_limit / points:.1f} ms/point")
     print(f"landscape slice:        {1e3 * t_ours / points:.1f} ms/point  ({t_ours / t_limit:.2f}x the limit)")
+    print(f"  without the cached input layer: {1e3 * t_plain / points:.1f} ms/point  ({t_plain / t_limit:.2f}x the limit)")
     print(f"loss-landscapes 3.0.6:  {1e3 * t_peer / points:.1f} ms/point  ({t_peer / t_limit:.2f}x the limit; "
           f"ours is {t_peer / t_ours:.2f}x faster)")
-    print(f"values: largest relative difference at the same points {worst:.2e}")
+    own = max(abs(mine[i].loss - plain[i].loss) / max(abs(plain[i].loss), 1e-12) for i in range(points))
+    print(f"values: largest relative difference at the same points {worst:.2e} (against the peer), "
+          f"{own:.2e} (cached input layer against plain forwards)")
 
 
 if __name__ == "__main__":

@@ -263,11 +263,30 @@ class Scaled(nn.Module):
         return self.first(x * self.scale)
 
 
+def flat_mlp():
+    """Images flattened by nn.Flatten (a view of the input) into the first Linear, as our MLP does."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(2 * 6 * 6, 7), nn.Tanh(), nn.Linear(7, 3))
+
+
+def half_mlp():
+    """The first Linear reads half of the input (a view, but not of exactly its memory): not cached."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), Half(), nn.Linear(2 * 6 * 3, 3))
+
+
+class Half(nn.Module):
+    def forward(self, x):
+        return x[:, : x.shape[1] // 2]
+
+
 @pytest.mark.parametrize("make,bn", [(mlp_bn, "checkpoint"), (mlp_bn, "train"), (mlp_bn, "recompute"),
-                                     (small_cnn, "recompute"), (Twice, "checkpoint"), (Scaled, "checkpoint")])
+                                     (small_cnn, "recompute"), (Twice, "checkpoint"), (Scaled, "checkpoint"),
+                                     (flat_mlp, "checkpoint"), (half_mlp, "checkpoint")])
 def test_the_cached_input_layer_gives_the_plain_forwards_values(make, bn):
     model = make().to(F64)
-    x, y = batch_for(model if isinstance(model, nn.Sequential) else nn.Sequential(nn.Linear(1, 1)), n=24)
+    images = make in (small_cnn, flat_mlp, half_mlp)
+    x, y = batch_for(nn.Sequential(nn.Conv2d(1, 1, 1) if images else nn.Linear(1, 1)), n=24)
     batches = [(x[:12], y[:12]), (x[12:], y[12:])]
     w = {n: p.detach() for n, p in model.named_parameters()}
     dirs = [S.random_direction(w, 0, ignore="none"), S.random_direction(w, 1, ignore="none")]  # biases move too
@@ -283,9 +302,10 @@ def test_the_cached_input_layer_gives_the_plain_forwards_values(make, bn):
     assert all("forward" not in vars(m) for m in model.modules())  # the class's forward is back
     with S.slicing(model, bn):
         layer = S.InputLayer.build(model, w, dict(model.named_buffers()), dirs, batches, lambda t: t, 16)
-        assert (layer is not None) == (make is not Scaled)
+        assert (layer is not None) == (make not in (Scaled, half_mlp))
         if layer is not None:
-            assert layer.module is (model[0] if isinstance(model, nn.Sequential) else model.first)
+            first = model.first if make is Twice else model[1] if make is flat_mlp else model[0]
+            assert layer.module is first
             assert S.InputLayer.build(model, w, dict(model.named_buffers()), dirs, batches, lambda t: t, 16,
                                       budget=100) is None  # over its memory budget: not cached
             assert S.InputLayer.build(model, w, dict(model.named_buffers()), dirs, batches, lambda t: t, 3) is None

@@ -229,9 +229,10 @@ class InputLayer:
     ``f(x; w0)`` and each ``f(x; d_i)`` once per batch; each point then costs an axpy instead
     of the layer. This pays most where the first layer carries most of the work (an MLP on
     images: fc-tanh's first layer is 93% of its multiply-adds) and little on a VGG (a 3-channel
-    conv). The layer's forward is replaced only while a point is evaluated, and only for the
-    exact input tensor it was built for (identity, not equality): any other call, e.g. a second
-    use of the layer or statistics batches that are not the evaluation batches, runs the layer.
+    conv). The layer's forward is replaced only while a point is evaluated, and only for the input
+    tensor it was built for, or a contiguous view of exactly its memory (``nn.Flatten``): identity,
+    not equality. Any other call, e.g. a second use of the layer or statistics batches that are not
+    the evaluation batches, runs the layer.
     Results equal the plain forward up to rounding (float64 tests: 1e-12)."""
 
     def __init__(self, module: nn.Module, names: dict[str, str], outputs: list[list[torch.Tensor]]):
@@ -249,13 +250,16 @@ class InputLayer:
         layer = _first_layer(model, origin, buffers, prepare(batches[0][0]))
         if layer is None:
             return None
-        name, module = layer
+        name, module, _ = layer
         names = {local: f"{name}.{local}" if name else local for local, _ in module.named_parameters(recurse=False)}
         if any(full not in origin or any(full not in d for d in directions) for full in names.values()):
             return None
         outputs, used = [], 0
         for x, _ in batches:
-            xin = split_inputs(prepare(x))[0][0]
+            again = _first_layer(model, origin, buffers, prepare(x))  # the tensor the layer reads (a view)
+            if again is None or again[1] is not module:
+                return None
+            xin = again[2]
             with forward_context():
                 per = [functional_call(module, {k: src[f] for k, f in names.items()}, (xin,))
                        for src in (origin, *directions)]
@@ -269,10 +273,10 @@ class InputLayer:
     def at(self, coords: Sequence[float]):
         """Within: the layer answers from the cache at ``coords`` for the inputs it was built on."""
         original = self.module.forward
-        self.inputs: dict[int, int] = {}
+        self.inputs: list[tuple[torch.Tensor, int]] = []
 
         def forward(x, *rest, **kw):
-            b = self.inputs.get(id(x))
+            b = next((i for raw, i in self.inputs if reads_input(x, raw)), None)
             if b is None or rest or kw:
                 return original(x, *rest, **kw)
             base, *dirs = self.outputs[b]
@@ -289,19 +293,29 @@ class InputLayer:
 
     def batch(self, index: int, inputs: tuple) -> None:
         """Mark ``inputs[0]`` as batch ``index``'s input for the point being evaluated."""
-        self.inputs = {id(inputs[0]): index} if inputs and index is not None else {}
+        self.inputs = [(inputs[0], index)] if inputs and index is not None else []
 
 
-def _first_layer(model: nn.Module, params: Params, buffers: Params, inputs) -> tuple[str, nn.Module] | None:
-    """The first parameterised module a forward reaches, if it is an input layer: of
-    ``INPUT_LAYER_TYPES``, called on the model's own input tensor. The forward stops there, so
-    finding it costs only what runs before it."""
+def reads_input(t, raw) -> bool:
+    """Whether ``t`` is the tensor ``raw`` or a contiguous view of exactly its memory (``nn.Flatten``
+    of the input): then a layer applied to ``t`` reads the model's own input and nothing else."""
+    if t is raw:
+        return True
+    return (isinstance(t, torch.Tensor) and isinstance(raw, torch.Tensor) and t.is_contiguous() and raw.is_contiguous()
+            and t.numel() == raw.numel() and t.dtype == raw.dtype and t.device == raw.device
+            and t.data_ptr() == raw.data_ptr())
+
+
+def _first_layer(model: nn.Module, params: Params, buffers: Params, inputs) -> tuple[str, nn.Module, torch.Tensor] | None:
+    """The first parameterised module a forward reaches, with the tensor it is called on, if it is an
+    input layer: of ``INPUT_LAYER_TYPES``, called on the model's own input tensor or a view of exactly
+    its memory (:func:`reads_input`). The forward stops there, so this costs only what runs before it."""
     args, kwargs = split_inputs(inputs)
     found: list = []
     mods = {m: n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))}
 
     def hook(module, inp):
-        found.append((mods[module], module, bool(args) and len(inp) == 1 and inp[0] is args[0]))
+        found.append((mods[module], module, inp))
         raise _Found
 
     handles = [m.register_forward_pre_hook(hook) for m in mods]
@@ -315,8 +329,10 @@ def _first_layer(model: nn.Module, params: Params, buffers: Params, inputs) -> t
             h.remove()
     if not found:
         return None
-    name, module, raw = found[0]
-    return (name, module) if raw and type(module) in INPUT_LAYER_TYPES else None
+    name, module, inp = found[0]
+    if type(module) in INPUT_LAYER_TYPES and args and len(inp) == 1 and reads_input(inp[0], args[0]):
+        return name, module, inp[0]
+    return None
 
 
 @dataclass
