@@ -299,10 +299,11 @@ def test_depth_calibration_rule_picks_the_first_rate_at_which_both_networks_leav
             run("vgg", 19, "none", 0.1, None), run("vgg", 19, "bn", 0.1, 50),         # standard stuck at 0.1
             run("vgg", 19, "none", 0.05, 250), run("vgg", 19, "bn", 0.05, 50),        # ... both leave at 0.05
             run("vgg", 16, "none", 0.1, None), run("vgg", 16, "bn", 0.1, 50),         # 0.05 not run yet: undecided
+            run("vgg", 13, "none", 0.1, 50), run("vgg", 13, "bn", 0.1, None, "running"),  # unfinished: undecided
             run("resnet", 20, "none", 0.1, 50, "diverged"), run("resnet", 20, "bn", 0.1, 50),
             run("resnet", 20, "none", 0.05, None), run("resnet", 20, "bn", 0.05, 50),
             run("resnet", 20, "none", 0.02, None), run("resnet", 20, "bn", 0.02, None)]  # never: keeps 0.1
     got = calibrate(runs)
-    assert got["vgg11"][0] == 0.1 and got["vgg19"][0] == 0.05 and got["vgg16"][0] is None
+    assert got["vgg11"][0] == 0.1 and got["vgg19"][0] == 0.05 and got["vgg16"][0] is None and got["vgg13"][0] is None
     assert got["resnet20"][0] == 0.1 and "no candidate passed" in got["resnet20"][1]
     assert "standard stuck" in got["vgg19"][1]

@@ -57,6 +57,8 @@ def calibrate(runs, candidates=CANDIDATE_LRS) -> dict[str, tuple[float | None, s
     decides it has not been run yet."""
     left: dict[tuple[str, float], dict[str, bool]] = {}
     for run in runs:
+        if run.state not in ("done", "diverged"):  # unfinished: not run yet, as far as the rule goes
+            continue
         cfg = run.config or {}
         model, arch = cfg.get("model", {}), cfg.get("model", {}).get("arch")
         depth = model.get("vgg_depth") if arch == "vgg" else model.get("resnet_depth")
