@@ -244,7 +244,8 @@ class InputLayer:
               batches: Sequence, prepare: Callable, n_points: int,
               budget: int = INPUT_LAYER_BYTES) -> "InputLayer | None":
         """The model's input layer with its outputs cached, or None where that does not apply or
-        pay: no such layer, a slice of at most 1 + k points, or a cache over ``budget`` bytes."""
+        pay: no such layer, a grid (``n_points``: the whole grid, so that every shard of it takes the same
+        path and gives the same bits) of at most 1 + k points, or a cache over ``budget`` bytes."""
         if n_points <= 1 + len(directions) or not batches:
             return None
         layer = _first_layer(model, origin, buffers, prepare(batches[0][0]))
@@ -427,7 +428,7 @@ def evaluate_slice(model: nn.Module, loss_fn: Callable, directions: Sequence[Par
         if len(coords[i]) != len(directions):
             raise ValueError(f"point {i} has {len(coords[i])} coordinates for {len(directions)} directions")
     with slicing(model, bn):
-        cache = (InputLayer.build(model, origin, buffers, directions, batches, prepare or (lambda x: x), len(todo))
+        cache = (InputLayer.build(model, origin, buffers, directions, batches, prepare or (lambda x: x), len(coords))
                  if input_layer else None)
         for i in todo:
             c = coords[i]
