@@ -320,3 +320,15 @@ def test_statistics_batches_that_are_not_the_evaluation_batches_run_the_layer():
     cached = S.evaluate_slice(model, CE, dirs, coords, batches, bn="recompute", bn_batches=other)
     plain = S.evaluate_slice(model, CE, dirs, coords, batches, bn="recompute", bn_batches=other, input_layer=False)
     assert [v.loss for v in cached.values()] == pytest.approx([v.loss for v in plain.values()], rel=1e-12)
+
+
+def test_a_shard_of_a_grid_gives_the_bits_of_the_whole_grid():
+    model = flat_mlp().to(F64).float()  # float32: where the cached and plain paths round differently
+    x, y = torch.randn(24, 2, 6, 6), torch.randint(0, 3, (24,))
+    w = {n: p.detach() for n, p in model.named_parameters()}
+    dirs = [S.random_direction(w, 0), S.random_direction(w, 1)]
+    coords = S.grid_coords(2, 5, -1.0, 1.0)
+    whole = S.evaluate_slice(model, CE, dirs, coords, [(x, y)], bn="checkpoint")
+    for part in ([0], [1, 2], list(range(3, 25))):
+        shard = S.evaluate_slice(model, CE, dirs, coords, [(x, y)], bn="checkpoint", indices=part)
+        assert all(shard[i].loss == whole[i].loss for i in part)
