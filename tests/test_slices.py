@@ -332,3 +332,22 @@ def test_a_shard_of_a_grid_gives_the_bits_of_the_whole_grid():
     for part in ([0], [1, 2], list(range(3, 25))):
         shard = S.evaluate_slice(model, CE, dirs, coords, [(x, y)], bn="checkpoint", indices=part)
         assert all(shard[i].loss == whole[i].loss for i in part)
+
+
+@pytest.mark.parametrize("wrap", ["hook", "parametrize"])
+def test_a_weight_normalised_first_layer_is_not_taken_for_a_linear_one(wrap):
+    model = flat_mlp().to(F64)
+    if wrap == "hook":
+        with pytest.warns(FutureWarning):
+            model[1] = nn.utils.weight_norm(model[1])  # weight = g v / |v|: not linear in (g, v)
+    else:
+        model[1] = nn.utils.parametrizations.weight_norm(model[1])
+    x, y = torch.randn(24, 2, 6, 6, dtype=F64), torch.randint(0, 3, (24,))
+    w = {n: p.detach() for n, p in model.named_parameters()}
+    dirs = [S.random_direction(w, 0, ignore="none")]
+    coords = S.grid_coords(1, 6, -1.0, 1.0)
+    with S.slicing(model, "checkpoint"):
+        assert S.InputLayer.build(model, w, {}, dirs, [(x, y)], lambda t: t, 6) is None
+    cached = S.evaluate_slice(model, CE, dirs, coords, [(x, y)], bn="checkpoint")
+    plain = S.evaluate_slice(model, CE, dirs, coords, [(x, y)], bn="checkpoint", input_layer=False)
+    assert [v.loss for v in cached.values()] == [v.loss for v in plain.values()]

@@ -310,7 +310,9 @@ def reads_input(t, raw) -> bool:
 def _first_layer(model: nn.Module, params: Params, buffers: Params, inputs) -> tuple[str, nn.Module, torch.Tensor] | None:
     """The first parameterised module a forward reaches, with the tensor it is called on, if it is an
     input layer: of ``INPUT_LAYER_TYPES``, called on the model's own input tensor or a view of exactly
-    its memory (:func:`reads_input`). The forward stops there, so this costs only what runs before it."""
+    its memory (:func:`reads_input`), with only ``weight`` and ``bias`` as parameters (weight
+    normalisation's ``weight_g`` and ``weight_v`` make the map nonlinear), the class's own forward and
+    no forward pre-hook. The forward stops there, so this costs only what runs before it."""
     args, kwargs = split_inputs(inputs)
     found: list = []
     mods = {m: n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))}
@@ -331,7 +333,10 @@ def _first_layer(model: nn.Module, params: Params, buffers: Params, inputs) -> t
     if not found:
         return None
     name, module, inp = found[0]
-    if type(module) in INPUT_LAYER_TYPES and args and len(inp) == 1 and reads_input(inp[0], args[0]):
+    own = {n for n, _ in module.named_parameters(recurse=False)}
+    plain = ("weight" in own and own <= {"weight", "bias"} and "forward" not in vars(module)
+             and not module._forward_pre_hooks)  # a user's pre-hook may change the weight or the input
+    if type(module) in INPUT_LAYER_TYPES and plain and args and len(inp) == 1 and reads_input(inp[0], args[0]):
         return name, module, inp[0]
     return None
 
