@@ -293,7 +293,7 @@ def test_the_cached_input_layer_gives_the_plain_forwards_values(make, bn):
     coords = S.grid_coords(2, 4, -1.0, 1.0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     before = full_state(model, opt)
-    cached = S.evaluate_slice(model, CE, dirs, coords, batches, bn=bn)
+    cached = S.evaluate_slice(model, CE, dirs, coords, batches, bn=bn, input_layer=True)  # wherever it applies
     plain = S.evaluate_slice(model, CE, dirs, coords, batches, bn=bn, input_layer=False)
     for i in range(len(coords)):
         assert cached[i].loss == pytest.approx(plain[i].loss, rel=1e-12, abs=1e-14)
@@ -301,14 +301,15 @@ def test_the_cached_input_layer_gives_the_plain_forwards_values(make, bn):
     assert_same(before, full_state(model, opt))
     assert all("forward" not in vars(m) for m in model.modules())  # the class's forward is back
     with S.slicing(model, bn):
-        layer = S.InputLayer.build(model, w, dict(model.named_buffers()), dirs, batches, lambda t: t, 16)
+        layer = S.InputLayer.build(model, w, dict(model.named_buffers()), dirs, batches, lambda t: t, 16, min_macs=0)
         assert (layer is not None) == (make not in (Scaled, half_mlp))
         if layer is not None:
             first = model.first if make is Twice else model[1] if make is flat_mlp else model[0]
             assert layer.module is first
             assert S.InputLayer.build(model, w, dict(model.named_buffers()), dirs, batches, lambda t: t, 16,
-                                      budget=100) is None  # over its memory budget: not cached
-            assert S.InputLayer.build(model, w, dict(model.named_buffers()), dirs, batches, lambda t: t, 3) is None
+                                      budget=100, min_macs=0) is None  # over its memory budget: not cached
+            assert S.InputLayer.build(model, w, dict(model.named_buffers()), dirs, batches, lambda t: t, 3,
+                                      min_macs=0) is None  # 3 points: nothing to save over 1 + 2 passes
 
 
 def test_statistics_batches_that_are_not_the_evaluation_batches_run_the_layer():
@@ -317,7 +318,7 @@ def test_statistics_batches_that_are_not_the_evaluation_batches_run_the_layer():
     dirs = [S.random_direction(w, 0, ignore="none")]
     other = [batch[0][:8] * 0.5, batch[0][8:] + 1.0]
     coords = S.grid_coords(1, 6, -1.0, 1.0)
-    cached = S.evaluate_slice(model, CE, dirs, coords, batches, bn="recompute", bn_batches=other)
+    cached = S.evaluate_slice(model, CE, dirs, coords, batches, bn="recompute", bn_batches=other, input_layer=True)
     plain = S.evaluate_slice(model, CE, dirs, coords, batches, bn="recompute", bn_batches=other, input_layer=False)
     assert [v.loss for v in cached.values()] == pytest.approx([v.loss for v in plain.values()], rel=1e-12)
 
@@ -328,9 +329,9 @@ def test_a_shard_of_a_grid_gives_the_bits_of_the_whole_grid():
     w = {n: p.detach() for n, p in model.named_parameters()}
     dirs = [S.random_direction(w, 0), S.random_direction(w, 1)]
     coords = S.grid_coords(2, 5, -1.0, 1.0)
-    whole = S.evaluate_slice(model, CE, dirs, coords, [(x, y)], bn="checkpoint")
+    whole = S.evaluate_slice(model, CE, dirs, coords, [(x, y)], bn="checkpoint", input_layer=True)
     for part in ([0], [1, 2], list(range(3, 25))):
-        shard = S.evaluate_slice(model, CE, dirs, coords, [(x, y)], bn="checkpoint", indices=part)
+        shard = S.evaluate_slice(model, CE, dirs, coords, [(x, y)], bn="checkpoint", indices=part, input_layer=True)
         assert all(shard[i].loss == whole[i].loss for i in part)
 
 
@@ -347,7 +348,22 @@ def test_a_weight_normalised_first_layer_is_not_taken_for_a_linear_one(wrap):
     dirs = [S.random_direction(w, 0, ignore="none")]
     coords = S.grid_coords(1, 6, -1.0, 1.0)
     with S.slicing(model, "checkpoint"):
-        assert S.InputLayer.build(model, w, {}, dirs, [(x, y)], lambda t: t, 6) is None
-    cached = S.evaluate_slice(model, CE, dirs, coords, [(x, y)], bn="checkpoint")
+        assert S.InputLayer.build(model, w, {}, dirs, [(x, y)], lambda t: t, 6, min_macs=0) is None
+    cached = S.evaluate_slice(model, CE, dirs, coords, [(x, y)], bn="checkpoint", input_layer=True)
     plain = S.evaluate_slice(model, CE, dirs, coords, [(x, y)], bn="checkpoint", input_layer=False)
     assert [v.loss for v in cached.values()] == [v.loss for v in plain.values()]
+
+
+def test_auto_caches_only_a_first_layer_with_enough_work_per_output():
+    model = flat_mlp().to(F64)  # first layer: 72 multiply-adds per output element
+    x, y = torch.randn(24, 2, 6, 6, dtype=F64), torch.randint(0, 3, (24,))
+    w = {n: p.detach() for n, p in model.named_parameters()}
+    one, two = [S.random_direction(w, 0)], [S.random_direction(w, 0), S.random_direction(w, 1)]
+    assert S.macs_per_output(model[1]) == 72 and S.macs_per_output(small_cnn()[0]) == 18
+    assert S.macs_per_output(nn.Conv2d(8, 8, 3, groups=4)) == 18
+    with S.slicing(model, "checkpoint"):
+        build = lambda dirs: S.InputLayer.build(model, w, {}, dirs, [(x, y)], lambda t: t, 9)  # noqa: E731
+        assert build(one) is not None  # 72 >= 32 x (1 + 1)
+        assert build(two) is None  # 72 < 32 x (1 + 2): three passes over the output cost more than the layer
+    with pytest.raises(ValueError, match="input_layer"):
+        S.evaluate_slice(model, CE, one, [(0.0,)], [(x, y)], bn="checkpoint", input_layer="yes")
