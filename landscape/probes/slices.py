@@ -216,7 +216,7 @@ INPUT_LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 INPUT_LAYER_BYTES = 2 ** 29  # the most memory the first layer's cached outputs may take (512 MiB)
 # A cached point costs 1 + k passes over the layer's output (copy and axpys), a computed one the layer's
 # multiply-adds: ``auto`` caches only a layer with at least this many multiply-adds per output element
-# per pass. Measured (benchmarks/bench_slices.py): fc-tanh's first layer (3,072 per element) 3.3-3.5x
+# per pass. Measured (benchmarks/bench_slices.py): fc-tanh's first layer (3,072 per element) 3.3-3.6x
 # faster with the cache; VGG-11's first conv (27 per element) from 10% faster to 20% slower over three
 # runs, no gain this machine can resolve.
 INPUT_LAYER_MIN_MACS = 32
