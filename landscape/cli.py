@@ -27,7 +27,7 @@ app = typer.Typer(
 SET_HELP = "Override a config key, e.g. --set optim.lr=0.5 (repeatable; values are YAML scalars)."
 DATA_HELP = ("CIFAR-10 folder: cifar-10-batches-py/ or train/<class>/*.jpg + test/<class>/. "
              "Without it, the official archive is downloaded into ~/.cache/landscape (LANDSCAPE_CACHE).")
-PRESET_HELP = ("smoke (seconds, generated data) | quick (2-core CPU, <= 15 min for reproduce, 1 seed) | "
+PRESET_HELP = ("smoke (seconds, generated data) | quick (2-core CPU, about 18 min for reproduce, 1 seed) | "
                "cpu (the quick protocol with 5 seeds, <= 90 min) | paper (the paper's protocol, GPU).")
 LAUNCHER_HELP = "local (this process, one run after another) | ray (one Ray task per run)."
 ADDRESS_HELP = "Ray cluster address (host:port), or auto to join a running one; none starts a local instance."
