@@ -217,6 +217,26 @@ def claims(
     typer.echo(claims_markdown(paths, diagnostics, order=list(REGISTRY), grouped=where), nl=False)
 
 
+@app.command("depth-calibration")
+@user_errors
+def depth_calibration(
+    runs: List[str] = typer.Argument(..., help="Folders holding the depth experiment's calibration runs."),
+):
+    """Print the depth preset's calibration rule applied to calibration runs: per network, its rate and why."""
+    from landscape.experiments.depth import calibrate
+    from landscape.results import find_runs
+
+    if missing := [r for r in runs if not Path(r).is_dir()]:
+        raise UserError(f"{quote(missing[0])} is not a folder; pass the folders holding the calibration runs")
+    found = [r for r in find_runs(runs) if r.name.startswith("depth-")]
+    if not found:
+        raise UserError(f"no depth runs (depth-*) under {', '.join(quote(r) for r in runs)}; pass the --out/runs "
+                        "folder of the calibration runs")
+    typer.echo("| network | lr | why |\n|---|---|---|")
+    for name, (lr, why) in calibrate(found).items():
+        typer.echo(f"| {name} | {'undecided' if lr is None else f'{lr:g}'} | {why} |")
+
+
 @app.command()
 @user_errors
 def export(

@@ -267,3 +267,10 @@ def test_usage_errors_of_the_installed_command_are_one_line(case):
     assert res.returncode == 2
     assert res.stderr.startswith("error: ") and message in res.stderr and res.stderr.count("\n") == 1
     assert "--help" in res.stderr
+
+
+def test_depth_calibration_refuses_a_missing_folder_or_one_without_depth_runs(tmp_path):
+    for args, says in ((["depth-calibration", str(tmp_path / "missing")], "is not a folder"),
+                       (["depth-calibration", str(tmp_path)], "no depth runs")):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and says in result.output and len(result.output.strip().splitlines()) == 1

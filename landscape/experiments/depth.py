@@ -205,13 +205,3 @@ EXPERIMENT = register(Experiment(
     "per-layer gradients at initialisation and after a short run, against PyHessian's and Yang et al.'s claims.",
     plan=plan, claims=claims, figures=figures, paper=False, preset_key="depth"))
 
-
-if __name__ == "__main__":  # python -m landscape.experiments.depth RUNS...: the calibration rule's table
-    import sys
-
-    from landscape.results import find_runs
-
-    found = find_runs(sys.argv[1:] or ["."])
-    print("| network | lr | why |\n|---|---|---|")
-    for name, (lr, why) in calibrate([r for r in found if r.name.startswith("depth-")]).items():
-        print(f"| {name} | {'undecided' if lr is None else f'{lr:g}'} | {why} |")
