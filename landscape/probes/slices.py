@@ -241,9 +241,9 @@ class InputLayer:
     the evaluation batches, runs the layer.
     Results equal the plain forward up to rounding (float64 tests: 1e-12)."""
 
-    def __init__(self, module: nn.Module, names: dict[str, str], outputs: list[list[torch.Tensor]]):
-        self.module, self.names, self.outputs = module, names, outputs
-        self.coords: tuple[float, ...] | None = None
+    def __init__(self, module: nn.Module, outputs: list[list[torch.Tensor]]):
+        self.module, self.outputs = module, outputs
+        self.inputs: list[tuple[torch.Tensor, int]] = []
 
     @classmethod
     def build(cls, model: nn.Module, origin: Params, buffers: Params, directions: Sequence[Params],
@@ -252,37 +252,35 @@ class InputLayer:
         """The model's input layer with its outputs cached, or None where that does not apply or
         pay: no such layer, a grid (``n_points``: the whole grid, so that every shard of it takes the same
         path and gives the same bits) of at most 1 + k points, or a cache over ``budget`` bytes."""
-        if n_points <= 1 + len(directions) or not batches:
+        if n_points <= 1 + len(directions):
             return None
-        layer = _first_layer(model, origin, buffers, prepare(batches[0][0]))
-        if layer is None:
-            return None
-        name, module, _ = layer
-        if macs_per_output(module) < min_macs * (1 + len(directions)):
-            return None
-        names = {local: f"{name}.{local}" if name else local for local, _ in module.named_parameters(recurse=False)}
-        if any(full not in origin or any(full not in d for d in directions) for full in names.values()):
-            return None
-        outputs, used = [], 0
+        module, names, outputs, used = None, {}, [], 0
         for x, _ in batches:
-            again = _first_layer(model, origin, buffers, prepare(x))  # the tensor the layer reads (a view)
-            if again is None or again[1] is not module:
+            layer = _first_layer(model, origin, buffers, prepare(x))  # with the tensor it reads (a view)
+            if layer is None or (module is not None and layer[1] is not module):
                 return None
-            xin = again[2]
+            if module is None:
+                name, module, _ = layer
+                if macs_per_output(module) < min_macs * (1 + len(directions)):
+                    return None
+                names = {local: f"{name}.{local}" if name else local
+                         for local, _ in module.named_parameters(recurse=False)}
+                if any(full not in origin or any(full not in d for d in directions) for full in names.values()):
+                    return None
             with forward_context():
-                per = [functional_call(module, {k: src[f] for k, f in names.items()}, (xin,))
+                per = [functional_call(module, {k: src[f] for k, f in names.items()}, (layer[2],))
                        for src in (origin, *directions)]
             used += sum(t.numel() * t.element_size() for t in per)
             if used > budget:
                 return None
             outputs.append(per)
-        return cls(module, names, outputs)
+        return cls(module, outputs) if outputs else None
 
     @contextlib.contextmanager
     def at(self, coords: Sequence[float]):
         """Within: the layer answers from the cache at ``coords`` for the inputs it was built on."""
         original = self.module.forward
-        self.inputs: list[tuple[torch.Tensor, int]] = []
+        self.inputs = []
 
         def forward(x, *rest, **kw):
             b = next((i for raw, i in self.inputs if reads_input(x, raw)), None)
