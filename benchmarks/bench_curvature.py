@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from common import first_batch, timeit, training_split
-from landscape.config import ModelConfig
+from landscape.config import ModelConfig, VggConfig
 from landscape.data import Batches
 from landscape.models import build_model
 from landscape.probes import hessian_trace, layer_sharpness, resolve_layers, sharpness, spectral_density
@@ -40,7 +40,7 @@ CE = torch.nn.functional.cross_entropy
 
 
 def trained_vgg(split, width: float, norm: str, steps: int, seed: int = 0):
-    model = build_model(ModelConfig(width=width, norm=norm), seed)
+    model = build_model(ModelConfig(norm=norm, vgg=VggConfig(width=width)), seed)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     batches = Batches(split, 128, seed=1)
     for step in range(steps):

@@ -20,11 +20,11 @@ import time
 import torch
 
 from common import training_split
-from landscape.config import ModelConfig
+from landscape.config import MlpConfig, ModelConfig
 from landscape.data import Batches, pixel_stats
 from landscape.losses import LOSSES
 from landscape.models import build_model
-from landscape.probes.edge import hessian_eigenvalues_above
+from landscape.probes import edge_eigenvalues
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
     split = training_split(a.data_dir)
     mean, std = pixel_stats(split)
     batch = Batches(split.subset(a.images), 0, seed=0, mean=mean, std=std)(0)
-    model = build_model(ModelConfig(arch="mlp", mlp_widths=(200, 200), activation="tanh", init="torch_default"),
+    model = build_model(ModelConfig(arch="mlp", init="torch_default", mlp=MlpConfig(widths=(200, 200), activation="tanh")),
                         seed=0, in_dim=3, out_dim=10)
     loss_fn = LOSSES["square_onehot"]
     opt = torch.optim.SGD(model.parameters(), lr=a.lr)
@@ -47,8 +47,8 @@ def main() -> None:
     t0 = time.perf_counter()
     for step in range(1, a.steps + 1):
         if step == 1 or step % a.every == 0:
-            cold = hessian_eigenvalues_above(model, loss_fn, batch, line, seed=step)
-            warm = hessian_eigenvalues_above(model, loss_fn, batch, line, seed=step, start=warm_vectors)
+            cold = edge_eigenvalues(model, loss_fn, batch, line, seed=step)
+            warm = edge_eigenvalues(model, loss_fn, batch, line, seed=step, start=warm_vectors)
             warm_vectors = warm.vectors
             rows.append((step, cold.count, cold.products, warm.count, warm.products, cold.top))
         opt.zero_grad()

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from common import timeit
-from landscape.config import ModelConfig
+from landscape.config import ModelConfig, VggConfig
 from landscape.models import build_model
 from landscape.probes import Monitor, every, explicit
 
@@ -34,7 +34,7 @@ PROBES = ("gradient_sweep", "ics_opti")
 
 
 def vgg():
-    return build_model(ModelConfig(width=0.25, norm="batch"), seed=0)
+    return build_model(ModelConfig(norm="batch", vgg=VggConfig(width=0.25)), seed=0)
 
 
 def cifar_like(n: int):

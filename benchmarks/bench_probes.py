@@ -17,7 +17,7 @@ import argparse
 import torch
 
 from common import first_batch, timeit, training_split
-from landscape.config import ModelConfig
+from landscape.config import ModelConfig, VggConfig
 from landscape.data import Batches
 from landscape.models import build_model
 from landscape.probes import gradient_sweep, ics_opti, resolve_layers, sharpness
@@ -57,7 +57,7 @@ def main() -> None:
 
     # 1 + 2: VGG-11 with BatchNorm (or the ViT with LayerNorm) in train mode, as probed during training
     vgg = args.arch == "vgg"
-    model = build_model(ModelConfig(arch=args.arch, width=args.width, norm="batch" if vgg else "layer"), in_dim=3)
+    model = build_model(ModelConfig(arch=args.arch, norm="batch" if vgg else "layer", vgg=VggConfig(width=args.width)), in_dim=3)
     what = f"VGG-11 x{args.width} + BN" if vgg else "the ViT (dim 64, depth 4, patch 4) + LayerNorm"
     model.train()
     K = args.points
@@ -84,7 +84,7 @@ def main() -> None:
     if not vgg:
         return
     # 3: sharpness on the VGG without BatchNorm (PyHessian switches to eval mode; same function here)
-    model = build_model(ModelConfig(width=args.width, norm="none"))
+    model = build_model(ModelConfig(norm="none", vgg=VggConfig(width=args.width)))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     for step in range(30):  # leave the initialisation: a more typical spectrum
         b = Batches(split, args.batch, seed=1)(step)

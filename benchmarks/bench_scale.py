@@ -23,8 +23,8 @@ import time
 import torch
 import torch.multiprocessing as mp
 
-from common import first_batch, timeit, training_split
-from landscape.config import ModelConfig
+from common import timeit, training_split
+from landscape.config import ModelConfig, VggConfig, VitConfig
 from landscape.data import Batches
 from landscape.models import build_model
 from landscape.probes.functional import Objective, current_params, evaluation
@@ -54,9 +54,9 @@ def model_of(arch: str, **kw):
 
 def part1(split, repeats: int) -> None:
     batch = Batches(split, 128, seed=0)(0)
-    rows = [("VGG-11 (width 0.25), batch 128", model_of("vgg", width=0.25), ("exact", "finite_difference")),
+    rows = [("VGG-11 (width 0.25), batch 128", model_of("vgg", vgg=VggConfig(width=0.25)), ("exact", "finite_difference")),
             ("ViT (written-out attention)", model_of("vit"), ("exact", "finite_difference")),
-            ("ViT (sdpa attention)", model_of("vit", vit_attention="sdpa"), ("finite_difference",))]
+            ("ViT (sdpa attention)", model_of("vit", vit=VitConfig(attention="sdpa")), ("finite_difference",))]
     base = None
     print("| model | route | s per HVP | / exact HVP on the same model |")
     print("|---|---|---|---|")
@@ -96,7 +96,7 @@ def _rank(rank: int, port: int, batch, repeats: int, queue) -> None:
     torch.set_num_threads(1)
     half = len(batch[1]) // 2
     local = (batch[0][rank * half:(rank + 1) * half], batch[1][rank * half:(rank + 1) * half])
-    model = DDP(model_of("vgg", width=0.25))
+    model = DDP(model_of("vgg", vgg=VggConfig(width=0.25)))
     times = _probe_time(model, local, repeats)
     if rank == 0:
         queue.put(times)
@@ -106,7 +106,7 @@ def _rank(rank: int, port: int, batch, repeats: int, queue) -> None:
 def part2(split, repeats: int) -> None:
     batch = Batches(split, 128, seed=0)(0)
     torch.set_num_threads(2)
-    one = _probe_time(model_of("vgg", width=0.25), batch, repeats)
+    one = _probe_time(model_of("vgg", vgg=VggConfig(width=0.25)), batch, repeats)
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
     procs = [ctx.Process(target=_rank, args=(r, _port_holder[0], batch, repeats, queue)) for r in range(2)]

@@ -23,7 +23,7 @@ import copy
 import torch
 
 from common import timeit, training_split
-from landscape.config import ModelConfig
+from landscape.config import MlpConfig, ModelConfig, VggConfig
 from landscape.data import Batches
 from landscape.models import build_model
 from landscape.probes import slices as S
@@ -42,8 +42,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     torch.manual_seed(0)
-    cfg = (ModelConfig(width=0.25, norm="batch") if args.model == "vgg" else
-           ModelConfig(arch="mlp", mlp_widths=[200, 200], activation="tanh", init="torch_default"))
+    cfg = (ModelConfig(norm="batch", vgg=VggConfig(width=0.25)) if args.model == "vgg" else
+           ModelConfig(arch="mlp", init="torch_default", mlp=MlpConfig(widths=[200, 200], activation="tanh")))
     model = build_model(cfg, seed=0)
     if args.run:
         model.load_state_dict(torch.load(f"{args.run}/checkpoint.pt", weights_only=True)["model"])

@@ -115,7 +115,7 @@ def main() -> None:
     splits["test"] = splits["test"].subset(1000)
     warmup = 20
     cfg = build_config([{"name": "bench", "steps": args.steps, "device": str(device),
-                         "model": {"arch": args.arch, "width": args.width,
+                         "model": {"arch": args.arch, "vgg": {"width": args.width},
                                    "norm": "batch" if args.arch == "vgg" else "layer"},
                          "log": {"train_every": warmup, "eval_every": 0, "checkpoint_every": args.steps}}])
     what = f"VGG-11 width {args.width} + BN" if args.arch == "vgg" else "ViT (dim 64, depth 4, patch 4) + LayerNorm"

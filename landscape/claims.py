@@ -31,6 +31,7 @@ class Claim:
     layers: str = ""  # which layers the quantity aggregates, where it is per layer
     headline: bool = True  # False: a diagnostic (a regime, a schedule), shown in its section only
     note: Callable[[RunTable], "str | None"] | None = None  # context read off the records (e.g. edge of stability)
+    statement: str | None = None  # the published statement it tests (a key of landscape.report.holds.STATEMENTS)
 
     def judge(self, table: RunTable) -> dict:
         """The per-seed values (paired by seed), their aggregate and the one-sided verdict."""
@@ -38,7 +39,7 @@ class Claim:
         result = judge([per_seed[s] for s in sorted(per_seed)], self.threshold, self.direction, self.transform)
         return {"id": self.id, "claim": self.text, "quantity": self.quantity, **result, "threshold": self.threshold,
                 "direction": self.direction, "layers": self.layers, "headline": self.headline,
-                "note": self.note(table) if self.note else None,
+                "note": self.note(table) if self.note else None, "statement": self.statement,
                 "per_seed": {str(s): per_seed[s] for s in sorted(per_seed)}}
 
 

@@ -214,7 +214,7 @@ def claims(
     from landscape.experiments import REGISTRY
     from landscape.report import claims_markdown
 
-    typer.echo(claims_markdown(paths, diagnostics, order=list(REGISTRY), grouped=where), nl=False)
+    typer.echo(claims_markdown(paths, diagnostics, REGISTRY, grouped=where), nl=False)
 
 
 @app.command("depth-calibration")

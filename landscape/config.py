@@ -26,7 +26,7 @@ from landscape.models import (ACTIVATIONS, ARCH_NORMS, ALL_NORMS, HEADS, IMAGE_A
                               VGG_DEPTHS)
 from landscape.optimizers import OPTIMIZERS
 from landscape.outputs import OUTPUT_NAMES
-from landscape.probes import entries
+from landscape.probes import legacy, registry
 from landscape.probes.schedules import SCHEDULES
 
 
@@ -99,26 +99,64 @@ class NoiseConfig:
 
 
 @dataclass(frozen=True)
+class VggConfig:
+    """``model.vgg``: the VGG networks of the paper (conv -> norm -> ReLU, five poolings)."""
+
+    depth: Literal[VGG_DEPTHS] = 11  # VGG configuration: 11 | 13 | 16 | 19
+    width: Annotated[float, Range(0, 64, lo_open=True)] = 1.0  # channel multiplier: 0.25 gives 16..128 channels instead of 64..512
+    head: Literal[HEADS] = "linear"  # linear (one layer) | mlp (512-512-10, scaled by width)
+
+
+@dataclass(frozen=True)
+class DlnConfig:
+    """``model.dln``: the deep linear network of the paper's Figures 3-4."""
+
+    depth: Annotated[int, Range(1, 10 ** 4)] = 25  # number of linear layers
+    width: Annotated[int, Range(1, 10 ** 5)] = 10  # width of every hidden layer
+
+
+@dataclass(frozen=True)
+class VitConfig:
+    """``model.vit``: a small Vision Transformer (pre-norm blocks, a class token)."""
+
+    patch: Annotated[int, Range(1, 1024)] = 4  # patch size (32x32 images in 4x4 patches: 64 tokens and a class token)
+    dim: Annotated[int, Range(1, 10 ** 5)] = 64  # token width
+    depth: Annotated[int, Range(1, 10 ** 4)] = 4  # pre-norm blocks
+    heads: Annotated[int, Range(1, 10 ** 4)] = 4  # attention heads (dim divisible by it)
+    mlp_ratio: Annotated[float, Range(0, 1000, lo_open=True)] = 2.0  # MLP hidden width / token width
+    attention: Literal["explicit", "sdpa"] = "explicit"  # explicit softmax(QK^T/sqrt(d))V (exact Hessian-vector products) | sdpa: PyTorch's fused scaled_dot_product_attention (no double backward on the CPU: curvature probes take finite differences)
+    dropout: Unit = 0.0  # dropout on attention weights, MLP and embeddings
+
+
+@dataclass(frozen=True)
+class MlpConfig:
+    """``model.mlp``: a fully connected network on flattened images (Cohen et al.'s fc nets)."""
+
+    widths: tuple[Annotated[int, Range(1, 10 ** 6)], ...] = (200, 200)  # hidden widths (Cohen et al.'s: 200, 200)
+    activation: Literal[tuple(ACTIVATIONS)] = "tanh"  # tanh | relu | elu
+
+
+@dataclass(frozen=True)
+class ResnetConfig:
+    """``model.resnet``: the CIFAR ResNets of He et al. (widths 16-32-64)."""
+
+    depth: Literal[RESNET_DEPTHS] = 20  # depth 6n + 2: 8 | 20 | 32 | 56 | 110
+
+
+@dataclass(frozen=True)
 class ModelConfig:
+    """``model``: which architecture, its normalisation and initialisation; each architecture's own
+    settings are its section (``model.vgg.width``, ``model.vit.dim``, ...), read only when it is chosen."""
+
     arch: Literal[tuple(ARCH_NORMS)] = "vgg"  # vgg | dln (deep linear network) | vit (a small Vision Transformer) | mlp (fully connected, on flattened images) | resnet (CIFAR ResNet)
-    vgg_depth: Literal[VGG_DEPTHS] = 11  # VGG configuration: 11 | 13 | 16 | 19
-    width: Annotated[float, Range(0, 64, lo_open=True)] = 1.0  # VGG channel multiplier: 0.25 gives 16..128 channels instead of 64..512
-    head: Literal[HEADS] = "linear"  # VGG head: linear (one layer) | mlp (512-512-10, scaled by width)
     norm: Literal[ALL_NORMS] = "none"  # vgg, dln: none | batch | noisy_batch | l1 | l2 | linf (conv -> norm -> ReLU); vit: none | layer | rms | batch | dyt; mlp, resnet: none | batch
     init: Literal[INITS] = "xavier"  # xavier (Glorot uniform, the paper) | kaiming | torch_default | fixup (resnet with norm none: Fixup)
-    resnet_depth: Literal[RESNET_DEPTHS] = 20  # CIFAR ResNet depth 6n + 2: 8 | 20 | 32 | 56 | 110 (widths 16-32-64)
-    mlp_widths: tuple[Annotated[int, Range(1, 10 ** 6)], ...] = (200, 200)  # mlp: hidden widths (Cohen et al.'s fc nets: 200, 200)
-    activation: Literal[tuple(ACTIVATIONS)] = "tanh"  # mlp: tanh | relu | elu
-    dln_depth: Annotated[int, Range(1, 10 ** 4)] = 25  # DLN: number of linear layers
-    dln_width: Annotated[int, Range(1, 10 ** 5)] = 10  # DLN: width of every hidden layer
-    vit_patch: Annotated[int, Range(1, 1024)] = 4  # ViT: patch size (32x32 images in 4x4 patches: 64 tokens and a class token)
-    vit_dim: Annotated[int, Range(1, 10 ** 5)] = 64  # ViT: token width
-    vit_depth: Annotated[int, Range(1, 10 ** 4)] = 4  # ViT: pre-norm blocks
-    vit_heads: Annotated[int, Range(1, 10 ** 4)] = 4  # ViT: attention heads (vit_dim divisible by it)
-    vit_mlp_ratio: Annotated[float, Range(0, 1000, lo_open=True)] = 2.0  # ViT: MLP hidden width / token width
-    vit_attention: Literal["explicit", "sdpa"] = "explicit"  # ViT: explicit softmax(QK^T/sqrt(d))V (exact Hessian-vector products) | sdpa: PyTorch's fused scaled_dot_product_attention (no double backward on the CPU: curvature probes take finite differences)
-    dropout: Unit = 0.0  # ViT: dropout on attention weights, MLP and embeddings
-    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)  # vgg, dln with norm noisy_batch
+    vgg: VggConfig = field(default_factory=VggConfig)
+    dln: DlnConfig = field(default_factory=DlnConfig)
+    vit: VitConfig = field(default_factory=VitConfig)
+    mlp: MlpConfig = field(default_factory=MlpConfig)
+    resnet: ResnetConfig = field(default_factory=ResnetConfig)
 
 
 @dataclass(frozen=True)
@@ -140,12 +178,13 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
-class ProbeSettings:
-    """``probes:``: which probes run, when, and on what. Each probe's own options are a section
-    beside these, ``probes.<name>`` (e.g. ``probes.sharpness.iters``), from its entry in
-    :mod:`landscape.probes.entries`; see :func:`probe_config_class`."""
+class ProbeConfig:
+    """``probes:``: which probes run, when, and on what. Each registered probe's own options are a
+    section beside these, ``probes.<name>`` (e.g. ``probes.sharpness.iters``): its entry's options
+    dataclass (:mod:`landscape.probes.registry`). A config holds an instance of the subclass
+    :func:`probe_config_class` makes with one such field per probe in the table."""
 
-    enabled: tuple[str, ...] = ()  # names of probe entries (landscape.probes.entries): gradient_sweep, sharpness, ...
+    enabled: tuple[str, ...] = ()  # names of probe entries (landscape.probes.registry): gradient_sweep, sharpness, ...
     schedule: Literal[SCHEDULES] = "every"  # every (N steps) | log (log-spaced) | list (explicit steps) | mixed (log + every)
     every: Count = 100  # schedule=every or mixed: probe at step 1 and every N steps
     points: Count = 20  # schedule=log or mixed: about this many steps, evenly spaced in log(step)
@@ -154,21 +193,27 @@ class ProbeSettings:
     eval_mode: bool = False  # probe in eval mode (running statistics) instead of the training mode
 
 
+    def __reduce__(self):  # pickled as values (multiprocessing, Ray): the class is remade from the probe table
+        return _probe_config, (to_dict(self),)
+
+
 _PROBE_CLASSES: dict[tuple, type] = {}
 
 
-def probe_config_class() -> type:
-    """``ProbeSettings`` plus one section per registered probe, each its entry's options dataclass
-    (built again when the probe table changes, so a probe registered later is configurable too)."""
-    key = tuple((p.name, p.options) for p in entries.REGISTRY.values())
+def probe_config_class() -> type[ProbeConfig]:
+    """:class:`ProbeConfig` plus one section per registered probe, each its entry's options dataclass
+    (made again when the probe table changes, so a probe registered later is configurable too)."""
+    key = tuple((p.name, p.options) for p in (registry.get(n) for n in registry.names()))
     if key not in _PROBE_CLASSES:
-        fields = [(p.name, p.options, field(default_factory=p.options)) for p in entries.REGISTRY.values()]
-        made = dataclasses.make_dataclass("ProbeConfig", fields, bases=(ProbeSettings,), frozen=True)
+        fields = [(name, cls, field(default_factory=cls)) for name, cls in key]
+        made = dataclasses.make_dataclass("ProbeConfig", fields, bases=(ProbeConfig,), frozen=True)
         made.__module__ = __name__
         _PROBE_CLASSES[key] = made
-    cls = _PROBE_CLASSES[key]
-    globals()["ProbeConfig"] = cls  # the current table's class, so a Config pickles (multiprocessing, Ray)
-    return cls
+    return _PROBE_CLASSES[key]
+
+
+def _probe_config(values: dict) -> ProbeConfig:
+    return _merge(probe_config_class()(), values, "probes.")
 
 
 @dataclass(frozen=True)
@@ -185,7 +230,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     log: LogConfig = field(default_factory=LogConfig)
     outputs: tuple[Literal[OUTPUT_NAMES], ...] = ()  # also write scalars to: tensorboard (<run>/tensorboard) | wandb (offline, <run>/wandb)
-    probes: Any = field(default_factory=lambda: probe_config_class()())  # a ProbeConfig (see probe_config_class)
+    probes: ProbeConfig = field(default_factory=lambda: probe_config_class()())  # see probe_config_class
 
 
 def _fields(node: Any) -> dict[str, Any]:
@@ -289,7 +334,9 @@ def _merge(base: Any, updates: Any, prefix: str) -> Any:
     if not isinstance(updates, dict):
         raise UserError(f"config section '{prefix.rstrip('.') or 'top'}' must be a mapping, got {short(updates)}")
     if prefix == "probes.":
-        updates = entries.upgrade_legacy(updates)  # a run directory of landscape 0.2 (flat probe settings)
+        updates = legacy.upgrade_probe_settings(updates)  # a run directory of landscape 0.2 (flat probe settings)
+    elif prefix == "model.":
+        updates = legacy.upgrade_model_settings(updates)  # a run directory of landscape 0.3 (flat model settings)
     hints = _fields(base)
     changes = {}
     for key, value in updates.items():
@@ -369,13 +416,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
     return build_config(updates, base)
 
 
-def _get(cfg: Config, key: str) -> Any:
-    node: Any = cfg
-    for part in key.split("."):
-        node = getattr(node, part)
-    return node
-
-
 def validate(cfg: Config) -> None:
     """Rules that tie fields together (each field's own type, choices and range are checked as it is read)."""
     m, o, d, p = cfg.model, cfg.optim, cfg.data, cfg.probes
@@ -387,19 +427,19 @@ def validate(cfg: Config) -> None:
         raise UserError(f"model.norm={m.norm} is not one for model.arch={m.arch}; choose one of "
                         f"{', '.join(ARCH_NORMS[m.arch])}")
     if m.arch == "vit":
-        if m.vit_dim % m.vit_heads:
-            raise UserError(f"model.vit_dim ({m.vit_dim}) must be divisible by model.vit_heads ({m.vit_heads})")
+        if m.vit.dim % m.vit.heads:
+            raise UserError(f"model.vit.dim ({m.vit.dim}) must be divisible by model.vit.heads ({m.vit.heads})")
         side = 32 if d.dataset in ("cifar10", "synthetic") else d.image_size
-        if side % m.vit_patch:
-            raise UserError(f"model.vit_patch must divide the image size {side}; got {m.vit_patch}")
+        if side % m.vit.patch:
+            raise UserError(f"model.vit.patch must divide the image size {side}; got {m.vit.patch}")
     image = d.dataset != "gaussian"
     if image != (m.arch in IMAGE_ARCHS):
         raise UserError(f"model.arch={m.arch} does not fit data.dataset={d.dataset}; "
                         f"use {', '.join(IMAGE_ARCHS)} with image data sets and dln with gaussian")
     if m.init == "fixup" and (m.arch != "resnet" or m.norm != "none"):
         raise UserError("model.init=fixup is for the unnormalised ResNet: model.arch=resnet and model.norm=none")
-    if m.arch == "mlp" and not m.mlp_widths:
-        raise UserError("model.mlp_widths must list at least one hidden width, e.g. [200, 200]")
+    if m.arch == "mlp" and not m.mlp.widths:
+        raise UserError("model.mlp.widths must list at least one hidden width, e.g. [200, 200]")
     if image != (cfg.loss in CLASSIFICATION):
         raise UserError(f"loss={cfg.loss} does not fit data.dataset={d.dataset}: image data sets are "
                         "classified (loss=cross_entropy or square_onehot), the gaussian one is regression (sum_squares, mean_squares "
@@ -412,11 +452,11 @@ def validate(cfg: Config) -> None:
 
     for name in cfg.outputs:
         require(name, f"outputs: [{name}]")
-    unknown = [n for n in p.enabled if n not in entries.REGISTRY]
+    unknown = [n for n in p.enabled if n not in registry.REGISTRY]
     if unknown:
         raise UserError(f"unknown probe '{short(unknown[0])}' in probes.enabled; choose from "
-                        f"{', '.join(entries.names())}")
-    for probe in entries.REGISTRY.values():
+                        f"{', '.join(registry.names())}")
+    for probe in registry.REGISTRY.values():
         problem = probe.check(getattr(p, probe.name)) if probe.check and hasattr(p, probe.name) else None
         if problem:
             raise UserError(f"probes.{probe.name}: {problem}")

@@ -7,7 +7,7 @@ stable names (:func:`scalars_of`); ``Monitor``, the Lightning and Hugging Face c
 
 Scalar names: ``landscape/train_loss``, ``landscape/train_acc``, ``landscape/test_loss``,
 ``landscape/test_acc``, and for probe records ``landscape/<quantity>`` (``landscape/<quantity>/<layer>``
-per layer) for each quantity a probe's entry exports (:mod:`landscape.probes.entries`; the list
+per layer) for each quantity a probe's entry exports (:mod:`landscape.probes.registry`; the list
 is in docs/integrations.md).
 """
 

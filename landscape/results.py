@@ -16,7 +16,7 @@ import yaml
 
 from landscape.files import read_text
 from landscape.names import NETS
-from landscape.probes import entries
+from landscape.probes import legacy, registry
 from landscape.runs import describe_status, read_json, read_metrics
 
 
@@ -86,6 +86,8 @@ def read_run(path: str | Path) -> RunRecords:
             if config is not None and not isinstance(config, dict):
                 problems.append(f"{name} is not a mapping")
                 config = None
+            if config is not None:
+                config = legacy.upgrade_config(config)  # a run of an earlier release, in today's layout
             break
     else:
         problems.append("no config.yaml")
@@ -188,7 +190,7 @@ def probe_series(run: RunRecords, probe: str, fn) -> list[tuple[int, Any]]:
     out = []
     for r in run.probe(probe):
         if isinstance(fn, str):
-            out.append((r["step"], entries.quantity(probe, r["values"], fn)))
+            out.append((r["step"], registry.quantity(probe, r["values"], fn)))
             continue
         try:
             out.append((r["step"], fn(r["values"])))
@@ -204,10 +206,15 @@ def series(probe: str, key: str):
     return fn
 
 
+def probe_views(run: RunRecords, probe: str, key: str) -> list[tuple[int, Any]]:
+    """``[(step, view)]`` of one of the probe's declared views (its entry's), records without it left out."""
+    return [(r["step"], v) for r in run.probe(probe) if (v := registry.view(probe, r["values"], key)) is not None]
+
+
 def quantity_of(probe: str, key: str):
     """One quantity of a probe's record values, as a function ``values -> number | None`` (for claims)."""
     def fn(values: dict):
-        return entries.quantity(probe, values, key)
+        return registry.quantity(probe, values, key)
     fn.__name__ = key
     return fn
 
@@ -220,11 +227,11 @@ beta_eff = quantity_of("gradient_sweep", "beta_eff")
 
 def mean_over_layers(values: dict, key: str, skip_first: bool = True) -> float | None:
     """Mean of a per-layer ICS value; the first layer (G' = G by definition) is left out."""
-    return entries.number(entries.mean_over_layers(values, key, skip_first)) if isinstance(values, dict) else None
+    return registry.number(registry.mean_over_layers(values, key, skip_first)) if isinstance(values, dict) else None
 
 
 def mean_shift(values: dict) -> float | None:
-    return entries.quantity("activation_stats", values, "mean_shift")
+    return registry.quantity("activation_stats", values, "mean_shift")
 
 
 def median_probe(probe: str, fn) -> "Callable[[RunRecords], float | None]":

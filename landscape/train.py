@@ -29,7 +29,7 @@ from landscape.losses import CLASSIFICATION, LOSSES, mean_squares, sum_squares  
 from landscape.models import build_model
 from landscape.optimizers import build_optimizer
 from landscape.outputs import Fanout, build_outputs
-from landscape.probes import Monitor, entries, resolve_layers, schedules
+from landscape.probes import Monitor, registry, resolve_layers, schedules
 from landscape.probes.functional import rng_state, set_rng_state
 from landscape.runs import FINISHED, Run, describe_status
 
@@ -130,7 +130,7 @@ def _monitor(cfg: Config, log, model, optimizer, loss_fn, batches: Batches, trai
         return None
     schedule = schedules.build(p.schedule, cfg.steps, p.every, p.points, p.steps)
     options = {name: getattr(p, name) for name in p.enabled}
-    sizes = [n for name in p.enabled if (f := entries.get(name).fixed_batch) and (n := f(options[name]))]
+    sizes = [n for name in p.enabled if (f := registry.get(name).fixed_batch) and (n := f(options[name]))]
     probe_batch = None
     if sizes:  # one fixed training batch, the same for paired runs (data_seed), for the probes that measure one
         fixed = train_split.subset(max(sizes), seed=cfg.data_seed)

@@ -72,7 +72,7 @@ def tiny_config(**sections):
     """A VGG config that trains in about a second on generated images."""
     base = {"name": "tiny", "steps": 12, "device": "cpu",
             "data": {"dataset": "synthetic", "batch_size": 16, "synthetic_size": 64},
-            "model": {"width": 0.0625}, "optim": {"lr": 0.05},
+            "model": {"vgg": {"width": 0.0625}}, "optim": {"lr": 0.05},
             "log": {"train_every": 2, "eval_every": 6, "checkpoint_every": 4}}
     for key, value in sections.items():
         if isinstance(value, dict):

@@ -25,7 +25,7 @@ runner = CliRunner()
 
 TINY = {"name": "existing", "steps": 4, "device": "cpu",
         "data": {"dataset": "synthetic", "batch_size": 8, "synthetic_size": 32},
-        "model": {"width": 0.0625}, "log": {"train_every": 2, "eval_every": 2, "checkpoint_every": 2}}
+        "model": {"vgg": {"width": 0.0625}}, "log": {"train_every": 2, "eval_every": 2, "checkpoint_every": 2}}
 
 
 def tree_hash(root: Path) -> dict[str, str]:
@@ -132,8 +132,8 @@ CASES = {
     "probe steps [0, -5]": (["train", C, *R, "--set", "probes.steps=[0,-5]"], "probes.steps"),
     "negative steps": (["train", C, *R, "--set", "steps=-3"], "must be positive"),
     "negative batch": (["train", C, *R, "--set", "data.batch_size=-1"], ">= 0"),
-    "zero width": (["train", C, *R, "--set", "model.width=0"], "model.width"),
-    "vgg depth 12": (["train", C, *R, "--set", "model.vgg_depth=12"], "vgg_depth"),
+    "zero width": (["train", C, *R, "--set", "model.vgg.width=0"], "model.vgg.width"),
+    "vgg depth 12": (["train", C, *R, "--set", "model.vgg.depth=12"], "model.vgg.depth"),
     "unknown norm": (["train", C, *R, "--set", "model.norm=group"], "model.norm"),
     "unknown probe": (["train", C, *R, "--set", "probes.enabled=[nope]"], "unknown probe"),
     "list schedule without steps": (["train", C, *R, "--set", "probes.enabled=[sharpness]", "--set",

@@ -13,7 +13,7 @@ runner = CliRunner()
 def write_config(tmp_path, **extra):
     cfg = {"name": "clirun", "steps": 4, "device": "cpu",
            "data": {"dataset": "synthetic", "batch_size": 8, "synthetic_size": 32},
-           "model": {"width": 0.0625}, "log": {"train_every": 2, "eval_every": 2, "checkpoint_every": 2}}
+           "model": {"vgg": {"width": 0.0625}}, "log": {"train_every": 2, "eval_every": 2, "checkpoint_every": 2}}
     cfg.update(extra)
     path = tmp_path / "c.yaml"
     path.write_text("# landscape train c.yaml\n" + yaml.safe_dump(cfg))
@@ -105,7 +105,7 @@ runner = CliRunner()
 def test_a_diverged_run_prints_its_summary_line_and_exits_0(tmp_path):
     (tmp_path / "c.yaml").write_text(json.dumps({"name": "boom", "steps": 30, "device": "cpu", "optim": {"lr": 1e6},
                                                  "data": {"dataset": "synthetic", "batch_size": 16,
-                                                          "synthetic_size": 64}, "model": {"width": 0.0625},
+                                                          "synthetic_size": 64}, "model": {"vgg": {"width": 0.0625}},
                                                  "log": {"train_every": 2, "eval_every": 10, "checkpoint_every": 10}}))
     res = runner.invoke(app, ["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path), "--no-progress"])
     assert res.exit_code == 0, res.output

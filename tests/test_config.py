@@ -19,7 +19,7 @@ def test_every_shipped_config_loads_and_opens_with_its_command(path):
     first = path.read_text().splitlines()[0]
     assert first.startswith("# landscape "), f"{path.name} must open with the command that uses it"
     if cfg.model.arch == "vgg":  # what a user finds in configs/ shows the product: probed, at a laptop's size
-        assert cfg.probes.enabled and cfg.model.width <= 0.25 and cfg.steps <= 1000
+        assert cfg.probes.enabled and cfg.model.vgg.width <= 0.25 and cfg.steps <= 1000
 
 
 def test_yaml_then_overrides_in_order(tmp_path):
@@ -46,7 +46,7 @@ def test_int_accepted_for_float_but_not_the_reverse():
     ("model.norm=group", "'model.norm' must be one of none, batch"),
     ("optim.lr=-1", "'optim.lr' must be positive"),
     ("steps=0", "'steps' must be positive"),
-    ("model.vgg_depth=12", "'model.vgg_depth' must be one of 11, 13, 16, 19"),
+    ("model.vgg.depth=12", "'model.vgg.depth' must be one of 11, 13, 16, 19"),
     ("model.noise.scale_range=[2, 1]", "low <= high"),
     ("model.noise.scale_range=1", "a list of 2 numbers"),
     ("optim", "--set expects key=value"),

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from landscape.probes import (Monitor, UnreadableOptimizer, directional_curvature, explicit, hessian_trace,
+from landscape.probes import (Monitor, UnreadableOptimizer, curvature, explicit, hessian_trace,
                               layer_sharpness, preconditioner, resolve_layers, sharpness, spectral_density,
                               stability_threshold)
 from tests.test_probes import CE, F64, MODELS, assert_same, batch_for, full_hessian, full_state, mlp_bn
@@ -54,11 +54,11 @@ def test_preconditioned_sharpness_is_the_top_eigenvalue_of_p_inverse_h_from_a_re
 
 
 @pytest.mark.parametrize("make", MODELS.values(), ids=MODELS.keys())
-def test_directional_curvature_is_g_h_g_over_g_g(make):
+def test_curvature_is_g_h_g_over_g_g(make):
     model = make()
     batch = batch_for(model)
     H, g, _, _ = full_hessian(model, batch)
-    r = directional_curvature(model, CE, batch)
+    r = curvature(model, CE, batch)
     assert r.value == pytest.approx((g @ H @ g / (g @ g)).item(), rel=1e-10)
     assert r.grad_norm == pytest.approx(g.norm().item(), rel=1e-12) and r.cost["hvp"] == 1
 
@@ -142,7 +142,7 @@ def test_stability_thresholds_by_hand():
 
 CURVATURE_CALLS = {
     "preconditioned sharpness": lambda m, b, o: sharpness(m, CE, b, iters=5, preconditioner=preconditioner(o, m)),
-    "directional_curvature": lambda m, b, o: directional_curvature(m, CE, b),
+    "curvature": lambda m, b, o: curvature(m, CE, b),
     "layer_sharpness": lambda m, b, o: layer_sharpness(m, CE, b, iters=4),
     "hessian_trace": lambda m, b, o: hessian_trace(m, CE, b, samples=6, method="hutch++"),
     "spectral_density": lambda m, b, o: spectral_density(m, CE, b, vectors=2, steps=4),
@@ -163,7 +163,7 @@ def test_monitor_records_preconditioned_sharpness_against_adams_threshold_and_wa
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     records = []
     mon = Monitor(records.append, model, opt, CE, explicit([1, 3, 4]), probes=["sharpness", "curvature"],
-                  sharpness_iters=50, sharpness_tol=1e-6, warm_start=True)
+                  options={"sharpness": {"iters": 50, "tol": 1e-6, "warm_start": True}})
     for step in range(1, 5):
         mon.before_forward(step)
         loss = CE(model(batch[0]), batch[1])

@@ -61,7 +61,7 @@ def test_resize_is_identity_at_the_same_size():
 def test_folder_data_set_trains_and_is_probed_through_landscape_train(tmp_path):
     tree = make_tree(tmp_path / "tree")
     cfg = {"name": "gray", "steps": 6, "device": "cpu", "data": {"dataset": "folder", "batch_size": 6},
-           "model": {"width": 0.0625, "norm": "batch"},
+           "model": {"vgg": {"width": 0.0625}, "norm": "batch"},
            "probes": {"enabled": ["gradient_sweep", "ics_opti", "activation_stats"], "schedule": "every", "every": 3},
            "log": {"train_every": 3, "eval_every": 6, "checkpoint_every": 6}}
     path = tmp_path / "c.yaml"

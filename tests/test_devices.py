@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from landscape.probes import entries
+from landscape.probes import registry
 from landscape.probes.monitor import Monitor
 from landscape.probes.schedules import every
 
@@ -74,7 +74,7 @@ def test_the_guard_catches_a_host_tensor_meeting_a_device_one():
     assert guard.mixed and guard.reads == [1, 5]
 
 
-@pytest.mark.parametrize("name", entries.names())
+@pytest.mark.parametrize("name", registry.names())
 def test_every_probe_keeps_to_the_models_device(name):
     model = _model().to("meta")
     x, y = torch.randn(8, 3, 8, 8, device="meta"), torch.zeros(8, dtype=torch.long, device="meta")
@@ -99,7 +99,7 @@ def test_the_trainer_with_probes_keeps_to_the_models_device(tmp_path, monkeypatc
     import landscape.train as T
     from landscape.config import load_config
 
-    cfg = {"name": "meta", "steps": 4, "model": {"arch": "vgg", "width": 0.0625},
+    cfg = {"name": "meta", "steps": 4, "model": {"arch": "vgg", "vgg": {"width": 0.0625}},
            "data": {"dataset": "synthetic", "synthetic_size": 32, "batch_size": 8},
            "log": {"train_every": 2, "eval_every": 2, "checkpoint_every": 4},
            "probes": {"enabled": ["gradient_sweep", "sharpness", "ics_opti", "activation_stats", "edge_eigenvalues"],

@@ -183,7 +183,7 @@ def _failing_worker(rank, port, folder):
 
     from landscape.probes.distributed import ProbeFailure
 
-    dist = _init(rank, port)
+    _init(rank, port)
     model = _models()["mlp"]
     x, y = _data("mlp")
     calls = [0]

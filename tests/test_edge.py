@@ -7,11 +7,12 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
-from landscape.probes import entries, gradient_sweep
-from landscape.probes.edge import batch_sharpness, eigenvalues_above, hessian_eigenvalues_above, split_batch
-from landscape.probes.update import step_alpha, update_direction, update_sweep
+from landscape.probes import gradient_sweep, preconditioner, registry
+from landscape.probes.edge import batch_sharpness, edge_eigenvalues, split_batch
+from landscape.probes.linalg import eigenvalues_above
+from landscape.probes.optimizer import update_direction
+from landscape.probes.update import step_alpha, update_sweep
 from tests.test_probes import CE, F64, batch_for, full_hessian, mlp_bn
 
 OPTIMIZERS = {
@@ -58,7 +59,7 @@ def test_the_update_direction_is_the_step_the_optimizer_then_takes(name, steps_b
 def test_an_unknown_optimizer_is_named_once_and_the_other_probes_run():
     model = mlp_bn()
     opt = torch.optim.RMSprop(model.parameters(), lr=0.01)
-    msgs = entries.attach_warnings(["update_sweep", "gradient_sweep", "edge_eigenvalues"], opt, {})
+    msgs = registry.attach_warnings(["update_sweep", "gradient_sweep", "edge_eigenvalues"], opt, {})
     assert len(msgs) == 2 and msgs[0].startswith("update_sweep: landscape reads the update of SGD, Adam and AdamW, "
                                                  "not of RMSprop") and msgs[1].startswith("edge_eigenvalues:")
 
@@ -127,14 +128,14 @@ def test_eigenvalues_above_the_line_match_eigvalsh_with_several_above_it():
     H, _, _, _ = full_hessian(model, batch)
     evals = torch.linalg.eigvalsh(H).flip(0)
     line = float((evals[3] + evals[4]) / 2)  # four eigenvalues above it
-    r = hessian_eigenvalues_above(model, CE, batch, line, block=2, tol=1e-8, max_products=500)
+    r = edge_eigenvalues(model, CE, batch, line, block=2, tol=1e-8, max_products=500)
     assert r.count == 4 and r.converged and r.block >= 8  # the block doubled twice to make room
     assert r.values == pytest.approx(evals[:4].tolist(), rel=1e-6)
     # warm start from those vectors: the same values (what it saves on a network is measured in docs/edge.md)
-    again = hessian_eigenvalues_above(model, CE, batch, line, block=2, tol=1e-8, max_products=500, start=r.vectors)
+    again = edge_eigenvalues(model, CE, batch, line, block=2, tol=1e-8, max_products=500, start=r.vectors)
     assert again.warm and again.values == pytest.approx(r.values, rel=1e-6)
     # a line above every eigenvalue: none, but the top one is still measured
-    none = hessian_eigenvalues_above(model, CE, batch, float(evals[0]) * 2, tol=1e-8, max_products=500)
+    none = edge_eigenvalues(model, CE, batch, float(evals[0]) * 2, tol=1e-8, max_products=500)
     assert none.count == 0 and none.top == pytest.approx(float(evals[0]), rel=1e-6)
 
 
@@ -144,11 +145,11 @@ def test_eigenvalues_above_handles_a_preconditioner_as_the_sharpness_probe_does(
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     _backward(model, batch)
     opt.step()
-    P = entries.preconditioner(opt, model)
+    P = preconditioner(opt, model)
     H, _, names, _ = full_hessian(model, batch)
     p = torch.cat([P[n].reshape(-1) for n in names])
     top = torch.linalg.eigvalsh(H / p.sqrt()[:, None] / p.sqrt()[None, :])[-1].item()
-    r = hessian_eigenvalues_above(model, CE, batch, 0.5 * top, preconditioner=P, tol=1e-8, max_products=500)
+    r = edge_eigenvalues(model, CE, batch, 0.5 * top, preconditioner=P, tol=1e-8, max_products=500)
     assert r.values[0] == pytest.approx(top, rel=1e-6)
 
 
@@ -187,7 +188,7 @@ def test_the_new_probes_as_entries_in_a_users_loop(tmp_path):
     assert edge[0]["warm"] is False and edge[1]["warm"] is True and edge[0]["line"] == pytest.approx(0.75 * 2 * 1.9 / 0.05)
     bs = next(r["values"] for r in recs if r["probe"] == "batch_sharpness")
     assert len(bs["per_batch"]) == 2 and bs["threshold"] == pytest.approx(2 * 1.9 / 0.05)
-    assert entries.quantity("update_sweep", recs[0]["values"], "update_beta_eff") > 0
+    assert registry.quantity("update_sweep", recs[0]["values"], "update_beta_eff") > 0
 
 
 def test_an_eigenvalue_hidden_by_a_tiny_overlap_with_the_start_is_still_found():
@@ -195,7 +196,7 @@ def test_an_eigenvalue_hidden_by_a_tiny_overlap_with_the_start_is_still_found():
     1/sqrt(n), so every first-block residual sits far below tol x line and a rule reading residuals alone
     declares "none above the line" after one block (found on real fc-tanh runs: 0 counted at step 1 with
     the sharpness above the line). The minimum Krylov space finds it."""
-    from landscape.probes.edge import eigenvalues_above
+    from landscape.probes.linalg import eigenvalues_above
 
     n = 200_000
     d = torch.rand(n, generator=torch.Generator().manual_seed(3), dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""The probe table (landscape.probes.entries): a probe is one entry, and a run directory made by
+"""The probe table (landscape.probes.registry): a probe is one entry, and a run directory made by
 landscape 0.2 (flat probe settings) still loads, resumes (bitwise where the kernels round as the fixture machine's did) and reports."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from landscape.config import build_config, field_paths, to_dict
 from landscape.errors import UserError
 from landscape.experiments import REGISTRY
-from landscape.probes import Monitor, Probe, entries, explicit, register, unregister
+from landscape.probes import Monitor, Probe, explicit, register, registry, unregister
 from landscape.probes.records import scalars_of
 from landscape.report import build_report
 from landscape.results import median_probe, read_run
@@ -84,11 +84,11 @@ def test_a_new_probe_needs_only_its_entry(tmp_path, weight_norm_probe):
 
 def test_quantities_of_a_record_of_the_wrong_shape_are_none():
     for values in ({}, {"losses": "x"}, {"losses": [1, None]}, {"losses": 3}, [], None, {"grad_change": {"a": 1}}):
-        assert entries.quantity("gradient_sweep", values, "loss_band") is None
-        assert entries.quantity("gradient_sweep", values, "grad_change") is None
-    assert entries.quantity("gradient_sweep", {"losses": [1.0, 3.5, 2.0]}, "loss_band") == 2.5
-    assert entries.quantity("ics_opti", {"l2": {"a": 1.0, "b": "x", "c": None}}, "ics_l2") == {"a": 1.0}
-    assert entries.quantity("nope", {"value": 1}, "value") is None
+        assert registry.quantity("gradient_sweep", values, "loss_band") is None
+        assert registry.quantity("gradient_sweep", values, "grad_change") is None
+    assert registry.quantity("gradient_sweep", {"losses": [1.0, 3.5, 2.0]}, "loss_band") == 2.5
+    assert registry.quantity("ics_opti", {"l2": {"a": 1.0, "b": "x", "c": None}}, "ics_l2") == {"a": 1.0}
+    assert registry.quantity("nope", {"value": 1}, "value") is None
 
 
 def test_legacy_flat_probe_settings_read_into_the_entries_options():

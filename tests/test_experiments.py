@@ -231,8 +231,8 @@ def test_every_shipped_preset_builds_every_experiment(preset):
         assert (vgg.steps, vgg.data.batch_size, vgg.optim.momentum, vgg.model.init, vgg.data.augment) == \
             (15000, 128, 0.0, "xavier", False)
         assert [e * 0.1 for e in (vgg.probes.gradient_sweep.etas[0], vgg.probes.gradient_sweep.etas[-1])] == pytest.approx([0.05, 0.4])
-        assert (dln.steps, dln.optim.lr, dln.model.dln_depth, dln.data.batch_size) == (10000, 1e-6, 25, 0)
-        assert (dln.data.gaussian_samples, dln.loss, dln.model.init, dln.model.dln_width) == \
+        assert (dln.steps, dln.optim.lr, dln.model.dln.depth, dln.data.batch_size) == (10000, 1e-6, 25, 0)
+        assert (dln.data.gaussian_samples, dln.loss, dln.model.init, dln.model.dln.width) == \
             (1000, "sum_squares", "xavier", 10)  # the appendix: 1,000 samples as one batch, summed l2 loss
         assert (dln.probes.gradient_sweep.etas[0], dln.probes.gradient_sweep.etas[-1]) == (0.01, 30.0)
         noisy = plan(get("ics-distrib"), p, [0])[-1].cfg
@@ -291,8 +291,8 @@ def test_depth_calibration_rule_picks_the_first_rate_at_which_both_networks_leav
     from landscape.results import RunRecords
 
     def run(arch, depth, norm, lr, left, state="done"):
-        key = "vgg_depth" if arch == "vgg" else "resnet_depth"
-        return RunRecords(Path("r"), "r", {"model": {"arch": arch, key: depth, "norm": {"none": "none", "bn": "batch"}[norm]}, "optim": {"lr": lr}},
+        norm = {"none": "none", "bn": "batch"}[norm]
+        return RunRecords(Path("r"), "r", {"model": {"arch": arch, arch: {"depth": depth}, "norm": norm}, "optim": {"lr": lr}},
                           {}, {"status": state, "left_plateau_step": left}, [])
 
     runs = [run("vgg", 11, "none", 0.1, 100), run("vgg", 11, "bn", 0.1, 50),          # passes at once

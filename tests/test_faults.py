@@ -22,7 +22,7 @@ from tests.conftest import ROOT
 
 CFG = {"name": "victim", "steps": 12, "device": "cpu", "data_seed": 3,
        "data": {"dataset": "synthetic", "batch_size": 8, "synthetic_size": 64, "augment": True},
-       "model": {"width": 0.0625, "norm": "noisy_batch"}, "optim": {"lr": 0.05, "momentum": 0.9},
+       "model": {"vgg": {"width": 0.0625}, "norm": "noisy_batch"}, "optim": {"lr": 0.05, "momentum": 0.9},
        "log": {"train_every": 2, "eval_every": 4, "checkpoint_every": 3},
        "probes": {"enabled": ["gradient_sweep", "activation_stats"], "schedule": "list", "steps": [2, 7, 11],
                   "activation_batch": 16}}

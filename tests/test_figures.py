@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from landscape.experiments import depth, eos, ics_opti, transformer_norms
 from landscape.report import figures as F
 from landscape.results import RunRecords
 from tests.conftest import ROOT
@@ -39,7 +40,7 @@ def test_the_papers_layer_k_is_found_in_each_runs_own_records():
 
     F.plot_lines = spy
     try:
-        F.ics_layer_curves({"standard": [std], "bn": [bn]}, "DLN", [3])
+        ics_opti.ics_layer_curves({"standard": [std], "bn": [bn]}, "DLN", [3])
     finally:
         F.plot_lines = real
     cosines = list(drawn.values())[1]
@@ -50,15 +51,15 @@ def test_a_diverged_run_counts_as_0_in_the_accuracy_bars_once_as_in_the_claims()
     diverged = run("d", [{"kind": "test", "step": 10, "loss": 1.0, "acc": 0.5}],
                    {"status": "diverged", "diverged_step": 12})
     done = run("ok", [{"kind": "test", "step": 20, "loss": 1.0, "acc": 0.7}])
-    assert F.final_accuracies({"standard": [diverged], "bn": [done]}) == {"standard": [0.0], "bn": [0.7]}
-    assert F.accuracy_bars([("sgd", {"standard": [diverged], "bn": [done]})], "t")[:4] == b"\x89PNG"
+    assert transformer_norms.final_accuracies({"standard": [diverged], "bn": [done]}) == {"standard": [0.0], "bn": [0.7]}
+    assert transformer_norms.accuracy_bars([("sgd", {"standard": [diverged], "bn": [done]})], "t")[:4] == b"\x89PNG"
 
 
 def test_a_series_of_one_point_is_drawn():
     one = run("one", [{"kind": "train", "step": 50, "loss": 2.0, "acc": 0.2},
                       {"kind": "test", "step": 50, "loss": 2.1, "acc": 0.25}])
     fig, ax = F.subplots()
-    F.plot_lines(ax, {"bn": [one]}, F._metric("test", "acc"))
+    F.plot_lines(ax, {"bn": [one]}, F.metric_series("test", "acc"))
     (line,) = ax.get_lines()
     assert list(line.get_xdata()) == [50] and line.get_marker() == "o"
 
@@ -116,12 +117,12 @@ def test_an_edge_panel_no_run_has_values_for_is_left_out_not_drawn_empty(monkeyp
            for s in (1, 100)] + [{"kind": "train", "step": 100, "loss": 0.3, "acc": 0.5}]
     panels = (("sharpness / (2/lr)", series("sharpness", "over_threshold"), True),
               ("eigenvalues above 0.75 x 2/lr", series("edge_eigenvalues", "edge_count"), False),
-              ("train loss", F.train_metric("loss"), True))
+              ("train loss", eos.train_metric("loss"), True))
     seen = []
     real = F.row_panels
     monkeypatch.setattr(F, "row_panels", lambda rows, ps, title, ones=(): seen.append((ps, ones)) or
                         real(rows, ps, title, ones))
-    assert F.edge_panels([("lr 0.02", {"standard": [run("a", rec)]})], panels, "t")[:4] == b"\x89PNG"
+    assert eos.edge_panels([("lr 0.02", {"standard": [run("a", rec)]})], panels, "t")[:4] == b"\x89PNG"
     names = [p[0] for p in seen[0][0]]
     assert names == ["sharpness / (2/lr)", "train loss"] and seen[0][1] == (0,)
 
@@ -133,6 +134,6 @@ def test_a_negative_hessian_trace_is_drawn_not_dropped_by_a_log_axis(monkeypatch
     figs = []
     real = F.subplots
     monkeypatch.setattr(F, "subplots", lambda *a, **k: figs.append(real(*a, **k)) or figs[-1])
-    assert F.depth_panels([("vgg19", {"bn": [run("b", rec)]})], "t")[:4] == b"\x89PNG"
+    assert depth.depth_panels([("vgg19", {"bn": [run("b", rec)]})], "t")[:4] == b"\x89PNG"
     ax = figs[0][1][0][1]
     assert ax.get_yscale() == "symlog" and list(ax.get_lines()[0].get_ydata()) == [-1.4e5, 885.0]

@@ -4,14 +4,14 @@ import pytest
 import torch
 from torch import nn
 
-from landscape.config import ModelConfig
+from landscape.config import DlnConfig, MlpConfig, ModelConfig, ResnetConfig, VggConfig
 from landscape.models import LpNorm, NoisyBatchNorm, build_model
 
 
 @pytest.mark.parametrize("depth, convs", [(11, 8), (13, 10), (16, 13), (19, 16)])
 @pytest.mark.parametrize("norm", ["none", "batch", "noisy_batch", "l1", "l2", "linf"])
 def test_vgg_variants(depth, convs, norm):
-    model = build_model(ModelConfig(vgg_depth=depth, width=0.0625, norm=norm))
+    model = build_model(ModelConfig(norm=norm, vgg=VggConfig(depth=depth, width=0.0625)))
     conv = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert len(conv) == convs
     assert [c.out_channels for c in conv][:1] == [4]  # 64 * 0.0625
@@ -26,24 +26,24 @@ def test_vgg_variants(depth, convs, norm):
 
 
 def test_mlp_head_is_512_512_10_scaled_by_width():
-    model = build_model(ModelConfig(width=0.5, head="mlp"))
+    model = build_model(ModelConfig(vgg=VggConfig(width=0.5, head="mlp")))
     linear = [m for m in model.classifier.modules() if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linear] == [(256, 256), (256, 256), (256, 10)]
 
 
 def test_init_schemes_and_seeds():
-    x = build_model(ModelConfig(width=0.25, init="xavier"), seed=1)
+    x = build_model(ModelConfig(init="xavier", vgg=VggConfig(width=0.25)), seed=1)
     w = x.features[0].weight
     bound = math.sqrt(6 / (3 * 9 + 16 * 9))
     assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
-    k = build_model(ModelConfig(width=0.25, init="kaiming"), seed=1).features[0].weight
+    k = build_model(ModelConfig(init="kaiming", vgg=VggConfig(width=0.25)), seed=1).features[0].weight
     assert abs(k.std().item() - math.sqrt(2 / 27)) < 0.05
-    d = build_model(ModelConfig(width=0.25, init="torch_default"), seed=1).features[0].weight
+    d = build_model(ModelConfig(init="torch_default", vgg=VggConfig(width=0.25)), seed=1).features[0].weight
     assert not torch.equal(w, d)
-    assert torch.equal(w, build_model(ModelConfig(width=0.25), seed=1).features[0].weight)
-    assert not torch.equal(w, build_model(ModelConfig(width=0.25), seed=2).features[0].weight)
+    assert torch.equal(w, build_model(ModelConfig(vgg=VggConfig(width=0.25)), seed=1).features[0].weight)
+    assert not torch.equal(w, build_model(ModelConfig(vgg=VggConfig(width=0.25)), seed=2).features[0].weight)
     state = torch.get_rng_state()
-    build_model(ModelConfig(width=0.25), seed=3)
+    build_model(ModelConfig(vgg=VggConfig(width=0.25)), seed=3)
     assert torch.equal(state, torch.get_rng_state()), "building a model must not consume the global RNG"
 
 
@@ -122,7 +122,7 @@ def test_lp_norm_matches_its_definition(p):
 
 
 def test_deep_linear_network():
-    dln = build_model(ModelConfig(arch="dln", dln_depth=25, dln_width=10), in_dim=10, out_dim=10)
+    dln = build_model(ModelConfig(arch="dln", dln=DlnConfig(depth=25, width=10)), in_dim=10, out_dim=10)
     linear = [m for m in dln.modules() if isinstance(m, nn.Linear)]
     assert len(linear) == 25 and all(m.bias is None for m in linear)
     x = torch.randn(7, 10)
@@ -130,7 +130,7 @@ def test_deep_linear_network():
     for m in linear:
         product = m.weight @ product
     torch.testing.assert_close(dln(x), x @ product.T, rtol=1e-4, atol=1e-5)
-    bn = build_model(ModelConfig(arch="dln", dln_depth=4, norm="batch"), in_dim=10, out_dim=3)
+    bn = build_model(ModelConfig(arch="dln", norm="batch", dln=DlnConfig(depth=4)), in_dim=10, out_dim=3)
     assert sum(isinstance(m, nn.BatchNorm1d) for m in bn.modules()) == 3
     assert bn(x).shape == (7, 3)
 
@@ -145,7 +145,7 @@ def test_resnet20_has_the_parameter_count_counted_by_hand():
                + 16 * 32 * 9 + 5 * 32 * 32 * 9 + 6 * 2 * 32
                + 32 * 64 * 9 + 5 * 64 * 64 * 9 + 6 * 2 * 64
                + 64 * 10 + 10)
-    model = build_model(ModelConfig(arch="resnet", resnet_depth=20, norm="batch"))
+    model = build_model(ModelConfig(arch="resnet", norm="batch", resnet=ResnetConfig(depth=20)))
     assert sum(p.numel() for p in model.parameters()) == by_hand == 269_722
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert len(convs) == 19 and all(c.bias is None for c in convs)  # 19 convs + the head: 20 layers
@@ -155,10 +155,10 @@ def test_resnet20_has_the_parameter_count_counted_by_hand():
 @pytest.mark.parametrize("depth", [8, 20, 32, 56])
 def test_resnet_depths_and_the_unnormalised_forms(depth):
     n = (depth - 2) // 6
-    plain = build_model(ModelConfig(arch="resnet", resnet_depth=depth, norm="none", init="kaiming"))
+    plain = build_model(ModelConfig(arch="resnet", norm="none", init="kaiming", resnet=ResnetConfig(depth=depth)))
     assert len(plain.blocks) == 3 * n and not any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
     assert all(c.bias is not None for c in plain.modules() if isinstance(c, nn.Conv2d))
-    fixup = build_model(ModelConfig(arch="resnet", resnet_depth=depth, norm="none", init="fixup"))
+    fixup = build_model(ModelConfig(arch="resnet", norm="none", init="fixup", resnet=ResnetConfig(depth=depth)))
     x = torch.randn(8, 3, 32, 32)
     out = fixup(x)
     # Fixup at initialisation: every residual branch is zero (its last conv is), so the output is finite at any depth
@@ -190,5 +190,5 @@ def test_the_mlp_is_cohen_et_als_fc_tanh():
     linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linear] == [(3072, 200), (200, 200), (200, 10)]
     assert sum(isinstance(m, nn.Tanh) for m in model.modules()) == 2
-    bn = build_model(ModelConfig(arch="mlp", norm="batch", activation="relu", mlp_widths=(32,)))
+    bn = build_model(ModelConfig(arch="mlp", norm="batch", mlp=MlpConfig(activation="relu", widths=(32,))))
     assert sum(isinstance(m, nn.BatchNorm1d) for m in bn.modules()) == 1 and bn(torch.randn(4, 3, 32, 32)).shape == (4, 10)

@@ -21,7 +21,7 @@ PROBES = ["gradient_sweep", "sharpness", "ics_opti", "activation_stats"]
 def config(tmp_path, name="tb"):
     cfg = {"name": name, "steps": 6, "device": "cpu", "data": {"dataset": "synthetic", "batch_size": 8,
                                                                 "synthetic_size": 32},
-           "model": {"width": 0.0625, "norm": "batch"},
+           "model": {"vgg": {"width": 0.0625}, "norm": "batch"},
            "probes": {"enabled": PROBES, "schedule": "every", "every": 3, "sharpness_iters": 5},
            "log": {"train_every": 2, "eval_every": 3, "checkpoint_every": 3}}
     path = tmp_path / f"{name}.yaml"

@@ -117,7 +117,7 @@ def test_scale_free_companions_on_a_quadratic_are_exact():
     """The companions of Figure 4 read off a sweep's record: on L = w'Aw/2 the loss departs from its
     first-order prediction by eta^2 g'Ag/2, so rel_loss_departure = eta_max g'Ag / (2 g'g), and
     rel_grad_change = eta_max ||Ag|| / ||g||; both unchanged when w (hence g) is scaled by 1000."""
-    from landscape.probes import entries
+    from landscape.probes import registry
 
     torch.manual_seed(1)
     M = torch.randn(5, 5, dtype=F64)
@@ -128,14 +128,14 @@ def test_scale_free_companions_on_a_quadratic_are_exact():
     for scale in (1.0, 1000.0):
         r = gradient_sweep(Quadratic(scale * w), quad, (torch.zeros(1), None), etas).as_dict()
         g = A @ (scale * w)
-        dep = entries.quantity("gradient_sweep", r, "rel_loss_departure")
+        dep = registry.quantity("gradient_sweep", r, "rel_loss_departure")
         assert dep == pytest.approx((etas[-1] * (g @ A @ g) / (2 * g @ g)).item(), rel=1e-6)
-        rel = entries.quantity("gradient_sweep", r, "rel_grad_change")
+        rel = registry.quantity("gradient_sweep", r, "rel_grad_change")
         assert rel == pytest.approx((etas[-1] * (A @ g).norm() / g.norm()).item(), rel=1e-10)
     # a record without the fields it needs, or with a zero gradient, has no value
-    assert entries.quantity("gradient_sweep", {"loss": 1.0, "grad_norm": 0.0, "etas": [0.1], "losses": [1.0],
+    assert registry.quantity("gradient_sweep", {"loss": 1.0, "grad_norm": 0.0, "etas": [0.1], "losses": [1.0],
                                                 "grad_change": [0.0]}, "rel_loss_departure") is None
-    assert entries.quantity("gradient_sweep", {"grad_change": [0.1]}, "rel_grad_change") is None
+    assert registry.quantity("gradient_sweep", {"grad_change": [0.1]}, "rel_grad_change") is None
 
 
 def full_hessian(model, batch):
@@ -427,7 +427,8 @@ def test_monitor_in_a_users_own_loop_writes_a_run_directory(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     with Monitor(tmp_path / "resnet", model, opt, CE, every(2), probes=["gradient_sweep", "ics_opti", "sharpness"],
-                 eta_multiples=[1.0, 4.0], layers=["conv1", "layer1", "layer4", "fc"], sharpness_iters=3) as monitor:
+                 options={"gradient_sweep": {"etas": (1.0, 4.0)}, "sharpness": {"iters": 3}},
+                 layers=["conv1", "layer1", "layer4", "fc"]) as monitor:
         for step in range(1, 4):
             loss = CE(model(x), y)
             opt.zero_grad()

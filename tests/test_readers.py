@@ -98,7 +98,7 @@ def test_random_mutations_of_real_records_never_raise_out_of_the_readers(one_exp
         for _ in range(rng.randint(1, 3)):
             mutate_file(rng, rng.choice(files))
         for read in (lambda: build_report([work], tmp_path / f"r{case}.html", REGISTRY),
-                     lambda: claims_markdown([work], True, order=list(REGISTRY)),
+                     lambda: claims_markdown([work], True, REGISTRY),
                      lambda: export_runs([work], "tensorboard", tmp_path / f"tb{case}")):
             try:
                 read()

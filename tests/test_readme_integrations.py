@@ -46,12 +46,12 @@ def test_the_readme_tensorboard_example_runs(tmp_path, monkeypatch):
 
 
 def test_the_docs_probe_entry_example_runs(tmp_path, monkeypatch, capsys):
-    from landscape.probes import entries
+    from landscape.probes import registry
 
     try:
         run_block("from dataclasses import dataclass", tmp_path, monkeypatch)
-        assert "weight_norm" in entries.REGISTRY
+        assert "weight_norm" in registry.REGISTRY
     finally:
-        entries.unregister("weight_norm")
+        registry.unregister("weight_norm")
     printed = capsys.readouterr().out
     assert printed.startswith("[(1, ") and "(5, " in printed and "(10, " in printed

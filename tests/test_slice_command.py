@@ -131,7 +131,7 @@ def test_bad_slices_end_in_one_line(run_dir, args, message):
 
 
 def test_a_checkpoint_of_another_model_is_refused(run_dir, tmp_path):
-    train(tiny_config(name="other", steps=2, model={"width": 0.125}), out=tmp_path)
+    train(tiny_config(name="other", steps=2, model={"vgg": {"width": 0.125}}), out=tmp_path)
     before = tree_hash(run_dir)
     res = runner.invoke(app, ["slice", str(run_dir), "--name", "bad", "--directions", "interpolate", "--dims", "1",
                               "--to", str(tmp_path / "other" / "checkpoint.pt"), "--grid", "3", "--subset", "8"])

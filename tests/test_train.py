@@ -118,7 +118,7 @@ def test_a_run_stuck_on_the_plateau_says_so(tmp_path):
 def test_deep_linear_network_full_batch_regression(tmp_path):
     cfg = tiny_config(name="dln", steps=50, loss="sum_squares",
                       data={"dataset": "gaussian", "batch_size": 0, "gaussian_samples": 64},
-                      model={"arch": "dln", "dln_depth": 6}, optim={"lr": 1e-4},
+                      model={"arch": "dln", "dln": {"depth": 6}}, optim={"lr": 1e-4},
                       log={"train_every": 10, "eval_every": 25, "checkpoint_every": 25})
     status = train(cfg, out=tmp_path)
     recs = [r for r in read_metrics(tmp_path / "dln" / "metrics.jsonl") if r["kind"] == "train"]
@@ -202,9 +202,9 @@ def test_curvature_probes_never_change_training(tmp_path, optim, arch):
     a ViT with dropout under SGD, and ResNet-8 with BN and without (Fixup): bitwise the same weights and records as
     probes off."""
     model = {"norm": "batch"} if arch == "vgg" else \
-        {"arch": "resnet", "resnet_depth": 8, "norm": "batch", "init": "kaiming"} if arch == "resnet" else \
-        {"arch": "resnet", "resnet_depth": 8, "norm": "none", "init": "fixup"} if arch == "resnet-fixup" else \
-        {"arch": "vit", "norm": "layer", "vit_dim": 16, "vit_depth": 2, "vit_heads": 2, "vit_patch": 8, "dropout": 0.1}
+        {"arch": "resnet", "resnet": {"depth": 8}, "norm": "batch", "init": "kaiming"} if arch == "resnet" else \
+        {"arch": "resnet", "resnet": {"depth": 8}, "norm": "none", "init": "fixup"} if arch == "resnet-fixup" else \
+        {"arch": "vit", "norm": "layer", "vit": {"dim": 16, "depth": 2, "heads": 2, "patch": 8, "dropout": 0.1}}
     base = dict(steps=6, model=model, optim=optim)
     off = tiny_config(name="off", **base)
     on = tiny_config(name="on", **base, probes={
@@ -230,8 +230,8 @@ def test_curvature_probes_never_change_training(tmp_path, optim, arch):
 def test_a_run_with_dropout_is_a_pure_function_of_its_config(tmp_path):
     """Dropout draws from a stream seeded by the run's config: whatever the process drew before
     (another run, a user's own code) changes nothing, and the caller's generator is left as it was."""
-    cfg = tiny_config(steps=4, model={"arch": "vit", "norm": "layer", "vit_dim": 16, "vit_depth": 1, "vit_heads": 2,
-                                      "vit_patch": 8, "dropout": 0.3})
+    cfg = tiny_config(steps=4, model={"arch": "vit", "norm": "layer",
+                                      "vit": {"dim": 16, "depth": 1, "heads": 2, "patch": 8, "dropout": 0.3}})
     weights = []
     for i, seed in enumerate((1, 2)):
         torch.manual_seed(seed)
@@ -251,7 +251,7 @@ def test_the_square_loss_to_one_hot_labels_is_cohen_et_als_and_trains_an_mlp(tmp
     out, y = torch.randn(5, 4, dtype=torch.float64), torch.tensor([0, 3, 1, 1, 2])
     by_hand = sum(0.5 * float(((out[i] - torch.eye(4, dtype=torch.float64)[y[i]]) ** 2).sum()) for i in range(5)) / 5
     assert LOSSES["square_onehot"](out, y).item() == pytest.approx(by_hand, rel=1e-12)
-    cfg = tiny_config(steps=6, loss="square_onehot", model={"arch": "mlp", "mlp_widths": [16], "init": "torch_default"},
+    cfg = tiny_config(steps=6, loss="square_onehot", model={"arch": "mlp", "mlp": {"widths": [16]}, "init": "torch_default"},
                       data={"batch_size": 0}, optim={"lr": 0.05},
                       probes={"enabled": ["sharpness", "batch_sharpness"], "every": 3,
                               "sharpness": {"iters": 5, "batch": 64, "raw": True},

@@ -119,7 +119,7 @@ def test_vit_config_is_validated():
     from landscape.errors import UserError
 
     with pytest.raises(UserError, match="divisible"):
-        build_config([{"model": {"arch": "vit", "vit_dim": 30, "vit_heads": 4}}])
+        build_config([{"model": {"arch": "vit", "vit": {"dim": 30, "heads": 4}}}])
     with pytest.raises(UserError, match="not one for model.arch=vit"):
         build_config([{"model": {"arch": "vit", "norm": "noisy_batch"}}])
     with pytest.raises(UserError, match="not one for model.arch=vgg"):

@@ -38,10 +38,10 @@ from __future__ import annotations
 
 from landscape.claims import Claim, ratio
 from landscape.experiments import Experiment, Figure, register
-from landscape.names import NETS
+from landscape.names import NETS, label_of
 from landscape.planning import RunSpec, paired_run
 from landscape.report import figures as F
-from landscape.results import RunRecords, probe_series
+from landscape.results import RunRecords, probe_series, series
 
 DEFAULTS = {"vgg_depths": [11, 13, 16, 19], "resnet_depths": [20, 56], "lrs": {}, "lr": 0.1, "run": {}, "vgg": {},
             "resnet": {}}
@@ -61,7 +61,7 @@ def calibrate(runs, candidates=CANDIDATE_LRS) -> dict[str, tuple[float | None, s
             continue
         cfg = run.config or {}
         model, arch = cfg.get("model", {}), cfg.get("model", {}).get("arch")
-        depth = model.get("vgg_depth") if arch == "vgg" else model.get("resnet_depth")
+        depth = (model.get(arch) or {}).get("depth")
         net = {v: k for k, v in NETS.items()}.get(model.get("norm"))
         key = (variant(arch, depth), float(cfg.get("optim", {}).get("lr")))
         left.setdefault(key, {})[net] = (run.state == "done" and run.status.get("left_plateau_step") is not None)
@@ -96,7 +96,7 @@ def lr_of(s: dict, arch: str, depth: int) -> float:
 
 def depth_run(preset: dict, arch: str, depth: int, net: str, seed: int, overrides=()) -> RunSpec:
     s = settings(preset)
-    model = {"vgg_depth": depth} if arch == "vgg" else {"resnet_depth": depth}
+    model = {arch: {"depth": depth}}
     after = [{"model": {"init": "fixup"}}] if arch == "resnet" and net == "standard" else []
     return paired_run(f"depth-{arch}{depth}", arch, net, lr_of(s, arch, depth), seed,
                       [s["run"], s[arch], {"model": model}], overrides, variant=variant(arch, depth), after=after)
@@ -151,31 +151,32 @@ def claims(preset: dict) -> list[Claim]:
                              f"does not make the landscape smoother (the {what} is not lower with BN)",
                              f"{what} after the short run, no BN (Fixup) / BN", _pair("resnet", res[0], metric,
                                                                                        "standard", "bn"), 1.0,
-                             direction="below", transform="log", layers="all parameters"))
+                             direction="below", transform="log", layers="all parameters", statement="pyhessian"))
             if len(res) > 1:
                 out.append(Claim(f"depth.pyhessian.resnet{res[-1]}.{key}", f"PyHessian: in the deep ResNet-{res[-1]} BN "
                                  f"makes the landscape smoother (a lower {what})",
                                  f"{what} after the short run, no BN (Fixup) / BN",
                                  _pair("resnet", res[-1], metric, "standard", "bn"), 1.0, transform="log",
-                                 layers="all parameters"))
+                                 layers="all parameters", statement="pyhessian"))
     if len(vgg) > 1:
         out.append(Claim("depth.yang.vgg_bn_grows", f"Yang et al.: at initialisation the gradient explodes with depth "
                          f"in BN VGG (no skip connections): VGG-{vgg[-1]} over VGG-{vgg[0]}",
                          "first conv's gradient norm / the head's at step 1, deeper / shallower",
                          _deep_over_shallow("vgg", vgg[-1], vgg[0], "bn", explode), 1.0, transform="log",
-                         layers="the first conv and the head"))
+                         layers="the first conv and the head", statement="yang"))
     if vgg:
         out.append(Claim(f"depth.yang.vgg{vgg[-1]}.bn_over_standard", f"Yang et al.: at initialisation the deepest "
                          f"VGG ({vgg[-1]}) has a larger gradient explosion with BN than without",
                          "first conv's gradient norm / the head's at step 1, BN / standard",
                          _pair("vgg", vgg[-1], explode, "bn", "standard"), 1.0, transform="log",
-                         layers="the first conv and the head"))
+                         layers="the first conv and the head", statement="yang"))
     for arch, depths in (("vgg", vgg), ("resnet", res)):
         for d in depths:
             out.append(Claim(f"depth.fig4.{arch}{d}.beta_eff", f"The paper at {arch.upper() if arch == 'vgg' else 'ResNet'}"
                              f"-{d}: effective beta-smoothness is lower with BN after the short run",
                              "beta_eff at the last probe step, standard / BN", _pair(arch, d, beta, "standard", "bn"),
-                             1.0, transform="log", layers="all parameters", headline=d == depths[-1]))
+                             1.0, transform="log", layers="all parameters", headline=d == depths[-1],
+                             statement="smoother"))
     for arch, depths in (("vgg", vgg), ("resnet", res)):  # the same ratios at every depth, as diagnostics
         for d in depths:
             for key, metric in (("sharpness", end_sharp), ("trace", end_trace)):
@@ -183,7 +184,7 @@ def claims(preset: dict) -> list[Claim]:
                     continue
                 out.append(Claim(f"depth.{arch}{d}.{key}", f"{arch} depth {d}: the {key} after the short run is "
                                  "lower with BN", f"{key}, standard / BN", _pair(arch, d, metric, "standard", "bn"),
-                                 1.0, transform="log", headline=False))
+                                 1.0, transform="log", headline=False, statement="sharpness"))
     return out
 
 
@@ -193,7 +194,7 @@ def figures(t) -> list[Figure]:
         return []
     return [Figure("Per depth: at initialisation and after the short run, the top Hessian eigenvalue, the trace, "
                    "beta_eff, and the gradient norm per layer at initialisation (first conv to the head)",
-                   F.depth_panels, (rows, "depth"))]
+                   depth_panels, (rows, "depth"))]
 
 
 EXPERIMENT = register(Experiment(
@@ -205,3 +206,37 @@ EXPERIMENT = register(Experiment(
     "per-layer gradients at initialisation and after a short run, against PyHessian's and Yang et al.'s claims.",
     plan=plan, claims=claims, figures=figures, paper=False, preset_key="depth"))
 
+
+# ------------------------------------------------------------------ this experiment's own figures
+
+
+@F.drawing
+def depth_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], title: str) -> bytes:
+    """One row per (architecture, depth): top eigenvalue, trace and beta_eff over the probe steps (step 1 is
+    the initialisation), and the gradient norm per layer at step 1, per network (first seed)."""
+    panels = (("top Hessian eigenvalue", series("sharpness", "sharpness"), True),
+              ("Hessian trace", series("hessian_trace", "hessian_trace"), True),
+              ("beta_eff", series("gradient_sweep", "beta_eff"), True))
+    fig, axes = F.subplots(len(rows), len(panels) + 1, figsize=(4 * (len(panels) + 1), 2.8 * len(rows)), squeeze=False)
+    for row, (label, groups) in zip(axes, rows):
+        for ax, (name, fn, logy) in zip(row, panels):
+            F.plot_lines(ax, groups, fn, logy=logy)
+            ax.set_ylabel(f"{name}\n{F.text(label)}", fontsize=8)
+            ax.set_xlabel("step")
+        ax = row[-1]
+        for net, runs in groups.items():
+            first = next(iter(probe_series(runs[0], "layer_grad_norm", "layer_grad_norm")), None)
+            layers = F.probed_layers(runs[:1], "layer_grad_norm")
+            values = first[1] if first else None
+            if values and layers and all(layer in values for layer in layers):
+                ys = [values[layer] for layer in layers]
+                ax.plot(range(len(ys)), ys, color=F.color_of(net), marker=".", label=F.text(label_of(net)))
+        if ax.has_data():
+            ax.set_yscale("log")
+        ax.set_xlabel("layer (first conv ... head)")
+        ax.set_ylabel(f"gradient norm at step 1\n{F.text(label)}", fontsize=8)
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=8)
+    fig.suptitle(title, y=1.01)
+    fig.tight_layout()
+    return F.to_png(fig)

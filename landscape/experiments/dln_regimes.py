@@ -17,7 +17,7 @@ from landscape.claims import Claim, in_variant, median_probe
 from landscape.experiments import Experiment, Figure, ics_opti, register, smoothness
 from landscape.planning import dln_run, regime_name
 from landscape.report import figures as F
-from landscape.results import beta_eff, max_grad_change
+from landscape.results import RunRecords, beta_eff, max_grad_change, series
 
 
 def regimes(preset: dict) -> list[tuple[int, str]]:
@@ -72,7 +72,7 @@ def figures(t) -> list[Figure]:
     if not rows:
         return []
     return [Figure("The DLN in each regime: sharpness against 2/lr, cos(G, G'), beta_eff and train loss",
-                   F.regime_panels, (rows, "deep linear network: regimes (samples, loss summed or averaged)"))]
+                   regime_panels, (rows, "deep linear network: regimes (samples, loss summed or averaged)"))]
 
 
 EXPERIMENT = register(Experiment(
@@ -81,3 +81,18 @@ EXPERIMENT = register(Experiment(
     anchor="dln-regimes",
     help="The DLN of Figures 3-4 at several sample counts, loss summed or averaged: stability and the paper's claims.",
     plan=plan, claims=claims, figures=figures, preset_key="dln_regimes"))
+
+
+# ------------------------------------------------------------------ this experiment's own figures
+
+
+@F.drawing
+def regime_panels(regimes: list[tuple[str, dict[str, list[RunRecords]]]], title: str) -> bytes:
+    """One row per regime: sharpness / stability threshold, cos(G, G') (mean over layers after
+    the first), beta_eff and the train loss, over steps, per network."""
+    panels = (("sharpness / threshold", series("sharpness", "over_threshold"),
+               True),
+              ("cos(G, G')", series("ics_opti", "mean_cos"), False),
+              ("beta_eff", series("gradient_sweep", "beta_eff"), True),
+              ("train loss", F.metric_series("train", "loss"), True))
+    return F.to_png(F.row_panels(regimes, panels, title, ones=(0, 1)))

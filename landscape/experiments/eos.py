@@ -36,6 +36,7 @@ steps whose value / threshold lies within ``[1/BAND, BAND]``, claimed above ``SH
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from landscape.claims import Claim, ratio
@@ -182,7 +183,7 @@ def claims_gd(preset: dict) -> list[Claim]:
         out.append(Claim(f"eos_gd.lr{lr:g}.at_edge", f"GD at lr {lr:g}: sharpness at 2/lr through the last "
                          f"{TAIL:.0%} of training", f"share of probe steps in [1/{BAND:g}, {BAND:g}] x 2/lr",
                          at_lr(lr, at_edge), SHARE, headline=False))
-    return out
+    return [dataclasses.replace(c, statement="eos_gd") for c in out]  # every claim tests its paper's statement
 
 
 def _rows(t, variants: bool):
@@ -198,9 +199,9 @@ def figures_gd(t) -> list[Figure]:
         return []
     panels = (("sharpness / (2/lr)", series("sharpness", "over_threshold"), True),
               ("eigenvalues above 0.75 x 2/lr", series("edge_eigenvalues", "edge_count"), False),
-              ("train loss", F.train_metric("loss"), True))
+              ("train loss", train_metric("loss"), True))
     return [Figure("Full-batch GD: sharpness against 2/lr (dashed: the edge), how many eigenvalues sit above 1.5/lr, "
-                   "and the train loss", F.edge_panels, (rows, panels, "edge of stability, GD"))]
+                   "and the train loss", edge_panels, (rows, panels, "edge of stability, GD"))]
 
 
 # ------------------------------------------------------------------ eos-adam
@@ -230,7 +231,7 @@ def claims_adam(preset: dict) -> list[Claim]:
         out.append(Claim(f"eos_adam.lr{lr:g}.sharpening", f"Adam at lr {lr:g}: the preconditioned sharpness rises",
                          "on first reaching 0.9 x 38/lr over its value at the first probe", at_lr(lr, sharpening),
                          RISE, transform="log", headline=False))
-    return out
+    return [dataclasses.replace(c, statement="eos_adam") for c in out]  # every claim tests its paper's statement
 
 
 def figures_adam(t) -> list[Figure]:
@@ -240,9 +241,9 @@ def figures_adam(t) -> list[Figure]:
     panels = (("sharpness of P^-1 H / (38/lr)", series("sharpness", "over_threshold"), True),
               ("raw sharpness of H / (38/lr)", series("sharpness", "raw_over_threshold"), True),
               ("eigenvalues of P^-1 H above 0.75 x 38/lr", series("edge_eigenvalues", "edge_count"), False),
-              ("train loss", F.train_metric("loss"), True))
+              ("train loss", train_metric("loss"), True))
     return [Figure("Full-batch Adam: the preconditioned and the raw sharpness against 38/lr (dashed: the edge)",
-                   F.edge_panels, (rows, panels, "edge of stability, Adam"))]
+                   edge_panels, (rows, panels, "edge of stability, Adam"))]
 
 
 # ------------------------------------------------------------------ eos-sgd
@@ -287,7 +288,7 @@ def claims_sgd(preset: dict) -> list[Claim]:
                          f"the larger ({max(sizes)})", "median full-batch sharpness over the last 30%, smaller / larger",
                          lambda t: ratio(_only_one(t.only(small), full), _only_one(t.only(large), full)), 1.0,
                          direction="below", transform="log", headline=False))
-    return out
+    return [dataclasses.replace(c, statement="eos_sgd") for c in out]  # every claim tests its paper's statement
 
 
 def _only_one(t, metric) -> dict:
@@ -303,9 +304,9 @@ def figures_sgd(t) -> list[Figure]:
     panels = (("batch sharpness / (2/lr)", series("batch_sharpness", "batch_over_threshold"), True),
               ("full-batch sharpness / (2/lr)", series("sharpness", "over_threshold"), True),
               ("eigenvalues above 0.75 x 2/lr", series("edge_eigenvalues", "edge_count"), False),
-              ("train loss", F.train_metric("loss"), True))
+              ("train loss", train_metric("loss"), True))
     return [Figure("Minibatch SGD per batch size: batch sharpness and full-batch sharpness against 2/lr (dashed: "
-                   "the edge)", F.edge_panels, (rows, panels, "edge of stochastic stability"))]
+                   "the edge)", edge_panels, (rows, panels, "edge of stochastic stability"))]
 
 
 ABOUT = ("What to look for: each value divided by its stability threshold, so the dashed line at 1 is the edge; "
@@ -326,3 +327,22 @@ register(Experiment(
     help="Beyond the paper: Andreyev and Beneventano: minibatch SGD's batch sharpness settles at 2/lr while the "
     "full-batch sharpness stays below (2 batch sizes).", plan=plan_sgd, claims=claims_sgd, figures=figures_sgd,
     paper=False, preset_key="eos_sgd", about=ABOUT))
+
+
+# ------------------------------------------------------------------ this experiment's own figures
+
+
+def train_metric(key: str):
+    """A run's ``[(step, train record's key)]``, for a panel of :func:`edge_panels`."""
+    return F.metric_series("train", key)
+
+
+@F.drawing
+def edge_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], panels, title: str) -> bytes:
+    """One row per setting (learning rate, batch size), one column per ``(name, series, logy)`` panel; a
+    panel of a value over its threshold ("... / (2/lr)") gets the edge, 1, as a dashed line. A panel that no
+    run has a value for (a probe the preset did not enable) is left out, not drawn empty."""
+    every_run = [r for _, groups in rows for runs in groups.values() for r in runs]
+    panels = [p for p in panels if any(p[1](r) for r in every_run)] or panels
+    return F.to_png(F.row_panels(rows, panels, title, ones=tuple(i for i, (name, _, _) in enumerate(panels)
+                                                             if " / (" in name)))

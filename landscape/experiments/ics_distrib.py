@@ -6,7 +6,7 @@ from landscape.claims import Claim, diff, final_train_acc, median_probe, ratio
 from landscape.experiments import Experiment, Figure, register
 from landscape.planning import vgg_runs
 from landscape.report import figures as F
-from landscape.results import mean_shift
+from landscape.results import RunRecords, mean_shift, series
 
 NETS = ("standard", "bn", "noisy_bn")
 PAPER_LAYERS = (2, 9, 13)  # the layers Figure 2 of the paper shows
@@ -76,7 +76,7 @@ def figures(t) -> list[Figure]:
         figs.append(Figure(f"Activation distributions of the last probed layer, {probed[-1]} (the paper's layer "
                            f"{', '.join(map(str, absent))} is beyond this network)", F.activation_ridges,
                            (g, probed[-1], f"input of {probed[-1]}")))
-    figs.append(Figure("ICS_distrib: shift between consecutive measurements on a fixed batch", F.shift_curves,
+    figs.append(Figure("ICS_distrib: shift between consecutive measurements on a fixed batch", shift_curves,
                        (g, "distribution shift")))
     return figs
 
@@ -86,3 +86,21 @@ EXPERIMENT = register(Experiment(
     name="ics-distrib", title="Figure 2: noisy BatchNorm and ICS_distrib", anchor="fig2",
     help="Figure 2: standard vs BN vs noisy BN (accuracy and ICS_distrib, the activation shift).",
     plan=plan, claims=claims, figures=figures))
+
+
+# ------------------------------------------------------------------ this experiment's own figures
+
+
+@F.drawing
+def shift_curves(groups: dict[str, list[RunRecords]], title: str) -> bytes:
+    fig, axes = F.subplots(1, 2, figsize=(10, 3.3))
+    F.plot_lines(axes[0], groups, series("activation_stats", "mean_shift"), logy=True)
+    axes[0].set_ylabel("Wasserstein-1 shift\n(mean over layers)")
+
+    F.plot_lines(axes[1], groups, series("activation_stats", "mean_std"), logy=True)
+    axes[1].set_ylabel("std of layer inputs\n(mean over layers)")
+    for ax in axes:
+        ax.set_xlabel("step")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, y=1.03)
+    return F.to_png(fig)

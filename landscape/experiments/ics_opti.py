@@ -6,6 +6,7 @@ from landscape.claims import Claim, diff, final_train_loss, median_probe, ratio
 from landscape.experiments import Experiment, Figure, register
 from landscape.planning import dln_runs, vgg_runs
 from landscape.report import figures as F
+from landscape.results import RunRecords, series
 
 PAPER_LAYERS = {"vgg": (5, 10), "dln": (9, 17)}  # the layers Figure 3 of the paper shows
 LAYERS = "every probed layer after the first (its G' = G by definition), mean over layers"
@@ -63,7 +64,7 @@ def figures(t) -> list[Figure]:
                 note = f" (layer {', '.join(map(str, absent))} is beyond this network)" if absent else ""
                 figs.append(Figure(f"{arch.upper()}: ICS_opti at the paper's layers "
                                    f"{', '.join(str(k) for k in present)}{note}; {F.LAYER_COUNTING}",
-                                   F.ics_layer_curves, (g, arch.upper(), present)))
+                                   ics_layer_curves, (g, arch.upper(), present)))
             figs.append(Figure(f"{arch.upper()}: training", curves, (g, arch.upper())))
     return figs
 
@@ -73,3 +74,30 @@ EXPERIMENT = register(Experiment(
     name="ics-opti", title="Figure 3: ICS from the optimisation view (ICS_opti)", anchor="fig3",
     help="Figure 3: ICS_opti (l2 and cosine between G and G') for VGG and the deep linear network.",
     plan=plan, claims=claims, figures=figures))
+
+
+# ------------------------------------------------------------------ this experiment's own figures
+
+
+@F.drawing
+def ics_layer_curves(groups: dict[str, list[RunRecords]], title: str, layers: list[int]) -> bytes:
+    """||G - G'|| and cos(G, G') over training for the paper's F.numbered layers, one row per layer,
+    each network's layer k found in its own records."""
+    fig, axes = F.subplots(len(layers), 2, figsize=(10, 3.0 * len(layers)), squeeze=False)
+    for row, k in zip(axes, layers):
+        for ax, key, logy in zip(row, ("l2", "cosine"), (True, False)):
+            def layer_series(run, key=key, k=k):
+                name = F.layer_name(run, "ics_opti", k)
+                return [(step, v.get(name)) for step, v in series("ics_opti", "ics_l2" if key == "l2" else "ics_cos")(run)
+                        if name is not None]
+
+            F.plot_lines(ax, groups, layer_series, logy=logy)
+            ax.set_xlabel("step")
+            names = sorted({n for runs in groups.values() for n in [F.layer_name(runs[0], "ics_opti", k)] if n})
+            ax.set_ylabel(("||G - G'||" if key == "l2" else "cos(G, G')") + f"\nlayer {k} ({F.text(', '.join(names))})",
+                          fontsize=8)
+        row[1].axhline(1.0, color="grey", lw=0.8)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(F.text(title), y=1.01)
+    fig.tight_layout()
+    return F.to_png(fig)

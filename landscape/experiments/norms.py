@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from landscape.claims import Claim, diff, final_test_acc, median_probe, ratio
 from landscape.experiments import Experiment, Figure, register
+from landscape.names import label_of
 from landscape.planning import vgg_runs
 from landscape.report import figures as F
-from landscape.results import beta_eff
+from landscape.results import RunRecords, beta_eff, med, series
 
 LP = ("l1", "l2", "linf")
 
@@ -43,7 +44,7 @@ def figures(t) -> list[Figure]:
     g = t.groups("vgg")
     figs = [Figure("Normalisations: train and test curves", F.training_curves, (g, "l_p normalisations")),
             Figure("Normalisations: smoothness along the gradient", F.landscape_panels, (g, "l_p normalisations")),
-            Figure("Normalisations: median smoothness over training", F.summary_bars, (g, "medians over probe steps"))]
+            Figure("Normalisations: median smoothness over training", summary_bars, (g, "medians over probe steps"))]
     layer = F.middle_layer([r for rs in g.values() for r in rs])
     if layer:
         figs.append(Figure(f"Activation distributions of {layer}", F.activation_ridges, (g, layer, f"input of {layer}")))
@@ -55,3 +56,28 @@ EXPERIMENT = register(Experiment(
     name="norms", title="Appendix: l_p normalisations", anchor="appendix",
     help="Appendix: l1, l2 and l_inf normalisation against BN and standard.",
     plan=plan, claims=claims, figures=figures))
+
+
+# ------------------------------------------------------------------ this experiment's own figures
+
+
+@F.drawing
+def summary_bars(groups: dict[str, list[RunRecords]], title: str) -> bytes:
+    """Per net: median beta_eff, loss band and max gradient change over probe steps (log scale)."""
+    rows = []
+    for net, runs in groups.items():
+        for run in runs:
+            rows.append((net, *(med(v for _, v in series("gradient_sweep", key)(run))
+                                for key in ("loss_band", "grad_change", "beta_eff"))))
+    fig, axes = F.subplots(1, 3, figsize=(12, 3))
+    for ax, i, label in zip(axes, (1, 2, 3), ("loss band", "gradient change", "beta_eff")):
+        nets = [r[0] for r in rows if r[i] is not None]
+        vals = [r[i] for r in rows if r[i] is not None]
+        if vals:
+            F.sns.barplot(x=[label_of(n) for n in nets], y=vals, ax=ax, hue=[label_of(n) for n in nets],
+                        palette=[F.color_of(n) for n in dict.fromkeys(nets)], legend=False)
+            ax.set_yscale("log")
+        ax.set_ylabel(f"median {label}")
+        ax.tick_params(axis="x", labelrotation=20)
+    fig.suptitle(title, y=1.04)
+    return F.to_png(fig)

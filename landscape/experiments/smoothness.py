@@ -85,7 +85,7 @@ def claims(preset: dict) -> list[Claim]:
                     out.append(Claim(f"fig4.vgg.{cid}.{phase}", f"VGG: {text} ({PHASE_TEXT[phase]})",
                                      "median over those probe steps, standard / BN", in_phase(phase, measure), 1.0,
                                      transform="log", layers="all parameters (a step along the whole gradient)",
-                                     note=grad_norm_note("vgg", phase)))
+                                     note=grad_norm_note("vgg", phase), statement="smoother"))
             out.append(Claim(f"fig4.{arch}.{cid}", f"{arch.upper()}: {text}" + (" (all probe steps)" if arch == "vgg"
                                                                                  else ""),
                              "median over probe steps, standard / BN", measure, 1.0, transform="log",
@@ -93,14 +93,15 @@ def claims(preset: dict) -> list[Claim]:
         out.append(Claim(f"beyond.{arch}.sharpness", f"{arch.upper()}: the top Hessian eigenvalue is lower with BN "
                          "(beyond the paper)", "median sharpness, standard / BN",
                          standard_over_bn(arch, median_probe("sharpness", "sharpness")), 1.0, transform="log",
-                         layers="all parameters (the full Hessian)", note=edge_note(arch)))
+                         layers="all parameters (the full Hessian)", note=edge_note(arch),
+                         statement="sharpness" if arch == "vgg" else None))
     for cid, text, fn in COMPANIONS:
         for phase in PHASES:
             out.append(Claim(f"fig4.vgg.{cid}.{phase}", f"VGG: {text} ({PHASE_TEXT[phase]})",
                              "median over those probe steps, standard / BN",
                              in_phase(phase, standard_over_bn("vgg", median_probe("gradient_sweep", fn))), 1.0,
                              transform="log", layers="all parameters (a step along the whole gradient)",
-                             note=grad_norm_note("vgg", phase)))
+                             note=grad_norm_note("vgg", phase), statement="smoother"))
     # What the probe schedule does to the VGG claims: each part of a mixed schedule alone.
     for part in SCHEDULE_PARTS:
         for cid, text, fn in SWEEP:

@@ -13,6 +13,7 @@ how soon it gets there.
 
 from __future__ import annotations
 
+import numpy as np
 import math
 
 from landscape.claims import Claim, ratio
@@ -126,7 +127,7 @@ def figures(t) -> list[Figure]:
     rows = [(f"{opt.upper()} lr {lr:g}", g) for opt, lr, g in t.settings("vgg", OPTIMIZERS)]
     if rows:
         figs.append(Figure("Sharpness against the stability threshold (1 = the edge; Adam: of P^-1 H), directional "
-                           "curvature g'Hg/g'g and the Hessian trace", F.stability_panels, (rows, "edge of stability")))
+                           "curvature g'Hg/g'g and the Hessian trace", stability_panels, (rows, "edge of stability")))
         label, groups = rows[len(rows) // 2] if len(rows) > 2 else rows[0]
         figs.append(Figure(f"Per-layer sharpness (top eigenvalue of each layer's Hessian block), {label}",
                            F.layer_sharpness_heatmaps, (groups, label)))
@@ -141,3 +142,25 @@ EXPERIMENT = register(Experiment(
     help="Beyond the paper: VGG +/- BN under SGD (3 lrs) and Adam (2 lrs): sharpness against its stability "
     "threshold, per layer, trace and spectral density.",
     plan=plan, claims=claims, figures=figures, paper=False, preset_key="stability"))
+
+
+# ------------------------------------------------------------------ this experiment's own figures
+
+
+@F.drawing
+def stability_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], title: str) -> bytes:
+    """One row per optimizer setting: sharpness / threshold (1 = the edge of stability; Adam's
+    is of P^-1 H), the directional curvature g'Hg/g'g, and the Hessian trace, per network."""
+    panels = (("sharpness / threshold", series("sharpness", "over_threshold"),
+               True),
+              ("g'Hg / g'g", series("curvature", "curvature"), True),
+              ("Hessian trace", series("hessian_trace", "hessian_trace"), False))
+    fig = F.row_panels(rows, panels, title + " (trace: error bars 2 standard errors)", ones=(0,))
+    for row, (_, groups) in zip(np.array(fig.axes).reshape(len(rows), len(panels)), rows):
+        for net, runs in groups.items():  # the trace's standard error, first seed
+            errors = dict(series("hessian_trace", "trace_stderr")(runs[0]))
+            recs = [(s, v, errors[s]) for s, v in series("hessian_trace", "hessian_trace")(runs[0]) if s in errors]
+            if recs:
+                s, v, e = zip(*recs)
+                row[2].errorbar(s, v, yerr=[2 * x for x in e], fmt="none", ecolor=F.color_of(net), alpha=0.6, lw=0.8)
+    return F.to_png(fig)

@@ -20,7 +20,7 @@ from landscape.experiments.smoothness import edge_note
 from landscape.planning import RunSpec, paired_run
 from landscape.names import label_of
 from landscape.report import figures as F
-from landscape.results import beta_eff, max_grad_change
+from landscape.results import RunRecords, beta_eff, final_test_acc, max_grad_change
 
 VIT_NETS = ("standard", "ln", "rms", "bn", "dyt")  # model.norm none, layer, rms, batch, dyt
 SMOOTH = (("beta_eff", "effective beta-smoothness", beta_eff), ("grad_predictiveness", "gradient change along the "
@@ -110,7 +110,7 @@ def figures(t) -> list[Figure]:
                  Figure(f"ViT, {tag}: training curves", F.training_curves, (g, f"ViT, {tag}")),
                  Figure(f"ViT, {tag}: ICS_opti per block", F.ics_curves, (g, f"ViT, {tag}"))]
     if rows:
-        figs.append(Figure("ViT: final test accuracy per normalisation", F.accuracy_bars, (rows, "final test accuracy")))
+        figs.append(Figure("ViT: final test accuracy per normalisation", accuracy_bars, (rows, "final test accuracy")))
     return figs
 
 
@@ -120,3 +120,32 @@ EXPERIMENT = register(Experiment(
     help="Beyond the paper: a small ViT with no norm, LayerNorm, RMSNorm, BatchNorm or Dynamic Tanh, under AdamW and "
     "SGD: Figure 4's probes, sharpness and ICS_opti.",
     plan=plan, claims=claims, figures=figures, paper=False, preset_key="transformer"))
+
+
+# ------------------------------------------------------------------ this experiment's own figures
+
+
+def final_accuracies(groups: dict[str, list[RunRecords]]) -> dict[str, list[float]]:
+    """Per network, each seed's final test accuracy as the claims count it (a diverged run: 0, once)."""
+    return {net: [a for a in (final_test_acc(r) for r in runs) if a is not None] for net, runs in groups.items()}
+
+
+@F.drawing
+def accuracy_bars(rows: list[tuple[str, dict[str, list[RunRecords]]]], title: str) -> bytes:
+    """Final test accuracy per network (mean over seeds, each seed a dot), one panel per setting."""
+    fig, axes = F.subplots(1, len(rows), figsize=(4.2 * len(rows), 3.2), squeeze=False)
+    for ax, (label, groups) in zip(axes[0], rows):
+        nets = list(groups)
+        accuracies = final_accuracies(groups)
+        for i, net in enumerate(nets):
+            accs = accuracies[net]
+            if accs:
+                ax.bar(i, sum(accs) / len(accs), color=F.color_of(net), alpha=0.8)
+                ax.scatter([i] * len(accs), accs, color="k", s=8, zorder=3)
+        ax.set_xticks(range(len(nets)))
+        ax.set_xticklabels([F.text(label_of(n)) for n in nets], rotation=25, fontsize=8)
+        ax.set_ylabel("final test accuracy")
+        ax.set_title(F.text(label), fontsize=9)
+    fig.suptitle(F.text(title), y=1.03)
+    fig.tight_layout()
+    return F.to_png(fig)

@@ -43,7 +43,7 @@ def variant(width: float) -> str:
 
 
 def base_width(preset: dict) -> float:
-    return float((preset.get("vgg", {}).get("model") or {}).get("width", 1.0))
+    return float(((preset.get("vgg", {}).get("model") or {}).get("vgg") or {}).get("width", 1.0))
 
 
 def width_run(preset: dict, net: str, width: float, seed: int, overrides=()) -> RunSpec:
@@ -51,7 +51,7 @@ def width_run(preset: dict, net: str, width: float, seed: int, overrides=()) -> 
     if width == base_width(preset):  # the smoothness experiment's own run
         return dataclasses.replace(vgg_run(preset, net, s["lr"], seed, overrides), variant=variant(width))
     return paired_run("width-vgg", "vgg", net, s["lr"], seed, [preset.get("vgg", {}), s["vgg"],
-                                                              {"model": {"width": width}}], overrides,
+                                                              {"model": {"vgg": {"width": width}}}], overrides,
                       tag=variant(width), variant=variant(width))
 
 
@@ -90,7 +90,7 @@ def claims(preset: dict) -> list[Claim]:
                                  lambda t, m=measure, v=v: m(t.only(v)), 1.0, transform="log",
                                  layers="all parameters (a step along the whole gradient)",
                                  headline=float(w) == PAPER_WIDTH,
-                                 note=lambda t, n=plateau_note(phase), v=v: n(t.only(v))))
+                                 note=lambda t, n=plateau_note(phase), v=v: n(t.only(v)), statement="smoother"))
     return out
 
 

@@ -82,11 +82,11 @@ class LandscapeHFCallback(transformers.TrainerCallback):
                  probes: Sequence[str] = ("gradient_sweep", "ics_opti"), loss_fn: Callable = model_loss,
                  output_fn: Callable = _identity, outputs: Sequence | None = None, follow_report_to: bool = True,
                  resume: bool = False, force: bool = False, **monitor_options):
-        from landscape.probes import entries
+        from landscape.probes import registry
 
-        unknown = [p for p in probes if p not in entries.REGISTRY]
+        unknown = [p for p in probes if p not in registry.REGISTRY]
         if unknown:
-            raise UserError(f"LandscapeHFCallback: unknown probes {unknown}; choose from {', '.join(entries.names())}")
+            raise UserError(f"LandscapeHFCallback: unknown probes {unknown}; choose from {', '.join(registry.names())}")
         self.out, self.schedule, self.probes = Path(out), schedule, tuple(probes)
         self.loss_fn, self.output_fn = loss_fn, output_fn
         self.extra_outputs, self.follow_report_to = list(outputs or []), follow_report_to

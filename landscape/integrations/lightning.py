@@ -61,11 +61,11 @@ class LandscapeCallback(pl.Callback):
                  batch_fn: Callable[[Any], tuple[Any, Any]] = default_batch_fn, output_fn: Callable | None = None,
                  log_scalars: bool = True, outputs: Sequence | None = None, train_every: int = 50,
                  force: bool = False, **monitor_options):
-        from landscape.probes import entries
+        from landscape.probes import registry
 
-        unknown = [p for p in probes if p not in entries.REGISTRY]
+        unknown = [p for p in probes if p not in registry.REGISTRY]
         if unknown:
-            raise UserError(f"LandscapeCallback: unknown probes {unknown}; choose from {', '.join(entries.names())}")
+            raise UserError(f"LandscapeCallback: unknown probes {unknown}; choose from {', '.join(registry.names())}")
         if train_every <= 0:
             raise UserError(f"LandscapeCallback: train_every must be positive; got {train_every}")
         self.out, self.schedule, self.probes = Path(out), schedule, tuple(probes)

@@ -14,7 +14,7 @@ from landscape.models.resnet import RESNET_DEPTHS, RESNET_NORMS, ResNet, fixup_i
 from landscape.models.vgg import HEADS, VGG, VGG_FEATURES
 from landscape.models.vit import VIT_NORMS, ViT
 
-# The choices the config offers (model.arch, model.norm per arch, model.head, model.init, model.vgg_depth).
+# The choices the config offers (model.arch, model.norm per arch, model.init, model.vgg.head, model.vgg.depth).
 ARCH_NORMS = {"vgg": NORMS,  # after each conv (conv -> norm -> ReLU)
               "dln": NORMS,  # after each linear layer but the last
               "vit": VIT_NORMS,  # every pre-norm slot and the final norm
@@ -58,24 +58,27 @@ def initialize(model: nn.Module, scheme: str) -> None:
 
 def build_model(cfg, seed: int = 0, noise_seed: int = 0, in_dim: int | None = None, out_dim: int = 10,
                 image_size: int = 32) -> nn.Module:
-    """The model ``cfg`` (a ``ModelConfig``) describes, built on the CPU from ``seed`` without touching the global RNG (so init is device-independent).
+    """The model ``cfg`` (a ``ModelConfig``) describes, built on the CPU from ``seed`` without touching the global RNG
+    (so init is device-independent): the chosen architecture's section, as flat arguments to its class.
     ``in_dim``: image channels (vgg, vit, mlp, resnet) or input width (dln); ``image_size``: the images' side (vit, mlp)."""
     noise = dataclasses.asdict(cfg.noise)
     if in_dim is None:
-        in_dim = cfg.dln_width if cfg.arch == "dln" else 3
+        in_dim = cfg.dln.width if cfg.arch == "dln" else 3
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if cfg.arch == "vgg":
-            model = VGG(cfg.vgg_depth, cfg.width, cfg.head, cfg.norm, out_dim, noise, noise_seed, in_dim)
+            v = cfg.vgg
+            model = VGG(v.depth, v.width, v.head, cfg.norm, out_dim, noise, noise_seed, in_dim)
         elif cfg.arch == "vit":
-            model = ViT(image_size, cfg.vit_patch, in_dim, out_dim, cfg.vit_dim, cfg.vit_depth, cfg.vit_heads, cfg.vit_mlp_ratio,
-                        cfg.norm, cfg.dropout, cfg.vit_attention)
+            v = cfg.vit
+            model = ViT(image_size, v.patch, in_dim, out_dim, v.dim, v.depth, v.heads, v.mlp_ratio, cfg.norm, v.dropout,
+                        v.attention)
         elif cfg.arch == "mlp":
-            model = MLP(in_dim * image_size * image_size, tuple(cfg.mlp_widths), out_dim, cfg.activation, cfg.norm)
+            model = MLP(in_dim * image_size * image_size, tuple(cfg.mlp.widths), out_dim, cfg.mlp.activation, cfg.norm)
         elif cfg.arch == "resnet":
-            model = ResNet(cfg.resnet_depth, cfg.norm, out_dim, in_dim, fixup=cfg.init == "fixup")
+            model = ResNet(cfg.resnet.depth, cfg.norm, out_dim, in_dim, fixup=cfg.init == "fixup")
         elif cfg.arch == "dln":
-            model = DeepLinear(cfg.dln_depth, in_dim, cfg.dln_width, out_dim, cfg.norm, noise, noise_seed)
+            model = DeepLinear(cfg.dln.depth, in_dim, cfg.dln.width, out_dim, cfg.norm, noise, noise_seed)
         else:
             raise ValueError(f"unknown arch '{cfg.arch}'")
         initialize(model, cfg.init)

@@ -6,23 +6,55 @@ a model returning a tuple, dict or object with ``.logits`` has its first tensor 
 passed to the loss (``output_fn=`` picks another). Every probe is pure: it leaves
 parameters, ``.grad``, buffers, optimizer state and RNG state exactly as it found them.
 
-The probe table (:mod:`landscape.probes.entries`) names every probe ``Monitor`` can schedule;
-``register(Probe(...))`` adds one.
+Each probe is a function named for it, with its options and its entry in the probe table in one
+module; ``Monitor`` schedules any registered probe, and ``register(Probe(...))`` adds one
+(docs/probes.md). This package imports nothing from the rest of landscape.
 """
 
-from landscape.probes.curvature import (CurvatureResult, DensityResult, LayerSharpnessResult, TraceResult,
-                                        UnreadableOptimizer, directional_curvature, hessian_trace, layer_sharpness,
-                                        preconditioner, spectral_density, stability_threshold)
-from landscape.probes.entries import DEFAULT_ETA_MULTIPLES, Context, Probe, register, unregister
-from landscape.probes.functional import resolve_layers
+# Import order: the probe modules register their entries as they load.
+from landscape.probes.edge import BatchSharpnessResult, EigenResult, batch_sharpness, edge_eigenvalues
+from landscape.probes.gradients import LayerGradNormResult, layer_grad_norm
+from landscape.probes.hessian import (CurvatureResult, DensityResult, LayerSharpnessResult, SharpnessResult,
+                                      TraceResult, curvature, hessian_trace, layer_sharpness, sharpness,
+                                      spectral_density)
 from landscape.probes.ics import ActivationStats, IcsResult, activation_stats, distribution_shift, ics_opti
-from landscape.probes.landscape import SharpnessResult, SweepResult, gradient_sweep, sharpness
+from landscape.probes.functional import evaluation, resolve_layers
 from landscape.probes.monitor import Monitor
+from landscape.probes.optimizer import UnreadableOptimizer, preconditioner, stability_threshold, update_direction
+from landscape.probes.registry import Context, NoOptions, Probe, quantity, register, unregister
 from landscape.probes.schedules import every, explicit, log_spaced, mixed
+from landscape.probes.slices import loss_slice
+from landscape.probes.sweeps import DEFAULT_ETA_MULTIPLES, SweepResult, gradient_sweep
+from landscape.probes.update import update_sweep
 
-__all__ = ["gradient_sweep", "sharpness", "ics_opti", "activation_stats", "distribution_shift", "Monitor",
-           "SweepResult", "SharpnessResult", "IcsResult", "ActivationStats", "resolve_layers", "every",
-           "log_spaced", "explicit", "mixed", "DEFAULT_ETA_MULTIPLES", "directional_curvature",
-           "layer_sharpness", "hessian_trace", "spectral_density", "preconditioner", "stability_threshold",
-           "UnreadableOptimizer", "CurvatureResult", "LayerSharpnessResult", "TraceResult", "DensityResult",
-           "Probe", "Context", "register", "unregister"]
+directional_curvature = curvature  # 0.3's names, read until 0.5
+hessian_eigenvalues_above = edge_eigenvalues
+
+__all__ = [
+    # the probes: one function per probe, named for it
+    "gradient_sweep",  # loss variation, gradient predictiveness, beta_eff along the gradient (Figure 4)
+    "update_sweep",  # the same along the optimizer's own next update, and Cockpit's alpha
+    "sharpness",  # the top Hessian eigenvalue (of P^-1 H under Adam)
+    "curvature",  # g'Hg / g'g
+    "layer_sharpness",  # per layer, the top eigenvalue of its diagonal Hessian block
+    "hessian_trace",  # Hutchinson / Hutch++
+    "spectral_density",  # stochastic Lanczos quadrature
+    "batch_sharpness",  # the mean over minibatches of g_B'H_B g_B / g_B'g_B
+    "edge_eigenvalues",  # every eigenvalue above a fraction of the stability threshold
+    "ics_opti",  # ||G - G'|| and cos(G, G') per layer (Figure 3)
+    "activation_stats",  # each layer's input distribution (Figure 2), and distribution_shift between two
+    "distribution_shift",
+    "layer_grad_norm",  # the gradient's norm per layer
+    "loss_slice",  # the loss along a filter-normalised random direction
+    # their results
+    "SweepResult", "SharpnessResult", "CurvatureResult", "LayerSharpnessResult", "TraceResult", "DensityResult",
+    "BatchSharpnessResult", "EigenResult", "IcsResult", "ActivationStats", "LayerGradNormResult",
+    # running probes in a training loop, on a schedule
+    "Monitor", "every", "log_spaced", "explicit", "mixed",
+    # the probe table: adding a probe
+    "Probe", "Context", "NoOptions", "register", "unregister", "quantity",
+    # the optimizer, as the probes read it
+    "stability_threshold", "preconditioner", "update_direction", "UnreadableOptimizer",
+    # settings and helpers
+    "evaluation", "resolve_layers", "DEFAULT_ETA_MULTIPLES",
+]

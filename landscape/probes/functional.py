@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-Params = dict[str, torch.Tensor]
+from landscape.probes.linalg import Params, flat, unflat
+
 Batch = tuple[Any, Any]
 
 
@@ -396,3 +397,41 @@ def dot(a: Params, b: Params, names: Iterable[str] | None = None) -> torch.Tenso
 
 def norm(a: Params, names: Iterable[str] | None = None) -> torch.Tensor:
     return dot(a, a, names).sqrt()
+
+
+# ------------------------------------------------------------------ the Hessian on flat vectors
+
+
+@dataclass
+class FlatHessian:
+    """The Hessian at ``w`` as a function of flat vectors, through one retained graph; built by :func:`flat_hessian`."""
+
+    objective: Objective
+    w: Params
+    names: list[str]
+    grad: Params  # the gradient at w, from the same forward
+    hvp: Callable[[Params], Params]
+    like: torch.Tensor  # dtype and device of flat vectors
+    n: int  # their length
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        return flat(self.hvp(unflat(v, self.w, self.names)), self.names)
+
+    def preconditioned(self, preconditioner: Params | None) -> tuple[Callable[[torch.Tensor], torch.Tensor],
+                                                                     torch.Tensor | None]:
+        """``(v -> P^-1/2 H P^-1/2 v, P^-1/2 as a flat vector)`` for a diagonal preconditioner ``P`` per parameter
+        (the symmetric form of ``P^-1 H``, with the same eigenvalues); ``(self, None)`` without one."""
+        if preconditioner is None:
+            return self, None
+        scale = flat({k: preconditioner[k].to(self.like) for k in self.names}, self.names).rsqrt()
+        return (lambda v: scale * self(scale * v)), scale
+
+
+def flat_hessian(model: nn.Module, loss_fn: Callable, batch: Batch, params: Params | None, buffers: Params | None,
+                 rng: dict | None, output_fn: Callable | None) -> FlatHessian:
+    """One forward and differentiable backward at ``params`` (default: the model's); call inside :func:`untouched`."""
+    f = Objective.of(model, loss_fn, batch, buffers, rng, output_fn)
+    w = params if params is not None else current_params(model)
+    names = list(w)
+    _, grad, hvp = f.hessian_operator(w)
+    return FlatHessian(f, w, names, grad, hvp, w[names[0]], sum(w[k].numel() for k in names))

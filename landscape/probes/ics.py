@@ -23,6 +23,7 @@ from torch import nn
 
 from landscape.probes.functional import (Batch, Objective, Params, current_params, dot, expand_layer_names, norm,
                                          resolve_layers, untouched)
+from landscape.probes.registry import Context, NoOptions, Probe, layer_list, mean, mean_over_layers, register
 
 
 @dataclass
@@ -167,3 +168,60 @@ def distribution_shift(before: ActivationStats | dict, after: ActivationStats | 
         out[layer] = {"mean_change": sb["mean"] - sa["mean"], "std_change": sb["std"] - sa["std"],
                       "wasserstein": float(wasserstein_distance(sa["sketch"], sb["sketch"])) if finite else math.nan}
     return out
+
+
+# ------------------------------------------------------------------ the probe entries
+
+
+@dataclass(frozen=True)
+class ActivationStatsOptions:
+    batch: int = 256  # size of the fixed training batch measured every time (the same for paired runs)
+
+
+def _activation_stats(ctx: Context, o: ActivationStatsOptions) -> dict:
+    batch = ctx.fixed_batch if ctx.fixed_batch is not None else ctx.batch
+    layers = None if ctx.layers is None or isinstance(ctx.layers, dict) else list(ctx.layers)
+    stats = activation_stats(ctx.model, batch, layers, eval_mode=ctx.eval_mode, buffers=ctx.buffers,
+                             rng=ctx.rng).as_dict()
+    previous = ctx.state.get("previous")
+    stats["shift"] = distribution_shift(previous, stats) if previous is not None else None
+    ctx.state["previous"] = {"stats": stats["stats"]}
+    return stats
+
+
+def _histograms(v: dict) -> dict[str, dict]:
+    """Each layer's recorded histogram, ``{layer: {"edges": [...], "counts": [...]}}`` (a layer without one left out)."""
+    out = {}
+    for layer, s in v["stats"].items():
+        h = s.get("hist") if isinstance(s, dict) else None
+        if isinstance(h, dict) and isinstance(h.get("edges"), list) and isinstance(h.get("counts"), list):
+            out[str(layer)] = {"edges": h["edges"], "counts": h["counts"]}
+    return out
+
+
+def _shift(v: dict) -> dict:
+    shift = v.get("shift") or {}
+    return {k: s.get("wasserstein") for k, s in shift.items() if isinstance(s, dict)}
+
+
+register(Probe(
+    "activation_stats", "each layer's input distribution on a fixed batch, and its shift since the last probe "
+    "(ICS_distrib)", _activation_stats, ActivationStatsOptions,
+    quantities={"shift": _shift, "mean_shift": lambda v: mean(_shift(v).values()) if v.get("shift") else None,
+                "mean_std": lambda v: mean(s.get("std") for s in v["stats"].values() if isinstance(s, dict))},
+    exported=("shift",), fixed_batch=lambda o: o.batch,
+    views={"layers": layer_list, "histograms": _histograms},
+    check=lambda o: None if o.batch > 0 else f"batch must be positive; got {o.batch}"))
+
+
+def _ics(ctx: Context, o: NoOptions) -> dict:
+    return ics_opti(ctx.model, ctx.loss_fn, ctx.batch, ctx.next_params, params=ctx.params, layers=ctx.layers,
+                    grad=ctx.grad, **ctx.common()).as_dict()
+
+
+register(Probe(
+    "ics_opti", "ICS_opti per layer: ||G - G'|| and cos(G, G') after the layers before it take the step's update",
+    _ics, NoOptions,
+    quantities={"ics_l2": lambda v: v["l2"], "ics_cos": lambda v: v["cosine"],
+                "mean_l2": lambda v: mean_over_layers(v, "l2"), "mean_cos": lambda v: mean_over_layers(v, "cosine")},
+    exported=("ics_l2", "ics_cos"), after_step=True, views={"layers": layer_list}))

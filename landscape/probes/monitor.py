@@ -6,14 +6,14 @@
     optimizer.step()                     # a hook on the optimizer finishes the after-step probes
     monitor.close()
 
-The probes are the entries of :mod:`landscape.probes.entries`; ``Monitor`` loops over the
-enabled ones. A loop that would rather call everything itself (as ``landscape train`` does)
+The probes are the entries of the probe table (:mod:`landscape.probes.registry`); ``Monitor``
+loops over the enabled ones. A loop that would rather call everything itself (as ``landscape train`` does)
 passes ``step_hook=False`` and calls ``monitor.after_step()`` right after ``optimizer.step()``.
 
 Records (one per probe and step): ``{"kind": "probe", "probe": NAME, "step": t, "values": {...},
 "cost": {"seconds", "forward", "backward", "hvp"}}``; ``monitor.log_train(step, loss=..., acc=...)``
 adds train records. They go to the sink: any callable taking a record, or a run directory
-(a path: ``landscape.runs`` opens it and writes ``metrics.jsonl``, ``status.json``, ...).
+(a path: :mod:`landscape.probes.rundir` creates it and writes ``metrics.jsonl``, ``status.json``, ...).
 """
 
 from __future__ import annotations
@@ -26,12 +26,14 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from landscape.probes import entries
-from landscape.probes.entries import Context
-from landscape.errors import one_line
+from landscape.probes import legacy, registry
 from landscape.probes.distributed import (ProbeFailure, agree, collective_failure, probe_group, rank, ranks,
                                           unwrap)
+from landscape.probes.errors import one_line
 from landscape.probes.functional import HVP_MODES, Batch, current_params, evaluation, rng_state, snapshot_buffers
+from landscape.probes.records import Fanout
+from landscape.probes.registry import Context
+from landscape.probes.rundir import monitor_run
 from landscape.probes.schedules import Schedule, every
 
 Sink = Callable[[dict], None]
@@ -43,11 +45,10 @@ class Monitor:
     ``out``: where records go: a callable receiving each record (the trainer passes its run's
     ``log``), or a run directory to create (refused if it exists, unless ``force``; with
     ``resume_step``, continued from that step, its later records dropped: restore the rest with
-    :meth:`load_state_dict`). ``probes``: names of entries (``landscape.probes.entries``).
-    ``options``: per probe, a mapping or its options dataclass (``{"sharpness": {"iters": 30}}``);
-    0.2's keywords (``etas`` absolute, ``eta_multiples``, ``sharpness_iters``, ``sharpness_tol``,
-    ``warm_start``, ``trace_samples``, ``trace_method``, ``density_vectors``, ``density_steps``)
-    still work. ``probe_batch``: the fixed batch of probes that measure one (``activation_stats``;
+    :meth:`load_state_dict`). ``probes``: names of entries (:mod:`landscape.probes.registry`).
+    ``options``: per probe, a mapping or its options dataclass (``{"sharpness": {"iters": 30}}``;
+    0.2's keywords are still read, with a deprecation warning: :mod:`landscape.probes.legacy`).
+    ``probe_batch``: the fixed batch of probes that measure one (``activation_stats``;
     default: each step's). ``outputs``: more places for records and their scalars
     (``landscape.outputs``: ``TensorBoard(logdir)``, ``WandB(dir)``, or anything with
     ``record``/``scalars``/``close``); :meth:`close` closes them.
@@ -72,6 +73,7 @@ class Monitor:
     line instead of a hang.
     """
 
+    @legacy.accepts_monitor_keywords
     def __init__(self, out: str | Path | Sink, model: nn.Module, optimizer: torch.optim.Optimizer,
                  loss_fn: Callable, schedule: Schedule | None = None, *,
                  probes: Sequence[str] = ("gradient_sweep", "ics_opti"), options: Mapping[str, Any] | None = None,
@@ -79,14 +81,14 @@ class Monitor:
                  output_fn: Callable | None = None, force: bool = False, step_hook: bool = True,
                  outputs: Sequence | None = None, resume_step: int | None = None, hvp: str = "auto",
                  autocast: Mapping[str, Any] | None = None, distributed: bool | None = None,
-                 timeout: float = 600.0, **legacy: Any):
-        unknown = [p for p in probes if p not in entries.REGISTRY]
+                 timeout: float = 600.0):
+        unknown = [p for p in probes if p not in registry.REGISTRY]
         if unknown:
-            raise ValueError(f"unknown probes {unknown}; choose from {entries.names()}")
+            raise ValueError(f"unknown probes {unknown}; choose from {registry.names()}")
         self.probes = tuple(probes)
-        self._order = [n for n in entries.names() if n in self.probes]  # the table's order, whatever the list's
-        self.options = self._options(dict(options or {}), legacy)
-        entries.warn_at_attach(self.probes, optimizer, self.options)
+        self._order = [n for n in registry.names() if n in self.probes]  # the table's order, whatever the list's
+        self.options = {name: registry.options_of(name, (options or {}).get(name)) for name in self.probes}
+        registry.warn_at_attach(self.probes, optimizer, self.options)
         if hvp not in HVP_MODES:
             raise ValueError(f"hvp must be one of {', '.join(HVP_MODES)}; got {hvp!r}")
         if autocast is not None and not isinstance(autocast, Mapping):
@@ -109,43 +111,17 @@ class Monitor:
         if callable(out):
             self.sink = out
         else:
-            from landscape.runs import monitor_run  # a path: the run directory is runs.py's business
-
             self.run = monitor_run(out, self.settings(), next(model.parameters()).device, force=force,
                                    resume_step=resume_step)
             self.sink = self.run.log
         self.outputs = list(outputs or [])
         if self.outputs:
-            from landscape.probes.records import Fanout
-
             self.sink = Fanout(self.sink, self.outputs)
         self._snapshot: tuple[int, dict, dict] | None = None
         self._pending: list[tuple[str, Context]] = []
         self._last_step = 0
         # Users' loops get the after-step probes finished by the optimizer itself; the trainer calls after_step().
         self._hook = optimizer.register_step_post_hook(lambda *_: self.after_step()) if step_hook else None
-
-    def _options(self, given: dict, legacy: dict) -> dict:
-        absolute = legacy.pop("etas", None)
-        multiples = legacy.pop("eta_multiples", None)
-        unknown = [k for k in legacy if k not in entries.LEGACY_OPTIONS]
-        if unknown:
-            raise TypeError(f"Monitor() got unexpected keyword arguments {unknown}")
-        upgraded = entries.upgrade_legacy(legacy)
-        sweep = dict(upgraded.get("gradient_sweep", {}))
-        if absolute is not None:
-            sweep.update(etas=tuple(absolute), absolute=True)
-        elif multiples is not None:
-            sweep.update(etas=tuple(multiples))
-        if sweep:
-            upgraded["gradient_sweep"] = sweep
-        out = {}
-        for name in self.probes:
-            opts = given.get(name)
-            if isinstance(opts, dict) or opts is None:
-                opts = {**upgraded.get(name, {}), **(opts or {})}
-            out[name] = entries.options_of(name, opts)
-        return out
 
     def settings(self) -> dict:
         """What this Monitor measures, as a run's ``monitor.yaml`` records it."""
@@ -184,7 +160,7 @@ class Monitor:
                 grad = None  # some parameter has no gradient this step: compute it instead
         before = None
         for name in self._order:
-            probe = entries.get(name)
+            probe = registry.get(name)
             ctx = Context(step, self.model, self.optimizer, self.loss_fn, batch, buffers, rng, grad=grad,
                           loss=loss if grad else None, layers=self.layers, eval_mode=self.eval_mode,
                           output_fn=self.output_fn, fixed_batch=self.probe_batch, state=self.state[name])
@@ -201,9 +177,9 @@ class Monitor:
         """One probe's values, evaluated under this Monitor's settings (HVP route, autocast, process group)."""
         with evaluation(**self._evaluation):
             if self.group is None:
-                return entries.get(name).measure(ctx, self.options[name])
+                return registry.get(name).measure(ctx, self.options[name])
             try:
-                return entries.get(name).measure(ctx, self.options[name])
+                return registry.get(name).measure(ctx, self.options[name])
             except RuntimeError as exc:
                 if not collective_failure(exc):
                     raise
@@ -242,10 +218,7 @@ class Monitor:
         return {"probes": {name: dict(s) for name, s in self.state.items() if s}}
 
     def load_state_dict(self, state: dict) -> None:
-        saved = state.get("probes")
-        if saved is None:  # written by landscape 0.2
-            saved = {"activation_stats": {"previous": state.get("previous_activations")},
-                     "sharpness": {"vector": state.get("sharpness_vector")}}
+        saved = legacy.monitor_state(state)["probes"]
         for name in self.probes:
             self.state[name].clear()
             self.state[name].update({k: v for k, v in (saved.get(name) or {}).items() if v is not None})

@@ -5,7 +5,7 @@ Three kinds, each one JSON object per line with an integer ``step`` (the step it
 - ``{"kind": "train", "step", "loss", "acc", ...}``: means over a logging interval;
 - ``{"kind": "test", "step", "loss", "acc"}``: the test split;
 - ``{"kind": "probe", "probe": NAME, "step", "values": {...}, "cost": {...}}``: one probe at one step
-  (its values are read through the probe's entry, :mod:`landscape.probes.entries`).
+  (its values are read through the probe's entry, :mod:`landscape.probes.registry`).
 
 :func:`problem` says why a parsed line is not a usable record; every reader (the report, the
 claims, ``landscape export``) skips such lines and lists them. :func:`scalars_of` gives a
@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Sequence
 
-from landscape.probes import entries
+from landscape.probes import registry
 
 KINDS = ("train", "test", "probe")
 MAX_STEP = 2 ** 53  # steps beyond this are not steps (JSON numbers lose integers above it)
@@ -67,9 +67,9 @@ def scalars_of(record: dict) -> dict[str, float]:
         return {}
     kind = record["kind"]
     if kind in ("train", "test"):
-        return {f"landscape/{kind}_{k}": v for k in ("loss", "acc") if (v := entries.number(record.get(k))) is not None}
+        return {f"landscape/{kind}_{k}": v for k in ("loss", "acc") if (v := registry.number(record.get(k))) is not None}
     if kind == "probe":
-        return {f"landscape/{k}": v for k, v in entries.scalars(record["probe"], record["values"]).items()}
+        return {f"landscape/{k}": v for k, v in registry.scalars(record["probe"], record["values"]).items()}
     return {}
 
 

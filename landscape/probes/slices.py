@@ -34,15 +34,16 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Literal, Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from landscape.probes.functional import (Params, current_buffers, current_params, default_output, forward_context,
-                                        split_inputs, sum_over_ranks, untouched)
-from landscape.probes.landscape import _flat, _unflat, flat_hessian, lanczos, start_vector
+from landscape.probes.functional import (Params, current_buffers, current_params, default_output, flat_hessian,
+                                         forward_context, split_inputs, sum_over_ranks, untouched)
+from landscape.probes.linalg import flat, lanczos, start_vector, unflat
+from landscape.probes.registry import Context, Probe, register, top
 
 BN_MODES = ("train", "recompute", "checkpoint")
 IGNORE = ("biasbn", "none")
@@ -106,7 +107,7 @@ def pca_plane(trajectory: Sequence[Params], ignore: str = "biasbn") -> PcaPlane:
         raise ValueError(f"a PCA plane needs at least 3 points of a trajectory; got {len(trajectory)}")
     last = trajectory[-1]
     names = [n for n in last if not (ignore == "biasbn" and last[n].dim() <= 1)]
-    M = torch.stack([_flat({n: (w[n] - last[n]).double() for n in names}, names) for w in trajectory[:-1]])
+    M = torch.stack([flat({n: (w[n] - last[n]).double() for n in names}, names) for w in trajectory[:-1]])
     # Li et al.'s code runs sklearn's PCA on these rows, which centres them on their mean first.
     _, s, vt = torch.linalg.svd(M - M.mean(0, keepdim=True), full_matrices=False)
     total = float((s ** 2).sum())
@@ -116,7 +117,7 @@ def pca_plane(trajectory: Sequence[Params], ignore: str = "biasbn") -> PcaPlane:
     like = {n: last[n] for n in names}
     dirs = []
     for row in basis:
-        d = _unflat(row.to(last[names[0]].dtype), like, names)
+        d = unflat(row.to(last[names[0]].dtype), like, names)
         dirs.append({n: d[n] if n in d else torch.zeros_like(last[n]) for n in last})
     A = basis.T  # n x 2, orthonormal columns
     coords = [tuple(float(c) for c in A.T @ r) for r in M] + [(0.0, 0.0)]
@@ -144,7 +145,7 @@ def hessian_directions(model: nn.Module, loss_fn: Callable, batch, k: int = 2, *
             if ritz.vector is None:
                 raise ValueError("the Hessian has no finite eigenvector at this point (non-finite loss?)")
             found.append((ritz.value, ritz.vector))
-        return [_unflat(u, H.w, H.names) for _, u in found], [lam for lam, _ in found]
+        return [unflat(u, H.w, H.names) for _, u in found], [lam for lam, _ in found]
 
 
 def check_direction(direction: Params, weights: Params) -> None:
@@ -478,3 +479,54 @@ def quadratic_fit(coords: Sequence[float], losses: Sequence[float]) -> tuple[flo
 
 def flat_norm(d: Params) -> float:
     return float(math.sqrt(sum(float((t.double() ** 2).sum()) for t in d.values())))
+
+
+# ------------------------------------------------------------------ the probe entry: a line through the weights at a step
+
+
+@dataclass(frozen=True)
+class LossSliceOptions:
+    points: int = 9  # points of the line, from -radius to radius (an odd number includes the point itself)
+    radius: float = 1.0  # the line's half-length, in units of the filter-normalised direction
+    ignore: Literal["biasbn", "none"] = "biasbn"  # leave biases and normalisation parameters out (Li et al.)
+    bn: Literal["train", "checkpoint"] = "train"  # BatchNorm on the batch's statistics, or the running ones
+
+
+def loss_slice(model: nn.Module, loss_fn: Callable, batch, *, points: int = 9, radius: float = 1.0,
+               ignore: str = "biasbn", bn: str = "train", seed: int = 0, buffers: Params | None = None,
+               output_fn: Callable | None = None) -> dict:
+    """A 1D slice of the batch loss along a filter-normalised random direction (seeded by ``seed``):
+    ``points`` points from ``-radius`` to ``radius``, the loss at the weights themselves, and the curvature
+    of a quadratic fitted to the line (per unit length of the direction)."""
+    w = current_params(model)
+    d = random_direction(w, seed=seed, ignore=ignore)
+    coords = grid_coords(1, points, -radius, radius)
+    values = evaluate_slice(model, loss_fn, [d], [*coords, (0.0,)], [batch], bn=bn, origin=w,
+                            buffers=buffers, output_fn=output_fn)  # the last point: the weights themselves
+    losses = [values[i].loss for i in range(len(coords))]
+    loss0 = values[len(coords)].loss
+    alphas = [c[0] for c in coords]
+    norm2 = flat_norm(d) ** 2
+    fit = quadratic_fit(alphas, losses) if all(math.isfinite(x) for x in losses) else (math.nan,) * 3
+    return {"alphas": alphas, "losses": losses, "loss": loss0, "direction_norm": math.sqrt(norm2),
+            "curvature": 2 * fit[2] / norm2 if norm2 > 0 else None, "ignore": ignore, "bn": bn, "seed": seed}
+
+
+def _loss_slice(ctx: Context, o: LossSliceOptions) -> dict:
+    return loss_slice(ctx.model, ctx.loss_fn, ctx.batch, points=o.points, radius=o.radius, ignore=o.ignore, bn=o.bn,
+                      seed=ctx.step, buffers=ctx.buffers, output_fn=ctx.output_fn)
+
+
+def _slice_check(o: LossSliceOptions) -> str | None:
+    if o.points < 3:
+        return f"points must be at least 3 (a quadratic is fitted to them); got {o.points}"
+    if not (o.radius > 0 and math.isfinite(o.radius)):
+        return f"radius must be a positive number; got {o.radius}"
+    return None
+
+
+register(Probe(
+    "loss_slice", "the loss along a filter-normalised random direction (Li et al. 2018) around the weights: "
+    "its rise and its fitted curvature", _loss_slice, LossSliceOptions,
+    quantities={"slice_rise": lambda v: top(v["losses"]) - v["loss"], "slice_curvature": lambda v: v["curvature"]},
+    exported=("slice_rise", "slice_curvature"), check=_slice_check))

@@ -2,10 +2,8 @@
 
 Definitions, at weights ``w`` with the gradient ``p.grad`` the optimizer is about to use:
 
-- update ``u``: ``w_{t+1} - w_t`` of the next ``optimizer.step()``, computed from the optimizer's
-  settings and state by the same formulas PyTorch's SGD (momentum, dampening, Nesterov, weight
-  decay, maximize), Adam and AdamW (bias correction, amsgrad, decoupled decay) apply, on copies:
-  the optimizer's state is never written;
+- update ``u``: ``w_{t+1} - w_t`` of the next ``optimizer.step()``
+  (:func:`landscape.probes.optimizer.update_direction`: the optimizer's state is never written);
 - the sweep along the update: ``L(w + s u)`` and ``||grad L(w + s u) - grad L(w)||`` for multiples
   ``s`` of the step, and ``beta_eff = max_s ||grad L(w + s u) - grad L(w)|| / ||s u||``. Under
   plain SGD ``u = -lr g`` and this is the paper's Figure 4 sweep with ``eta = s lr``; under
@@ -23,88 +21,16 @@ Definitions, at weights ``w`` with the gradient ``p.grad`` the optimizer is abou
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from landscape.probes.curvature import UnreadableOptimizer
 from landscape.probes.functional import Batch, Params, current_params
-from landscape.probes.landscape import direction_sweep
-
-READABLE = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
-
-
-def check_readable(optimizer: torch.optim.Optimizer) -> None:
-    """Raise :class:`UnreadableOptimizer` unless landscape can compute this optimizer's next update."""
-    if type(optimizer) not in READABLE:  # a subclass may change the step: read only these exactly
-        raise UnreadableOptimizer(f"landscape reads the update of SGD, Adam and AdamW, not of "
-                                  f"{type(optimizer).__name__}")
-
-
-def update_direction(optimizer: torch.optim.Optimizer, model: nn.Module) -> Params:
-    """``w_{t+1} - w_t`` that ``optimizer.step()`` would make now, by parameter name (zero for a
-    parameter without a gradient, which the optimizers skip). Pure: reads ``p.grad`` and the
-    optimizer's state, writes neither."""
-    check_readable(optimizer)
-    names = {p: n for n, p in model.named_parameters()}
-    out: Params = {}
-    for group in optimizer.param_groups:
-        lr = float(group["lr"])
-        for p in group["params"]:
-            if p not in names:
-                continue
-            if p.grad is None:
-                out[names[p]] = torch.zeros_like(p)
-                continue
-            state = optimizer.state.get(p, {})
-            grad = p.grad.detach()
-            grad = -grad if group.get("maximize") else grad
-            w = p.detach()
-            if isinstance(optimizer, torch.optim.SGD):
-                out[names[p]] = _sgd(w, grad, state, group, lr)
-            else:
-                out[names[p]] = _adam(w, grad, state, group, lr, decoupled=_decoupled(optimizer, group))
-    for n, p in model.named_parameters():  # parameters the optimizer does not hold do not move
-        if p.requires_grad and n not in out:
-            out[n] = torch.zeros_like(p)
-    return {n: out[n] for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _decoupled(optimizer, group) -> bool:
-    return isinstance(optimizer, torch.optim.AdamW) or bool(group.get("decoupled_weight_decay"))
-
-
-def _sgd(w, grad, state, group, lr) -> torch.Tensor:
-    d = grad
-    if group.get("weight_decay", 0):
-        d = d.add(w, alpha=group["weight_decay"])
-    mu = group.get("momentum", 0)
-    if mu:
-        buf = state.get("momentum_buffer")
-        buf = d.clone() if buf is None else buf.mul(mu).add(d, alpha=1 - group.get("dampening", 0))
-        d = d.add(buf, alpha=mu) if group.get("nesterov") else buf
-    return d * -lr
-
-
-def _adam(w, grad, state, group, lr, decoupled: bool) -> torch.Tensor:
-    beta1, beta2 = group["betas"]
-    wd, eps = group.get("weight_decay", 0), group["eps"]
-    decay = torch.zeros_like(w)
-    if wd:
-        if decoupled:
-            decay = w * (-lr * wd)  # w <- w (1 - lr wd) before the Adam step
-            w = w * (1 - lr * wd)
-        else:
-            grad = grad.add(w, alpha=wd)
-    m = state.get("exp_avg", torch.zeros_like(w)).lerp(grad, 1 - beta1)
-    v = state.get("exp_avg_sq", torch.zeros_like(w)).mul(beta2).addcmul(grad, grad, value=1 - beta2)
-    step = float(state["step"]) + 1 if "step" in state else 1.0
-    c1, c2 = 1 - beta1 ** step, math.sqrt(1 - beta2 ** step)
-    if group.get("amsgrad"):
-        v = torch.maximum(state.get("max_exp_avg_sq", torch.zeros_like(w)), v)
-    denom = (v.sqrt() / c2).add(eps)
-    return decay + m / denom * (-lr / c1)
+from landscape.probes.optimizer import UnreadableOptimizer, check_readable, update_direction, update_warning
+from landscape.probes.registry import Context, Probe, band, register, top
+from landscape.probes.sweeps import direction_sweep
 
 
 def step_alpha(distance: float, f0: float, f1: float, d0: float, d1: float) -> float | None:
@@ -144,3 +70,31 @@ def update_sweep(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Ca
             "slope": r.slope, "slopes": [r.slopes[i] for i in keep], "step_loss": r.losses[k],
             "step_slope": r.slopes[k], "alpha": alpha,
             "lr": optimizer.param_groups[0]["lr"], "optimizer": type(optimizer).__name__, "cost": r.cost}
+
+
+# ------------------------------------------------------------------ the probe entry
+
+
+@dataclass(frozen=True)
+class UpdateSweepOptions:
+    scales: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)  # multiples of the optimizer's next step (1: the step itself)
+
+
+def _update_sweep(ctx: Context, o: UpdateSweepOptions) -> dict:
+    try:
+        check_readable(ctx.optimizer)
+    except UnreadableOptimizer as exc:
+        return {"alpha": None, "note": str(exc), "optimizer": type(ctx.optimizer).__name__}
+    return update_sweep(ctx.model, ctx.optimizer, ctx.loss_fn, ctx.batch, list(o.scales), **ctx.reuse(),
+                        **ctx.common())
+
+
+register(Probe(
+    "update_sweep", "loss variation, gradient change and beta_eff along the optimizer's own next update, and "
+    "Cockpit's alpha (where in the valley the step lands)", _update_sweep, UpdateSweepOptions,
+    quantities={"update_loss_band": lambda v: band(v["losses"]), "update_grad_change": lambda v: top(v["grad_change"]),
+                "update_beta_eff": lambda v: v["beta_eff"], "alpha": lambda v: v["alpha"],
+                "update_norm": lambda v: v["update_norm"]},
+    exported=("update_loss_band", "update_grad_change", "update_beta_eff", "alpha"), attach=update_warning,
+    check=lambda o: None if o.scales and all(s > 0 and math.isfinite(s) for s in o.scales) else
+    f"scales must be positive multiples of the step; got {list(o.scales)}"))

@@ -246,7 +246,7 @@ def build_report(paths: list[str | Path], output: str | Path, experiments: dict 
                         "drawn as boxes (install a font with them, e.g. Noto Sans CJK, for matplotlib to find)")
         F.MISSING_GLYPHS.clear()
     claims = [dict(c, experiment=s["experiment"]) for s in sections for c in s["claims"] if c["headline"]]
-    holds = where([dict(d, experiment=str(d.get("experiment", f.parent.name))) for f, d in good])
+    holds = where([dict(d, experiment=str(d.get("experiment", f.parent.name))) for f, d in good], REGISTRY)
     problems += [f"{r.path}: {p}" for r in runs for p in r.problems]
     env = Environment(loader=PackageLoader("landscape.report", "templates"), autoescape=select_autoescape(["html"]))
     env.filters["num"] = _num
@@ -274,21 +274,23 @@ def build_report(paths: list[str | Path], output: str | Path, experiments: dict 
     return written
 
 
-def claims_markdown(paths: list[str | Path], diagnostics: bool = False, order=(), grouped: bool = False) -> str:
+def claims_markdown(paths: list[str | Path], diagnostics: bool = False, experiments: dict | None = None,
+                    grouped: bool = False) -> str:
     """The claims of every experiment summary under ``paths`` as a Markdown table (the README's
     tables come from this): value (mean over seeds), 95% interval, one-sided bound, sign count,
-    verdict and why. Diagnostics are left out unless asked for."""
+    verdict and why. Diagnostics are left out unless asked for. ``experiments``: the registry, whose
+    order the table follows."""
     paths = [Path(p) for p in paths]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise UserError(f"'{missing[0]}' does not exist; pass experiment folders or their parent")
-    order = {name: i for i, name in enumerate(order)}  # experiments in the registry's order
+    order = {name: i for i, name in enumerate(experiments or {})}  # experiments in the registry's order
     summaries = sorted([(f, d) for f, d in find_summaries(paths) if d],
                        key=lambda fd: (order.get(fd[1].get("experiment"), len(order)), str(fd[0])))
     if not summaries:
         raise UserError(f"no experiment summaries under {', '.join(map(str, paths))}; pass the --out of an experiment")
     if grouped:  # by the published statement each claim tests (landscape.report.holds)
-        groups = where([d for _, d in summaries])
+        groups = where([d for _, d in summaries], experiments)
         if not groups:
             raise UserError("none of these summaries' claims tests a statement of landscape.report.holds; "
                             "pass width, depth, smoothness, slices or eos-* folders")

@@ -22,8 +22,7 @@ from typing import Callable
 import numpy as np
 
 from landscape.names import NETS, label_of
-from landscape.results import (RunRecords, beta_eff, final_test_acc, finite, loss_band, max_grad_change, mean_over_layers,
-                               med, series)
+from landscape.results import RunRecords, probe_series, probe_views, series
 from landscape.stats import mean_ci
 
 MAX_POINTS = 300  # long series are downsampled for drawing
@@ -121,8 +120,8 @@ def to_png(fig) -> bytes:
 def seed_band(series_per_seed: list[list[tuple[int, float]]]):
     """Mean and 95% CI over seeds at the steps all seeds recorded (one seed: the line, no band)."""
     by_step = defaultdict(list)
-    for series in series_per_seed:
-        for step, v in series:
+    for one in series_per_seed:
+        for step, v in one:
             if v is not None:
                 by_step[step].append(v)
     steps = sorted(s for s, vals in by_step.items() if len(vals) == len(series_per_seed))
@@ -166,7 +165,7 @@ def plot_lines(ax, groups: dict[str, list[RunRecords]], series_fn, logy: bool = 
             ax.set_yscale("log")
 
 
-def _metric(kind: str, key: str):
+def metric_series(kind: str, key: str):
     return lambda run: [(r["step"], r.get(key)) for r in run.kind(kind) if r.get(key) is not None]
 
 
@@ -179,7 +178,7 @@ def training_curves(groups: dict[str, list[RunRecords]], title: str) -> bytes:
     fig, axes = subplots(1, 4, figsize=(15, 3.3))
     for ax, (kind, key, label) in zip(axes, [("train", "loss", "train loss"), ("train", "acc", "train accuracy"),
                                              ("test", "loss", "test loss"), ("test", "acc", "test accuracy")]):
-        plot_lines(ax, groups, _metric(kind, key))
+        plot_lines(ax, groups, metric_series(kind, key))
         ax.set_xlabel("step")
         ax.set_ylabel(label)
     axes[0].legend(fontsize=8)
@@ -191,7 +190,7 @@ def training_curves(groups: dict[str, list[RunRecords]], title: str) -> bytes:
 def regression_curves(groups: dict[str, list[RunRecords]], title: str) -> bytes:
     fig, axes = subplots(1, 2, figsize=(9, 3.3))
     for ax, kind in zip(axes, ("train", "test")):
-        plot_lines(ax, groups, _metric(kind, "loss"), logy=True)
+        plot_lines(ax, groups, metric_series(kind, "loss"), logy=True)
         ax.set_xlabel("step")
         ax.set_ylabel(f"{kind} loss (log scale)")
     axes[0].legend(fontsize=8)
@@ -213,12 +212,11 @@ def activation_ridges(groups: dict[str, list[RunRecords]], layer: str | int, tit
     for ax, net in zip(axes[0], nets):
         run = groups[net][0]
         name = layer_name(run, "activation_stats", layer) if isinstance(layer, int) else layer
-        recs = [r for r in run.probe("activation_stats") if isinstance(r["values"].get("stats"), dict)
-                and name in r["values"]["stats"]]
+        recs = [(step, hists[name]) for step, hists in probe_views(run, "activation_stats", "histograms")
+                if name in hists]
         if len(recs) > max_steps:
             recs = [recs[i] for i in np.unique(np.linspace(0, len(recs) - 1, max_steps).round().astype(int))]
-        for i, r in enumerate(recs):
-            h = r["values"]["stats"][name]["hist"]
+        for i, (_, h) in enumerate(recs):
             if not h["counts"]:
                 continue
             edges, counts = np.array(h["edges"]), np.array(h["counts"], dtype=float)
@@ -226,26 +224,11 @@ def activation_ridges(groups: dict[str, list[RunRecords]], layer: str | int, tit
             dens = counts / max(counts.max(), 1) * 0.9
             ax.fill_between(centers, i, i + dens, color=color_of(net), alpha=0.55, linewidth=0.6, edgecolor="k")
         ax.set_yticks(range(len(recs)))
-        ax.set_yticklabels([str(r["step"]) for r in recs])
+        ax.set_yticklabels([str(step) for step, _ in recs])
         ax.set_ylabel("step")
         ax.set_xlabel(text(f"input of {name}" if not isinstance(layer, int) else f"input of layer {layer} ({name})"))
         ax.set_title(text(label_of(net) + f" ({run.name})"), fontsize=9)
     fig.suptitle(text(title), y=1.02)
-    return to_png(fig)
-
-
-@drawing
-def shift_curves(groups: dict[str, list[RunRecords]], title: str) -> bytes:
-    fig, axes = subplots(1, 2, figsize=(10, 3.3))
-    plot_lines(axes[0], groups, series("activation_stats", "mean_shift"), logy=True)
-    axes[0].set_ylabel("Wasserstein-1 shift\n(mean over layers)")
-
-    plot_lines(axes[1], groups, series("activation_stats", "mean_std"), logy=True)
-    axes[1].set_ylabel("std of layer inputs\n(mean over layers)")
-    for ax in axes:
-        ax.set_xlabel("step")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(title, y=1.03)
     return to_png(fig)
 
 
@@ -266,12 +249,11 @@ def ics_heatmaps(groups: dict[str, list[RunRecords]], title: str) -> bytes:
     height = max(2.8, 0.14 * rows + 1.2)  # a readable row per layer (the 25-layer DLN's labels did not fit)
     fig, axes = subplots(len(nets) or 1, 2, figsize=(12, height * max(len(nets), 1)), squeeze=False)
     for row, net in zip(axes, nets):
-        recs = groups[net][0].probe("ics_opti")
-        layers = recs[0]["values"]["layers"]
-        steps = [r["step"] for r in recs]
+        layers = probed_layers(groups[net][:1], "ics_opti")
         for ax, key, cmap in zip(row, ("l2", "cosine"), ("mako", "vlag_r")):
-            grid = np.array([[r["values"][key].get(layer, np.nan) if r["values"][key].get(layer) is not None
-                              else np.nan for r in recs] for layer in layers], dtype=float)
+            recs = probe_series(groups[net][0], "ics_opti", "ics_l2" if key == "l2" else "ics_cos")
+            steps = [step for step, _ in recs]
+            grid = np.array([[(v or {}).get(layer, np.nan) for _, v in recs] for layer in layers], dtype=float)
             if key == "l2":  # the first layer's G' = G exactly: blank, not log(0)
                 grid = np.log10(np.where(grid > 0, grid, np.nan))
             limits = {"vmin": -1, "vmax": 1} if key == "cosine" else {}
@@ -288,8 +270,7 @@ def ics_heatmaps(groups: dict[str, list[RunRecords]], title: str) -> bytes:
 def ics_curves(groups: dict[str, list[RunRecords]], title: str) -> bytes:
     fig, axes = subplots(1, 2, figsize=(10, 3.3))
     for ax, key, logy in zip(axes, ("l2", "cosine"), (True, False)):
-        plot_lines(ax, groups, lambda run, key=key: [(r["step"], mean_over_layers(r["values"], key))
-                                                     for r in run.probe("ics_opti")], logy=logy)
+        plot_lines(ax, groups, series("ics_opti", "mean_l2" if key == "l2" else "mean_cos"), logy=logy)
         ax.set_xlabel("step")
         ax.set_ylabel("||G - G'||" if key == "l2" else "cos(G, G')")
     axes[1].axhline(1.0, color="grey", lw=0.8)
@@ -307,11 +288,8 @@ def landscape_panels(groups: dict[str, list[RunRecords]], title: str, phase_at: 
     log step axis (so the early probe steps are visible)."""
     fig, axes = subplots(1, 4, figsize=(17, 3.5))
     for net, runs in groups.items():
-        run = runs[0]
-        recs = run.probe("gradient_sweep")
-        for ax, key in ((axes[0], "losses"), (axes[1], "grad_change")):
-            pts = [(r["step"], finite(r["values"].get(key, []))) for r in recs]
-            pts = [(s, v) for s, v in pts if v]
+        for ax, key in ((axes[0], "losses"), (axes[1], "grad_changes")):
+            pts = [(s, v) for s, v in probe_views(runs[0], "gradient_sweep", key) if v]
             if pts:
                 s = [p[0] for p in pts]
                 ax.fill_between(s, [min(v) for _, v in pts], [max(v) for _, v in pts], color=color_of(net), alpha=0.35,
@@ -320,13 +298,12 @@ def landscape_panels(groups: dict[str, list[RunRecords]], title: str, phase_at: 
                 ax.plot(s, [max(v) for _, v in pts], color=color_of(net), lw=0.8)
     plot_lines(axes[2], groups, series("gradient_sweep", "beta_eff"), logy=True)
     plot_lines(axes[3], groups, series("sharpness", "sharpness"), logy=True)
-    preconditioned = any(r["values"].get("preconditioned") for runs in groups.values() for run in runs
-                         for r in run.probe("sharpness"))
+    preconditioned = any(v for runs in groups.values() for run in runs
+                         for _, v in probe_views(run, "sharpness", "preconditioned"))
     thresholds = {}
     for net, runs in groups.items():
-        for r in runs[0].probe("sharpness"):
-            if r["values"].get("threshold"):
-                thresholds[r["values"]["threshold"]] = net
+        for _, thr in series("sharpness", "sharpness_threshold")(runs[0]):
+            thresholds[thr] = net
     for thr in thresholds:
         axes[3].axhline(thr, color="k", ls="--", lw=1)
         axes[3].annotate(f"stability threshold {thr:.3g}", (0.02, thr), xycoords=("axes fraction", "data"), fontsize=7,
@@ -349,29 +326,6 @@ def landscape_panels(groups: dict[str, list[RunRecords]], title: str, phase_at: 
     return to_png(fig)
 
 
-@drawing
-def summary_bars(groups: dict[str, list[RunRecords]], title: str) -> bytes:
-    """Per net: median beta_eff, loss band and max gradient change over probe steps (log scale)."""
-    rows = []
-    for net, runs in groups.items():
-        for run in runs:
-            recs = [r["values"] for r in run.probe("gradient_sweep")]
-            rows.append((net, med(loss_band(v) for v in recs), med(max_grad_change(v) for v in recs),
-                         med(beta_eff(v) for v in recs)))
-    fig, axes = subplots(1, 3, figsize=(12, 3))
-    for ax, i, label in zip(axes, (1, 2, 3), ("loss band", "gradient change", "beta_eff")):
-        nets = [r[0] for r in rows if r[i] is not None]
-        vals = [r[i] for r in rows if r[i] is not None]
-        if vals:
-            sns.barplot(x=[label_of(n) for n in nets], y=vals, ax=ax, hue=[label_of(n) for n in nets],
-                        palette=[color_of(n) for n in dict.fromkeys(nets)], legend=False)
-            ax.set_yscale("log")
-        ax.set_ylabel(f"median {label}")
-        ax.tick_params(axis="x", labelrotation=20)
-    fig.suptitle(title, y=1.04)
-    return to_png(fig)
-
-
 # ------------------------------------------------------------------ the paper's named layers
 
 LAYER_COUNTING = "layer k counts the layers with weights from the input, from 1 (the paper's figure labels)"
@@ -380,10 +334,9 @@ LAYER_COUNTING = "layer k counts the layers with weights from the input, from 1 
 def probed_layers(runs: list[RunRecords], probe: str) -> list[str]:
     """The layer names a probe recorded, in forward order (from the first record that has them)."""
     for run in runs:
-        for r in run.probe(probe):
-            layers = r["values"].get("layers")
-            if isinstance(layers, list) and layers:
-                return [str(x) for x in layers]
+        for _, layers in probe_views(run, probe, "layers"):
+            if layers:
+                return layers
     return []
 
 
@@ -403,30 +356,6 @@ def layer_name(run: RunRecords, probe: str, k: int) -> str | None:
     return layers[k - 1] if 1 <= k <= len(layers) else None
 
 
-@drawing
-def ics_layer_curves(groups: dict[str, list[RunRecords]], title: str, layers: list[int]) -> bytes:
-    """||G - G'|| and cos(G, G') over training for the paper's numbered layers, one row per layer,
-    each network's layer k found in its own records."""
-    fig, axes = subplots(len(layers), 2, figsize=(10, 3.0 * len(layers)), squeeze=False)
-    for row, k in zip(axes, layers):
-        for ax, key, logy in zip(row, ("l2", "cosine"), (True, False)):
-            def layer_series(run, key=key, k=k):
-                name = layer_name(run, "ics_opti", k)
-                return [(r["step"], r["values"].get(key, {}).get(name)) for r in run.probe("ics_opti")
-                        if name is not None and isinstance(r["values"].get(key), dict)]
-
-            plot_lines(ax, groups, layer_series, logy=logy)
-            ax.set_xlabel("step")
-            names = sorted({n for runs in groups.values() for n in [layer_name(runs[0], "ics_opti", k)] if n})
-            ax.set_ylabel(("||G - G'||" if key == "l2" else "cos(G, G')") + f"\nlayer {k} ({text(', '.join(names))})",
-                          fontsize=8)
-        row[1].axhline(1.0, color="grey", lw=0.8)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(text(title), y=1.01)
-    fig.tight_layout()
-    return to_png(fig)
-
-
 # ------------------------------------------------------------------ regimes of one network
 
 
@@ -435,8 +364,8 @@ def row_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], panels, titl
     panel; ``ones`` are the columns that get a reference line at 1."""
     fig, axes = subplots(len(rows), len(panels), figsize=(4 * len(panels), 2.8 * len(rows)), squeeze=False)
     for row, (label, groups) in zip(axes, rows):
-        for ax, (name, series, logy) in zip(row, panels):
-            plot_lines(ax, groups, series, logy=logy)
+        for ax, (name, fn, logy) in zip(row, panels):
+            plot_lines(ax, groups, fn, logy=logy)
             if not logy:
                 ax.ticklabel_format(axis="y", useOffset=False)  # cosines near 1 read as themselves, not 1e-6+9.9999e-1
             ax.set_ylabel(f"{name}\n{label}", fontsize=8)
@@ -450,92 +379,7 @@ def row_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], panels, titl
     return fig
 
 
-def _probe_values(probe: str, key: str):
-    return lambda run: [(r["step"], r["values"].get(key)) for r in run.probe(probe)]
-
-
-@drawing
-def regime_panels(regimes: list[tuple[str, dict[str, list[RunRecords]]]], title: str) -> bytes:
-    """One row per regime: sharpness / stability threshold, cos(G, G') (mean over layers after
-    the first), beta_eff and the train loss, over steps, per network."""
-    panels = (("sharpness / threshold", series("sharpness", "over_threshold"),
-               True),
-              ("cos(G, G')", lambda run: [(r["step"], mean_over_layers(r["values"], "cosine"))
-                                          for r in run.probe("ics_opti")], False),
-              ("beta_eff", _probe_values("gradient_sweep", "beta_eff"), True),
-              ("train loss", _metric("train", "loss"), True))
-    return to_png(row_panels(regimes, panels, title, ones=(0, 1)))
-
-
 # ------------------------------------------------------------------ the edge of stability
-
-
-@drawing
-def stability_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], title: str) -> bytes:
-    """One row per optimizer setting: sharpness / threshold (1 = the edge of stability; Adam's
-    is of P^-1 H), the directional curvature g'Hg/g'g, and the Hessian trace, per network."""
-    panels = (("sharpness / threshold", series("sharpness", "over_threshold"),
-               True),
-              ("g'Hg / g'g", _probe_values("curvature", "value"), True),
-              ("Hessian trace", _probe_values("hessian_trace", "value"), False))
-    fig = row_panels(rows, panels, title + " (trace: error bars 2 standard errors)", ones=(0,))
-    for row, (_, groups) in zip(np.array(fig.axes).reshape(len(rows), len(panels)), rows):
-        for net, runs in groups.items():  # the trace's standard error, first seed
-            recs = [(r["step"], r["values"].get("value"), r["values"].get("stderr"))
-                    for r in runs[0].probe("hessian_trace")]
-            recs = [x for x in recs if finite(list(x)) == list(x)]
-            if recs:
-                s, v, e = zip(*recs)
-                row[2].errorbar(s, v, yerr=[2 * x for x in e], fmt="none", ecolor=color_of(net), alpha=0.6, lw=0.8)
-    return to_png(fig)
-
-
-def train_metric(key: str):
-    """A run's ``[(step, train record's key)]``, for a panel of :func:`edge_panels`."""
-    return _metric("train", key)
-
-
-@drawing
-def edge_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], panels, title: str) -> bytes:
-    """One row per setting (learning rate, batch size), one column per ``(name, series, logy)`` panel; a
-    panel of a value over its threshold ("... / (2/lr)") gets the edge, 1, as a dashed line. A panel that no
-    run has a value for (a probe the preset did not enable) is left out, not drawn empty."""
-    every_run = [r for _, groups in rows for runs in groups.values() for r in runs]
-    panels = [p for p in panels if any(p[1](r) for r in every_run)] or panels
-    return to_png(row_panels(rows, panels, title, ones=tuple(i for i, (name, _, _) in enumerate(panels)
-                                                             if " / (" in name)))
-
-
-@drawing
-def depth_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], title: str) -> bytes:
-    """One row per (architecture, depth): top eigenvalue, trace and beta_eff over the probe steps (step 1 is
-    the initialisation), and the gradient norm per layer at step 1, per network (first seed)."""
-    panels = (("top Hessian eigenvalue", series("sharpness", "sharpness"), True),
-              ("Hessian trace", series("hessian_trace", "hessian_trace"), True),
-              ("beta_eff", series("gradient_sweep", "beta_eff"), True))
-    fig, axes = subplots(len(rows), len(panels) + 1, figsize=(4 * (len(panels) + 1), 2.8 * len(rows)), squeeze=False)
-    for row, (label, groups) in zip(axes, rows):
-        for ax, (name, fn, logy) in zip(row, panels):
-            plot_lines(ax, groups, fn, logy=logy)
-            ax.set_ylabel(f"{name}\n{text(label)}", fontsize=8)
-            ax.set_xlabel("step")
-        ax = row[-1]
-        for net, runs in groups.items():
-            first = next(iter(runs[0].probe("layer_grad_norm")), None)
-            values = first["values"].get("values") if first else None
-            if isinstance(values, dict):
-                ys = finite(list(values.values()))
-                if ys and len(ys) == len(values):
-                    ax.plot(range(len(ys)), ys, color=color_of(net), marker=".", label=text(label_of(net)))
-        if ax.has_data():
-            ax.set_yscale("log")
-        ax.set_xlabel("layer (first conv ... head)")
-        ax.set_ylabel(f"gradient norm at step 1\n{text(label)}", fontsize=8)
-    if axes[0][0].get_legend_handles_labels()[0]:
-        axes[0][0].legend(fontsize=8)
-    fig.suptitle(title, y=1.01)
-    fig.tight_layout()
-    return to_png(fig)
 
 
 @drawing
@@ -544,11 +388,11 @@ def layer_sharpness_heatmaps(groups: dict[str, list[RunRecords]], title: str) ->
     nets = [n for n in groups if groups[n][0].probe("layer_sharpness")]
     fig, axes = subplots(1, max(len(nets), 1), figsize=(6.5 * max(len(nets), 1), 3.6), squeeze=False)
     for ax, net in zip(axes[0], nets):
-        recs = groups[net][0].probe("layer_sharpness")
-        layers = recs[0]["values"].get("layers", [])
-        grid = np.array([[(lambda v: np.log10(v) if isinstance(v, (int, float)) and v > 0 else np.nan)(
-            r["values"].get("values", {}).get(layer)) for r in recs] for layer in layers], dtype=float)
-        sns.heatmap(grid, ax=ax, cmap="mako", xticklabels=[r["step"] for r in recs],
+        recs = probe_series(groups[net][0], "layer_sharpness", "layer_sharpness")
+        layers = probed_layers(groups[net][:1], "layer_sharpness")
+        grid = np.array([[(lambda x: np.log10(x) if x is not None and x > 0 else np.nan)((v or {}).get(layer))
+                          for _, v in recs] for layer in layers], dtype=float)
+        sns.heatmap(grid, ax=ax, cmap="mako", xticklabels=[step for step, _ in recs],
                     yticklabels=[str(k) for k in range(1, len(layers) + 1)],
                     cbar_kws={"label": "log10 layer sharpness"})
         heatmap_axes(ax, net, groups)
@@ -563,13 +407,13 @@ def density_panels(groups: dict[str, list[RunRecords]], title: str) -> bytes:
     nets = [n for n in groups if groups[n][0].probe("spectral_density")]
     fig, axes = subplots(1, max(len(nets), 1), figsize=(6 * max(len(nets), 1), 3.3), squeeze=False)
     for ax, net in zip(axes[0], nets):
-        recs = [r for r in groups[net][0].probe("spectral_density") if r["values"].get("density")]
+        recs = probe_views(groups[net][0], "spectral_density", "histogram")
         picks = [recs[i] for i in sorted({0, len(recs) // 2, len(recs) - 1})] if recs else []
-        for shade, r in zip(np.linspace(0.35, 1.0, len(picks)), picks):
-            edges, mass = np.array(r["values"]["edges"]), np.array(r["values"]["density"], dtype=float)
+        for shade, (step, h) in zip(np.linspace(0.35, 1.0, len(picks)), picks):
+            edges, mass = np.array(h["edges"]), np.array(h["density"], dtype=float)
             centers = (edges[:-1] + edges[1:]) / 2
             ax.plot(centers, np.where(mass > 0, mass, np.nan), marker=".", color=color_of(net), alpha=shade,
-                    label=f"step {r['step']}")
+                    label=f"step {step}")
         ax.set_yscale("log")
         ax.set_xlabel("eigenvalue")
         ax.set_ylabel("mass per bin")
@@ -580,118 +424,11 @@ def density_panels(groups: dict[str, list[RunRecords]], title: str) -> bytes:
     return to_png(fig)
 
 
-def final_accuracies(groups: dict[str, list[RunRecords]]) -> dict[str, list[float]]:
-    """Per network, each seed's final test accuracy as the claims count it (a diverged run: 0, once)."""
-    return {net: [a for a in (final_test_acc(r) for r in runs) if a is not None] for net, runs in groups.items()}
-
-
-@drawing
-def accuracy_bars(rows: list[tuple[str, dict[str, list[RunRecords]]]], title: str) -> bytes:
-    """Final test accuracy per network (mean over seeds, each seed a dot), one panel per setting."""
-    fig, axes = subplots(1, len(rows), figsize=(4.2 * len(rows), 3.2), squeeze=False)
-    for ax, (label, groups) in zip(axes[0], rows):
-        nets = list(groups)
-        accuracies = final_accuracies(groups)
-        for i, net in enumerate(nets):
-            accs = accuracies[net]
-            if accs:
-                ax.bar(i, sum(accs) / len(accs), color=color_of(net), alpha=0.8)
-                ax.scatter([i] * len(accs), accs, color="k", s=8, zorder=3)
-        ax.set_xticks(range(len(nets)))
-        ax.set_xticklabels([text(label_of(n)) for n in nets], rotation=25, fontsize=8)
-        ax.set_ylabel("final test accuracy")
-        ax.set_title(text(label), fontsize=9)
-    fig.suptitle(text(title), y=1.03)
-    fig.tight_layout()
-    return to_png(fig)
-
-
 def run_slices(run: RunRecords) -> dict[str, dict]:
     """A run's finished slices by name (``RUN/slices/NAME/slice.json``)."""
     from landscape.slicing import read_slices
 
     return {s.get("name", "?"): s for s in read_slices(run.path)}
-
-
-@drawing
-def slice_panels(groups: dict[str, list[RunRecords]], title: str) -> bytes:
-    """Per network (its first seed): the 2D random slice as filled log-loss contours with the
-    trained point marked; last panel: every network's interpolation from the initialisation."""
-    nets = [(net, run_slices(runs[0])) for net, runs in groups.items()]
-    fig, axes = subplots(1, len(nets) + 1, figsize=(4.6 * (len(nets) + 1), 3.8), squeeze=False)
-    axes = axes[0]
-    for ax, (net, sl) in zip(axes, nets):
-        s = sl.get("random-2d")
-        ax.set_title(text(label_of(net)))
-        if not s or s.get("dims", len(s.get("shape", []))) == 1 or len(s.get("shape", [])) != 2:
-            ax.text(0.5, 0.5, "no 2D slice", ha="center", va="center", transform=ax.transAxes)
-            continue
-        n = s["shape"][0]
-        z = np.array([np.nan if v is None else v for v in s["loss"]], dtype=float).reshape(n, n)
-        axis = np.array(s["axis"], dtype=float)
-        cs = ax.contourf(axis, axis, np.log10(np.clip(z.T, 1e-6, None)), levels=20, cmap="viridis")
-        ax.contour(axis, axis, np.log10(np.clip(z.T, 1e-6, None)), levels=10, colors="k", linewidths=0.3)
-        fig.colorbar(cs, ax=ax, label="log10 loss")
-        ax.plot([0], [0], marker="+", color="w", ms=14, mew=2)
-        ax.set_xlabel("direction 1 (filter-normalised)")
-        ax.set_ylabel("direction 2")
-    ax = axes[-1]
-    for net, sl in nets:
-        s = sl.get("from-init")
-        if s:
-            ax.plot(s["axis"], s["loss"], color=color_of(net), label=text(label_of(net)), marker=".")
-    ax.set_yscale("log")
-    ax.set_xlabel("t: initialisation (0) to trained weights (1)")
-    ax.set_ylabel("training loss")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    fig.subplots_adjust(wspace=0.5)  # room for each colour bar's label beside the next panel
-    fig.suptitle(text(title), y=1.03)
-    return to_png(fig)
-
-
-def slice_hover(groups: dict[str, list[RunRecords]]) -> str:
-    """The 2D random slices as inline SVG heat maps whose cells name their point, loss and accuracy on hover
-    (an SVG ``<title>`` per cell): readable without any script, so the report stays one offline file.
-    Colour: log10 loss on one scale shared by the networks; + marks the trained point."""
-    import html
-
-    from matplotlib import colormaps
-
-    slices = [(net, run_slices(runs[0]).get("random-2d")) for net, runs in groups.items()]
-    slices = [(net, s) for net, s in slices if s and len(s.get("shape", [])) == 2]
-    if not slices:
-        return "<p>No 2D slice to show.</p>"
-    logs = [math.log10(max(v, 1e-6)) for _, s in slices for v in s["loss"] if v is not None and math.isfinite(v)]
-    lo, hi = (min(logs), max(logs)) if logs else (0.0, 1.0)
-    cmap, size, pad = colormaps["viridis"], 260, 28
-    parts = []
-    for net, s in slices:
-        n, axis = s["shape"][0], s["axis"]
-        cell = size / n
-        out = [f'<svg width="{size + pad}" height="{size + pad + 18}" '
-               f'role="img" aria-label="{html.escape(label_of(net))}: hover a cell for its loss">',
-               f'<text x="{pad}" y="13" font-size="12">{html.escape(label_of(net))}</text>']
-        for i in range(n):
-            for j in range(n):
-                v = s["loss"][i * n + j]
-                acc = s.get("acc", [None] * (n * n))[i * n + j]
-                if v is None or not math.isfinite(v):
-                    colour, what = "#cccccc", "not finite"
-                else:
-                    r, g, b, _ = cmap((math.log10(max(v, 1e-6)) - lo) / ((hi - lo) or 1.0))
-                    colour = f"#{int(255 * r):02x}{int(255 * g):02x}{int(255 * b):02x}"
-                    what = f"loss {v:.4g}" + (f", accuracy {acc:.3f}" if acc is not None else "")
-                x, y = pad + i * cell, 18 + (n - 1 - j) * cell  # direction 1 across, direction 2 up
-                out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{cell + 0.5:.1f}" height="{cell + 0.5:.1f}" '
-                           f'fill="{colour}"><title>({axis[i]:.3g}, {axis[j]:.3g}): {what}</title></rect>')
-        mid = pad + size / 2, 18 + size / 2
-        out.append(f'<text x="{mid[0]:.1f}" y="{mid[1] + 5:.1f}" font-size="16" fill="white" text-anchor="middle" '
-                   'pointer-events="none">+</text>')
-        out.append(f'<text x="{pad}" y="{size + 32}" font-size="10">{axis[0]:.3g} .. {axis[-1]:.3g} along each '
-                   f'direction; colour: log10 loss {lo:.2f} (dark) to {hi:.2f} (light)</text></svg>')
-        parts.append("".join(out))
-    return '<div class="hover-slices">' + "".join(parts) + "</div>"
 
 
 @drawing

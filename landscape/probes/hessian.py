@@ -1,0 +1,372 @@
+"""Curvature: the Hessian of the loss at the weights, read through Hessian-vector products.
+
+Definitions, at weights ``w`` with Hessian ``H`` and gradient ``g`` on one batch:
+
+- sharpness: the top eigenvalue of ``H`` (of ``P^-1 H`` for an adaptive optimizer's diagonal
+  preconditioner ``P``, the quantity its stability depends on; Cohen et al. 2022), by Lanczos;
+- curvature: ``g^T H g / ||g||^2``, the curvature along the step the paper's Figure 4 probes;
+  ``beta_eff`` measures the same direction over a finite distance;
+- layer sharpness: the top eigenvalue of each layer's diagonal Hessian block ``H_ll``;
+- Hessian trace: Hutchinson's ``E[z^T H z]`` over Rademacher ``z`` (or Hutch++, Meyer et al.
+  2021), with its standard error;
+- spectral density: stochastic Lanczos quadrature (Ghorbani et al., 2019): nodes and weights
+  whose measure approximates the eigenvalue distribution of ``H``, and a histogram of it.
+
+Each is a probe: pure like the others (see :mod:`landscape.probes.functional`). The
+algorithms are in :mod:`landscape.probes.linalg`; the optimizer's threshold and
+preconditioner in :mod:`landscape.probes.optimizer`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Literal
+
+import torch
+from torch import nn
+
+from landscape.probes.functional import Batch, Params, flat_hessian, resolve_layers, untouched
+from landscape.probes.linalg import flat, lanczos, rademacher, start_vector, tridiagonal, unflat
+from landscape.probes.optimizer import (UnreadableOptimizer, optimizer_facts, preconditioner, threshold_warning)
+from landscape.probes.registry import Context, NoOptions, Probe, finite_list, layer_list, over, register
+
+
+@dataclass
+class SharpnessResult:
+    value: float  # top eigenvalue (largest Ritz value) of the Hessian, or of P^-1 H when preconditioned
+    hvps: int  # Hessian-vector products used
+    residual: float  # ||A y - value y|| for the Ritz vector y of the operator A: |lambda - value| <= residual
+    converged: bool  # residual <= tol * |value|
+    cost: dict
+    preconditioned: bool = False  # True: the eigenvalue of P^-1 H for the optimizer's diagonal preconditioner P
+    vector: torch.Tensor | None = field(default=None, repr=False)  # the Ritz vector (flat), to warm-start the next call
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "vector"}
+
+
+def sharpness(model: nn.Module, loss_fn: Callable, batch: Batch, *, iters: int = 20, tol: float = 1e-3,
+              seed: int = 0, start: str | torch.Tensor = "gradient", eval_mode: bool = False,
+              params: Params | None = None, buffers: Params | None = None, rng: dict | None = None,
+              output_fn: Callable | None = None, preconditioner: Params | None = None) -> SharpnessResult:
+    """Top Hessian eigenvalue by Lanczos on Hessian-vector products.
+
+    The products are backward passes through the retained graph of one differentiable
+    gradient (reverse over reverse). Lanczos runs with full reorthogonalisation and stops
+    when the Ritz residual, a bound on the eigenvalue's error, is below ``tol`` times its
+    magnitude, or after ``iters`` products.
+
+    ``preconditioner`` (a diagonal P per parameter, e.g. from :func:`landscape.probes.preconditioner`
+    for Adam) makes it the top eigenvalue of ``P^-1 H``, computed as that of the symmetric
+    ``P^-1/2 H P^-1/2`` (the same eigenvalues): the quantity an adaptive optimizer's stability
+    depends on (Cohen et al., 2022).
+
+    ``start="gradient"`` starts from the normalised gradient (preconditioned by ``P^-1/2``)
+    plus a 0.3-weight random direction: the gradient lies mostly in the top Hessian subspace
+    (Gur-Ari et al., 2018), which cut the products needed for 1% accuracy on VGG from 18 to 6
+    (bench_probes.py), and the random part keeps every eigenvector reachable. ``start="random"``
+    is the textbook start; a tensor (e.g. the previous call's ``vector``) warm-starts from it,
+    again mixed with the random direction. Random draws use ``seed``, not the global RNG.
+    """
+    if isinstance(start, str) and start not in ("gradient", "random"):
+        raise ValueError(f"start must be 'gradient', 'random' or a tensor, got {start!r}")
+    with untouched(model, eval_mode):
+        H = flat_hessian(model, loss_fn, batch, params, buffers, rng, output_fn)
+        matvec, scale = H.preconditioned(preconditioner)  # scale: P^-1/2
+
+        if isinstance(start, torch.Tensor):
+            direction = start.to(H.like) if start.numel() == H.n else None
+        elif start == "gradient":
+            direction = flat(H.grad, H.names) * (scale if scale is not None else 1)
+        else:
+            direction = None
+        ritz = lanczos(matvec, start_vector(H.n, seed, H.like, direction), iters, tol)[2]
+        f = H.objective
+        return SharpnessResult(value=ritz.value, hvps=f.cost.hvp, residual=ritz.residual, converged=ritz.converged,
+                               cost=f.cost.as_dict(), preconditioned=preconditioner is not None, vector=ritz.vector)
+
+
+@dataclass
+class CurvatureResult:
+    value: float  # g^T H g / ||g||^2
+    grad_norm: float  # ||g||
+    cost: dict
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def curvature(model: nn.Module, loss_fn: Callable, batch: Batch, *, eval_mode: bool = False,
+                          params: Params | None = None, buffers: Params | None = None, rng: dict | None = None,
+                          output_fn: Callable | None = None) -> CurvatureResult:
+    """The curvature along the gradient, ``g^T H g / ||g||^2``: one Hessian-vector product."""
+    with untouched(model, eval_mode):
+        H = flat_hessian(model, loss_fn, batch, params, buffers, rng, output_fn)
+        g = flat(H.grad, H.names)
+        gg = float(g.double() @ g.double())
+        value = float(g.double() @ H(g).double()) / gg if gg > 0 else math.nan
+        return CurvatureResult(value=value, grad_norm=math.sqrt(gg), cost=H.objective.cost.as_dict())
+
+
+@dataclass
+class LayerSharpnessResult:
+    layers: list[str]
+    values: dict[str, float]  # top eigenvalue of each layer's diagonal Hessian block
+    residual: dict[str, float]  # its error bound
+    hvps: dict[str, int]  # Hessian-vector products per layer
+    cost: dict
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def layer_sharpness(model: nn.Module, loss_fn: Callable, batch: Batch, layers: Iterable | dict | None = None, *,
+                    iters: int = 20, tol: float = 1e-2, seed: int = 0, eval_mode: bool = False,
+                    params: Params | None = None, buffers: Params | None = None, rng: dict | None = None,
+                    output_fn: Callable | None = None) -> LayerSharpnessResult:
+    """Per layer (as :func:`landscape.probes.resolve_layers` selects and groups them), the top
+    eigenvalue of its diagonal Hessian block, by Lanczos on products ``v_l -> (H [v_l, 0])_l``
+    through one retained graph, started from the layer's gradient (plus a random direction)."""
+    with untouched(model, eval_mode):
+        H = flat_hessian(model, loss_fn, batch, params, buffers, rng, output_fn)
+        f, w, grad, hvp = H.objective, H.w, H.grad, H.hvp
+        groups = resolve_layers(model, layers)
+        zeros = {n: torch.zeros_like(t) for n, t in w.items()}
+        values, residual, hvps = {}, {}, {}
+        for label, names in groups:
+            def matvec(v: torch.Tensor, names=names) -> torch.Tensor:
+                return flat(hvp({**zeros, **unflat(v, w, names)}), names)
+
+            before = f.cost.hvp
+            like = w[names[0]]
+            q = start_vector(sum(w[n].numel() for n in names), seed, like, flat(grad, names))
+            ritz = lanczos(matvec, q, iters, tol)[2]
+            values[label], residual[label], hvps[label] = ritz.value, ritz.residual, f.cost.hvp - before
+        return LayerSharpnessResult(layers=[label for label, _ in groups], values=values, residual=residual,
+                                    hvps=hvps, cost=f.cost.as_dict())
+
+
+@dataclass
+class TraceResult:
+    value: float  # the estimate of tr(H)
+    stderr: float  # its standard error
+    samples: int  # Hessian-vector products spent
+    method: str  # hutchinson | hutch++
+    cost: dict
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def min_trace_samples(method: str) -> int:
+    """Hutchinson needs 2 products for a standard error; Hutch++ 4 (1 + 1 for the subspace, 2 for the rest)."""
+    return 4 if method == "hutch++" else 2
+
+
+def hessian_trace(model: nn.Module, loss_fn: Callable, batch: Batch, *, samples: int = 30,
+                  method: str = "hutchinson", seed: int = 0, eval_mode: bool = False, params: Params | None = None,
+                  buffers: Params | None = None, rng: dict | None = None,
+                  output_fn: Callable | None = None) -> TraceResult:
+    """``tr(H)`` from ``samples`` Hessian-vector products.
+
+    ``hutchinson``: the mean of ``z^T H z`` over Rademacher ``z``; standard error ``sd / sqrt(m)``.
+    ``hutch++``: a third of the products find the top subspace ``Q`` (from ``H S``), a third
+    give ``tr(Q^T H Q)`` exactly, and a third run Hutchinson on the rest ``(I - QQ^T) H (I - QQ^T)``;
+    its standard error is that of the last part. Hutch++ wins when a few eigenvalues dominate,
+    as in trained networks."""
+    if method not in ("hutchinson", "hutch++"):
+        raise ValueError(f"method must be 'hutchinson' or 'hutch++', got {method!r}")
+    if samples < min_trace_samples(method):
+        raise ValueError(f"{method} needs at least {min_trace_samples(method)} samples for a standard error")
+    with untouched(model, eval_mode):
+        H = flat_hessian(model, loss_fn, batch, params, buffers, rng, output_fn)
+        like, n, f = H.like, H.n, H.objective
+        gen = torch.Generator().manual_seed(seed)
+        exact = 0.0
+        if method == "hutch++":
+            k = samples // 3
+            S = rademacher(n, k, gen, like)
+            Q, _ = torch.linalg.qr(torch.stack([H(s) for s in S]).T.double())
+            Q = Q.to(like.dtype)
+            exact = sum(float(q.double() @ H(q).double()) for q in Q.T)
+            G = rademacher(n, samples - 2 * k, gen, like)
+            G = G - (G @ Q) @ Q.T
+        else:
+            G = rademacher(n, samples, gen, like)
+        quad = torch.tensor([float(z.double() @ H(z).double()) for z in G], dtype=torch.float64)
+        return TraceResult(value=exact + float(quad.mean()), stderr=float(quad.std() / math.sqrt(len(quad))),
+                           samples=f.cost.hvp, method=method, cost=f.cost.as_dict())
+
+
+@dataclass
+class DensityResult:
+    nodes: list[list[float]]  # per probe vector: the Ritz values of its Lanczos run
+    weights: list[list[float]]  # per probe vector: their quadrature weights (summing to 1)
+    edges: list[float]  # histogram bin edges over [min node, max node]
+    density: list[float]  # mass per bin, averaged over probe vectors (sums to 1)
+    cost: dict
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def spectral_density(model: nn.Module, loss_fn: Callable, batch: Batch, *, vectors: int = 4, steps: int = 20,
+                     bins: int = 40, seed: int = 0, eval_mode: bool = False, params: Params | None = None,
+                     buffers: Params | None = None, rng: dict | None = None,
+                     output_fn: Callable | None = None) -> DensityResult:
+    """The Hessian's eigenvalue density by stochastic Lanczos quadrature: for each of ``vectors``
+    random unit vectors ``v``, ``steps`` Lanczos products give a tridiagonal ``T``; its
+    eigenvalues are the nodes and the squared first components of its eigenvectors the weights
+    of a quadrature for ``v^T f(H) v``, whose average over ``v`` estimates ``tr f(H) / n``."""
+    with untouched(model, eval_mode):
+        H = flat_hessian(model, loss_fn, batch, params, buffers, rng, output_fn)
+        f = H.objective
+        nodes, weights = [], []
+        for i in range(vectors):
+            alphas, betas, _ = lanczos(H, start_vector(H.n, seed + i, H.like), steps)
+            if not alphas or not all(math.isfinite(a) for a in alphas):
+                continue
+            evals, evecs = torch.linalg.eigh(tridiagonal(alphas, betas))
+            nodes.append(evals.tolist())
+            weights.append((evecs[0] ** 2).tolist())
+        flat_nodes = [x for row in nodes for x in row]
+        if not flat_nodes:
+            return DensityResult(nodes=[], weights=[], edges=[], density=[], cost=f.cost.as_dict())
+        lo, hi = min(flat_nodes), max(flat_nodes)
+        hi = hi if hi > lo else lo + 1e-12
+        edges = torch.linspace(lo, hi, bins + 1, dtype=torch.float64)
+        mass = torch.zeros(bins, dtype=torch.float64)
+        for row_n, row_w in zip(nodes, weights):
+            idx = torch.bucketize(torch.tensor(row_n, dtype=torch.float64), edges[1:-1])
+            mass.index_add_(0, idx, torch.tensor(row_w, dtype=torch.float64))
+        return DensityResult(nodes=nodes, weights=weights, edges=edges.tolist(), density=(mass / len(nodes)).tolist(),
+                             cost=f.cost.as_dict())
+
+
+directional_curvature = curvature  # its name before 0.4
+
+
+# ------------------------------------------------------------------ the probe entries
+
+
+@dataclass(frozen=True)
+class SharpnessOptions:
+    iters: int = 20  # Lanczos iterations (Hessian-vector products) at most
+    tol: float = 1e-3  # stop when the eigenvalue's error bound is below this relative tolerance
+    warm_start: bool = False  # start each Lanczos from the previous measurement's eigenvector (checkpointed)
+    batch: int = 0  # 0: each step's batch; N: a fixed training batch of N examples, the same every time (e.g. the full data set)
+    raw: bool = False  # under Adam/AdamW, also the plain Hessian's top eigenvalue (recorded as raw_value)
+
+
+def _sharpness(ctx: Context, o: SharpnessOptions) -> dict:
+    """Optimizer-aware sharpness: of P^-1 H for Adam/AdamW (P its preconditioner), of H otherwise."""
+    try:
+        P = preconditioner(ctx.optimizer, ctx.model)
+    except UnreadableOptimizer as exc:
+        if isinstance(ctx.optimizer, (torch.optim.Adam, torch.optim.AdamW)):  # before its first step
+            return {"value": None, "preconditioned": True, "note": str(exc), **optimizer_facts(ctx.optimizer)}
+        P = None  # an optimizer we cannot read: the plain Hessian (said at attach time)
+    previous = ctx.state.get("vector")
+    start = previous if o.warm_start and previous is not None else "gradient"
+    batch = ctx.fixed_part(o.batch)
+    result = sharpness(ctx.model, ctx.loss_fn, batch, iters=o.iters, tol=o.tol, preconditioner=P, start=start,
+                       **ctx.common())
+    ctx.state["vector"] = result.vector if o.warm_start else None
+    out = {**result.as_dict(), "warm_start": not isinstance(start, str), **optimizer_facts(ctx.optimizer)}
+    if o.batch:
+        out["examples"] = len(batch[1])
+    if o.raw and P is not None:
+        plain = sharpness(ctx.model, ctx.loss_fn, batch, iters=o.iters, tol=o.tol, **ctx.common())
+        out.update(raw_value=plain.value, raw_residual=plain.residual)
+        out["cost"] = {k: out["cost"][k] + plain.cost[k] for k in out["cost"]}
+    return out
+
+
+def _sharpness_check(o) -> str | None:
+    if o.batch < 0:
+        return f"batch must be 0 (each step's) or a number of examples; got {o.batch}"
+    return _lanczos_check(o)
+
+
+def _lanczos_check(o) -> str | None:
+    if o.iters <= 0:
+        return f"iters must be positive; got {o.iters}"
+    if not 0 < o.tol < 1:
+        return f"tol must be in (0, 1); got {o.tol}"
+    return None
+
+
+register(Probe(
+    "sharpness", "the top Hessian eigenvalue (of P^-1 H under Adam) and the optimizer's stability threshold",
+    _sharpness, SharpnessOptions,
+    quantities={"sharpness": lambda v: v["value"], "sharpness_threshold": lambda v: v["threshold"],
+                "over_threshold": lambda v: over(v["value"], v["threshold"]),
+                "raw_sharpness": lambda v: v["raw_value"],
+                "raw_over_threshold": lambda v: over(v["raw_value"], v["threshold"])},
+    exported=("sharpness", "sharpness_threshold"), attach=threshold_warning, check=_sharpness_check,
+    views={"preconditioned": lambda v: bool(v.get("preconditioned"))},
+    fixed_batch=lambda o: o.batch or None))
+
+
+register(Probe(
+    "curvature", "the curvature along the gradient, g'Hg / g'g (one Hessian-vector product)",
+    lambda ctx, o: curvature(ctx.model, ctx.loss_fn, ctx.batch, **ctx.common()).as_dict(), NoOptions,
+    quantities={"curvature": lambda v: v["value"]}, exported=("curvature",)))
+
+
+@dataclass(frozen=True)
+class LayerSharpnessOptions:
+    iters: int = 20  # Lanczos iterations per layer at most
+    tol: float = 1e-2  # relative tolerance per layer (coarser than sharpness': one Lanczos per layer)
+
+
+register(Probe(
+    "layer_sharpness", "per layer, the top eigenvalue of its diagonal Hessian block",
+    lambda ctx, o: layer_sharpness(ctx.model, ctx.loss_fn, ctx.batch, ctx.layers, iters=o.iters, tol=o.tol,
+                                   **ctx.common()).as_dict(),
+    LayerSharpnessOptions, quantities={"layer_sharpness": lambda v: v["values"]}, exported=("layer_sharpness",),
+    views={"layers": layer_list},
+    check=_lanczos_check))
+
+
+@dataclass(frozen=True)
+class HessianTraceOptions:
+    samples: int = 30  # Hessian-vector products (probe vectors)
+    method: Literal["hutchinson", "hutch++"] = "hutchinson"  # the estimator
+
+
+def _trace_check(o: HessianTraceOptions) -> str | None:
+    least = min_trace_samples(o.method)
+    return None if o.samples >= least else \
+        f"samples must be at least {least} with {o.method}, for a standard error; got {o.samples}"
+
+
+register(Probe(
+    "hessian_trace", "the Hessian's trace (Hutchinson or Hutch++) with its standard error",
+    lambda ctx, o: hessian_trace(ctx.model, ctx.loss_fn, ctx.batch, samples=o.samples, method=o.method,
+                                 seed=ctx.step, **ctx.common()).as_dict(),
+    HessianTraceOptions, quantities={"hessian_trace": lambda v: v["value"], "trace_stderr": lambda v: v["stderr"]},
+    exported=("hessian_trace",),
+    check=_trace_check))
+
+
+def _density_histogram(v: dict) -> dict | None:
+    """``{"edges", "density"}`` of a density record: bins of the recorded eigenvalue range and their mass."""
+    edges, mass = finite_list(v["edges"]), finite_list(v["density"])
+    return {"edges": edges, "density": mass} if mass and len(edges) == len(mass) + 1 else None
+
+
+@dataclass(frozen=True)
+class SpectralDensityOptions:
+    vectors: int = 4  # random start vectors (one Lanczos run each)
+    steps: int = 20  # Lanczos steps per vector (quadrature nodes)
+
+
+register(Probe(
+    "spectral_density", "the Hessian's eigenvalue density by stochastic Lanczos quadrature",
+    lambda ctx, o: spectral_density(ctx.model, ctx.loss_fn, ctx.batch, vectors=o.vectors, steps=o.steps,
+                                    seed=ctx.step, **ctx.common()).as_dict(),
+    SpectralDensityOptions, views={"histogram": _density_histogram},
+    check=lambda o: None if o.vectors > 0 and o.steps > 0 else
+    f"vectors and steps must be positive; got {o.vectors} and {o.steps}"))
