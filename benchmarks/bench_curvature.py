@@ -29,8 +29,8 @@ import time
 
 import numpy as np
 import torch
-
 from common import first_batch, timeit, training_split
+
 from landscape.config import ModelConfig, VggConfig
 from landscape.data import Batches
 from landscape.models import build_model
@@ -65,8 +65,10 @@ def main() -> None:
     torch.manual_seed(0)
     split = training_split(args.data_dir)
     batch = first_batch(split, args.batch)
-    print(f"CPU threads {torch.get_num_threads()}, batch {args.batch}, "
-          f"{'CIFAR-10' if args.data_dir else 'generated images'}, VGG-11 x{args.width}, no BN, eval mode")
+    print(
+        f"CPU threads {torch.get_num_threads()}, batch {args.batch}, "
+        f"{'CIFAR-10' if args.data_dir else 'generated images'}, VGG-11 x{args.width}, no BN, eval mode"
+    )
     model, _, _ = trained_vgg(split, args.width, "none", 30)
     model.eval()  # PyHessian evaluates in eval mode; the same function for both here
     try:
@@ -98,6 +100,7 @@ def main() -> None:
 def trace_estimators(model, batch, hessian, args, used: list[int] | None = None) -> dict:
     """``{label: estimate(m, seed)}``: ours (Hutchinson, Hutch++) and, when installed, PyHessian's
     ``trace()``; ``used`` collects how many products PyHessian really took per call."""
+
     def pyhessian_trace(m: int, seed: int) -> float:
         torch.manual_seed(seed)
         model.zero_grad(set_to_none=True)  # PyHessian backpropagates into .grad: a stale graph there would add up
@@ -106,8 +109,10 @@ def trace_estimators(model, batch, hessian, args, used: list[int] | None = None)
             used.append(len(samples))  # mean passes its tolerance test at once and it stops early
         return float(np.mean(samples))
 
-    methods = {"hutchinson": lambda m, s: hessian_trace(model, CE, batch, samples=m, seed=s).value,
-               "hutch++": lambda m, s: hessian_trace(model, CE, batch, samples=m, method="hutch++", seed=s).value}
+    methods = {
+        "hutchinson": lambda m, s: hessian_trace(model, CE, batch, samples=m, seed=s).value,
+        "hutch++": lambda m, s: hessian_trace(model, CE, batch, samples=m, method="hutch++", seed=s).value,
+    }
     if hessian is not None and not args.skip_pyhessian:
         methods["PyHessian trace()"] = pyhessian_trace
     return methods
@@ -135,7 +140,9 @@ def trace_part(model, batch, hessian, args) -> None:
     if "PyHessian trace()" in times:
         for label in ("hutchinson", "hutch++"):
             if label in times:
-                print(f"   time to 5%: PyHessian / landscape {label} = {times['PyHessian trace()'] / times[label]:.2f}x")
+                print(
+                    f"   time to 5%: PyHessian / landscape {label} = {times['PyHessian trace()'] / times[label]:.2f}x"
+                )
 
 
 def trace_budget_part(model, batch, hessian, args, m: int = 96) -> None:
@@ -149,13 +156,17 @@ def trace_budget_part(model, batch, hessian, args, m: int = 96) -> None:
         t0 = time.perf_counter()
         values = [estimate(m, s) for s in range(args.seeds)]
         times[label] = (time.perf_counter() - t0) / args.seeds
-        print(f"   {label}: mean {statistics.mean(values):.2f}, spread over seeds (std) {statistics.stdev(values):.2f}, "
-              f"{times[label]:.2f} s per estimate")
+        print(
+            f"   {label}: mean {statistics.mean(values):.2f}, spread over seeds (std) {statistics.stdev(values):.2f}, "
+            f"{times[label]:.2f} s per estimate"
+        )
     if "PyHessian trace()" in times:
         per_theirs = times["PyHessian trace()"] / statistics.mean(used)
-        print(f"   PyHessian used {used} of the {m} products it was given (it stops when its running mean is "
-              f"negative); time per product: PyHessian {per_theirs * 1e3:.0f} ms, landscape "
-              f"{times['hutchinson'] / m * 1e3:.0f} ms, ratio {per_theirs / (times['hutchinson'] / m):.2f}x")
+        print(
+            f"   PyHessian used {used} of the {m} products it was given (it stops when its running mean is "
+            f"negative); time per product: PyHessian {per_theirs * 1e3:.0f} ms, landscape "
+            f"{times['hutchinson'] / m * 1e3:.0f} ms, ratio {per_theirs / (times['hutchinson'] / m):.2f}x"
+        )
 
 
 @contextlib.contextmanager
@@ -163,6 +174,7 @@ def eig_shim():
     """``torch.eig(T, eigenvectors=True)`` as PyHessian 0.1 calls it on its symmetric tridiagonal
     Lanczos matrix: eigenvalues as (real, imaginary) columns and the eigenvectors, from
     ``torch.linalg.eigh`` (exact for a symmetric matrix)."""
+
     def eig(T, eigenvectors=False):
         values, vectors = torch.linalg.eigh(T)
         return torch.stack([values, torch.zeros_like(values)], 1), vectors
@@ -184,8 +196,10 @@ def density_part(model, batch, hessian, args) -> None:
     ours = spectral_density(model, CE, batch, vectors=vectors, steps=steps, seed=0)
     t_ours = timeit(lambda: spectral_density(model, CE, batch, vectors=vectors, steps=steps, seed=0), args.repeats)
     top = sharpness(model, CE, batch, iters=100, tol=1e-6).value
-    print(f"2. spectral density, {vectors} vector x {steps} Lanczos steps: landscape {t_ours:.2f} s, "
-          f"top node {max(ours.nodes[0]):.3f} (top eigenvalue {top:.3f})")
+    print(
+        f"2. spectral density, {vectors} vector x {steps} Lanczos steps: landscape {t_ours:.2f} s, "
+        f"top node {max(ours.nodes[0]):.3f} (top eigenvalue {top:.3f})"
+    )
     if hessian is not None and not args.skip_pyhessian:
         from scipy.stats import wasserstein_distance
 
@@ -197,8 +211,10 @@ def density_part(model, batch, hessian, args) -> None:
         try:
             t_theirs = timeit(theirs, args.repeats)
         except RuntimeError as exc:  # PyHessian 0.1 calls torch.eig, removed in torch 1.9
-            print(f"   PyHessian density() fails on torch {torch.__version__}: {str(exc).splitlines()[0]}; "
-                  "measured with torch.eig replaced by torch.linalg.eigh on its tridiagonal matrix (the only change)")
+            print(
+                f"   PyHessian density() fails on torch {torch.__version__}: {str(exc).splitlines()[0]}; "
+                "measured with torch.eig replaced by torch.linalg.eigh on its tridiagonal matrix (the only change)"
+            )
             with eig_shim():
                 t_theirs = timeit(theirs, args.repeats)
                 nodes, weights = theirs()
@@ -213,10 +229,11 @@ def density_part(model, batch, hessian, args) -> None:
         def w1(n, w) -> float:
             return wasserstein_distance(n, ref_nodes, u_weights=w, v_weights=ref_weights) / spread
 
-        print(f"   PyHessian density(): {t_theirs:.2f} s, top node {max(nodes[0]):.3f}; W1 to a reference density "
-              f"(4 x 80) as a share of its range: landscape {w1(ours.nodes[0], ours.weights[0]):.2%}, PyHessian "
-              f"{w1(nodes[0], weights[0]):.2%}; time PyHessian / landscape = {t_theirs / t_ours:.2f}x")
-
+        print(
+            f"   PyHessian density(): {t_theirs:.2f} s, top node {max(nodes[0]):.3f}; W1 to a reference density "
+            f"(4 x 80) as a share of its range: landscape {w1(ours.nodes[0], ours.weights[0]):.2%}, PyHessian "
+            f"{w1(nodes[0], weights[0]):.2%}; time PyHessian / landscape = {t_theirs / t_ours:.2f}x"
+        )
 
 
 def layer_part(model, batch, args) -> None:
@@ -225,10 +242,11 @@ def layer_part(model, batch, args) -> None:
     layered = layer_sharpness(model, CE, batch, iters=20, tol=1e-2)
     t_layers = timeit(lambda: layer_sharpness(model, CE, batch, iters=20, tol=1e-2), args.repeats)
     L = len(resolve_layers(model))
-    print(f"3. sharpness {t_full:.2f} s ({full.hvps} HVPs); per-layer sharpness over {L} layers {t_layers:.2f} s "
-          f"({sum(layered.hvps.values())} HVPs): ratio {t_layers / t_full:.1f}x; largest layer value "
-          f"{max(layered.values.values()):.3f} vs full {full.value:.3f}")
-
+    print(
+        f"3. sharpness {t_full:.2f} s ({full.hvps} HVPs); per-layer sharpness over {L} layers {t_layers:.2f} s "
+        f"({sum(layered.hvps.values())} HVPs): ratio {t_layers / t_full:.1f}x; largest layer value "
+        f"{max(layered.values.values()):.3f} vs full {full.value:.3f}"
+    )
 
 
 def warm_start_part(split, args) -> None:
@@ -247,8 +265,10 @@ def warm_start_part(split, args) -> None:
                     cold.append(c.hvps)
                     warm.append(w.hvps)
             opt.step()
-        print(f"4. {norm}: HVPs per sharpness (tol 1e-2, every 25 steps, 11 measurements): from the gradient "
-              f"{statistics.mean(cold):.1f}, warm-started {statistics.mean(warm):.1f}")
+        print(
+            f"4. {norm}: HVPs per sharpness (tol 1e-2, every 25 steps, 11 measurements): from the gradient "
+            f"{statistics.mean(cold):.1f}, warm-started {statistics.mean(warm):.1f}"
+        )
 
 
 if __name__ == "__main__":

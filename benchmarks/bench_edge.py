@@ -18,8 +18,8 @@ import statistics
 import time
 
 import torch
-
 from common import training_split
+
 from landscape.config import MlpConfig, ModelConfig
 from landscape.data import Batches, pixel_stats
 from landscape.losses import LOSSES
@@ -38,8 +38,12 @@ def main() -> None:
     split = training_split(a.data_dir)
     mean, std = pixel_stats(split)
     batch = Batches(split.subset(a.images), 0, seed=0, mean=mean, std=std)(0)
-    model = build_model(ModelConfig(arch="mlp", init="torch_default", mlp=MlpConfig(widths=(200, 200), activation="tanh")),
-                        seed=0, in_dim=3, out_dim=10)
+    model = build_model(
+        ModelConfig(arch="mlp", init="torch_default", mlp=MlpConfig(widths=(200, 200), activation="tanh")),
+        seed=0,
+        in_dim=3,
+        out_dim=10,
+    )
     loss_fn = LOSSES["square_onehot"]
     opt = torch.optim.SGD(model.parameters(), lr=a.lr)
     line = 0.75 * 2 / a.lr
@@ -62,8 +66,10 @@ def main() -> None:
     busy = [(cp, wp) for _, cc, cp, wc, wp, _ in rows if cc or wc]
     if busy:
         cold_mean, warm_mean = statistics.mean(c for c, _ in busy), statistics.mean(w for _, w in busy)
-        print(f"\nover the {len(busy)} measurements with eigenvalues above the line: {cold_mean:.1f} products cold, "
-              f"{warm_mean:.1f} warm ({1 - warm_mean / cold_mean:.0%} fewer)")
+        print(
+            f"\nover the {len(busy)} measurements with eigenvalues above the line: {cold_mean:.1f} products cold, "
+            f"{warm_mean:.1f} warm ({1 - warm_mean / cold_mean:.0%} fewer)"
+        )
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from common import first_batch, timeit, training_split
+
 from landscape.config import ModelConfig, VggConfig
 from landscape.data import Batches
 from landscape.models import build_model
@@ -43,7 +43,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--width", type=float, default=0.25)
-    ap.add_argument("--arch", default="vgg", choices=["vgg", "vit"], help="VGG-11 + BN, or the ViT at the model defaults (dim 64, depth 4, 4x4 patches) + LayerNorm")
+    ap.add_argument(
+        "--arch",
+        default="vgg",
+        choices=["vgg", "vit"],
+        help="VGG-11 + BN, or the ViT at the model defaults (dim 64, depth 4, 4x4 patches) + LayerNorm",
+    )
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--points", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5)
@@ -52,12 +57,16 @@ def main() -> None:
     torch.manual_seed(0)
     split = training_split(args.data_dir)
     batch = first_batch(split, args.batch)
-    print(f"CPU threads {torch.get_num_threads()}, batch {args.batch}, "
-          f"{'CIFAR-10' if args.data_dir else 'generated images'}")
+    print(
+        f"CPU threads {torch.get_num_threads()}, batch {args.batch}, "
+        f"{'CIFAR-10' if args.data_dir else 'generated images'}"
+    )
 
     # 1 + 2: VGG-11 with BatchNorm (or the ViT with LayerNorm) in train mode, as probed during training
     vgg = args.arch == "vgg"
-    model = build_model(ModelConfig(arch=args.arch, norm="batch" if vgg else "layer", vgg=VggConfig(width=args.width)), in_dim=3)
+    model = build_model(
+        ModelConfig(arch=args.arch, norm="batch" if vgg else "layer", vgg=VggConfig(width=args.width)), in_dim=3
+    )
     what = f"VGG-11 x{args.width} + BN" if vgg else "the ViT (dim 64, depth 4, patch 4) + LayerNorm"
     model.train()
     K = args.points
@@ -67,10 +76,14 @@ def main() -> None:
     sweep_reuse = timeit(lambda: gradient_sweep(model, CE, batch, etas, grad=grad, loss=loss), args.repeats)
     sweep_fresh = timeit(lambda: gradient_sweep(model, CE, batch, etas), args.repeats)
     print(f"1. gradient_sweep, K={K} on {what}:  {K} plain passes {base_k * 1e3:.0f} ms")
-    print(f"   reusing the step's gradient (as the trainer does): {sweep_reuse * 1e3:.0f} ms, "
-          f"ratio {sweep_reuse / base_k:.3f}")
-    print(f"   computing it too (K+1 passes):                     {sweep_fresh * 1e3:.0f} ms, "
-          f"ratio {sweep_fresh / base_k:.3f}")
+    print(
+        f"   reusing the step's gradient (as the trainer does): {sweep_reuse * 1e3:.0f} ms, "
+        f"ratio {sweep_reuse / base_k:.3f}"
+    )
+    print(
+        f"   computing it too (K+1 passes):                     {sweep_fresh * 1e3:.0f} ms, "
+        f"ratio {sweep_fresh / base_k:.3f}"
+    )
 
     L = len(resolve_layers(model))
     next_params = {n: p.detach() - 0.1 * grad[n] for n, p in model.named_parameters()}
@@ -99,9 +112,11 @@ def main() -> None:
     t_jvp = timeit(lambda: f.hvp(w, v), args.repeats)
     _, _, hvp = f.hessian_operator(w)
     t_hvp = timeit(lambda: hvp(v), args.repeats)
-    print(f"3. one gradient {t_grad * 1e3:.0f} ms; one HVP through the retained graph (what sharpness uses) "
-          f"{t_hvp * 1e3:.0f} ms, ratio {t_hvp / t_grad:.2f}; jvp over grad {t_jvp * 1e3:.0f} ms, "
-          f"ratio {t_jvp / t_grad:.2f}")
+    print(
+        f"3. one gradient {t_grad * 1e3:.0f} ms; one HVP through the retained graph (what sharpness uses) "
+        f"{t_hvp * 1e3:.0f} ms, ratio {t_hvp / t_grad:.2f}; jvp over grad {t_jvp * 1e3:.0f} ms, "
+        f"ratio {t_jvp / t_grad:.2f}"
+    )
     exact = sharpness(model, CE, batch, iters=100, tol=1e-7).value
     print(f"   reference top eigenvalue (Lanczos to 1e-7): {exact:.4f}")
 
@@ -119,8 +134,10 @@ def main() -> None:
     ours = first_within(lambda k: sharpness(model, CE, batch, iters=k, tol=0.0).value, "landscape.sharpness")
     t_stop = timeit(lambda: sharpness(model, CE, batch, iters=100, tol=1e-2), max(1, args.repeats // 2))
     r = sharpness(model, CE, batch, iters=100, tol=1e-2)
-    print(f"   landscape.sharpness with its own stopping rule (tol=1e-2): {r.hvps} HVPs, {t_stop:.2f} s, "
-          f"error {abs(r.value - exact) / abs(exact):.2e}")
+    print(
+        f"   landscape.sharpness with its own stopping rule (tol=1e-2): {r.hvps} HVPs, {t_stop:.2f} s, "
+        f"error {abs(r.value - exact) / abs(exact):.2e}"
+    )
     if args.skip_pyhessian:
         return
     try:
@@ -137,10 +154,13 @@ def main() -> None:
     theirs = first_within(pyhessian_run, "PyHessian eigenvalues (power iteration)")
     t_default = timeit(lambda: pyhessian_run(100, 1e-3), max(1, args.repeats // 2))
     value = pyhessian_run(100, 1e-3)
-    print(f"   PyHessian defaults (maxIter=100, tol=1e-3): {t_default:.2f} s, "
-          f"error {abs(value - exact) / abs(exact):.2e}")
-    print(f"   time to 1%: PyHessian / landscape = {theirs / ours:.2f}x; "
-          f"PyHessian defaults / landscape tol=1e-2 = {t_default / t_stop:.2f}x")
+    print(
+        f"   PyHessian defaults (maxIter=100, tol=1e-3): {t_default:.2f} s, error {abs(value - exact) / abs(exact):.2e}"
+    )
+    print(
+        f"   time to 1%: PyHessian / landscape = {theirs / ours:.2f}x; "
+        f"PyHessian defaults / landscape tol=1e-2 = {t_default / t_stop:.2f}x"
+    )
 
 
 if __name__ == "__main__":

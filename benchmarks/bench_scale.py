@@ -22,8 +22,8 @@ import time
 
 import torch
 import torch.multiprocessing as mp
-
 from common import timeit, training_split
+
 from landscape.config import ModelConfig, VggConfig, VitConfig
 from landscape.data import Batches
 from landscape.models import build_model
@@ -54,9 +54,11 @@ def model_of(arch: str, **kw):
 
 def part1(split, repeats: int) -> None:
     batch = Batches(split, 128, seed=0)(0)
-    rows = [("VGG-11 (width 0.25), batch 128", model_of("vgg", vgg=VggConfig(width=0.25)), ("exact", "finite_difference")),
-            ("ViT (written-out attention)", model_of("vit"), ("exact", "finite_difference")),
-            ("ViT (sdpa attention)", model_of("vit", vit=VitConfig(attention="sdpa")), ("finite_difference",))]
+    rows = [
+        ("VGG-11 (width 0.25), batch 128", model_of("vgg", vgg=VggConfig(width=0.25)), ("exact", "finite_difference")),
+        ("ViT (written-out attention)", model_of("vit"), ("exact", "finite_difference")),
+        ("ViT (sdpa attention)", model_of("vit", vit=VitConfig(attention="sdpa")), ("finite_difference",)),
+    ]
     base = None
     print("| model | route | s per HVP | / exact HVP on the same model |")
     print("|---|---|---|---|")
@@ -80,8 +82,9 @@ def _probe_time(model, batch, repeats: int) -> dict:
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     out = {}
     for probe, opts in (("sharpness", {"iters": 10, "tol": 0.0}), ("gradient_sweep", {})):
-        monitor = Monitor(lambda rec: None, model, opt, CE, every(1), probes=[probe], options={probe: opts},
-                          step_hook=False)
+        monitor = Monitor(
+            lambda rec: None, model, opt, CE, every(1), probes=[probe], options={probe: opts}, step_hook=False
+        )
         out[probe] = timeit(lambda: monitor.observe(1, batch), repeats)
         monitor.close()
     return out
@@ -95,7 +98,7 @@ def _rank(rank: int, port: int, batch, repeats: int, queue) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=2)
     torch.set_num_threads(1)
     half = len(batch[1]) // 2
-    local = (batch[0][rank * half:(rank + 1) * half], batch[1][rank * half:(rank + 1) * half])
+    local = (batch[0][rank * half : (rank + 1) * half], batch[1][rank * half : (rank + 1) * half])
     model = DDP(model_of("vgg", vgg=VggConfig(width=0.25)))
     times = _probe_time(model, local, repeats)
     if rank == 0:
@@ -115,8 +118,10 @@ def part2(split, repeats: int) -> None:
     two = queue.get()
     for p in procs:
         p.join()
-    print("| probe (VGG-11 width 0.25, global batch 128) | 1 process, 2 threads (s) | 2 DDP processes, 1 thread "
-          "each (s) | ratio |")
+    print(
+        "| probe (VGG-11 width 0.25, global batch 128) | 1 process, 2 threads (s) | 2 DDP processes, 1 thread "
+        "each (s) | ratio |"
+    )
     print("|---|---|---|---|")
     for probe in one:
         print(f"| {probe} | {one[probe]:.3f} | {two[probe]:.3f} | {two[probe] / one[probe]:.2f}x |")

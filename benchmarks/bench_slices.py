@@ -10,8 +10,9 @@ its weights a run's checkpoint when ``--run`` is given (else its initialisation)
 with the stored running statistics (``--bn checkpoint``: the mode loss-landscapes evaluates in,
 so that the definitions agree). Ours is timed as it runs by default (``input_layer="auto"``: the
 first layer cached where that pays, here fc-tanh's and not VGG's) and with the first layer cached
-and not cached whatever it costs (``input_layer=True`` / ``False``). The directions are the lines from the point to two other points (the
-peer's ``planar_interpolation``), so both evaluate exactly the same parameter vectors.
+and not cached whatever it costs (``input_layer=True`` / ``False``). The directions are the lines from
+the point to two other points (the peer's ``planar_interpolation``), so both evaluate exactly the same
+parameter vectors.
 Times are medians of ``--repeats``; nothing here asserts a time.
 """
 
@@ -21,8 +22,8 @@ import argparse
 import copy
 
 import torch
-
 from common import timeit, training_split
+
 from landscape.config import MlpConfig, ModelConfig, VggConfig
 from landscape.data import Batches
 from landscape.models import build_model
@@ -42,18 +43,23 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     torch.manual_seed(0)
-    cfg = (ModelConfig(norm="batch", vgg=VggConfig(width=0.25)) if args.model == "vgg" else
-           ModelConfig(arch="mlp", init="torch_default", mlp=MlpConfig(widths=[200, 200], activation="tanh")))
+    cfg = (
+        ModelConfig(norm="batch", vgg=VggConfig(width=0.25))
+        if args.model == "vgg"
+        else ModelConfig(arch="mlp", init="torch_default", mlp=MlpConfig(widths=[200, 200], activation="tanh"))
+    )
     model = build_model(cfg, seed=0)
     if args.run:
         model.load_state_dict(torch.load(f"{args.run}/checkpoint.pt", weights_only=True)["model"])
     model.eval()
     split = training_split(args.data_dir)
     b = Batches(split, 0, seed=0)
-    x_all = b.prepare(split.inputs[:args.examples])
-    y_all = split.targets[:args.examples]
-    batches = [(x_all[i:i + args.batch_size], y_all[i:i + args.batch_size])
-               for i in range(0, args.examples, args.batch_size)]
+    x_all = b.prepare(split.inputs[: args.examples])
+    y_all = split.targets[: args.examples]
+    batches = [
+        (x_all[i : i + args.batch_size], y_all[i : i + args.batch_size])
+        for i in range(0, args.examples, args.batch_size)
+    ]
     w = {n: p.detach().clone() for n, p in model.named_parameters()}
     ends = [copy.deepcopy(model) for _ in range(2)]
     for k, m in enumerate(ends):
@@ -83,40 +89,74 @@ def main() -> None:
     visited = [(i / steps, (j + (1 if i % 2 == 0 else 0)) / steps) for i in range(steps) for j in range(steps)]
 
     def ours():
-        return S.evaluate_slice(model, CE, [d1, d2], visited, batches, bn="checkpoint", origin=w,
-                                buffers=dict(model.named_buffers()))
+        return S.evaluate_slice(
+            model, CE, [d1, d2], visited, batches, bn="checkpoint", origin=w, buffers=dict(model.named_buffers())
+        )
 
     def ours_plain():
-        return S.evaluate_slice(model, CE, [d1, d2], visited, batches, bn="checkpoint", origin=w,
-                                buffers=dict(model.named_buffers()), input_layer=False)
+        return S.evaluate_slice(
+            model,
+            CE,
+            [d1, d2],
+            visited,
+            batches,
+            bn="checkpoint",
+            origin=w,
+            buffers=dict(model.named_buffers()),
+            input_layer=False,
+        )
 
     def ours_cached():
-        return S.evaluate_slice(model, CE, [d1, d2], visited, batches, bn="checkpoint", origin=w,
-                                buffers=dict(model.named_buffers()), input_layer=True)
+        return S.evaluate_slice(
+            model,
+            CE,
+            [d1, d2],
+            visited,
+            batches,
+            bn="checkpoint",
+            origin=w,
+            buffers=dict(model.named_buffers()),
+            input_layer=True,
+        )
 
     def limit():
         with torch.no_grad():
             for _ in range(points):
                 sum(CE(model(xb), yb).item() for xb, yb in batches)
 
-    t_limit, t_ours, t_cached, t_plain, t_peer = (timeit(f, args.repeats)
-                                                  for f in (limit, ours, ours_cached, ours_plain, peer))
+    t_limit, t_ours, t_cached, t_plain, t_peer = (
+        timeit(f, args.repeats) for f in (limit, ours, ours_cached, ours_plain, peer)
+    )
     mine, cached, plain = ours(), ours_cached(), ours_plain()
     theirs = peer()  # rows i, columns in its own order (ascending j after its inserts)
-    worst = max(abs(mine[i * steps + j].loss - float(theirs[i][j])) / max(abs(float(theirs[i][j])), 1e-12)
-                for i in range(steps) for j in range(steps))
+    worst = max(
+        abs(mine[i * steps + j].loss - float(theirs[i][j])) / max(abs(float(theirs[i][j])), 1e-12)
+        for i in range(steps)
+        for j in range(steps)
+    )
     name = "VGG-11 x0.25 BN (eval)" if args.model == "vgg" else "fc-tanh (3072-200-200-10)"
-    print(f"model {name}, {args.examples} examples in batches of {args.batch_size}, "
-          f"{steps}x{steps} grid, torch threads {torch.get_num_threads()}")
+    print(
+        f"model {name}, {args.examples} examples in batches of {args.batch_size}, "
+        f"{steps}x{steps} grid, torch threads {torch.get_num_threads()}"
+    )
     print(f"limit (plain forwards): {1e3 * t_limit / points:.1f} ms/point")
     print(f"landscape slice:        {1e3 * t_ours / points:.1f} ms/point  ({t_ours / t_limit:.2f}x the limit)")
-    print(f"  first layer always cached:     {1e3 * t_cached / points:.1f} ms/point  ({t_cached / t_limit:.2f}x the limit)")
-    print(f"  first layer never cached:      {1e3 * t_plain / points:.1f} ms/point  ({t_plain / t_limit:.2f}x the limit)")
-    print(f"loss-landscapes 3.0.6:  {1e3 * t_peer / points:.1f} ms/point  ({t_peer / t_limit:.2f}x the limit; "
-          f"ours is {t_peer / t_ours:.2f}x faster)")
+    print(
+        f"  first layer always cached:     {1e3 * t_cached / points:.1f} ms/point  "
+        f"({t_cached / t_limit:.2f}x the limit)"
+    )
+    print(
+        f"  first layer never cached:      {1e3 * t_plain / points:.1f} ms/point  ({t_plain / t_limit:.2f}x the limit)"
+    )
+    print(
+        f"loss-landscapes 3.0.6:  {1e3 * t_peer / points:.1f} ms/point  ({t_peer / t_limit:.2f}x the limit; "
+        f"ours is {t_peer / t_ours:.2f}x faster)"
+    )
     own = max(abs(cached[i].loss - plain[i].loss) / max(abs(plain[i].loss), 1e-12) for i in range(points))
-    print(f"values: largest relative difference at the same points {worst:.2e} (against the peer), "
-          f"{own:.2e} (cached input layer against plain forwards)")
+    print(
+        f"values: largest relative difference at the same points {worst:.2e} (against the peer), "
+        f"{own:.2e} (cached input layer against plain forwards)"
+    )
 
 
 if __name__ == "__main__":

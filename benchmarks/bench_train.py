@@ -39,7 +39,7 @@ def bare_loop(cfg, split: Split, device, steps: int, warmup: int) -> float:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-        idx = perm[(step * bs) % (len(perm) - bs):][:bs].to(device)
+        idx = perm[(step * bs) % (len(perm) - bs) :][:bs].to(device)
         x = (images[idx].float() / 255 - mean) / std
         loss = torch.nn.functional.cross_entropy(model(x), labels[idx])
         opt.zero_grad(set_to_none=True)
@@ -87,9 +87,15 @@ def pipeline(split: Split, device, augment: bool, batches: int, bs: int) -> tupl
 
     tf = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if augment else []
     tf = T.Compose(tf + [T.ToTensor(), T.Normalize(CIFAR10_MEAN, CIFAR10_STD)])
-    loader = torch.utils.data.DataLoader(PILDataset(split, tf), batch_size=bs, shuffle=True, drop_last=True,
-                                         num_workers=2, persistent_workers=False,
-                                         pin_memory=device.type == "cuda")
+    loader = torch.utils.data.DataLoader(
+        PILDataset(split, tf),
+        batch_size=bs,
+        shuffle=True,
+        drop_last=True,
+        num_workers=2,
+        persistent_workers=False,
+        pin_memory=device.type == "cuda",
+    )
     it = iter(loader)
     next(it)  # worker start-up is not counted
     t0 = time.perf_counter()
@@ -105,22 +111,43 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None, help="CIFAR-10 folder; generated images if omitted")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--width", type=float, default=0.25)
-    ap.add_argument("--arch", default="vgg", choices=["vgg", "vit"], help="VGG-11 + BN, or the ViT at the model defaults (dim 64, depth 4, 4x4 patches) + LayerNorm")
+    ap.add_argument(
+        "--arch",
+        default="vgg",
+        choices=["vgg", "vit"],
+        help="VGG-11 + BN, or the ViT at the model defaults (dim 64, depth 4, 4x4 patches) + LayerNorm",
+    )
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     device = resolve_device(args.device)
-    splits = load_cifar10(args.data_dir) if args.data_dir else {"train": synthetic_images(50000, 0),
-                                                                 "test": synthetic_images(1000, 1)}
+    splits = (
+        load_cifar10(args.data_dir)
+        if args.data_dir
+        else {"train": synthetic_images(50000, 0), "test": synthetic_images(1000, 1)}
+    )
     splits["test"] = splits["test"].subset(1000)
     warmup = 20
-    cfg = build_config([{"name": "bench", "steps": args.steps, "device": str(device),
-                         "model": {"arch": args.arch, "vgg": {"width": args.width},
-                                   "norm": "batch" if args.arch == "vgg" else "layer"},
-                         "log": {"train_every": warmup, "eval_every": 0, "checkpoint_every": args.steps}}])
+    cfg = build_config(
+        [
+            {
+                "name": "bench",
+                "steps": args.steps,
+                "device": str(device),
+                "model": {
+                    "arch": args.arch,
+                    "vgg": {"width": args.width},
+                    "norm": "batch" if args.arch == "vgg" else "layer",
+                },
+                "log": {"train_every": warmup, "eval_every": 0, "checkpoint_every": args.steps},
+            }
+        ]
+    )
     what = f"VGG-11 width {args.width} + BN" if args.arch == "vgg" else "ViT (dim 64, depth 4, patch 4) + LayerNorm"
-    print(f"device {device}, threads {torch.get_num_threads()}, {what}, batch 128, "
-          f"{'CIFAR-10 ' + args.data_dir if args.data_dir else 'generated images'}")
+    print(
+        f"device {device}, threads {torch.get_num_threads()}, {what}, batch 128, "
+        f"{'CIFAR-10 ' + args.data_dir if args.data_dir else 'generated images'}"
+    )
     ratios = []
     for r in range(args.repeats):
         bare = bare_loop(cfg, splits["train"], device, args.steps, warmup)
@@ -130,8 +157,10 @@ def main() -> None:
     print(f"(a) trainer / bare PyTorch loop throughput: median ratio {statistics.median(ratios):.3f}")
     for augment in (False, True) if args.arch == "vgg" else ():
         ours, dl = pipeline(splits["train"], device, augment, batches=100, bs=128)
-        print(f"(b) batches/s, augment={augment}: tensor pipeline {ours:8.1f}   DataLoader+PIL (2 workers) "
-              f"{dl:8.1f}   ratio {ours / dl:.1f}x")
+        print(
+            f"(b) batches/s, augment={augment}: tensor pipeline {ours:8.1f}   DataLoader+PIL (2 workers) "
+            f"{dl:8.1f}   ratio {ours / dl:.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -9,11 +9,10 @@ the values over seeds (:mod:`landscape.stats`) and gives the verdict.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from landscape.results import (RunTable, final_test_acc, final_train_acc, final_train_loss,  # noqa: F401 (claims' metrics)
-                               median_probe)
+from landscape.results import RunTable, final_test_acc, final_train_acc, final_train_loss, median_probe  # noqa: F401 (claims' metrics)
 from landscape.stats import judge
 
 PerSeed = dict[int, "float | None"]
@@ -30,17 +29,26 @@ class Claim:
     transform: str = "none"  # the test's scale: "log" for ratios (see landscape.stats)
     layers: str = ""  # which layers the quantity aggregates, where it is per layer
     headline: bool = True  # False: a diagnostic (a regime, a schedule), shown in its section only
-    note: Callable[[RunTable], "str | None"] | None = None  # context read off the records (e.g. edge of stability)
+    note: Callable[[RunTable], str | None] | None = None  # context read off the records (e.g. edge of stability)
     statement: str | None = None  # the published statement it tests (a key of landscape.report.holds.STATEMENTS)
 
     def judge(self, table: RunTable) -> dict:
         """The per-seed values (paired by seed), their aggregate and the one-sided verdict."""
         per_seed = self.measure(table)
         result = judge([per_seed[s] for s in sorted(per_seed)], self.threshold, self.direction, self.transform)
-        return {"id": self.id, "claim": self.text, "quantity": self.quantity, **result, "threshold": self.threshold,
-                "direction": self.direction, "layers": self.layers, "headline": self.headline,
-                "note": self.note(table) if self.note else None, "statement": self.statement,
-                "per_seed": {str(s): per_seed[s] for s in sorted(per_seed)}}
+        return {
+            "id": self.id,
+            "claim": self.text,
+            "quantity": self.quantity,
+            **result,
+            "threshold": self.threshold,
+            "direction": self.direction,
+            "layers": self.layers,
+            "headline": self.headline,
+            "note": self.note(table) if self.note else None,
+            "statement": self.statement,
+            "per_seed": {str(s): per_seed[s] for s in sorted(per_seed)},
+        }
 
 
 # ------------------------------------------------------------------ claims on part of the runs
@@ -48,8 +56,10 @@ class Claim:
 
 def in_variant(variant: str, measure: Callable[[RunTable], PerSeed]) -> Callable[[RunTable], PerSeed]:
     """``measure`` on the runs of one variant only (e.g. one DLN regime)."""
+
     def restricted(t: RunTable) -> PerSeed:
         return measure(t.only(variant))
+
     return restricted
 
 
@@ -82,8 +92,10 @@ def keep_steps(t: RunTable, steps_of: StepsOf) -> RunTable:
 
 def on_steps(steps_of: StepsOf, measure: Callable[[RunTable], PerSeed]) -> Callable[[RunTable], PerSeed]:
     """``measure`` from the probe records at the steps ``steps_of`` keeps only."""
+
     def restricted(t: RunTable) -> PerSeed:
         return measure(keep_steps(t, steps_of))
+
     return restricted
 
 

@@ -22,8 +22,17 @@ from landscape.data import DATASETS
 from landscape.errors import UserError, quote
 from landscape.files import read_text
 from landscape.losses import CLASSIFICATION, LOSSES
-from landscape.models import (ACTIVATIONS, ARCH_NORMS, ALL_NORMS, HEADS, IMAGE_ARCHS, INITS, NOISE_FORMS, RESNET_DEPTHS,
-                              VGG_DEPTHS)
+from landscape.models import (
+    ACTIVATIONS,
+    ALL_NORMS,
+    ARCH_NORMS,
+    HEADS,
+    IMAGE_ARCHS,
+    INITS,
+    NOISE_FORMS,
+    RESNET_DEPTHS,
+    VGG_DEPTHS,
+)
 from landscape.optimizers import OPTIMIZERS
 from landscape.outputs import OUTPUT_NAMES
 from landscape.probes import legacy, registry
@@ -40,8 +49,9 @@ class Range:
     hi_open: bool = False
 
     def holds(self, x: float) -> bool:
-        return ((self.lo is None or (x > self.lo if self.lo_open else x >= self.lo))
-                and (self.hi is None or (x < self.hi if self.hi_open else x <= self.hi)))
+        return (self.lo is None or (x > self.lo if self.lo_open else x >= self.lo)) and (
+            self.hi is None or (x < self.hi if self.hi_open else x <= self.hi)
+        )
 
     def why(self, x: float) -> str:
         """What ``x`` breaks, in words: "must be positive", "must be at most 1e+09", ..."""
@@ -56,14 +66,16 @@ class Range:
             return f"must be at most {self.hi:g}"
         if not low and self.hi is not None and self.hi >= 1e6:
             return f"must be {'below' if self.hi_open else 'at most'} {self.hi:g}"
-        return (f"must be in {'(' if self.lo_open else '['}{'-inf' if self.lo is None else f'{self.lo:g}'}, "
-                f"{'inf' if self.hi is None else f'{self.hi:g}'}{')' if self.hi_open else ']'}")
+        return (
+            f"must be in {'(' if self.lo_open else '['}{'-inf' if self.lo is None else f'{self.lo:g}'}, "
+            f"{'inf' if self.hi is None else f'{self.hi:g}'}{')' if self.hi_open else ']'}"
+        )
 
 
-MAX_SEED = 2 ** 63 - 1  # torch generators take 64-bit seeds
+MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds
 MAX_LR = 1e9  # larger learning rates overflow float32 arithmetic at the first step instead of diverging
-Count = Annotated[int, Range(1, 10 ** 9)]  # a positive count (sizes, steps, budgets)
-Size = Annotated[int, Range(0, 10 ** 9)]  # a count where 0 means "all" or "never"
+Count = Annotated[int, Range(1, 10**9)]  # a positive count (sizes, steps, budgets)
+Size = Annotated[int, Range(0, 10**9)]  # a count where 0 means "all" or "never"
 Seed = Annotated[int, Range(0, MAX_SEED)]
 NonNegative = Annotated[float, Range(0)]
 Unit = Annotated[float, Range(0, 1, hi_open=True)]  # in [0, 1)
@@ -75,15 +87,21 @@ class DataConfig:
     # images of any size, grayscale or colour, in --data-dir) | synthetic (generated images, for tests) |
     # gaussian (DLN regression)
     dataset: Literal[DATASETS] = "cifar10"
-    image_size: Annotated[int, Range(32, 1024)] = 32  # side images are resized to (not CIFAR-10): MNIST's 28x28 become 32x32 for VGG's 5 poolings
+    image_size: Annotated[int, Range(32, 1024)] = (
+        32  # side images are resized to (not CIFAR-10): MNIST's 28x28 become 32x32 for VGG's 5 poolings
+    )
     batch_size: Size = 128  # examples per step; 0 = the whole training set (full-batch gradient descent)
     augment: bool = False  # random crop with 4-pixel padding + horizontal flip (off in the paper)
-    normalize: Literal["channel", "pixel"] = "channel"  # images: per-channel mean/std (CIFAR-10's published ones) | pixel: every pixel centred and standardised over the training split (Cohen et al.)
+    normalize: Literal["channel", "pixel"] = (
+        # images: per-channel mean/std (CIFAR-10's published ones) | pixel: every pixel centred and standardised over
+        # the training split (Cohen et al.)
+        "channel"
+    )
     train_subset: Size = 0  # train on a fixed random subset of N examples, the same for every run (0 = all)
     test_subset: Size = 0  # evaluate on a fixed random subset of N test examples (0 = all)
-    synthetic_size: Annotated[int, Range(1, 10 ** 7)] = 256  # examples per split for dataset=synthetic
-    gaussian_samples: Annotated[int, Range(1, 10 ** 8)] = 1000  # examples for dataset=gaussian; x ~ N(0, I), y = A x
-    gaussian_dim: Annotated[int, Range(1, 10 ** 4)] = 10  # input and output dimension for dataset=gaussian
+    synthetic_size: Annotated[int, Range(1, 10**7)] = 256  # examples per split for dataset=synthetic
+    gaussian_samples: Annotated[int, Range(1, 10**8)] = 1000  # examples for dataset=gaussian; x ~ N(0, I), y = A x
+    gaussian_dim: Annotated[int, Range(1, 10**4)] = 10  # input and output dimension for dataset=gaussian
     gaussian_seed: Seed = 0  # seed of the fixed Gaussian matrix A and of the inputs
 
 
@@ -91,7 +109,9 @@ class DataConfig:
 class NoiseConfig:
     """Noise injected after each BatchNorm by norm=noisy_batch (the paper's Appendix A.2.1, Algorithm 1)."""
 
-    form: Literal[NOISE_FORMS] = "per_unit"  # per_unit: the paper's Algorithm 1 | per_layer: landscape 0.1's form (see NoisyBatchNorm)
+    form: Literal[NOISE_FORMS] = (
+        "per_unit"  # per_unit: the paper's Algorithm 1 | per_layer: landscape 0.1's form (see NoisyBatchNorm)
+    )
     mean_range: tuple[float, float] = (-0.5, 0.5)  # mu_j ~ U(lo, hi), per unit (channel) j and step
     scale_range: tuple[float, float] = (1.0, 1.25)  # sigma_j ~ U(lo, hi), per unit j and step
     mean_spread: NonNegative = 0.1  # m[i,j] ~ U(mu_j - spread, mu_j + spread), per activation i (sample, position)
@@ -103,7 +123,9 @@ class VggConfig:
     """``model.vgg``: the VGG networks of the paper (conv -> norm -> ReLU, five poolings)."""
 
     depth: Literal[VGG_DEPTHS] = 11  # VGG configuration: 11 | 13 | 16 | 19
-    width: Annotated[float, Range(0, 64, lo_open=True)] = 1.0  # channel multiplier: 0.25 gives 16..128 channels instead of 64..512
+    width: Annotated[float, Range(0, 64, lo_open=True)] = (
+        1.0  # channel multiplier: 0.25 gives 16..128 channels instead of 64..512
+    )
     head: Literal[HEADS] = "linear"  # linear (one layer) | mlp (512-512-10, scaled by width)
 
 
@@ -111,8 +133,8 @@ class VggConfig:
 class DlnConfig:
     """``model.dln``: the deep linear network of the paper's Figures 3-4."""
 
-    depth: Annotated[int, Range(1, 10 ** 4)] = 25  # number of linear layers
-    width: Annotated[int, Range(1, 10 ** 5)] = 10  # width of every hidden layer
+    depth: Annotated[int, Range(1, 10**4)] = 25  # number of linear layers
+    width: Annotated[int, Range(1, 10**5)] = 10  # width of every hidden layer
 
 
 @dataclass(frozen=True)
@@ -120,11 +142,15 @@ class VitConfig:
     """``model.vit``: a small Vision Transformer (pre-norm blocks, a class token)."""
 
     patch: Annotated[int, Range(1, 1024)] = 4  # patch size (32x32 images in 4x4 patches: 64 tokens and a class token)
-    dim: Annotated[int, Range(1, 10 ** 5)] = 64  # token width
-    depth: Annotated[int, Range(1, 10 ** 4)] = 4  # pre-norm blocks
-    heads: Annotated[int, Range(1, 10 ** 4)] = 4  # attention heads (dim divisible by it)
+    dim: Annotated[int, Range(1, 10**5)] = 64  # token width
+    depth: Annotated[int, Range(1, 10**4)] = 4  # pre-norm blocks
+    heads: Annotated[int, Range(1, 10**4)] = 4  # attention heads (dim divisible by it)
     mlp_ratio: Annotated[float, Range(0, 1000, lo_open=True)] = 2.0  # MLP hidden width / token width
-    attention: Literal["explicit", "sdpa"] = "explicit"  # explicit softmax(QK^T/sqrt(d))V (exact Hessian-vector products) | sdpa: PyTorch's fused scaled_dot_product_attention (no double backward on the CPU: curvature probes take finite differences)
+    attention: Literal["explicit", "sdpa"] = (
+        # explicit softmax(QK^T/sqrt(d))V (exact Hessian-vector products) | sdpa: PyTorch's fused
+        # scaled_dot_product_attention (no double backward on the CPU: curvature probes take finite differences)
+        "explicit"
+    )
     dropout: Unit = 0.0  # dropout on attention weights, MLP and embeddings
 
 
@@ -132,7 +158,7 @@ class VitConfig:
 class MlpConfig:
     """``model.mlp``: a fully connected network on flattened images (Cohen et al.'s fc nets)."""
 
-    widths: tuple[Annotated[int, Range(1, 10 ** 6)], ...] = (200, 200)  # hidden widths (Cohen et al.'s: 200, 200)
+    widths: tuple[Annotated[int, Range(1, 10**6)], ...] = (200, 200)  # hidden widths (Cohen et al.'s: 200, 200)
     activation: Literal[tuple(ACTIVATIONS)] = "tanh"  # tanh | relu | elu
 
 
@@ -148,9 +174,19 @@ class ModelConfig:
     """``model``: which architecture, its normalisation and initialisation; each architecture's own
     settings are its section (``model.vgg.width``, ``model.vit.dim``, ...), read only when it is chosen."""
 
-    arch: Literal[tuple(ARCH_NORMS)] = "vgg"  # vgg | dln (deep linear network) | vit (a small Vision Transformer) | mlp (fully connected, on flattened images) | resnet (CIFAR ResNet)
-    norm: Literal[ALL_NORMS] = "none"  # vgg, dln: none | batch | noisy_batch | l1 | l2 | linf (conv -> norm -> ReLU); vit: none | layer | rms | batch | dyt; mlp, resnet: none | batch
-    init: Literal[INITS] = "xavier"  # xavier (Glorot uniform, the paper) | kaiming | torch_default | fixup (resnet with norm none: Fixup)
+    arch: Literal[tuple(ARCH_NORMS)] = (
+        # vgg | dln (deep linear network) | vit (a small Vision Transformer) | mlp (fully connected, on flattened
+        # images) | resnet (CIFAR ResNet)
+        "vgg"
+    )
+    norm: Literal[ALL_NORMS] = (
+        # vgg, dln: none | batch | noisy_batch | l1 | l2 | linf (conv -> norm -> ReLU); vit: none | layer | rms | batch
+        # | dyt; mlp, resnet: none | batch
+        "none"
+    )
+    init: Literal[INITS] = (
+        "xavier"  # xavier (Glorot uniform, the paper) | kaiming | torch_default | fixup (resnet with norm none: Fixup)
+    )
     noise: NoiseConfig = field(default_factory=NoiseConfig)  # vgg, dln with norm noisy_batch
     vgg: VggConfig = field(default_factory=VggConfig)
     dln: DlnConfig = field(default_factory=DlnConfig)
@@ -167,7 +203,9 @@ class OptimConfig:
     nesterov: bool = False  # SGD: Nesterov momentum
     weight_decay: NonNegative = 0.0  # L2 weight decay (0 in the paper); decoupled for adamw
     betas: tuple[Unit, Unit] = (0.9, 0.999)  # adam/adamw: decay rates of the first and second moments
-    eps: Annotated[float, Range(0, lo_open=True)] = 1e-8  # adam/adamw: added to sqrt(second moment) in the preconditioner
+    eps: Annotated[float, Range(0, lo_open=True)] = (
+        1e-8  # adam/adamw: added to sqrt(second moment) in the preconditioner
+    )
 
 
 @dataclass(frozen=True)
@@ -185,13 +223,14 @@ class ProbeConfig:
     :func:`probe_config_class` makes with one such field per probe in the table."""
 
     enabled: tuple[str, ...] = ()  # names of probe entries (landscape.probes.registry): gradient_sweep, sharpness, ...
-    schedule: Literal[SCHEDULES] = "every"  # every (N steps) | log (log-spaced) | list (explicit steps) | mixed (log + every)
+    schedule: Literal[SCHEDULES] = (
+        "every"  # every (N steps) | log (log-spaced) | list (explicit steps) | mixed (log + every)
+    )
     every: Count = 100  # schedule=every or mixed: probe at step 1 and every N steps
     points: Count = 20  # schedule=log or mixed: about this many steps, evenly spaced in log(step)
     steps: tuple[Count, ...] = ()  # schedule=list: probe at exactly these steps
     layers: tuple[str, ...] = ()  # module names for per-layer probes (empty: every module owning parameters)
     eval_mode: bool = False  # probe in eval mode (running statistics) instead of the training mode
-
 
     def __reduce__(self):  # pickled as values (multiprocessing, Ray): the class is remade from the probe table
         return _probe_config, (to_dict(self),)
@@ -224,12 +263,19 @@ class Config:
     data_seed: Seed = 0  # batch order and augmentation; equal across compared runs pairs them
     noise_seed: Seed = 0  # noisy-BN noise
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
-    loss: Literal[tuple(LOSSES)] = "cross_entropy"  # cross_entropy | square_onehot (half ||f(x) - onehot(y)||^2, mean over samples: Cohen et al.'s square loss) | sum_squares (sum over samples of ||f(x) - y||^2) | mean_squares (its mean over samples) | mse (mean over samples and outputs)
+    loss: Literal[tuple(LOSSES)] = (
+        # cross_entropy | square_onehot (half ||f(x) - onehot(y)||^2, mean over samples: Cohen et al.'s square loss) |
+        # sum_squares (sum over samples of ||f(x) - y||^2) | mean_squares (its mean over samples) | mse (mean over
+        # samples and outputs)
+        "cross_entropy"
+    )
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     log: LogConfig = field(default_factory=LogConfig)
-    outputs: tuple[Literal[OUTPUT_NAMES], ...] = ()  # also write scalars to: tensorboard (<run>/tensorboard) | wandb (offline, <run>/wandb)
+    outputs: tuple[
+        Literal[OUTPUT_NAMES], ...
+    ] = ()  # also write scalars to: tensorboard (<run>/tensorboard) | wandb (offline, <run>/wandb)
     probes: ProbeConfig = field(default_factory=lambda: probe_config_class()())  # see probe_config_class
 
 
@@ -239,8 +285,13 @@ def _fields(node: Any) -> dict[str, Any]:
     cls = node if isinstance(node, type) else type(node)
     hints = typing.get_type_hints(cls, include_extras=True)
     if not isinstance(node, type):
-        hints.update({f.name: type(getattr(node, f.name)) for f in dataclasses.fields(node)
-                      if dataclasses.is_dataclass(getattr(node, f.name))})
+        hints.update(
+            {
+                f.name: type(getattr(node, f.name))
+                for f in dataclasses.fields(node)
+                if dataclasses.is_dataclass(getattr(node, f.name))
+            }
+        )
     return hints
 
 
@@ -342,8 +393,10 @@ def _merge(base: Any, updates: Any, prefix: str) -> Any:
     for key, value in updates.items():
         if key not in hints:
             valid = ", ".join(sorted(field_paths(base, prefix)))
-            raise UserError(f"unknown config key '{prefix}{key if isinstance(key, str) else short(key)}'"[:200]
-                            + f"; valid keys: {valid}")
+            raise UserError(
+                f"unknown config key '{prefix}{key if isinstance(key, str) else short(key)}'"[:200]
+                + f"; valid keys: {valid}"
+            )
         current = getattr(base, key)
         if dataclasses.is_dataclass(current):
             changes[key] = _merge(current, value, f"{prefix}{key}.")
@@ -365,8 +418,9 @@ def parse_override(text: str) -> dict:
     except yaml.YAMLError:
         value = raw
     except (RecursionError, ValueError):  # nested too deep; an integer of more digits than Python reads
-        raise UserError(f"--set {key}: the value cannot be read (nested too deep or a number too long); "
-                        "pass a plain value") from None
+        raise UserError(
+            f"--set {key}: the value cannot be read (nested too deep or a number too long); pass a plain value"
+        ) from None
     nested: dict = {}
     node = nested
     parts = key.split(".")
@@ -384,8 +438,9 @@ def safe_yaml(text: str) -> Any:
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file {quote(path)} not found (or not a regular file); pass a YAML file such as "
-                        "configs/vgg_bn.yaml")
+        raise UserError(
+            f"config file {quote(path)} not found (or not a regular file); pass a YAML file such as configs/vgg_bn.yaml"
+        )
     try:
         loaded = safe_yaml(read_text(path))
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError, ValueError) as exc:
@@ -424,8 +479,9 @@ def validate(cfg: Config) -> None:
     if o.name != "sgd" and o.momentum:
         raise UserError(f"optim.momentum is SGD's; optim.name={o.name} takes optim.betas instead")
     if m.norm not in ARCH_NORMS[m.arch]:
-        raise UserError(f"model.norm={m.norm} is not one for model.arch={m.arch}; choose one of "
-                        f"{', '.join(ARCH_NORMS[m.arch])}")
+        raise UserError(
+            f"model.norm={m.norm} is not one for model.arch={m.arch}; choose one of {', '.join(ARCH_NORMS[m.arch])}"
+        )
     if m.arch == "vit":
         if m.vit.dim % m.vit.heads:
             raise UserError(f"model.vit.dim ({m.vit.dim}) must be divisible by model.vit.heads ({m.vit.heads})")
@@ -434,18 +490,23 @@ def validate(cfg: Config) -> None:
             raise UserError(f"model.vit.patch must divide the image size {side}; got {m.vit.patch}")
     image = d.dataset != "gaussian"
     if image != (m.arch in IMAGE_ARCHS):
-        raise UserError(f"model.arch={m.arch} does not fit data.dataset={d.dataset}; "
-                        f"use {', '.join(IMAGE_ARCHS)} with image data sets and dln with gaussian")
+        raise UserError(
+            f"model.arch={m.arch} does not fit data.dataset={d.dataset}; "
+            f"use {', '.join(IMAGE_ARCHS)} with image data sets and dln with gaussian"
+        )
     if m.init == "fixup" and (m.arch != "resnet" or m.norm != "none"):
         raise UserError("model.init=fixup is for the unnormalised ResNet: model.arch=resnet and model.norm=none")
     if m.arch == "mlp" and not m.mlp.widths:
         raise UserError("model.mlp.widths must list at least one hidden width, e.g. [200, 200]")
     if image != (cfg.loss in CLASSIFICATION):
-        raise UserError(f"loss={cfg.loss} does not fit data.dataset={d.dataset}: image data sets are "
-                        "classified (loss=cross_entropy or square_onehot), the gaussian one is regression (sum_squares, mean_squares "
-                        "or mse)")
-    for key, (lo, hi) in (("model.noise.mean_range", m.noise.mean_range), ("model.noise.scale_range",
-                                                                            m.noise.scale_range)):
+        raise UserError(
+            f"loss={cfg.loss} does not fit data.dataset={d.dataset}: image data sets are classified "
+            "(loss=cross_entropy or square_onehot), the gaussian one is regression (sum_squares, mean_squares or mse)"
+        )
+    for key, (lo, hi) in (
+        ("model.noise.mean_range", m.noise.mean_range),
+        ("model.noise.scale_range", m.noise.scale_range),
+    ):
         if lo > hi:
             raise UserError(f"config key '{key}' must be [low, high] with low <= high; got [{lo}, {hi}]")
     from landscape.extras import require
@@ -454,16 +515,23 @@ def validate(cfg: Config) -> None:
         require(name, f"outputs: [{name}]")
     unknown = [n for n in p.enabled if n not in registry.REGISTRY]
     if unknown:
-        raise UserError(f"unknown probe '{short(unknown[0])}' in probes.enabled; choose from "
-                        f"{', '.join(registry.names())}")
+        raise UserError(
+            f"unknown probe '{short(unknown[0])}' in probes.enabled; choose from {', '.join(registry.names())}"
+        )
     for probe in registry.REGISTRY.values():
         problem = probe.check(getattr(p, probe.name)) if probe.check and hasattr(p, probe.name) else None
         if problem:
             raise UserError(f"probes.{probe.name}: {problem}")
     if p.schedule == "list" and p.enabled and not p.steps:
         raise UserError("probes.schedule=list needs probes.steps, e.g. --set probes.steps=[1,100,1000]")
-    if not cfg.name or "/" in cfg.name or "\0" in cfg.name or cfg.name in (".", "..") or \
-            len(cfg.name.encode(errors="surrogateescape")) > 200 or not cfg.name.isprintable():
+    if (
+        not cfg.name
+        or "/" in cfg.name
+        or "\0" in cfg.name
+        or cfg.name in (".", "..")
+        or len(cfg.name.encode(errors="surrogateescape")) > 200
+        or not cfg.name.isprintable()
+    ):
         raise UserError(f"name must be a plain, printable directory name of at most 200 bytes; got {short(cfg.name)}")
     try:
         cfg.name.encode()

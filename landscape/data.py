@@ -41,10 +41,10 @@ class Split:
     def __len__(self) -> int:
         return len(self.targets)
 
-    def to(self, device: torch.device | str) -> "Split":
+    def to(self, device: torch.device | str) -> Split:
         return Split(self.inputs.to(device), self.targets.to(device))
 
-    def subset(self, n: int, seed: int = 0) -> "Split":
+    def subset(self, n: int, seed: int = 0) -> Split:
         """``n`` examples drawn by a seeded permutation (files are often sorted by class), in
         their original order; the same ``seed`` gives every compared run the same subset."""
         if n <= 0 or n >= len(self):
@@ -82,10 +82,17 @@ class _BatchUnpickler(pickle.Unpickler):
     """Builds only what the official batches hold (dicts, lists, strings, numbers and numpy
     uint8 arrays); any other global a crafted file names is refused before it is built."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"), ("numpy.core.numeric", "_frombuffer"),
-               ("numpy._core.numeric", "_frombuffer")}
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
@@ -120,12 +127,14 @@ def _read_official_batches(folder: Path) -> dict[str, Split]:
                 images.append(entry["data"].reshape(-1, 3, 32, 32))
                 labels.extend(entry["labels"])
             except FileNotFoundError:
-                raise UserError(f"CIFAR-10 batch file '{path}' is missing; the folder must hold "
-                                "data_batch_1..5 and test_batch") from None
+                raise UserError(
+                    f"CIFAR-10 batch file '{path}' is missing; the folder must hold data_batch_1..5 and test_batch"
+                ) from None
             except Exception as exc:  # truncated, foreign or crafted pickle
                 reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-                raise UserError(f"CIFAR-10 batch file '{path}' is unreadable ({reason}); "
-                                "re-extract the official archive") from None
+                raise UserError(
+                    f"CIFAR-10 batch file '{path}' is unreadable ({reason}); re-extract the official archive"
+                ) from None
         out[split] = Split(torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64))
     return out
 
@@ -138,8 +147,9 @@ def _class_dirs(split_dir: Path) -> list[Path]:
     for d in dirs:
         target = d.resolve()
         if d.is_symlink() and root.parent not in target.parents:
-            raise UserError(f"class folder '{d}' links outside the data set (to '{target}'); copy the images in "
-                            "or remove the link")
+            raise UserError(
+                f"class folder '{d}' links outside the data set (to '{target}'); copy the images in or remove the link"
+            )
     names = [d.name for d in dirs]
     if set(names) == set(CIFAR10_CLASSES):  # CIFAR-10's label order, not the alphabet's
         dirs = [split_dir / c for c in CIFAR10_CLASSES]
@@ -162,8 +172,10 @@ def _decode(path: Path, size: int | None = None, gray: bool = False) -> np.ndarr
     if img.ndim == 2:
         img = img[:, :, None]
     if size is None and img.shape != (32, 32, 3):
-        raise UserError(f"image '{path}' is {img.shape[1]}x{img.shape[0]} pixels; CIFAR-10 images are 32x32 "
-                        "(for other image folders use data.dataset=folder)")
+        raise UserError(
+            f"image '{path}' is {img.shape[1]}x{img.shape[0]} pixels; CIFAR-10 images are 32x32 "
+            "(for other image folders use data.dataset=folder)"
+        )
     return img
 
 
@@ -189,8 +201,10 @@ def _read_image_tree(root: Path, size: int | None = None) -> dict[str, Split]:
 
     for split in ("train", "test"):
         if not (root / split).is_dir():
-            raise UserError(f"'{root}' has no {split}/ folder; an image-folder data set is "
-                            "train/<class>/*.png and test/<class>/*.png")
+            raise UserError(
+                f"'{root}' has no {split}/ folder; an image-folder data set is "
+                "train/<class>/*.png and test/<class>/*.png"
+            )
     train_classes = [d.name for d in _class_dirs(root / "train")]
     if not train_classes:
         raise UserError(f"'{root / 'train'}' has no class folders; expected train/<class>/*.png")
@@ -198,8 +212,10 @@ def _read_image_tree(root: Path, size: int | None = None) -> dict[str, Split]:
     for split in ("train", "test"):
         dirs = _class_dirs(root / split)
         if [d.name for d in dirs] != train_classes:
-            raise UserError(f"'{root / split}' has classes {[d.name for d in dirs]} but train has "
-                            f"{train_classes}; both splits need the same class folders")
+            raise UserError(
+                f"'{root / split}' has classes {[d.name for d in dirs]} but train has "
+                f"{train_classes}; both splits need the same class folders"
+            )
         paths, labels = [], []
         for label, d in enumerate(dirs):
             files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
@@ -211,19 +227,25 @@ def _read_image_tree(root: Path, size: int | None = None) -> dict[str, Split]:
             gray = size is not None and _is_gray(paths)
         from PIL import Image
 
-        with warnings.catch_warnings(record=True) as caught, \
-                ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # PIL decodes without the GIL
+        with (
+            warnings.catch_warnings(record=True) as caught,
+            ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool,
+        ):  # PIL decodes without the GIL
             warnings.simplefilter("always", Image.DecompressionBombWarning)
             images = np.stack(list(pool.map(partial(_decode, size=size, gray=gray), paths, chunksize=256)))
         bombs = [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
         if bombs:  # one line for the data set, not one warning per image
-            warnings.warn(f"{len(bombs)} images under '{root / split}' exceed PIL's decompression-bomb size "
-                          f"({Image.MAX_IMAGE_PIXELS:,} pixels); they were decoded and resized to {size}", stacklevel=2)
+            warnings.warn(
+                f"{len(bombs)} images under '{root / split}' exceed PIL's decompression-bomb size "
+                f"({Image.MAX_IMAGE_PIXELS:,} pixels); they were decoded and resized to {size}",
+                stacklevel=2,
+            )
         for w in caught:
             if not issubclass(w.category, Image.DecompressionBombWarning):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        out[split] = Split(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
-                           torch.tensor(labels, dtype=torch.int64))
+        out[split] = Split(
+            torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels, dtype=torch.int64)
+        )
     return out
 
 
@@ -238,7 +260,9 @@ def _tree_fingerprint(root: Path) -> str:
             for p in sorted(d.iterdir()):
                 if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."):
                     st = p.stat()
-                    h.update(f"{split}/{d.name}/{p.name}:{st.st_size}:{st.st_mtime_ns}\n".encode(errors="surrogateescape"))
+                    h.update(
+                        f"{split}/{d.name}/{p.name}:{st.st_size}:{st.st_mtime_ns}\n".encode(errors="surrogateescape")
+                    )
     return h.hexdigest()[:16]
 
 
@@ -247,7 +271,9 @@ def _cached(cache_file: Path, build) -> dict[str, Split]:
         try:
             raw = torch.load(cache_file, weights_only=True)
             splits = {k: Split(v["inputs"], v["targets"]) for k, v in raw.items()}
-            if set(splits) >= {"train", "test"} and not any(split_problem(k, splits[k], True) for k in ("train", "test")):
+            if set(splits) >= {"train", "test"} and not any(
+                split_problem(k, splits[k], True) for k in ("train", "test")
+            ):
                 return splits
         except Exception:
             pass  # a corrupt or incomplete cache is rebuilt, never trusted
@@ -278,19 +304,24 @@ def find_layout(data_dir: Path) -> tuple[str, Path]:
     tree = find_tree(data_dir)
     if tree is not None:
         return "tree", tree
-    raise UserError(f"no CIFAR-10 found in '{data_dir}': expected cifar-10-batches-py/ (data_batch_1..5, "
-                    "test_batch) or train/<class>/*.jpg and test/<class>/*.jpg")
+    raise UserError(
+        f"no CIFAR-10 found in '{data_dir}': expected cifar-10-batches-py/ (data_batch_1..5, "
+        "test_batch) or train/<class>/*.jpg and test/<class>/*.jpg"
+    )
 
 
-def load_cifar10(data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-                 download: bool = True) -> dict[str, Split]:
+def load_cifar10(
+    data_dir: str | Path | None = None, cache_dir: str | Path | None = None, download: bool = True
+) -> dict[str, Split]:
     """CIFAR-10 train and test splits as uint8 (N, 3, 32, 32) images and int64 labels (on the CPU)."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     if data_dir is not None:
         data_dir = Path(data_dir).expanduser()
         if not data_dir.exists():
-            raise UserError(f"--data-dir '{data_dir}' does not exist; pass the folder holding "
-                            "cifar-10-batches-py/ or train/<class>/ and test/<class>/ images")
+            raise UserError(
+                f"--data-dir '{data_dir}' does not exist; pass the folder holding "
+                "cifar-10-batches-py/ or train/<class>/ and test/<class>/ images"
+            )
         layout, folder = find_layout(data_dir)
         if layout == "batches":
             return _read_official_batches(folder)
@@ -304,23 +335,35 @@ def load_cifar10(data_dir: str | Path | None = None, cache_dir: str | Path | Non
             splits = {}
             for split in ("train", "test"):
                 ds = CIFAR10(str(root), train=split == "train", download=download)
-                splits[split] = Split(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(),
-                                      torch.tensor(ds.targets, dtype=torch.int64))
+                splits[split] = Split(
+                    torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(),
+                    torch.tensor(ds.targets, dtype=torch.int64),
+                )
             return splits
         except Exception as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UserError(f"CIFAR-10 not found in '{root}' and the download failed ({reason}); "
-                            "pass --data-dir PATH to an extracted copy") from None
+            raise UserError(
+                f"CIFAR-10 not found in '{root}' and the download failed ({reason}); "
+                "pass --data-dir PATH to an extracted copy"
+            ) from None
     raise UserError(f"CIFAR-10 not found in '{root}'; pass --data-dir PATH to an extracted copy")
 
 
 # ---------------------------------------------------------------- other image data sets
 
 # data.dataset names of torchvision's data sets: (class, folder torchvision makes under its root)
-TORCHVISION_SETS = {"cifar100": ("CIFAR100", "cifar-100-python"), "mnist": ("MNIST", "MNIST"),
-                    "fashion_mnist": ("FashionMNIST", "FashionMNIST"), "svhn": ("SVHN", "svhn")}
+TORCHVISION_SETS = {
+    "cifar100": ("CIFAR100", "cifar-100-python"),
+    "mnist": ("MNIST", "MNIST"),
+    "fashion_mnist": ("FashionMNIST", "FashionMNIST"),
+    "svhn": ("SVHN", "svhn"),
+}
 IMAGE_DATASETS = ("cifar10", *TORCHVISION_SETS, "folder")
-DATASETS = (*IMAGE_DATASETS, "synthetic", "gaussian")  # data.dataset: synthetic (generated images, for tests), gaussian (DLN regression)
+DATASETS = (
+    *IMAGE_DATASETS,
+    "synthetic",
+    "gaussian",
+)  # data.dataset: synthetic (generated images, for tests), gaussian (DLN regression)
 
 
 def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -329,8 +372,9 @@ def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
         return images
     out = []
     for chunk in images.split(4096):  # bounded memory for 60,000 images
-        x = torch.nn.functional.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True,
-                                            align_corners=False)
+        x = torch.nn.functional.interpolate(
+            chunk.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
         out.append(x.round().clamp(0, 255).to(torch.uint8))
     return torch.cat(out)
 
@@ -346,32 +390,42 @@ def _torchvision_split(name: str, root: Path, train: bool, download: bool) -> Sp
         try:
             entry = _load_batch(folder / ("train" if train else "test"))
         except FileNotFoundError:
-            raise UserError(f"CIFAR-100 not found in '{folder}'; pass --data-dir to the folder holding "
-                            "cifar-100-python/") from None
+            raise UserError(
+                f"CIFAR-100 not found in '{folder}'; pass --data-dir to the folder holding cifar-100-python/"
+            ) from None
         except Exception as exc:
-            raise UserError(f"CIFAR-100 file in '{folder}' is unreadable ({str(exc)[:200]}); "
-                            "re-extract the official archive") from None
-        return Split(torch.from_numpy(entry["data"].reshape(-1, 3, 32, 32)).contiguous(),
-                     torch.tensor(entry["labels"], dtype=torch.int64))
+            raise UserError(
+                f"CIFAR-100 file in '{folder}' is unreadable ({str(exc)[:200]}); re-extract the official archive"
+            ) from None
+        return Split(
+            torch.from_numpy(entry["data"].reshape(-1, 3, 32, 32)).contiguous(),
+            torch.tensor(entry["labels"], dtype=torch.int64),
+        )
     cls = getattr(tvd, cls_name)
-    ds = cls(str(root), split="train" if train else "test", download=download) if name == "svhn" else \
-        cls(str(root), train=train, download=download)
+    ds = (
+        cls(str(root), split="train" if train else "test", download=download)
+        if name == "svhn"
+        else cls(str(root), train=train, download=download)
+    )
     if name == "svhn":  # (N, 3, 32, 32) numpy, labels 0..9
         return Split(torch.from_numpy(np.ascontiguousarray(ds.data)), torch.as_tensor(ds.labels, dtype=torch.int64))
     data = torch.as_tensor(ds.data)  # MNIST / Fashion-MNIST: (N, 28, 28) uint8
     return Split(data.unsqueeze(1).contiguous(), torch.as_tensor(ds.targets, dtype=torch.int64))
 
 
-def load_torchvision(name: str, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-                     download: bool = True) -> dict[str, Split]:
+def load_torchvision(
+    name: str, data_dir: str | Path | None = None, cache_dir: str | Path | None = None, download: bool = True
+) -> dict[str, Split]:
     """One of :data:`TORCHVISION_SETS` as uint8 (N, C, H, W) images: from ``data_dir`` (the root
     torchvision downloads into, e.g. holding ``MNIST/raw/``) without a download, or downloaded
     into the cache."""
     if data_dir is not None:
         root, download = Path(data_dir).expanduser(), False
         if not root.exists():
-            raise UserError(f"--data-dir '{root}' does not exist; pass the folder torchvision downloaded "
-                            f"{name} into (it holds {TORCHVISION_SETS[name][1]}/)")
+            raise UserError(
+                f"--data-dir '{root}' does not exist; pass the folder torchvision downloaded "
+                f"{name} into (it holds {TORCHVISION_SETS[name][1]}/)"
+            )
     else:
         root = (Path(cache_dir) if cache_dir else default_cache_dir()) / name
     try:
@@ -380,8 +434,11 @@ def load_torchvision(name: str, data_dir: str | Path | None = None, cache_dir: s
         raise
     except Exception as exc:
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        how = "pass --data-dir to a downloaded copy" if data_dir is None else \
-            f"check that '{root}' holds {TORCHVISION_SETS[name][1]}/ as torchvision downloads it"
+        how = (
+            "pass --data-dir to a downloaded copy"
+            if data_dir is None
+            else f"check that '{root}' holds {TORCHVISION_SETS[name][1]}/ as torchvision downloads it"
+        )
         raise UserError(f"{name} could not be loaded from '{root}' ({reason}); {how}") from None
 
 
@@ -392,12 +449,15 @@ def load_folder(data_dir: str | Path | None, size: int, cache_dir: str | Path | 
         raise UserError("data.dataset=folder needs --data-dir: the folder holding train/<class>/ and test/<class>/")
     root = Path(data_dir).expanduser()
     if not root.is_dir():
-        raise UserError(f"--data-dir '{root}' is not a folder; pass the folder holding train/<class>/ and "
-                        "test/<class>/ images")
+        raise UserError(
+            f"--data-dir '{root}' is not a folder; pass the folder holding train/<class>/ and test/<class>/ images"
+        )
     tree = find_tree(root)
     if tree is None:
-        raise UserError(f"'{root}' has no train/ and test/ folders; an image-folder data set is "
-                        "train/<class>/*.png and test/<class>/*.png")
+        raise UserError(
+            f"'{root}' has no train/ and test/ folders; an image-folder data set is "
+            "train/<class>/*.png and test/<class>/*.png"
+        )
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     return _cached(cache_dir / f"folder-{size}-{_tree_fingerprint(tree)}.pt", lambda: _read_image_tree(tree, size))
 
@@ -437,9 +497,15 @@ def gaussian_regression(n: int, dim: int, seed: int, sample_seed: int) -> Split:
     return Split(x, x @ A.T)
 
 
-def load_splits(dataset: str, data_dir: str | Path | None, synthetic_size: int = 256,
-                gaussian_samples: int = 1000, gaussian_dim: int = 10, gaussian_seed: int = 0,
-                image_size: int = 32) -> dict[str, Split]:
+def load_splits(
+    dataset: str,
+    data_dir: str | Path | None,
+    synthetic_size: int = 256,
+    gaussian_samples: int = 1000,
+    gaussian_dim: int = 10,
+    gaussian_seed: int = 0,
+    image_size: int = 32,
+) -> dict[str, Split]:
     """A data set's train and test splits, images at ``image_size`` (CIFAR-10, synthetic and
     gaussian data keep their own shape)."""
     if dataset == "cifar10":
@@ -447,8 +513,10 @@ def load_splits(dataset: str, data_dir: str | Path | None, synthetic_size: int =
     if dataset == "synthetic":
         return {"train": synthetic_images(synthetic_size, 0), "test": synthetic_images(synthetic_size, 1)}
     if dataset == "gaussian":
-        return {"train": gaussian_regression(gaussian_samples, gaussian_dim, gaussian_seed, 0),
-                "test": gaussian_regression(gaussian_samples, gaussian_dim, gaussian_seed, 1)}
+        return {
+            "train": gaussian_regression(gaussian_samples, gaussian_dim, gaussian_seed, 0),
+            "test": gaussian_regression(gaussian_samples, gaussian_dim, gaussian_seed, 1),
+        }
     if dataset in TORCHVISION_SETS:
         splits = load_torchvision(dataset, data_dir)
         return {k: Split(resize_images(v.inputs, image_size), v.targets) for k, v in splits.items()}
@@ -474,7 +542,10 @@ def split_problem(name: str, split: Split | None, image: bool) -> str | None:
         return f"its {name} split has {len(x)} inputs but {len(y)} labels"
     if image:
         if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] not in (1, 3) or min(x.shape[-2:]) < 32:
-            return f"its {name} images have shape {tuple(x.shape)[1:]} ({x.dtype}); expected uint8 (1 or 3, H, W), H and W >= 32"
+            return (
+                f"its {name} images have shape {tuple(x.shape)[1:]} ({x.dtype}); expected uint8 (1 or 3, H, W), "
+                "H and W >= 32"
+            )
         if y.dim() != 1 or y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             return f"its {name} labels are not one integer per image"
         lo, hi = int(y.min()), int(y.max())
@@ -487,14 +558,17 @@ def split_problem(name: str, split: Split | None, image: bool) -> str | None:
 
 def load_data(d, data_dir: str | Path | None) -> dict[str, Split]:
     """The splits a :class:`landscape.config.DataConfig` names, checked (labels, counts, shapes)."""
-    splits = load_splits(d.dataset, data_dir, d.synthetic_size, d.gaussian_samples, d.gaussian_dim, d.gaussian_seed,
-                         d.image_size)
+    splits = load_splits(
+        d.dataset, data_dir, d.synthetic_size, d.gaussian_samples, d.gaussian_dim, d.gaussian_seed, d.image_size
+    )
     for name in ("train", "test"):
         problem = split_problem(name, splits.get(name) if isinstance(splits, dict) else None, d.dataset != "gaussian")
         if problem:
             where = f" in '{data_dir}'" if data_dir is not None else ""
-            raise UserError(f"data set {d.dataset}{where} cannot be used: {problem}; re-extract or fix the data "
-                            "(a cached copy under LANDSCAPE_CACHE can be deleted)")
+            raise UserError(
+                f"data set {d.dataset}{where} cannot be used: {problem}; re-extract or fix the data "
+                "(a cached copy under LANDSCAPE_CACHE can be deleted)"
+            )
     return splits
 
 
@@ -525,8 +599,16 @@ class Batches:
     ``batch_size=0`` (or >= N) gives the whole split every step (full-batch descent).
     """
 
-    def __init__(self, split: Split, batch_size: int, seed: int, augment: bool = False,
-                 device: torch.device | str = "cpu", mean=CIFAR10_MEAN, std=CIFAR10_STD):
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        seed: int,
+        augment: bool = False,
+        device: torch.device | str = "cpu",
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
+    ):
         self.split = split.to(device)
         self.n = len(split)
         self.batch_size = self.n if batch_size <= 0 or batch_size >= self.n else batch_size
@@ -535,6 +617,7 @@ class Batches:
         self.augment = augment
         self.is_image = split.inputs.dtype == torch.uint8
         if self.is_image:  # mean and std per channel (C,), or per pixel (C, H, W)
+
             def shaped(v):
                 t = torch.as_tensor(v, dtype=torch.float32, device=device)
                 return t.view(1, -1, 1, 1) if t.dim() == 1 else t.unsqueeze(0)
@@ -555,7 +638,7 @@ class Batches:
         if self.batch_size == self.n:
             return torch.arange(self.n)
         epoch, k = divmod(step, self.steps_per_epoch)
-        return self.permutation(epoch)[k * self.batch_size:(k + 1) * self.batch_size]
+        return self.permutation(epoch)[k * self.batch_size : (k + 1) * self.batch_size]
 
     def prepare(self, inputs: torch.Tensor, step: int | None = None) -> torch.Tensor:
         """uint8 images -> normalised float (augmented when ``step`` is given and augment is on)."""
@@ -577,4 +660,4 @@ class Batches:
     def eval_batches(self, batch_size: int = 1000):
         """The whole split in order, without augmentation (for test-set evaluation)."""
         for i in range(0, self.n, batch_size):
-            yield self.prepare(self.split.inputs[i:i + batch_size]), self.split.targets[i:i + batch_size]
+            yield self.prepare(self.split.inputs[i : i + batch_size]), self.split.targets[i : i + batch_size]

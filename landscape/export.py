@@ -14,8 +14,8 @@ import errno
 import os
 import shutil
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from landscape.errors import UserError
 from landscape.extras import require
@@ -29,8 +29,11 @@ EVENT_PREFIX = "events.out.tfevents."  # what a TensorBoard writer names its fil
 
 def _is_previous_export(folder: Path) -> bool:
     """A run folder an earlier export wrote: event files only (or nothing)."""
-    return folder.is_dir() and not folder.is_symlink() and all(
-        n.startswith(EVENT_PREFIX) and (folder / n).is_file() for n in os.listdir(folder))
+    return (
+        folder.is_dir()
+        and not folder.is_symlink()
+        and all(n.startswith(EVENT_PREFIX) and (folder / n).is_file() for n in os.listdir(folder))
+    )
 
 
 def export_runs(paths: Sequence[str | Path], to: str, out_dir: str | Path) -> list[Path]:
@@ -59,8 +62,9 @@ def export_runs(paths: Sequence[str | Path], to: str, out_dir: str | Path) -> li
         targets.append(out_dir / (run.name if k == 1 else f"{run.name}-{k}"))
     blocked = [t for t in targets if (t.exists() or t.is_symlink()) and not _is_previous_export(t)]
     if blocked:
-        raise UserError(f"{str(blocked[0])!r} exists and is not a folder an export wrote (it holds other files); "
-                        "pick another --out")
+        raise UserError(
+            f"{str(blocked[0])!r} exists and is not a folder an export wrote (it holds other files); pick another --out"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     with FolderLock(out_dir, "export folder"):
         for name in os.listdir(out_dir):  # what a killed export left
@@ -93,8 +97,9 @@ def _write_run(run, target: Path) -> None:
         threading.excepthook = previous_hook
         if failures:
             exc = failures[0]
-            raise OSError(getattr(exc, "errno", None) or errno.EIO, getattr(exc, "strerror", None) or str(exc),
-                          str(target))
+            raise OSError(
+                getattr(exc, "errno", None) or errno.EIO, getattr(exc, "strerror", None) or str(exc), str(target)
+            )
         old = target.with_name(f".{target.name}.tmp-old{os.getpid()}")
         if target.exists():
             os.replace(target, old)  # a previous export of this run: replaced whole, never merged

@@ -7,8 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from landscape.errors import UserError, quote
-from landscape.probes.rundir import (LOCK_NAME, TMP_MARK, FolderLock, atomic_write, is_temporary,  # noqa: F401
-                                     read_text, regular)
+from landscape.probes.rundir import LOCK_NAME, TMP_MARK, FolderLock, atomic_write, is_temporary, read_text, regular  # noqa: F401
 
 
 def _inside(a: Path, b: Path) -> bool:
@@ -23,5 +22,7 @@ def check_output(out: str | Path, inputs, what: str, holding: bool = True) -> No
     for source in inputs:
         src = Path(source).resolve()
         if _inside(target, src) or (holding and _inside(src, target)):
-            raise UserError(f"{what} {quote(out)} {'is or lies inside' if _inside(target, src) else 'holds'} "
-                            f"{quote(source)}, which it reads; pick a path outside the runs and results it reads")
+            raise UserError(
+                f"{what} {quote(out)} {'is or lies inside' if _inside(target, src) else 'holds'} "
+                f"{quote(source)}, which it reads; pick a path outside the runs and results it reads"
+            )

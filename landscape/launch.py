@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from landscape.config import Config, build_config, from_dict, to_dict
 from landscape.errors import UserError
@@ -73,8 +73,9 @@ def pending(specs: list[RunSpec], runs_dir: Path, device: str | None, log: Log) 
     return todo, finished
 
 
-def execute(specs: list[RunSpec], out: Path, data_dir, device: str | None, launch: Launch | None = None,
-            log: Log = say) -> dict[str, str]:
+def execute(
+    specs: list[RunSpec], out: Path, data_dir, device: str | None, launch: Launch | None = None, log: Log = say
+) -> dict[str, str]:
     """Train every spec that is not finished into ``OUT/runs``; returns name -> status.
 
     A run that raises is recorded as failed and the others go on; bad input (a UserError)
@@ -104,8 +105,9 @@ def run_locally(todo: list[Config], runs_dir: Path, data_dir, launch: Launch, lo
             cache[key] = load_data(d, data_dir)
         t0 = time.perf_counter()
         try:
-            statuses[cfg.name] = train(cfg, out=runs_dir, data_dir=data_dir, resume=True, progress=launch.progress,
-                                       splits=cache[key])["status"]
+            statuses[cfg.name] = train(
+                cfg, out=runs_dir, data_dir=data_dir, resume=True, progress=launch.progress, splits=cache[key]
+            )["status"]
         except UserError:
             raise
         except Exception as exc:  # recorded in the run's status.json by the trainer
@@ -113,8 +115,10 @@ def run_locally(todo: list[Config], runs_dir: Path, data_dir, launch: Launch, lo
             log(f"[{i}/{len(todo)} to train] {cfg.name}: failed ({type(exc).__name__}: {exc})")
             continue
         seconds.append(time.perf_counter() - t0)
-        log(f"[{i}/{len(todo)} to train] {cfg.name}: {read_run(runs_dir / cfg.name).describe_status()} "
-            f"in {seconds[-1]:.0f} s")
+        log(
+            f"[{i}/{len(todo)} to train] {cfg.name}: {read_run(runs_dir / cfg.name).describe_status()} "
+            f"in {seconds[-1]:.0f} s"
+        )
     return statuses
 
 
@@ -163,16 +167,19 @@ def run_on_ray(todo: list[Config], runs_dir: Path, data_dir, launch: Launch, log
             try:
                 ray.init(address=launch.address, log_to_driver=False, **kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise UserError(f"cannot join the Ray cluster at '{launch.address}' ({str(exc).splitlines()[0]}); "
-                                "start it with `ray start --head` or use --address auto") from None
+                raise UserError(
+                    f"cannot join the Ray cluster at '{launch.address}' ({str(exc).splitlines()[0]}); "
+                    "start it with `ray start --head` or use --address auto"
+                ) from None
         else:
             # a private local instance, as documented, even when a cluster already runs on this machine
             ray.init(address="local", log_to_driver=False, include_dashboard=False, **kwargs)
     if not todo:
         return {}
     threads = max(1, int(launch.cpus_per_run))
-    task = ray.remote(train_one).options(num_cpus=launch.cpus_per_run, num_gpus=launch.gpus_per_run,
-                                         max_retries=0, retry_exceptions=False)
+    task = ray.remote(train_one).options(
+        num_cpus=launch.cpus_per_run, num_gpus=launch.gpus_per_run, max_retries=0, retry_exceptions=False
+    )
     refs = {task.remote(to_dict(cfg), str(runs_dir), data_dir, threads): cfg for cfg in todo}
     slots = max(1, int(ray.cluster_resources().get("CPU", 1) // max(launch.cpus_per_run, 1e-9)))
     if launch.gpus_per_run:
@@ -193,6 +200,8 @@ def run_on_ray(todo: list[Config], runs_dir: Path, data_dir, launch: Launch, log
             done = len(statuses)
             running = min(len(remaining), slots)
             eta = (time.perf_counter() - t0) / done * len(remaining)  # at the throughput so far
-            log(f"ray: {cfg.name}: {statuses[cfg.name]} | done {done}, running {running}, "
-                f"pending {len(remaining) - running} | ETA {eta:.0f} s")
+            log(
+                f"ray: {cfg.name}: {statuses[cfg.name]} | done {done}, running {running}, "
+                f"pending {len(remaining) - running} | ETA {eta:.0f} s"
+            )
     return statuses

@@ -24,9 +24,11 @@ def square_onehot(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return 0.5 * (out - target).pow(2).sum(1).mean()
 
 
-LOSSES = {"cross_entropy": F.cross_entropy,  # classification (image data sets)
-          "square_onehot": square_onehot,  # classification with the square loss to one-hot labels (Cohen et al.)
-          "sum_squares": sum_squares,  # regression: summed over samples
-          "mean_squares": mean_squares,  # regression: averaged over samples
-          "mse": F.mse_loss}  # regression: averaged over samples and outputs
+LOSSES = {
+    "cross_entropy": F.cross_entropy,  # classification (image data sets)
+    "square_onehot": square_onehot,  # classification with the square loss to one-hot labels (Cohen et al.)
+    "sum_squares": sum_squares,  # regression: summed over samples
+    "mean_squares": mean_squares,  # regression: averaged over samples
+    "mse": F.mse_loss,
+}  # regression: averaged over samples and outputs
 CLASSIFICATION = ("cross_entropy", "square_onehot")  # losses of class labels (image data sets)

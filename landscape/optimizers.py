@@ -8,8 +8,16 @@ from torch import nn
 OPTIMIZERS = ("sgd", "adam", "adamw")  # sgd: the paper's (plain, constant lr); adam, adamw: beyond it
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float = 0.0, nesterov: bool = False,
-                    weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module,
+    name: str,
+    lr: float,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    betas=(0.9, 0.999),
+    eps: float = 1e-8,
+) -> torch.optim.Optimizer:
     """The optimizer ``optim.name`` names, over every trainable parameter, with a constant lr."""
     params = [p for p in model.parameters() if p.requires_grad]
     if name == "sgd":

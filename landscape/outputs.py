@@ -13,22 +13,29 @@ is in docs/integrations.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 from landscape.errors import UserError
 from landscape.extras import require
 from landscape.probes.records import Fanout, scalars_of
 
-__all__ = ["OUTPUT_NAMES", "Output", "TensorBoard", "WandB", "ScalarFn", "build_outputs", "Fanout", "scalars_of",
-           "require"]
+__all__ = [
+    "OUTPUT_NAMES",
+    "Output",
+    "TensorBoard",
+    "WandB",
+    "ScalarFn",
+    "build_outputs",
+    "Fanout",
+    "scalars_of",
+]
 OUTPUT_NAMES = ("tensorboard", "wandb")  # what --output / the config's `outputs` accept
 
 
 class Output(Protocol):
-    """Receives what a run writes: every record, its scalars, and the end of the run."""
-
-    def record(self, record: dict) -> None: ...
+    """Receives a run's scalars (every record's, under their documented names) and the end of the run."""
 
     def scalars(self, step: int, values: dict[str, float]) -> None: ...
 
@@ -47,9 +54,6 @@ class TensorBoard:
         self.logdir = Path(logdir)
         self.writer = SummaryWriter(str(logdir), purge_step=purge_step)
 
-    def record(self, record: dict) -> None:
-        pass
-
     def scalars(self, step: int, values: dict[str, float]) -> None:
         for name, value in values.items():
             self.writer.add_scalar(name, value, step)
@@ -67,20 +71,28 @@ class WandB:
     (ICS_opti finishes after the step), so every scalar is logged with ``landscape/step`` and
     charts use it as their x axis (``define_metric``)."""
 
-    def __init__(self, dir: str | Path, project: str = "landscape", name: str | None = None, mode: str = "offline",
-                 config: dict | None = None):
+    def __init__(
+        self,
+        dir: str | Path,
+        project: str = "landscape",
+        name: str | None = None,
+        mode: str = "offline",
+        config: dict | None = None,
+    ):
         wandb = require("wandb", "--output wandb")
         Path(dir).mkdir(parents=True, exist_ok=True)
         import os
 
-        self.run = wandb.init(project=project, name=name, dir=str(dir), mode=os.environ.get("WANDB_MODE", mode),
-                              config=config or {},
-                              reinit="create_new")
+        self.run = wandb.init(
+            project=project,
+            name=name,
+            dir=str(dir),
+            mode=os.environ.get("WANDB_MODE", mode),
+            config=config or {},
+            reinit="create_new",
+        )
         self.run.define_metric("landscape/step")
         self.run.define_metric("landscape/*", step_metric="landscape/step")
-
-    def record(self, record: dict) -> None:
-        pass
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         self.run.log({**values, "landscape/step": step})
@@ -94,9 +106,6 @@ class ScalarFn:
 
     def __init__(self, fn: Callable[[int, dict[str, float]], None]):
         self.fn = fn
-
-    def record(self, record: dict) -> None:
-        pass
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         self.fn(step, values)
@@ -115,6 +124,9 @@ def build_outputs(names: Sequence[str], run_dir: Path, run_name: str | None = No
         require(name, f"--output {name}")
     outputs: list[Output] = []
     for name in dict.fromkeys(names):
-        outputs.append(TensorBoard(run_dir / "tensorboard", purge_step=start or None) if name == "tensorboard"
-                       else WandB(run_dir, name=run_name or run_dir.name))  # wandb makes <run>/wandb/
+        outputs.append(
+            TensorBoard(run_dir / "tensorboard", purge_step=start or None)
+            if name == "tensorboard"
+            else WandB(run_dir, name=run_name or run_dir.name)
+        )  # wandb makes <run>/wandb/
     return outputs

@@ -26,8 +26,10 @@ def configs_dir() -> Path:
     for candidate in (here / "configs", here.parent / "configs"):
         if (candidate / "presets").is_dir():
             return candidate
-    raise UserError(f"the shipped configs are missing (looked in '{here / 'configs'}' and "
-                    f"'{here.parent / 'configs'}'); reinstall landscape")
+    raise UserError(
+        f"the shipped configs are missing (looked in '{here / 'configs'}' and "
+        f"'{here.parent / 'configs'}'); reinstall landscape"
+    )
 
 
 def preset_names() -> list[str]:
@@ -39,7 +41,7 @@ class RunSpec:
     """One planned run: what the experiment calls it (arch, net, lr, seed) and its config."""
 
     name: str
-    arch: str  # vgg | dln
+    arch: str  # model.arch: vgg | dln | vit | mlp | resnet
     net: str  # a key of NETS
     lr: float
     seed: int
@@ -87,18 +89,36 @@ def load_preset(name: str, keys: tuple[str, ...] = (), _seen: tuple[str, ...] = 
 
 
 def run_name(family: str, net: str, lr: float, seed: int, tag: str = "") -> str:
-    """A planned run's name, e.g. ``vgg-bn-lr0.1-s0``, ``stability-vgg-bn-adam-lr0.0001-s2``: its name fixes its config."""
+    """A planned run's name, e.g. ``vgg-bn-lr0.1-s0``, ``stability-vgg-bn-adam-lr0.0001-s2``: its name fixes its
+    config."""
     return f"{family}-{net}{'-' + tag if tag else ''}-lr{lr:g}-s{seed}"
 
 
-def paired_run(family: str, arch: str, net: str, lr: float, seed: int, sections: list[dict], overrides=(),
-               optim: dict | None = None, tag: str = "", variant: str = "", after: list[dict] = ()) -> RunSpec:
+def paired_run(
+    family: str,
+    arch: str,
+    net: str,
+    lr: float,
+    seed: int,
+    sections: list[dict],
+    overrides=(),
+    optim: dict | None = None,
+    tag: str = "",
+    variant: str = "",
+    after: list[dict] = (),
+) -> RunSpec:
     """One run of a paired comparison: ``sections`` (the preset's), then the run's own settings
     (its network's norm, its lr, and ``seed`` as its init, data and noise seed, which pairs it with
     the other networks of the same seed), then ``overrides`` (``--set``), then ``after``."""
     name = run_name(family, net, lr, seed, tag)
-    own = {"name": name, "seed": seed, "data_seed": seed, "noise_seed": seed,
-           "model": {"arch": arch, "norm": NETS[net]}, "optim": {**(optim or {}), "lr": lr}}
+    own = {
+        "name": name,
+        "seed": seed,
+        "data_seed": seed,
+        "noise_seed": seed,
+        "model": {"arch": arch, "norm": NETS[net]},
+        "optim": {**(optim or {}), "lr": lr},
+    }
     return RunSpec(name, arch, net, lr, seed, build_config([*sections, own, *overrides, *after]), variant)
 
 
@@ -106,8 +126,9 @@ def vgg_run(preset: dict, net: str, lr: float, seed: int, overrides: list[dict] 
     return paired_run("vgg", "vgg", net, lr, seed, [preset.get("vgg", {})], overrides)
 
 
-def dln_run(preset: dict, net: str, seed: int, overrides: list[dict] = (), samples: int | None = None,
-            loss: str | None = None) -> RunSpec:
+def dln_run(
+    preset: dict, net: str, seed: int, overrides: list[dict] = (), samples: int | None = None, loss: str | None = None
+) -> RunSpec:
     """The deep linear network of the preset; ``samples`` and ``loss`` set another regime
     (the run is then named for it, and is the preset's own run when they equal its values)."""
     sections = [read_yaml(configs_dir() / "dln.yaml"), preset.get("dln", {})]
@@ -115,9 +136,18 @@ def dln_run(preset: dict, net: str, seed: int, overrides: list[dict] = (), sampl
     own = (cfg.data.gaussian_samples, cfg.loss)
     regime = (samples or own[0], loss or own[1])
     after = [{"data": {"gaussian_samples": regime[0]}, "loss": regime[1]}] if regime != own else []
-    return paired_run("dln", "dln", net, cfg.optim.lr, seed, sections, overrides,
-                      tag=regime_name(*regime) if regime != own else "",
-                      variant=regime_name(*regime) if samples or loss else "", after=after)
+    return paired_run(
+        "dln",
+        "dln",
+        net,
+        cfg.optim.lr,
+        seed,
+        sections,
+        overrides,
+        tag=regime_name(*regime) if regime != own else "",
+        variant=regime_name(*regime) if samples or loss else "",
+        after=after,
+    )
 
 
 def regime_name(samples: int, loss: str) -> str:
@@ -129,8 +159,10 @@ def check_overrides(overrides: list[dict]) -> None:
     """Overrides that would break an experiment's plan are refused before any work."""
     for key in ("name", "seed", "data_seed", "noise_seed"):
         if any(key in o for o in overrides):  # --set name=x would put every run into one directory
-            raise UserError(f"--set {key}=... cannot be used with an experiment: each run's {key} comes from its "
-                            "network, lr and seed (use --seeds and --out instead)")
+            raise UserError(
+                f"--set {key}=... cannot be used with an experiment: each run's {key} comes from its "
+                "network, lr and seed (use --seeds and --out instead)"
+            )
 
 
 def vgg_runs(preset: dict, nets, lrs, seeds, overrides=()) -> list[RunSpec]:

@@ -18,8 +18,8 @@ from landscape.experiments import REGISTRY, Experiment, get, preset_keys
 from landscape.files import FolderLock, atomic_write
 from landscape.launch import Launch, Log, execute, say
 from landscape.planning import RunSpec, check_overrides, load_preset
-from landscape.results import RunTable, final_test, final_train, read_run
 from landscape.probes.records import json_safe
+from landscape.results import RunTable, final_test, final_train, read_run
 
 MAX_SEEDS = 1000  # a sanity bound: --seeds 1000000000 is a typo, not a plan
 
@@ -29,8 +29,15 @@ def plan(experiment: Experiment, preset: dict, seeds: list[int], overrides: list
     return experiment.plan(preset, seeds, list(overrides))
 
 
-def prepare(names: list[str], preset_name: str, seeds: int | None, overrides: list[str], data_dir=None,
-            device: str | None = None, first_seed: int = 0) -> tuple[dict, list[int], dict[str, list[RunSpec]]]:
+def prepare(
+    names: list[str],
+    preset_name: str,
+    seeds: int | None,
+    overrides: list[str],
+    data_dir=None,
+    device: str | None = None,
+    first_seed: int = 0,
+) -> tuple[dict, list[int], dict[str, list[RunSpec]]]:
     """Validate everything and plan every experiment's runs, before any file is touched.
     ``seeds`` None takes the preset's own number of seeds; they are ``first_seed``,
     ``first_seed + 1``, ... (a confirmatory run on seeds a pilot never saw starts past them)."""
@@ -60,22 +67,41 @@ def summarise(experiment: Experiment, specs: list[RunSpec], out: Path, preset: d
     rows = {}
     for s in specs:
         r = runs.get(s.name)
-        rows[s.name] = {**s.describe(), "status": r.state if r else "missing",
-                        "status_text": r.describe_status() if r else "missing",
-                        "diverged_step": r.status.get("diverged_step") if r else None,
-                        "final_train": final_train(r) if r else None, "final_test": final_test(r) if r else None}
+        rows[s.name] = {
+            **s.describe(),
+            "status": r.state if r else "missing",
+            "status_text": r.describe_status() if r else "missing",
+            "diverged_step": r.status.get("diverged_step") if r else None,
+            "final_train": final_train(r) if r else None,
+            "final_test": final_test(r) if r else None,
+        }
     table = RunTable(rows, runs)
-    summary = {"experiment": experiment.name, "preset": preset["name"], "seeds": seeds, "runs": rows,
-               "claims": [claim.judge(table) for claim in experiment.claims(preset)]}
+    summary = {
+        "experiment": experiment.name,
+        "preset": preset["name"],
+        "seeds": seeds,
+        "runs": rows,
+        "claims": [claim.judge(table) for claim in experiment.claims(preset)],
+    }
     target = Path(out) / experiment.name
     target.mkdir(parents=True, exist_ok=True)
     atomic_write(target / "summary.json", json.dumps(json_safe(summary), indent=2))
     return summary
 
 
-def run_experiments(names: list[str], preset_name: str, seeds: int | None, out: str | Path, data_dir=None,
-                    device: str | None = None, overrides: list[str] = (), launch: Launch | None = None,
-                    log: Log = say, on_summary=None, first_seed: int = 0) -> dict[str, dict]:
+def run_experiments(
+    names: list[str],
+    preset_name: str,
+    seeds: int | None,
+    out: str | Path,
+    data_dir=None,
+    device: str | None = None,
+    overrides: list[str] = (),
+    launch: Launch | None = None,
+    log: Log = say,
+    on_summary=None,
+    first_seed: int = 0,
+) -> dict[str, dict]:
     """Run the named experiments: every run they need (shared runs once), then one summary each.
 
     All runs are planned and checked first, then launched as one batch (so a Ray cluster
@@ -102,24 +128,46 @@ def run_experiments(names: list[str], preset_name: str, seeds: int | None, out: 
     return summaries
 
 
-def run_experiment(name: str, preset_name: str, seeds: int | None, out: str | Path, data_dir=None, device: str | None = None,
-                   overrides: list[str] = (), launch: Launch | None = None, log: Log = say, first_seed: int = 0) -> dict:
+def run_experiment(
+    name: str,
+    preset_name: str,
+    seeds: int | None,
+    out: str | Path,
+    data_dir=None,
+    device: str | None = None,
+    overrides: list[str] = (),
+    launch: Launch | None = None,
+    log: Log = say,
+    first_seed: int = 0,
+) -> dict:
     """One experiment: its runs, then its summary."""
-    return run_experiments([name], preset_name, seeds, out, data_dir, device, overrides, launch, log,
-                           first_seed=first_seed)[name]
+    return run_experiments(
+        [name], preset_name, seeds, out, data_dir, device, overrides, launch, log, first_seed=first_seed
+    )[name]
 
 
-def reproduce(preset_name: str, seeds: int | None, out: str | Path, data_dir=None, device: str | None = None,
-              overrides: list[str] = (), launch: Launch | None = None, report: str | Path | None = None,
-              log: Log = say, on_summary=None, beyond: bool = False, first_seed: int = 0
-              ) -> tuple[dict[str, dict], Path]:
+def reproduce(
+    preset_name: str,
+    seeds: int | None,
+    out: str | Path,
+    data_dir=None,
+    device: str | None = None,
+    overrides: list[str] = (),
+    launch: Launch | None = None,
+    report: str | Path | None = None,
+    log: Log = say,
+    on_summary=None,
+    beyond: bool = False,
+    first_seed: int = 0,
+) -> tuple[dict[str, dict], Path]:
     """The paper's experiments (and, with ``beyond``, every registered one), then the HTML report
     (default ``OUT/report.html``, which also shows any other experiment already in ``out``)."""
     from landscape.report import build_report
 
     t0 = time.perf_counter()
     names = [name for name, e in REGISTRY.items() if e.paper or beyond]
-    summaries = run_experiments(names, preset_name, seeds, out, data_dir, device, overrides, launch, log, on_summary,
-                                first_seed)
+    summaries = run_experiments(
+        names, preset_name, seeds, out, data_dir, device, overrides, launch, log, on_summary, first_seed
+    )
     log(f"all experiments in {time.perf_counter() - t0:.0f} s -> {out}")
     return summaries, build_report([out], report or Path(out) / "report.html", REGISTRY)

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -43,7 +44,7 @@ class RunRecords:
     def probe(self, name: str) -> list[dict]:
         return [r for r in self.records if r.get("kind") == "probe" and r.get("probe") == name]
 
-    def keep_probe_steps(self, keep) -> "RunRecords":
+    def keep_probe_steps(self, keep) -> RunRecords:
         """A copy whose probe records are only those at steps where ``keep(step)`` holds."""
         records = [r for r in self.records if r.get("kind") != "probe" or keep(r["step"])]
         return dataclasses.replace(self, records=records)
@@ -163,8 +164,9 @@ def final_train(run: RunRecords, last: int = 2) -> dict:
 
 def final_test(run: RunRecords) -> dict:
     recs = run.kind("test")
-    return {k: (finite([recs[-1].get(k)]) or [None])[0] for k in ("loss", "acc")} if recs else \
-        {"loss": None, "acc": None}
+    return (
+        {k: (finite([recs[-1].get(k)]) or [None])[0] for k in ("loss", "acc")} if recs else {"loss": None, "acc": None}
+    )
 
 
 def final_train_loss(run: RunRecords) -> float | None:
@@ -200,9 +202,12 @@ def probe_series(run: RunRecords, probe: str, fn) -> list[tuple[int, Any]]:
 
 
 def series(probe: str, key: str):
-    """A run's ``[(step, quantity)]`` with the value present, for figures: ``series("sharpness", "over_threshold")(run)``."""
+    """A run's ``[(step, quantity)]`` with the value present, for figures:
+    ``series("sharpness", "over_threshold")(run)``."""
+
     def fn(run: RunRecords) -> list[tuple[int, Any]]:
         return [(s, v) for s, v in probe_series(run, probe, key) if v is not None]
+
     return fn
 
 
@@ -213,8 +218,10 @@ def probe_views(run: RunRecords, probe: str, key: str) -> list[tuple[int, Any]]:
 
 def quantity_of(probe: str, key: str):
     """One quantity of a probe's record values, as a function ``values -> number | None`` (for claims)."""
+
     def fn(values: dict):
         return registry.quantity(probe, values, key)
+
     fn.__name__ = key
     return fn
 
@@ -234,8 +241,9 @@ def mean_shift(values: dict) -> float | None:
     return registry.quantity("activation_stats", values, "mean_shift")
 
 
-def median_probe(probe: str, fn) -> "Callable[[RunRecords], float | None]":
+def median_probe(probe: str, fn) -> Callable[[RunRecords], float | None]:
     """The median over a run's probe steps of ``fn`` (a quantity's name or a function of the values)."""
+
     def metric(run: RunRecords) -> float | None:
         return med(v for _, v in probe_series(run, probe, fn))
 
@@ -244,8 +252,6 @@ def median_probe(probe: str, fn) -> "Callable[[RunRecords], float | None]":
 
 
 # ------------------------------------------------------------------ an experiment's runs
-
-
 
 
 class RunTable:
@@ -259,14 +265,18 @@ class RunTable:
         self.rows = {name: row for name, row in rows.items() if isinstance(row, dict)}
         self.records = records
 
-    def select(self, arch: str | None = None, net: str | None = None, lr: float | None = None
-               ) -> list[tuple[dict, RunRecords]]:
+    def select(
+        self, arch: str | None = None, net: str | None = None, lr: float | None = None
+    ) -> list[tuple[dict, RunRecords]]:
         out = []
         for name, row in self.rows.items():
             if name not in self.records:
                 continue
-            if (arch is None or row.get("arch") == arch) and (net is None or row.get("net") == net) \
-                    and (lr is None or row.get("lr") == lr):
+            if (
+                (arch is None or row.get("arch") == arch)
+                and (net is None or row.get("net") == net)
+                and (lr is None or row.get("lr") == lr)
+            ):
                 out.append((row, self.records[name]))
         return out
 
@@ -282,14 +292,17 @@ class RunTable:
         order = {n: i for i, n in enumerate(NETS)}
         return dict(sorted(out.items(), key=lambda kv: order.get(kv[0], len(order))))
 
-    def only(self, variant: str) -> "RunTable":
+    def only(self, variant: str) -> RunTable:
         """The runs of one variant (e.g. one DLN regime), with the variant label dropped, so the
         claims and figures written for an experiment's main runs apply to them unchanged."""
-        rows = {n: {k: v for k, v in r.items() if k != "variant"} for n, r in self.rows.items()
-                if r.get("variant", "") == variant}
+        rows = {
+            n: {k: v for k, v in r.items() if k != "variant"}
+            for n, r in self.rows.items()
+            if r.get("variant", "") == variant
+        }
         return RunTable(rows, {n: rec for n, rec in self.records.items() if n in rows})
 
-    def map_runs(self, fn) -> "RunTable":
+    def map_runs(self, fn) -> RunTable:
         """The same rows with ``fn(run)`` in place of each run's records."""
         return RunTable(self.rows, {n: fn(r) for n, r in self.records.items()})
 
@@ -306,5 +319,10 @@ class RunTable:
         return list(dict.fromkeys(str(r["variant"]) for r in self.rows.values() if r.get("variant")))
 
     def lrs(self, arch: str | None = None) -> list[float]:
-        return sorted({row["lr"] for row in self.rows.values()
-                       if isinstance(row.get("lr"), (int, float)) and (arch is None or row.get("arch") == arch)})
+        return sorted(
+            {
+                row["lr"]
+                for row in self.rows.values()
+                if isinstance(row.get("lr"), (int, float)) and (arch is None or row.get("arch") == arch)
+            }
+        )

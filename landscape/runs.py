@@ -24,9 +24,19 @@ from landscape.config import Config, dump_yaml, from_dict, to_dict
 from landscape.errors import UserError
 from landscape.files import atomic_write, read_text
 from landscape.probes.provenance import BITWISE_KEYS, environment, git_commit, git_diff  # noqa: F401 (their home before 0.4)
-from landscape.probes.rundir import (FINISHED, RUN_FILES, RUN_FOLDERS, STATUSES, RunDir,  # noqa: F401 (the same)
-                                     describe_status, monitor_run, output_folder, read_json, read_metrics,
-                                     run_contents)
+from landscape.probes.rundir import (  # noqa: F401 (the same)
+    FINISHED,
+    RUN_FILES,
+    RUN_FOLDERS,
+    STATUSES,
+    RunDir,
+    describe_status,
+    monitor_run,
+    output_folder,
+    read_json,
+    read_metrics,
+    run_contents,
+)
 
 
 class Run(RunDir):
@@ -54,17 +64,21 @@ class Run(RunDir):
         if resume:
             saved = cls(path).config()
             if saved is None:
-                raise UserError(f"'{path}' is not a landscape run (no readable config.yaml); "
-                                "pass another --out or name, or --force to overwrite it")
+                raise UserError(
+                    f"'{path}' is not a landscape run (no readable config.yaml); "
+                    "pass another --out or name, or --force to overwrite it"
+                )
             if _comparable(to_dict(saved)) != _comparable(to_dict(cfg)):
                 diff = _first_difference(to_dict(saved), to_dict(cfg))
-                raise UserError(f"run '{path}' was made with a different config ({diff}); "
-                                "use another name, or --force to start it again")
+                raise UserError(
+                    f"run '{path}' was made with a different config ({diff}); "
+                    "use another name, or --force to start it again"
+                )
             return "resume"
         raise UserError(f"run '{path}' already exists; pass --resume to continue it or --force to overwrite it")
 
     @classmethod
-    def open(cls, path: str | Path, cfg: Config, resume: bool = False, force: bool = False) -> "Run":
+    def open(cls, path: str | Path, cfg: Config, resume: bool = False, force: bool = False) -> Run:
         """Create a fresh run, reopen one to resume, or (``force``) replace one; refuse anything
         else. The run is locked against other writers until :meth:`release` or the process ends."""
         cls.check(path, cfg, resume, force)  # refuse before creating anything
@@ -97,8 +111,10 @@ class Run(RunDir):
             return torch.load(self.checkpoint_path, map_location=map_location, weights_only=True)
         except Exception as exc:
             reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-            raise UserError(f"checkpoint '{self.checkpoint_path}' is unreadable ({reason}); "
-                            "delete it to restart the run from step 0, or --force to start over") from None
+            raise UserError(
+                f"checkpoint '{self.checkpoint_path}' is unreadable ({reason}); "
+                "delete it to restart the run from step 0, or --force to start over"
+            ) from None
 
 
 def _comparable(d: dict) -> dict:

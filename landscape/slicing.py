@@ -56,9 +56,11 @@ class SliceSpec:
             raise UserError("--directions interpolate is a line: pass --dims 1")
         if self.grid < 2:
             raise UserError(f"--grid must be at least 2 points per side; got {self.grid}")
-        if self.grid ** self.dims > MAX_POINTS:
-            raise UserError(f"--grid {self.grid} in {self.dims}D is {self.grid ** self.dims:,} points; at most "
-                            f"{MAX_POINTS:,} (e.g. --grid {int(MAX_POINTS ** (1 / self.dims))})")
+        if self.grid**self.dims > MAX_POINTS:
+            raise UserError(
+                f"--grid {self.grid} in {self.dims}D is {self.grid**self.dims:,} points; at most "
+                f"{MAX_POINTS:,} (e.g. --grid {int(MAX_POINTS ** (1 / self.dims))})"
+            )
         if not (math.isfinite(self.lo) and math.isfinite(self.hi) and self.lo < self.hi):
             raise UserError(f"--range must be a:b with a < b; got {self.lo:g}:{self.hi:g}")
         if self.bn not in S.BN_MODES:
@@ -74,8 +76,10 @@ class SliceSpec:
         if self.ignore not in S.IGNORE:
             raise UserError(f"--ignore must be one of {', '.join(S.IGNORE)}; got {quote(self.ignore)}")
         if self.directions == "pca" and len(self.trajectory) < 2:
-            raise UserError("--directions pca needs the trajectory: pass --trajectory CHECKPOINT at least twice "
-                            "(with the run's own checkpoint as the last point that makes 3)")
+            raise UserError(
+                "--directions pca needs the trajectory: pass --trajectory CHECKPOINT at least twice "
+                "(with the run's own checkpoint as the last point that makes 3)"
+            )
 
     def default_name(self) -> str:
         return f"{self.directions}-{self.dims}d-{self.bn}"
@@ -113,7 +117,9 @@ def _checkpoint(path: Path) -> dict:
         reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
         raise UserError(f"checkpoint {quote(str(path))} is unreadable ({reason}); pass another") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
-        raise UserError(f"{quote(str(path))} is not a landscape checkpoint (no model state); pass a run's checkpoint.pt")
+        raise UserError(
+            f"{quote(str(path))} is not a landscape checkpoint (no model state); pass a run's checkpoint.pt"
+        )
     return ckpt
 
 
@@ -124,8 +130,9 @@ def locate(target: str | Path) -> tuple[Path, Path]:
         return p, p / "checkpoint.pt"
     if p.is_file():
         return p.parent, p
-    raise UserError(f"{quote(str(p))} does not exist; pass a run directory (e.g. results/quick/runs/NAME) or a "
-                    "checkpoint file")
+    raise UserError(
+        f"{quote(str(p))} does not exist; pass a run directory (e.g. results/quick/runs/NAME) or a checkpoint file"
+    )
 
 
 def _weights_of(ckpt: dict, like: dict, path) -> dict:
@@ -134,8 +141,9 @@ def _weights_of(ckpt: dict, like: dict, path) -> dict:
     wrong = [n for n in like if n in model and tuple(model[n].shape) != tuple(like[n].shape)]
     if missing or wrong:
         what = f"has no '{missing[0]}'" if missing else f"has '{wrong[0]}' of shape {tuple(model[wrong[0]].shape)}"
-        raise UserError(f"checkpoint {quote(str(path))} is of another model (it {what}); pass a checkpoint of this run's "
-                        "model")
+        raise UserError(
+            f"checkpoint {quote(str(path))} is of another model (it {what}); pass a checkpoint of this run's model"
+        )
     return {n: model[n].to(like[n]) for n in like}
 
 
@@ -154,8 +162,10 @@ def load(run_dir: Path, ckpt_path: Path, spec: SliceSpec, data_dir, device: str 
         except (UserError, ValueError, TypeError):
             cfg = None
     if cfg is None:
-        raise UserError(f"{quote(str(run_dir))} has no readable config.yaml (and the checkpoint no config); pass a run "
-                        "made by landscape train or an experiment")
+        raise UserError(
+            f"{quote(str(run_dir))} has no readable config.yaml (and the checkpoint no config); pass a run "
+            "made by landscape train or an experiment"
+        )
     dev = resolve_device(device or cfg.device)
     splits = load_data(cfg.data, data_dir)
     setup = _setup(cfg, dev, splits, None)  # the model at its initialisation, from the config's seed
@@ -169,10 +179,15 @@ def load(run_dir: Path, ckpt_path: Path, spec: SliceSpec, data_dir, device: str 
     n = len(split)
     if spec.subset > n:
         raise UserError(f"--subset {spec.subset} is more than the {spec.split} split's {n} examples; pass at most {n}")
-    idx = torch.randperm(n, generator=torch.Generator().manual_seed(spec.seed))[:spec.subset].sort().values
-    inputs, targets = split.inputs[idx.to(split.inputs.device)].to(dev), split.targets[idx.to(split.targets.device)].to(dev)
-    batches = [(inputs[i:i + spec.batch_size], targets[i:i + spec.batch_size]) for i in range(0, spec.subset,
-                                                                                          spec.batch_size)]
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(spec.seed))[: spec.subset].sort().values
+    inputs, targets = (
+        split.inputs[idx.to(split.inputs.device)].to(dev),
+        split.targets[idx.to(split.targets.device)].to(dev),
+    )
+    batches = [
+        (inputs[i : i + spec.batch_size], targets[i : i + spec.batch_size])
+        for i in range(0, spec.subset, spec.batch_size)
+    ]
     return Loaded(model, LOSSES[cfg.loss], weights, buffers, batches, setup.test_batches.prepare, setup, cfg)
 
 
@@ -184,8 +199,16 @@ def build_directions(spec: SliceSpec, L: Loaded) -> tuple[list[dict], dict]:
     if spec.directions == "hessian":
         x, y = L.batches[0]
         with torch.enable_grad():
-            dirs, values = S.hessian_directions(L.model, L.loss_fn, (L.prepare(x), y), k=spec.dims, seed=spec.seed,
-                                                params=L.weights, buffers=L.buffers, eval_mode=spec.bn != "train")
+            dirs, values = S.hessian_directions(
+                L.model,
+                L.loss_fn,
+                (L.prepare(x), y),
+                k=spec.dims,
+                seed=spec.seed,
+                params=L.weights,
+                buffers=L.buffers,
+                eval_mode=spec.bn != "train",
+            )
         return dirs, {"eigenvalues": values, "hessian_batch": len(y)}
     if spec.directions == "interpolate":
         if spec.to:
@@ -198,7 +221,7 @@ def build_directions(spec: SliceSpec, L: Loaded) -> tuple[list[dict], dict]:
         _, path = locate(t)
         trajectory.append(_weights_of(_checkpoint(path), L.weights, path))
     plane = S.pca_plane([*trajectory, L.weights], spec.ignore)
-    return list(plane.directions[:spec.dims]), {"explained": list(plane.explained), "trajectory": plane.coords}
+    return list(plane.directions[: spec.dims]), {"explained": list(plane.explained), "trajectory": plane.coords}
 
 
 def origin_of(spec: SliceSpec, L: Loaded, meta: dict) -> dict:
@@ -235,21 +258,35 @@ def run_shard(folder: str, data_dir, device, k: int, n: int, threads: int | None
     meta = json.loads(read_text(folder / "spec.json"))
     spec = SliceSpec(**{**meta["spec"], "trajectory": tuple(meta["spec"]["trajectory"])})
     L = load(Path(meta["run"]), Path(meta["checkpoint"]), spec, data_dir, device)
-    dirs = torch.load(folder / "directions.pt", map_location=L.setup.model.parameters().__next__().device,
-                      weights_only=True)
+    dirs = torch.load(
+        folder / "directions.pt", map_location=L.setup.model.parameters().__next__().device, weights_only=True
+    )
     directions = [{k2: v.to(L.weights[k2]) for k2, v in d.items()} for d in dirs["directions"]]
     origin = {k2: v.to(L.weights[k2]) for k2, v in dirs["origin"].items()}
     coords = S.grid_coords(spec.dims, spec.grid, spec.lo, spec.hi)
     done = done_points(folder)
     todo = [i for i in S.shard(len(coords), k, n) if i not in done]
-    bn_batches = [x for x, _ in L.batches[:spec.bn_batches]] if spec.bn == "recompute" else None
+    bn_batches = [x for x, _ in L.batches[: spec.bn_batches]] if spec.bn == "recompute" else None
     with open(shard_file(folder, k, n), "a") as f:
+
         def write(i, v):
             f.write(json.dumps(json_safe({"i": i, "coords": list(coords[i]), "loss": v.loss, "acc": v.acc})) + "\n")
             f.flush()
 
-        S.evaluate_slice(L.model, L.loss_fn, directions, coords, L.batches, bn=spec.bn, origin=origin,
-                         buffers=L.buffers, bn_batches=bn_batches, prepare=L.prepare, indices=todo, on_point=write)
+        S.evaluate_slice(
+            L.model,
+            L.loss_fn,
+            directions,
+            coords,
+            L.batches,
+            bn=spec.bn,
+            origin=origin,
+            buffers=L.buffers,
+            bn_batches=bn_batches,
+            prepare=L.prepare,
+            indices=todo,
+            on_point=write,
+        )
     return len(todo)
 
 
@@ -274,15 +311,26 @@ def run_on_ray(folder: Path, data_dir, device, workers: int, address: str | None
             else:
                 ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
         except ConnectionError:
-            raise UserError(f"no Ray cluster at --address {quote(address)}; start one with `ray start --head` "
-                            "or leave --address out for a local instance") from None
+            raise UserError(
+                f"no Ray cluster at --address {quote(address)}; start one with `ray start --head` "
+                "or leave --address out for a local instance"
+            ) from None
     task = ray.remote(run_shard).options(num_cpus=1, max_retries=0)
     ray.get([task.remote(str(folder), data_dir, device, k, workers, 1) for k in range(workers)])
 
 
-def slice_run(target: str | Path, spec: SliceSpec, name: str | None = None, data_dir=None, device: str | None = None,
-              workers: int = 1, force: bool = False, log=print, launcher: str = "local",
-              address: str | None = None) -> Path:
+def slice_run(
+    target: str | Path,
+    spec: SliceSpec,
+    name: str | None = None,
+    data_dir=None,
+    device: str | None = None,
+    workers: int = 1,
+    force: bool = False,
+    log=print,
+    launcher: str = "local",
+    address: str | None = None,
+) -> Path:
     """Compute (or finish) a slice of a run; returns its ``slice.json``. ``launcher``: ``local`` (``workers``
     processes on this machine) or ``ray`` (``workers`` Ray tasks, one shard each)."""
     spec.check()
@@ -307,9 +355,13 @@ def slice_run(target: str | Path, spec: SliceSpec, name: str | None = None, data
             old = json.loads(read_text(folder / "spec.json"))
         except ValueError:
             old = None
-        if not old or {k: old.get(k) for k in ("spec", "checkpoint")} != {k: identity[k] for k in ("spec", "checkpoint")}:
-            raise UserError(f"slice {quote(str(folder))} exists with other settings; pass --name for a new one or "
-                            "--force to replace it")
+        if not old or {k: old.get(k) for k in ("spec", "checkpoint")} != {
+            k: identity[k] for k in ("spec", "checkpoint")
+        }:
+            raise UserError(
+                f"slice {quote(str(folder))} exists with other settings; pass --name for a new one or "
+                "--force to replace it"
+            )
     for other in ([spec.to] if spec.to else []) + list(spec.trajectory):
         _checkpoint(locate(other)[1])  # the other points exist and are checkpoints, before any work
     t0 = time.perf_counter()
@@ -321,15 +373,24 @@ def slice_run(target: str | Path, spec: SliceSpec, name: str | None = None, data
         if force and folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(folder / "directions.pt", lambda p: torch.save(
-            {"directions": [{k: v.cpu() for k, v in d.items()} for d in directions],
-             "origin": {k: v.cpu() for k, v in origin.items()}}, p))
+        atomic_write(
+            folder / "directions.pt",
+            lambda p: torch.save(
+                {
+                    "directions": [{k: v.cpu() for k, v in d.items()} for d in directions],
+                    "origin": {k: v.cpu() for k, v in origin.items()},
+                },
+                p,
+            ),
+        )
         atomic_write(folder / "spec.json", json.dumps(json_safe({**identity, "about": meta}), indent=2))
     coords = S.grid_coords(spec.dims, spec.grid, spec.lo, spec.hi)
     before = len(done_points(folder))
     if before < len(coords):
-        log(f"slice {name}: {len(coords) - before} of {len(coords)} points to compute"
-            f"{' (resumed)' if before else ''}, {workers} worker(s)")
+        log(
+            f"slice {name}: {len(coords) - before} of {len(coords)} points to compute"
+            f"{' (resumed)' if before else ''}, {workers} worker(s)"
+        )
         if launcher == "ray":
             run_on_ray(folder, data_dir, device, workers, address)
         elif workers == 1:
@@ -342,20 +403,40 @@ def slice_run(target: str | Path, spec: SliceSpec, name: str | None = None, data
     points = done_points(folder)
     missing = [i for i in range(len(coords)) if i not in points]
     if missing:
-        raise UserError(f"slice {quote(str(folder))} is missing {len(missing)} points after its workers ended; run the "
-                        "same command again to finish it")
+        raise UserError(
+            f"slice {quote(str(folder))} is missing {len(missing)} points after its workers ended; run the "
+            "same command again to finish it"
+        )
     meta = json.loads(read_text(folder / "spec.json"))
-    centre = S.evaluate_slice(L.model, L.loss_fn, [{k: torch.zeros_like(v) for k, v in L.weights.items()}], [(0.0,)],
-                              L.batches, bn=spec.bn, origin=L.weights, buffers=L.buffers, prepare=L.prepare,
-                              bn_batches=[x for x, _ in L.batches[:spec.bn_batches]])[0]
+    centre = S.evaluate_slice(
+        L.model,
+        L.loss_fn,
+        [{k: torch.zeros_like(v) for k, v in L.weights.items()}],
+        [(0.0,)],
+        L.batches,
+        bn=spec.bn,
+        origin=L.weights,
+        buffers=L.buffers,
+        prepare=L.prepare,
+        bn_batches=[x for x, _ in L.batches[: spec.bn_batches]],
+    )[0]
     axis = [coords[i][0] for i in range(0, len(coords), spec.grid if spec.dims == 2 else 1)]
-    result = {**meta, "name": name, "axis": axis, "shape": [spec.grid] * spec.dims,
-              "loss": [points[i]["loss"] for i in range(len(coords))],
-              "acc": [points[i]["acc"] for i in range(len(coords))],
-              "centre": {"loss": centre.loss, "acc": centre.acc,
-                         "coords": [1.0] if spec.directions == "interpolate" and meta["about"].get("from") ==
-                         "initialisation" else [0.0] * spec.dims},
-              "seconds": time.perf_counter() - t0 if before == 0 else None}
+    result = {
+        **meta,
+        "name": name,
+        "axis": axis,
+        "shape": [spec.grid] * spec.dims,
+        "loss": [points[i]["loss"] for i in range(len(coords))],
+        "acc": [points[i]["acc"] for i in range(len(coords))],
+        "centre": {
+            "loss": centre.loss,
+            "acc": centre.acc,
+            "coords": [1.0]
+            if spec.directions == "interpolate" and meta["about"].get("from") == "initialisation"
+            else [0.0] * spec.dims,
+        },
+        "seconds": time.perf_counter() - t0 if before == 0 else None,
+    }
     return atomic_write(folder / "slice.json", json.dumps(json_safe(result), indent=2))
 
 

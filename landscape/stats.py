@@ -68,8 +68,7 @@ def seeds_needed(effect: float, sd: float, alpha: float = ALPHA, power: float = 
     return None
 
 
-def judge(values, threshold: float, direction: str = "above", transform: str = "none",
-          alpha: float = ALPHA) -> dict:
+def judge(values, threshold: float, direction: str = "above", transform: str = "none", alpha: float = ALPHA) -> dict:
     """Aggregate a claim's per-seed values and give its verdict (see the module docstring).
 
     Returns ``mean``/``ci`` (two-sided 95%, the quantity's own scale), ``bound`` (the one-sided
@@ -92,8 +91,15 @@ def judge(values, threshold: float, direction: str = "above", transform: str = "
         to_t, from_t = math.log, math.exp
     else:
         vals_t, to_t, from_t = list(vals), (lambda x: x), (lambda x: x)
-    out = {**agg, "transform": transform, "bound": None, "signs": None, "p_value": None, "effect": None,
-           "seeds_needed": None}
+    out = {
+        **agg,
+        "transform": transform,
+        "bound": None,
+        "signs": None,
+        "p_value": None,
+        "effect": None,
+        "seeds_needed": None,
+    }
     if n == 0 or len(vals_t) != n:
         why = "no data" if n == 0 else "a value is not positive, so the log-ratio test does not apply"
         return {**out, "verdict": "inconclusive", "why": why}
@@ -124,7 +130,11 @@ def judge(values, threshold: float, direction: str = "above", transform: str = "
     if p_for < alpha:
         return {**out, "verdict": "reproduced", "why": f"one-sided t test, p = {p_for:.2g}"}
     if p_against < alpha:
-        return {**out, "verdict": "not reproduced", "why": f"beyond the threshold on the other side, p = {p_against:.2g}"}
+        return {
+            **out,
+            "verdict": "not reproduced",
+            "why": f"beyond the threshold on the other side, p = {p_against:.2g}",
+        }
     need = out["seeds_needed"]
     if need is None:
         why = "effect near the threshold: no feasible number of seeds would decide it"

@@ -14,16 +14,25 @@ import contextlib
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 from landscape.config import Config, to_dict
-from landscape.data import (CIFAR10_MEAN, CIFAR10_STD, Batches, Split, channel_stats, fingerprint, load_data, pixel_stats,
-                            seeded_generator)
+from landscape.data import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    Batches,
+    Split,
+    channel_stats,
+    fingerprint,
+    load_data,
+    pixel_stats,
+    seeded_generator,
+)
 from landscape.errors import UserError
 from landscape.losses import CLASSIFICATION, LOSSES, mean_squares, sum_squares  # noqa: F401 (the trainer's losses)
 from landscape.models import build_model
@@ -83,8 +92,13 @@ class TrainMeter:
         return {**out, "nonfinite_step": bad if bad >= 0 else None}
 
     def state_dict(self) -> dict:
-        return {"loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(),
-                "first_nonfinite": self.first_nonfinite.cpu(), "steps": self.steps, "examples": self.examples}
+        return {
+            "loss_sum": self.loss_sum.cpu(),
+            "correct": self.correct.cpu(),
+            "first_nonfinite": self.first_nonfinite.cpu(),
+            "steps": self.steps,
+            "examples": self.examples,
+        }
 
     def load_state_dict(self, s: dict) -> None:
         self.loss_sum.copy_(s["loss_sum"])
@@ -117,9 +131,15 @@ def evaluate(model: nn.Module, batches: Batches, loss_name: str, classify: bool)
 def _progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}  {task.fields[speed]} ex/s"),
-                    TimeRemainingColumn(), disable=not enabled, transient=False)
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}  {task.fields[speed]} ex/s"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
+    )
 
 
 def _monitor(cfg: Config, log, model, optimizer, loss_fn, batches: Batches, train_split: Split):
@@ -134,11 +154,24 @@ def _monitor(cfg: Config, log, model, optimizer, loss_fn, batches: Batches, trai
     probe_batch = None
     if sizes:  # one fixed training batch, the same for paired runs (data_seed), for the probes that measure one
         fixed = train_split.subset(max(sizes), seed=cfg.data_seed)
-        probe_batch = (batches.prepare(fixed.inputs.to(batches.split.inputs.device)),
-                       fixed.targets.to(batches.split.targets.device))
+        probe_batch = (
+            batches.prepare(fixed.inputs.to(batches.split.inputs.device)),
+            fixed.targets.to(batches.split.targets.device),
+        )
     try:
-        return Monitor(log, model, optimizer, loss_fn, schedule, probes=p.enabled, options=options,
-                       layers=list(p.layers) or None, probe_batch=probe_batch, eval_mode=p.eval_mode, step_hook=False)
+        return Monitor(
+            log,
+            model,
+            optimizer,
+            loss_fn,
+            schedule,
+            probes=p.enabled,
+            options=options,
+            layers=list(p.layers) or None,
+            probe_batch=probe_batch,
+            eval_mode=p.eval_mode,
+            step_hook=False,
+        )
     except KeyError as exc:
         raise UserError(f"probes.layers: {exc.args[0]}") from None
 
@@ -160,6 +193,7 @@ class Interrupted(KeyboardInterrupt):
 @contextlib.contextmanager
 def _sigterm_interrupts():
     """SIGTERM ends training like Ctrl-C: records and checkpoint consistent, status ``interrupted``."""
+
     def handler(signum, frame):
         raise KeyboardInterrupt
 
@@ -174,8 +208,15 @@ def _sigterm_interrupts():
         signal.signal(signal.SIGTERM, previous)
 
 
-def train(cfg: Config, out: str | Path = "runs", data_dir: str | Path | None = None, resume: bool = False,
-          force: bool = False, progress: bool = False, splits: dict[str, Split] | None = None) -> dict:
+def train(
+    cfg: Config,
+    out: str | Path = "runs",
+    data_dir: str | Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = False,
+    splits: dict[str, Split] | None = None,
+) -> dict:
     """Train one run into ``out/cfg.name``; returns its final status record.
 
     Everything that can be checked (the run directory, the data, the model and probe options)
@@ -209,8 +250,10 @@ def train(cfg: Config, out: str | Path = "runs", data_dir: str | Path | None = N
                 log.close()
     except KeyboardInterrupt:
         step = _safe_status(run, "interrupted")
-        raise Interrupted(f"run '{path}' interrupted; its last checkpoint is step {step}: continue it with "
-                          "--resume (an experiment: run the same command again)") from None
+        raise Interrupted(
+            f"run '{path}' interrupted; its last checkpoint is step {step}: continue it with "
+            "--resume (an experiment: run the same command again)"
+        ) from None
     except Exception as exc:
         _safe_status(run, "failed", error=f"{type(exc).__name__}: {exc}"[:500])
         raise
@@ -250,8 +293,13 @@ class Setup:
 
 
 CHECKPOINT_KEYS = ("step", "model", "optimizer", "meter", "rng", "left_plateau_step", "monitor")
-METER_FIELDS = {"loss_sum": torch.Tensor, "correct": torch.Tensor, "first_nonfinite": torch.Tensor, "steps": int,
-                "examples": int}
+METER_FIELDS = {
+    "loss_sum": torch.Tensor,
+    "correct": torch.Tensor,
+    "first_nonfinite": torch.Tensor,
+    "steps": int,
+    "examples": int,
+}
 
 
 def checkpoint_problem(checkpoint, cfg: Config, optimizer: torch.optim.Optimizer) -> str | None:
@@ -266,8 +314,9 @@ def checkpoint_problem(checkpoint, cfg: Config, optimizer: torch.optim.Optimizer
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= cfg.steps:
         return f"its step {str(step)[:40]!r} is not a step between 0 and the run's {cfg.steps}"
     meter = checkpoint["meter"]
-    if not isinstance(meter, dict) or any(not isinstance(meter.get(k), t) or isinstance(meter.get(k), bool)
-                                          for k, t in METER_FIELDS.items()):
+    if not isinstance(meter, dict) or any(
+        not isinstance(meter.get(k), t) or isinstance(meter.get(k), bool) for k, t in METER_FIELDS.items()
+    ):
         return "its train meter is not one landscape wrote"
     if any(meter[k].numel() != 1 for k in ("loss_sum", "correct", "first_nonfinite")):
         return "its train meter is not one landscape wrote"
@@ -285,8 +334,12 @@ def checkpoint_problem(checkpoint, cfg: Config, optimizer: torch.optim.Optimizer
         return "its optimizer state is not one of this run's optimizer"
     for group, now in zip(saved, optimizer.param_groups):  # the config's settings, never the checkpoint's
         for key, value in now.items():
-            if key != "params" and isinstance(value, (int, float, bool, tuple)) and key in group and \
-                    (tuple(group[key]) if isinstance(group[key], list) else group[key]) != value:
+            if (
+                key != "params"
+                and isinstance(value, (int, float, bool, tuple))
+                and key in group
+                and (tuple(group[key]) if isinstance(group[key], list) else group[key]) != value
+            ):
                 return f"its optimizer's {key} is {str(group[key])[:40]}, the config's is {value}"
     return None
 
@@ -300,8 +353,10 @@ def _setup(cfg: Config, device: torch.device, splits: dict[str, Split], checkpoi
     if classify:
         out_dim = int(max(train_split.targets.max(), test_split.targets.max())) + 1
         if len(train_split.targets.unique()) < 2:
-            raise UserError(f"the training data hold {len(train_split.targets.unique())} class; a classifier needs "
-                            "at least 2 (check --data-dir or data.train_subset)")
+            raise UserError(
+                f"the training data hold {len(train_split.targets.unique())} class; a classifier needs "
+                "at least 2 (check --data-dir or data.train_subset)"
+            )
     else:
         out_dim = train_split.targets.shape[1]
     image_size = train_split.inputs.shape[-1] if is_image else 32
@@ -313,8 +368,16 @@ def _setup(cfg: Config, device: torch.device, splits: dict[str, Split], checkpoi
             raise UserError(f"probes.layers: {exc.args[0]}") from None
     if device.type == "cuda" and is_image:
         model = model.to(memory_format=torch.channels_last)  # faster convolutions with cuDNN
-    optimizer = build_optimizer(model, cfg.optim.name, cfg.optim.lr, cfg.optim.momentum, cfg.optim.nesterov,
-                                cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.eps)
+    optimizer = build_optimizer(
+        model,
+        cfg.optim.name,
+        cfg.optim.lr,
+        cfg.optim.momentum,
+        cfg.optim.nesterov,
+        cfg.optim.weight_decay,
+        cfg.optim.betas,
+        cfg.optim.eps,
+    )
     if checkpoint is not None:
         try:
             problem = checkpoint_problem(checkpoint, cfg, optimizer)
@@ -324,22 +387,36 @@ def _setup(cfg: Config, device: torch.device, splits: dict[str, Split], checkpoi
             optimizer.load_state_dict(checkpoint["optimizer"])
         except (ValueError, RuntimeError, KeyError, TypeError) as exc:
             reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"the checkpoint of run '{cfg.name}' does not fit its config ({reason}); "
-                            "--force starts the run again") from None
+            raise UserError(
+                f"the checkpoint of run '{cfg.name}' does not fit its config ({reason}); --force starts the run again"
+            ) from None
     # CIFAR-10 (and the synthetic test images) use CIFAR-10's published statistics; other image
     # data sets are normalised by their own training split's per-channel mean and std.
     if is_image and d.normalize == "pixel":  # over the whole training split, before any subset (as Cohen et al.)
         mean, std = pixel_stats(splits["train"])
     else:
-        mean, std = (CIFAR10_MEAN, CIFAR10_STD) if d.dataset in ("cifar10", "synthetic") or not is_image \
+        mean, std = (
+            (CIFAR10_MEAN, CIFAR10_STD)
+            if d.dataset in ("cifar10", "synthetic") or not is_image
             else channel_stats(train_split)
-    return Setup(classify, train_split, Batches(train_split, d.batch_size, cfg.data_seed, d.augment, device, mean, std),
-                 Batches(test_split, 0, cfg.data_seed, False, device, mean, std), is_image, out_dim, model, optimizer,
-                 checkpoint, fingerprint(train_split, test_split))
+        )
+    return Setup(
+        classify,
+        train_split,
+        Batches(train_split, d.batch_size, cfg.data_seed, d.augment, device, mean, std),
+        Batches(test_split, 0, cfg.data_seed, False, device, mean, std),
+        is_image,
+        out_dim,
+        model,
+        optimizer,
+        checkpoint,
+        fingerprint(train_split, test_split),
+    )
 
 
-def _train(cfg: Config, run: Run, log: Callable[[dict], None], device: torch.device, progress: bool,
-           setup: Setup) -> dict:
+def _train(
+    cfg: Config, run: Run, log: Callable[[dict], None], device: torch.device, progress: bool, setup: Setup
+) -> dict:
     classify, train_split, batches, test_batches = setup.classify, setup.train_split, setup.batches, setup.test_batches
     is_image, model, optimizer = setup.is_image, setup.model, setup.optimizer
     loss_fn = LOSSES[cfg.loss]
@@ -357,15 +434,26 @@ def _train(cfg: Config, run: Run, log: Callable[[dict], None], device: torch.dev
         if monitor is not None:
             monitor.load_state_dict(checkpoint["monitor"])
     run.truncate(start)
-    run.write_env(device, data_sha256=setup.data_sha256,
-                  memory_format="channels_last" if device.type == "cuda" and is_image else "contiguous")
+    run.write_env(
+        device,
+        data_sha256=setup.data_sha256,
+        memory_format="channels_last" if device.type == "cuda" and is_image else "contiguous",
+    )
     run.set_status("running", start)
 
     def save_checkpoint(step: int) -> None:
-        run.save_checkpoint({"step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                             "meter": meter.state_dict(), "rng": rng_state(),
-                             "left_plateau_step": left_plateau_step, "config": to_dict(cfg),
-                             "monitor": monitor.state_dict() if monitor is not None else {}})
+        run.save_checkpoint(
+            {
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "meter": meter.state_dict(),
+                "rng": rng_state(),
+                "left_plateau_step": left_plateau_step,
+                "config": to_dict(cfg),
+                "monitor": monitor.state_dict() if monitor is not None else {},
+            }
+        )
 
     status, diverged_step, last_test = "done", None, None
     t_start = t_log = time.perf_counter()
@@ -401,10 +489,19 @@ def _train(cfg: Config, run: Run, log: Callable[[dict], None], device: torch.dev
                 t_log, examples_since_log = now, 0
                 if plateau is not None and left_plateau_step is None and rec["loss"] < plateau:
                     left_plateau_step = step
-                log({"kind": "train", "step": step, **rec, "epoch": step * batches.batch_size / batches.n,
-                         "examples_per_s": speed, "elapsed_s": now - t_start})
-                bar.update(task, loss=f"{rec['loss']:.3f}", acc=f"{rec.get('acc', float('nan')):.3f}",
-                           speed=f"{speed:,.0f}")
+                log(
+                    {
+                        "kind": "train",
+                        "step": step,
+                        **rec,
+                        "epoch": step * batches.batch_size / batches.n,
+                        "examples_per_s": speed,
+                        "elapsed_s": now - t_start,
+                    }
+                )
+                bar.update(
+                    task, loss=f"{rec['loss']:.3f}", acc=f"{rec.get('acc', float('nan')):.3f}", speed=f"{speed:,.0f}"
+                )
                 if nonfinite is not None:
                     status, diverged_step = "diverged", nonfinite
                     break
@@ -419,13 +516,24 @@ def _train(cfg: Config, run: Run, log: Callable[[dict], None], device: torch.dev
     if monitor is not None:
         monitor.close()
     if last_test is None:  # resumed from the final checkpoint: its test record is already written
-        last_test = next(({k: r.get(k) for k in ("loss", "acc") if k in r} for r in reversed(run.records())
-                          if r.get("kind") == "test"), None)
-    final = {"steps": cfg.steps, "test": last_test, "left_plateau_step": left_plateau_step,
-             # "stuck" only once the run saw every example at least once: before that it could still leave
-             "stuck_on_plateau": (plateau is not None and left_plateau_step is None) if
-             cfg.steps * batches.batch_size >= batches.n else None,
-             "train_seconds": time.perf_counter() - t_start}
+        last_test = next(
+            (
+                {k: r.get(k) for k in ("loss", "acc") if k in r}
+                for r in reversed(run.records())
+                if r.get("kind") == "test"
+            ),
+            None,
+        )
+    final = {
+        "steps": cfg.steps,
+        "test": last_test,
+        "left_plateau_step": left_plateau_step,
+        # "stuck" only once the run saw every example at least once: before that it could still leave
+        "stuck_on_plateau": (plateau is not None and left_plateau_step is None)
+        if cfg.steps * batches.batch_size >= batches.n
+        else None,
+        "train_seconds": time.perf_counter() - t_start,
+    }
     if status == "diverged":
         run.set_status("diverged", step, diverged_step=diverged_step, **final)
     else:

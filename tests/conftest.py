@@ -23,7 +23,7 @@ def doc_block(first_line: str) -> tuple[str, str]:
         marker = "```python\n" + first_line
         if marker in text:
             start = text.index(marker)
-            return text[start + len("```python\n"):text.index("```", start + 10)], page.name
+            return text[start + len("```python\n") : text.index("```", start + 10)], page.name
     raise AssertionError(f"no example starting {first_line!r} in the README or docs/")
 
 
@@ -70,10 +70,15 @@ def make_image_tree(root: Path, per_class: int = 2, classes=CIFAR10_CLASSES, suf
 
 def tiny_config(**sections):
     """A VGG config that trains in about a second on generated images."""
-    base = {"name": "tiny", "steps": 12, "device": "cpu",
-            "data": {"dataset": "synthetic", "batch_size": 16, "synthetic_size": 64},
-            "model": {"vgg": {"width": 0.0625}}, "optim": {"lr": 0.05},
-            "log": {"train_every": 2, "eval_every": 6, "checkpoint_every": 4}}
+    base = {
+        "name": "tiny",
+        "steps": 12,
+        "device": "cpu",
+        "data": {"dataset": "synthetic", "batch_size": 16, "synthetic_size": 64},
+        "model": {"vgg": {"width": 0.0625}},
+        "optim": {"lr": 0.05},
+        "log": {"train_every": 2, "eval_every": 6, "checkpoint_every": 4},
+    }
     for key, value in sections.items():
         if isinstance(value, dict):
             base.setdefault(key, {}).update(value)

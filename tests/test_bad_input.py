@@ -23,9 +23,14 @@ from tests.conftest import ROOT, make_batches_dir, make_image_tree
 
 runner = CliRunner()
 
-TINY = {"name": "existing", "steps": 4, "device": "cpu",
-        "data": {"dataset": "synthetic", "batch_size": 8, "synthetic_size": 32},
-        "model": {"vgg": {"width": 0.0625}}, "log": {"train_every": 2, "eval_every": 2, "checkpoint_every": 2}}
+TINY = {
+    "name": "existing",
+    "steps": 4,
+    "device": "cpu",
+    "data": {"dataset": "synthetic", "batch_size": 8, "synthetic_size": 32},
+    "model": {"vgg": {"width": 0.0625}},
+    "log": {"train_every": 2, "eval_every": 2, "checkpoint_every": 2},
+}
 
 
 def tree_hash(root: Path) -> dict[str, str]:
@@ -81,12 +86,16 @@ def world(tmp_path_factory):
     wide["model"] = {k: torch.cat([v, v]) if v.dim() else v for k, v in wide["model"].items()}
     torch.save(wide, w / "ckpt" / "wide" / "checkpoint.pt")
     shutil.copytree(w / "runs" / "existing", w / "ckpt" / "paused")
-    mutations = {"meter_empty": lambda c: c.update(meter={}), "step_string": lambda c: c.update(step="2"),
-                 "step_negative": lambda c: c.update(step=-100), "step_beyond": lambda c: c.update(step=10 ** 6),
-                 "rng_garbage": lambda c: c.update(rng={"cpu": torch.zeros(7, dtype=torch.uint8)}),
-                 "no_rng": lambda c: c.pop("rng"),
-                 "lr_override": lambda c: c["optimizer"]["param_groups"][0].update(lr=1e6),
-                 "plateau_later": lambda c: c.update(left_plateau_step=99)}
+    mutations = {
+        "meter_empty": lambda c: c.update(meter={}),
+        "step_string": lambda c: c.update(step="2"),
+        "step_negative": lambda c: c.update(step=-100),
+        "step_beyond": lambda c: c.update(step=10**6),
+        "rng_garbage": lambda c: c.update(rng={"cpu": torch.zeros(7, dtype=torch.uint8)}),
+        "no_rng": lambda c: c.pop("rng"),
+        "lr_override": lambda c: c["optimizer"]["param_groups"][0].update(lr=1e6),
+        "plateau_later": lambda c: c.update(left_plateau_step=99),
+    }
     for name, mutate in mutations.items():
         shutil.copytree(w / "runs" / "existing", w / "ckpt" / name)
         ckpt = torch.load(w / "runs" / "existing" / "checkpoint.pt", weights_only=True)
@@ -96,8 +105,9 @@ def world(tmp_path_factory):
         (w / "ckpt" / name / "status.json").write_text('{"status": "running", "step": 2}')
         config = w / "ckpt" / name / "config.yaml"
         config.write_text(config.read_text().replace("name: existing", f"name: {name}"))
-    levels = ["&a [x, x, x, x, x, x, x, x, x]"] + [f"&{c} [{', '.join([f'*{p}'] * 9)}]"
-                                                     for p, c in zip("abcdefgh", "bcdefghi")]
+    levels = ["&a [x, x, x, x, x, x, x, x, x]"] + [
+        f"&{c} [{', '.join([f'*{p}'] * 9)}]" for p, c in zip("abcdefgh", "bcdefghi")
+    ]
     (w / "bomb.yaml").write_text("model:\n  norm: [" + ", ".join(levels) + "]\n")  # 9^9 leaves if expanded
     (w / "list.yaml").write_text("- 1\n- 2\n")
     (w / "bad.yaml").write_text("model: {norm: [batch\n")
@@ -124,8 +134,10 @@ CASES = {
     "momentum 1.5": (["train", C, *R, "--set", "optim.momentum=1.5"], "momentum"),
     "noise range NaN": (["train", C, *R, "--set", "model.noise.mean_range=[.nan, 1]"], "finite"),
     "noise range reversed": (["train", C, *R, "--set", "model.noise.scale_range=[2, 1]"], "low <= high"),
-    "negative sharpness_tol (0.2's key)": (["train", C, *R, "--set", "probes.sharpness_tol=-1"],
-                                           "probes.sharpness: tol must be in (0, 1)"),
+    "negative sharpness_tol (0.2's key)": (
+        ["train", C, *R, "--set", "probes.sharpness_tol=-1"],
+        "probes.sharpness: tol must be in (0, 1)",
+    ),
     "negative sharpness tol": (["train", C, *R, "--set", "probes.sharpness.tol=-1"], "probes.sharpness: tol"),
     "trace samples too few": (["train", C, *R, "--set", "probes.hessian_trace.samples=1"], "probes.hessian_trace"),
     "unknown probe option": (["train", C, *R, "--set", "probes.sharpness.nope=1"], "probes.sharpness.iters"),
@@ -136,30 +148,47 @@ CASES = {
     "vgg depth 12": (["train", C, *R, "--set", "model.vgg.depth=12"], "model.vgg.depth"),
     "unknown norm": (["train", C, *R, "--set", "model.norm=group"], "model.norm"),
     "unknown probe": (["train", C, *R, "--set", "probes.enabled=[nope]"], "unknown probe"),
-    "list schedule without steps": (["train", C, *R, "--set", "probes.enabled=[sharpness]", "--set",
-                                     "probes.schedule=list"], "probes.steps"),
+    "list schedule without steps": (
+        ["train", C, *R, "--set", "probes.enabled=[sharpness]", "--set", "probes.schedule=list"],
+        "probes.steps",
+    ),
     "dln on images": (["train", C, *R, "--name", "x", "--set", "model.arch=dln"], "does not fit"),
     "regression loss on a classifier": (["train", C, *R, "--name", "x", "--set", "loss=mse"], "does not fit"),
     "name with a slash": (["train", C, *R, "--name", "a/b"], "directory name of at most 200 bytes"),
     "name too long": (["train", C, *R, "--name", "n" * 300], "directory name of at most 200 bytes"),
     "unknown device": (["train", C, *R, "--device", "quantum"], "unknown device"),
     # train: data
-    "data dir missing": (["train", C, *R, "--name", "x", "--set", "data.dataset=cifar10", "--data-dir", "{w}/nope"],
-                         "does not exist"),
-    "data dir empty": (["train", C, *R, "--name", "x", "--set", "data.dataset=cifar10", "--data-dir", "{w}/empty"],
-                       "no CIFAR-10 found"),
-    "crafted pickle": (["train", C, *R, "--name", "x", "--set", "data.dataset=cifar10", "--data-dir", "{w}/crafted"],
-                       "refused to load"),
-    "truncated batch": (["train", C, *R, "--name", "x", "--set", "data.dataset=cifar10", "--data-dir",
-                         "{w}/truncated"], "unreadable"),
-    "one class": (["train", C, *R, "--name", "x", "--set", "data.dataset=cifar10", "--data-dir", "{w}/oneclass"],
-                  "at least 2"),
+    "data dir missing": (
+        ["train", C, *R, "--name", "x", "--set", "data.dataset=cifar10", "--data-dir", "{w}/nope"],
+        "does not exist",
+    ),
+    "data dir empty": (
+        ["train", C, *R, "--name", "x", "--set", "data.dataset=cifar10", "--data-dir", "{w}/empty"],
+        "no CIFAR-10 found",
+    ),
+    "crafted pickle": (
+        ["train", C, *R, "--name", "x", "--set", "data.dataset=cifar10", "--data-dir", "{w}/crafted"],
+        "refused to load",
+    ),
+    "truncated batch": (
+        ["train", C, *R, "--name", "x", "--set", "data.dataset=cifar10", "--data-dir", "{w}/truncated"],
+        "unreadable",
+    ),
+    "one class": (
+        ["train", C, *R, "--name", "x", "--set", "data.dataset=cifar10", "--data-dir", "{w}/oneclass"],
+        "at least 2",
+    ),
     "folder without data dir": (["train", C, *R, "--name", "x", "--set", "data.dataset=folder"], "needs --data-dir"),
-    "folder without splits": (["train", C, *R, "--name", "x", "--set", "data.dataset=folder", "--data-dir",
-                               "{w}/empty"], "no train/ and test/"),
+    "folder without splits": (
+        ["train", C, *R, "--name", "x", "--set", "data.dataset=folder", "--data-dir", "{w}/empty"],
+        "no train/ and test/",
+    ),
     "image size 8": (["train", C, *R, "--name", "x", "--set", "data.image_size=8"], "data.image_size"),
     "unknown dataset": (["train", C, *R, "--name", "x", "--set", "data.dataset=imagenet"], "data.dataset"),
-    "unknown output": (["train", C, *R, "--name", "x", "--output", "csv"], "'outputs' must be one of tensorboard, wandb"),
+    "unknown output": (
+        ["train", C, *R, "--name", "x", "--output", "csv"],
+        "'outputs' must be one of tensorboard, wandb",
+    ),
     # train: existing runs
     "resume and force": (["train", C, *R, "--resume", "--force"], "contradict"),
     "run exists": (["train", C, *R], "already exists"),
@@ -168,22 +197,35 @@ CASES = {
     "force with unknown layer": (["train", C, *R, "--force", "--set", "probes.layers=[nope]"], "probes.layers"),
     "force with a regression loss": (["train", C, *R, "--force", "--set", "loss=mse"], "does not fit"),
     "force on a symlinked run": (["train", C, "--out", "{w}", "--name", "linked", "--force"], "symbolic link"),
-    "force with missing data": (["train", C, *R, "--force", "--set", "data.dataset=cifar10", "--data-dir",
-                                 "{w}/nope"], "does not exist"),
+    "force with missing data": (
+        ["train", C, *R, "--force", "--set", "data.dataset=cifar10", "--data-dir", "{w}/nope"],
+        "does not exist",
+    ),
     "corrupt checkpoint": (["train", C, "--out", "{w}/ckpt", "--name", "corrupt", "--resume"], "unreadable"),
     "malicious checkpoint": (["train", C, "--out", "{w}/ckpt", "--name", "malicious", "--resume"], "unreadable"),
-    "checkpoint of another width": (["train", C, "--out", "{w}/ckpt", "--name", "wide", "--resume"],
-                                    "does not fit its config"),
-    **{f"checkpoint {name}": (["train", C, "--out", "{w}/ckpt", "--name", name, "--resume"], why)
-       for name, why in (("meter_empty", "train meter"), ("step_string", "is not a step"),
-                         ("step_negative", "is not a step"), ("step_beyond", "is not a step"),
-                         ("rng_garbage", "random-number state"), ("no_rng", "lacks rng"),
-                         ("lr_override", "optimizer's lr is 1000000.0, the config's is 0.1"),
-                         ("plateau_later", "left_plateau_step"))},
+    "checkpoint of another width": (
+        ["train", C, "--out", "{w}/ckpt", "--name", "wide", "--resume"],
+        "does not fit its config",
+    ),
+    **{
+        f"checkpoint {name}": (["train", C, "--out", "{w}/ckpt", "--name", name, "--resume"], why)
+        for name, why in (
+            ("meter_empty", "train meter"),
+            ("step_string", "is not a step"),
+            ("step_negative", "is not a step"),
+            ("step_beyond", "is not a step"),
+            ("rng_garbage", "random-number state"),
+            ("no_rng", "lacks rng"),
+            ("lr_override", "optimizer's lr is 1000000.0, the config's is 0.1"),
+            ("plateau_later", "left_plateau_step"),
+        )
+    },
     "out is a file": (["train", C, "--out", "{w}/a_file"], "a_file"),
     "out under a file": (["train", C, "--out", "{w}/a_file/sub"], "a_file"),
-    "run is being written": (["train", C, "--out", "{w}/ckpt", "--name", "paused", "--resume"],
-                             "being written by process"),
+    "run is being written": (
+        ["train", C, "--out", "{w}/ckpt", "--name", "paused", "--resume"],
+        "being written by process",
+    ),
     # experiments and reproduce
     "unknown preset": (["norms", "--preset", "gigantic", *E], "unknown preset"),
     "zero seeds": (["norms", "--preset", "smoke", "--seeds", "0", *E], "--seeds"),
@@ -193,11 +235,15 @@ CASES = {
     "set seed on an experiment": (["ics-distrib", "--preset", "smoke", *E, "--set", "seed=3"], "--set seed"),
     "experiment unknown key": (["smoothness", "--preset", "smoke", *E, "--set", "optim.nope=1"], "valid keys"),
     "experiment NaN lr": (["ics-distrib", "--preset", "smoke", *E, "--set", "optim.lr=.nan"], "finite"),
-    "experiment another config": (["ics-distrib", "--preset", "smoke", *E, "--set", "optim.momentum=0.5"],
-                                  "different config"),
+    "experiment another config": (
+        ["ics-distrib", "--preset", "smoke", *E, "--set", "optim.momentum=0.5"],
+        "different config",
+    ),
     "reproduce bad device": (["reproduce", "--preset", "smoke", *E, "--device", "foo"], "unknown device"),
-    "reproduce missing data dir": (["reproduce", "--preset", "smoke", *E, "--data-dir", "/nonexistent"],
-                                   "does not exist"),
+    "reproduce missing data dir": (
+        ["reproduce", "--preset", "smoke", *E, "--data-dir", "/nonexistent"],
+        "does not exist",
+    ),
     "unknown launcher": (["norms", "--preset", "smoke", *E, "--launcher", "slurm"], "--launcher"),
     "address without ray": (["norms", "--preset", "smoke", *E, "--address", "auto"], "--address needs"),
     "zero cpus per run": (["norms", "--preset", "smoke", *E, "--cpus-per-run", "0"], "--cpus-per-run"),
@@ -211,20 +257,30 @@ CASES = {
     "report output is a folder": (["report", "{w}/runs", "-o", "{w}/empty"], "empty"),
     "report output under a file": (["report", "{w}/runs", "-o", "{w}/a_file/r.html"], "a_file"),
     "report over a run's records": (["report", "{w}/runs", "-o", "{w}/runs/existing/metrics.jsonl"], "which it reads"),
-    "report over a summary": (["report", "{w}/results", "-o", "{w}/results/ics-distrib/summary.json"],
-                              "which it reads"),
-    "report inside a results run": (["report", "{w}/results", "-o", "{w}/results/runs/vgg-bn-lr0.1-s0/r.html"],
-                                    "which it reads"),
+    "report over a summary": (
+        ["report", "{w}/results", "-o", "{w}/results/ics-distrib/summary.json"],
+        "which it reads",
+    ),
+    "report inside a results run": (
+        ["report", "{w}/results", "-o", "{w}/results/runs/vgg-bn-lr0.1-s0/r.html"],
+        "which it reads",
+    ),
     # export
     "export unknown format": (["export", "{w}/runs", "--to", "csv", "--out", "{w}/tb"], "--to must be"),
     "export missing path": (["export", "{w}/nowhere", "--to", "tensorboard", "--out", "{w}/tb"], "does not exist"),
     "export out is a file": (["export", "{w}/runs", "--to", "tensorboard", "--out", "{w}/a_file"], "a_file"),
-    "export into the run": (["export", "{w}/runs/existing", "--to", "tensorboard", "--out", "{w}/runs/existing"],
-                            "which it reads"),
-    "export into the runs folder": (["export", "{w}/runs/existing", "--to", "tensorboard", "--out", "{w}/runs"],
-                                    "which it reads"),
-    "export inside a results run": (["export", "{w}/results", "--to", "tensorboard", "--out",
-                                     "{w}/results/runs/vgg-bn-lr0.1-s0/tb"], "which it reads"),
+    "export into the run": (
+        ["export", "{w}/runs/existing", "--to", "tensorboard", "--out", "{w}/runs/existing"],
+        "which it reads",
+    ),
+    "export into the runs folder": (
+        ["export", "{w}/runs/existing", "--to", "tensorboard", "--out", "{w}/runs"],
+        "which it reads",
+    ),
+    "export inside a results run": (
+        ["export", "{w}/results", "--to", "tensorboard", "--out", "{w}/results/runs/vgg-bn-lr0.1-s0/tb"],
+        "which it reads",
+    ),
     "export over a user's folder": (["export", "{w}/runs", "--to", "tensorboard", "--out", "{w}"], "which it reads"),
     "name with a newline": (["train", C, *R, "--name", "a\nb"], "printable"),
 }
@@ -263,14 +319,18 @@ USAGE = {
 @pytest.mark.parametrize("case", USAGE)
 def test_usage_errors_of_the_installed_command_are_one_line(case):
     args, message = USAGE[case]
-    res = subprocess.run([sys.executable, "-m", "landscape", *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "landscape", *args], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     assert res.returncode == 2
     assert res.stderr.startswith("error: ") and message in res.stderr and res.stderr.count("\n") == 1
     assert "--help" in res.stderr
 
 
 def test_depth_calibration_refuses_a_missing_folder_or_one_without_depth_runs(tmp_path):
-    for args, says in ((["depth-calibration", str(tmp_path / "missing")], "is not a folder"),
-                       (["depth-calibration", str(tmp_path)], "no depth runs")):
+    for args, says in (
+        (["depth-calibration", str(tmp_path / "missing")], "is not a folder"),
+        (["depth-calibration", str(tmp_path)], "no depth runs"),
+    ):
         result = runner.invoke(app, args)
         assert result.exit_code == 2 and says in result.output and len(result.output.strip().splitlines()) == 1

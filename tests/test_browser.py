@@ -13,8 +13,15 @@ from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _need_browser():
@@ -35,9 +42,20 @@ def test_report_renders_in_chromium(tmp_path):
     _need_browser()
     from playwright.sync_api import sync_playwright
 
-    train(tiny_config(name="browser", steps=6, model={"norm": "batch"},
-                      probes={"enabled": ["gradient_sweep", "ics_opti", "activation_stats", "sharpness"], "every": 3,
-                              "sharpness_iters": 3, "activation_batch": 16}), out=tmp_path / "runs")
+    train(
+        tiny_config(
+            name="browser",
+            steps=6,
+            model={"norm": "batch"},
+            probes={
+                "enabled": ["gradient_sweep", "ics_opti", "activation_stats", "sharpness"],
+                "every": 3,
+                "sharpness_iters": 3,
+                "activation_batch": 16,
+            },
+        ),
+        out=tmp_path / "runs",
+    )
     page_path = build_report([tmp_path / "runs"], tmp_path / "report.html", REGISTRY)
     errors, requests = [], []
     with sync_playwright() as p:
@@ -49,7 +67,10 @@ def test_report_renders_in_chromium(tmp_path):
         response = page.goto(page_path.as_uri(), wait_until="load")
         assert response is None or response.ok
         assert page.title() == "landscape report"
-        sizes = page.eval_on_selector_all("figure img", "els => els.map(e => [e.naturalWidth, e.getBoundingClientRect().width, e.getBoundingClientRect().height])")
+        sizes = page.eval_on_selector_all(
+            "figure img",
+            "els => els.map(e => [e.naturalWidth, e.getBoundingClientRect().width, e.getBoundingClientRect().height])",
+        )
         assert len(sizes) >= 4 and all(nw > 0 and w > 0 and h > 0 for nw, w, h in sizes), sizes
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 1280, "the page must fit a 1280 px window"

@@ -11,9 +11,14 @@ runner = CliRunner()
 
 
 def write_config(tmp_path, **extra):
-    cfg = {"name": "clirun", "steps": 4, "device": "cpu",
-           "data": {"dataset": "synthetic", "batch_size": 8, "synthetic_size": 32},
-           "model": {"vgg": {"width": 0.0625}}, "log": {"train_every": 2, "eval_every": 2, "checkpoint_every": 2}}
+    cfg = {
+        "name": "clirun",
+        "steps": 4,
+        "device": "cpu",
+        "data": {"dataset": "synthetic", "batch_size": 8, "synthetic_size": 32},
+        "model": {"vgg": {"width": 0.0625}},
+        "log": {"train_every": 2, "eval_every": 2, "checkpoint_every": 2},
+    }
     cfg.update(extra)
     path = tmp_path / "c.yaml"
     path.write_text("# landscape train c.yaml\n" + yaml.safe_dump(cfg))
@@ -49,8 +54,19 @@ def test_train_then_refuse_then_resume_then_force(tmp_path):
 def test_train_on_an_image_tree_with_overrides(tmp_path):
     make_image_tree(tmp_path / "data", per_class=2)
     cfg = write_config(tmp_path, data={"dataset": "cifar10", "batch_size": 10})
-    res = invoke("train", cfg, "--data-dir", tmp_path / "data", "--out", tmp_path / "runs",
-                 "--set", "optim.lr=0.01", "--name", "tree", "--no-progress")
+    res = invoke(
+        "train",
+        cfg,
+        "--data-dir",
+        tmp_path / "data",
+        "--out",
+        tmp_path / "runs",
+        "--set",
+        "optim.lr=0.01",
+        "--name",
+        "tree",
+        "--no-progress",
+    )
     assert res.exit_code == 0, res.output
     saved = yaml.safe_load((tmp_path / "runs" / "tree" / "config.yaml").read_text())
     assert saved["optim"]["lr"] == 0.01 and saved["name"] == "tree"
@@ -58,16 +74,19 @@ def test_train_on_an_image_tree_with_overrides(tmp_path):
     assert status["status"] == "done"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "missing.yaml"], "not found"),
-    (["train", "{cfg}", "--set", "optim.lr=abc"], "expects a number"),
-    (["train", "{cfg}", "--set", "optim.nope=1"], "valid keys"),
-    (["train", "{cfg}", "--set", "steps=-3"], "must be positive"),
-    (["train", "{cfg}", "--device", "quantum"], "unknown device"),
-    (["train", "{cfg}", "--set", "data.dataset=cifar10", "--data-dir", "{tmp}/nope"], "does not exist"),
-    (["train", "{cfg}", "--resume", "--force"], "contradict"),
-    (["train", "{bad}"], "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "missing.yaml"], "not found"),
+        (["train", "{cfg}", "--set", "optim.lr=abc"], "expects a number"),
+        (["train", "{cfg}", "--set", "optim.nope=1"], "valid keys"),
+        (["train", "{cfg}", "--set", "steps=-3"], "must be positive"),
+        (["train", "{cfg}", "--device", "quantum"], "unknown device"),
+        (["train", "{cfg}", "--set", "data.dataset=cifar10", "--data-dir", "{tmp}/nope"], "does not exist"),
+        (["train", "{cfg}", "--resume", "--force"], "contradict"),
+        (["train", "{bad}"], "not valid YAML"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     cfg = write_config(tmp_path)
     bad = tmp_path / "bad.yaml"
@@ -93,8 +112,17 @@ def test_force_with_a_bad_data_path_keeps_the_existing_run(tmp_path):
     cfg = write_config(tmp_path)
     assert invoke("train", cfg, "--out", tmp_path / "runs").exit_code == 0
     before = (tmp_path / "runs" / "clirun" / "metrics.jsonl").read_text()
-    res = invoke("train", cfg, "--out", tmp_path / "runs", "--force", "--set", "data.dataset=cifar10",
-                 "--data-dir", tmp_path / "missing")
+    res = invoke(
+        "train",
+        cfg,
+        "--out",
+        tmp_path / "runs",
+        "--force",
+        "--set",
+        "data.dataset=cifar10",
+        "--data-dir",
+        tmp_path / "missing",
+    )
     assert res.exit_code == 2 and "does not exist" in res.stderr
     assert (tmp_path / "runs" / "clirun" / "metrics.jsonl").read_text() == before
 
@@ -103,10 +131,19 @@ runner = CliRunner()
 
 
 def test_a_diverged_run_prints_its_summary_line_and_exits_0(tmp_path):
-    (tmp_path / "c.yaml").write_text(json.dumps({"name": "boom", "steps": 30, "device": "cpu", "optim": {"lr": 1e6},
-                                                 "data": {"dataset": "synthetic", "batch_size": 16,
-                                                          "synthetic_size": 64}, "model": {"vgg": {"width": 0.0625}},
-                                                 "log": {"train_every": 2, "eval_every": 10, "checkpoint_every": 10}}))
+    (tmp_path / "c.yaml").write_text(
+        json.dumps(
+            {
+                "name": "boom",
+                "steps": 30,
+                "device": "cpu",
+                "optim": {"lr": 1e6},
+                "data": {"dataset": "synthetic", "batch_size": 16, "synthetic_size": 64},
+                "model": {"vgg": {"width": 0.0625}},
+                "log": {"train_every": 2, "eval_every": 10, "checkpoint_every": 10},
+            }
+        )
+    )
     res = runner.invoke(app, ["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path), "--no-progress"])
     assert res.exit_code == 0, res.output
     assert "boom: diverged at step" in res.output and "first non-finite loss at step" in res.output

@@ -38,20 +38,26 @@ def test_int_accepted_for_float_but_not_the_reverse():
         build_config([{"steps": 1.5}])
 
 
-@pytest.mark.parametrize("override, message", [
-    ("optim.lrr=0.1", "unknown config key 'optim.lrr'; valid keys: optim.betas, optim.eps, optim.lr, optim.momentum"),
-    ("bogus=1", "unknown config key 'bogus'"),
-    ("steps=many", "'steps' expects an integer"),
-    ("data.augment=3", "'data.augment' expects true or false"),
-    ("model.norm=group", "'model.norm' must be one of none, batch"),
-    ("optim.lr=-1", "'optim.lr' must be positive"),
-    ("steps=0", "'steps' must be positive"),
-    ("model.vgg.depth=12", "'model.vgg.depth' must be one of 11, 13, 16, 19"),
-    ("model.noise.scale_range=[2, 1]", "low <= high"),
-    ("model.noise.scale_range=1", "a list of 2 numbers"),
-    ("optim", "--set expects key=value"),
-    ("name=a/b", "plain, printable directory name"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "optim.lrr=0.1",
+            "unknown config key 'optim.lrr'; valid keys: optim.betas, optim.eps, optim.lr, optim.momentum",
+        ),
+        ("bogus=1", "unknown config key 'bogus'"),
+        ("steps=many", "'steps' expects an integer"),
+        ("data.augment=3", "'data.augment' expects true or false"),
+        ("model.norm=group", "'model.norm' must be one of none, batch"),
+        ("optim.lr=-1", "'optim.lr' must be positive"),
+        ("steps=0", "'steps' must be positive"),
+        ("model.vgg.depth=12", "'model.vgg.depth' must be one of 11, 13, 16, 19"),
+        ("model.noise.scale_range=[2, 1]", "low <= high"),
+        ("model.noise.scale_range=1", "a list of 2 numbers"),
+        ("optim", "--set expects key=value"),
+        ("name=a/b", "plain, printable directory name"),
+    ],
+)
 def test_bad_overrides_are_one_line_user_errors(override, message):
     with pytest.raises(UserError) as err:
         load_config(None, [override])

@@ -1,8 +1,16 @@
 import pytest
 import torch
 
-from landscape.data import (CIFAR10_CLASSES, Batches, Split, augment_batch, gaussian_regression, load_cifar10,
-                            seeded_generator, synthetic_images)
+from landscape.data import (
+    CIFAR10_CLASSES,
+    Batches,
+    Split,
+    augment_batch,
+    gaussian_regression,
+    load_cifar10,
+    seeded_generator,
+    synthetic_images,
+)
 from landscape.errors import UserError
 from tests.conftest import make_batches_dir, make_image_tree
 
@@ -59,10 +67,13 @@ def test_corrupt_cache_is_rebuilt(tmp_path):
     assert len(load_cifar10(tmp_path / "tree")["train"]) == 10
 
 
-@pytest.mark.parametrize("setup, message", [
-    (lambda p: None, "does not exist"),
-    (lambda p: p.mkdir(), "no CIFAR-10 found"),
-])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: None, "does not exist"),
+        (lambda p: p.mkdir(), "no CIFAR-10 found"),
+    ],
+)
 def test_missing_data_is_a_one_line_error(tmp_path, setup, message):
     target = tmp_path / "nowhere"
     setup(target)
@@ -118,7 +129,7 @@ def test_augmentation_crops_and_flips_whole_batches():
     # every output image is a (possibly flipped) 32x32 window of the zero-padded input
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
     for i in range(2):
-        windows = [padded[i, :, r:r + 32, c:c + 32] for r in range(9) for c in range(9)]
+        windows = [padded[i, :, r : r + 32, c : c + 32] for r in range(9) for c in range(9)]
         assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(-1)) for w in windows)
     split = synthetic_images(64, 0)
     plain, aug = Batches(split, 16, 0, augment=False), Batches(split, 16, 0, augment=True)
@@ -157,7 +168,7 @@ def test_an_image_edited_in_place_invalidates_the_cache_and_its_new_pixels_are_t
     img[0, 0] = 255 - img[0, 0]  # one pixel, same size: only the content and the time change
     Image.fromarray(img).save(path)
     st = os.stat(path)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     second = load_cifar10(tmp_path / "tree", cache_dir=tmp_path / "cache")
     assert fingerprint(second["train"], second["test"]) != fingerprint(first["train"], first["test"])
     i = [c for _, c in written["train"]].index(CIFAR10_CLASSES[0])
@@ -176,17 +187,24 @@ def test_hidden_folders_are_not_classes_and_links_must_stay_inside_the_tree(tmp_
         load_cifar10(tmp_path / "tree", cache_dir=tmp_path / "cache2")
 
 
-@pytest.mark.parametrize("labels, inputs, message", [
-    ([-7, 1], None, "labels run from -7"), ([10 ** 12, 1], None, "labels run from 1 to 1000000000000"),
-    ([0, 1, 2], None, "2 inputs but 3 labels"), ([0, 1], (2, 3, 8, 8), "H and W >= 32"),
-])
+@pytest.mark.parametrize(
+    "labels, inputs, message",
+    [
+        ([-7, 1], None, "labels run from -7"),
+        ([10**12, 1], None, "labels run from 1 to 1000000000000"),
+        ([0, 1, 2], None, "2 inputs but 3 labels"),
+        ([0, 1], (2, 3, 8, 8), "H and W >= 32"),
+    ],
+)
 def test_loaded_data_with_bad_labels_or_shapes_is_refused_where_it_is_loaded(labels, inputs, message):
     from landscape.data import split_problem
 
     x = torch.zeros(inputs or (2, 3, 32, 32), dtype=torch.uint8)
     assert message in split_problem("train", Split(x, torch.tensor(labels)), image=True)
-    assert split_problem("train", Split(x[:0], torch.tensor([], dtype=torch.int64)), image=True) == \
-        "its train split has no examples"
+    assert (
+        split_problem("train", Split(x[:0], torch.tensor([], dtype=torch.int64)), image=True)
+        == "its train split has no examples"
+    )
 
 
 def test_images_beyond_pils_bomb_size_are_said_once_per_split(tmp_path, monkeypatch):

@@ -41,8 +41,9 @@ def test_grayscale_folder_of_28x28_images_with_3_classes_is_resized_and_kept_gra
 
 
 def test_colour_folder_keeps_three_channels_and_any_size(tmp_path):
-    splits = load_folder(make_tree(tmp_path / "tree", size=40, classes=("x", "y"), mode="RGB"), size=48,
-                         cache_dir=tmp_path / "cache")
+    splits = load_folder(
+        make_tree(tmp_path / "tree", size=40, classes=("x", "y"), mode="RGB"), size=48, cache_dir=tmp_path / "cache"
+    )
     assert splits["train"].inputs.shape == (12, 3, 48, 48)
 
 
@@ -60,14 +61,20 @@ def test_resize_is_identity_at_the_same_size():
 
 def test_folder_data_set_trains_and_is_probed_through_landscape_train(tmp_path):
     tree = make_tree(tmp_path / "tree")
-    cfg = {"name": "gray", "steps": 6, "device": "cpu", "data": {"dataset": "folder", "batch_size": 6},
-           "model": {"vgg": {"width": 0.0625}, "norm": "batch"},
-           "probes": {"enabled": ["gradient_sweep", "ics_opti", "activation_stats"], "schedule": "every", "every": 3},
-           "log": {"train_every": 3, "eval_every": 6, "checkpoint_every": 6}}
+    cfg = {
+        "name": "gray",
+        "steps": 6,
+        "device": "cpu",
+        "data": {"dataset": "folder", "batch_size": 6},
+        "model": {"vgg": {"width": 0.0625}, "norm": "batch"},
+        "probes": {"enabled": ["gradient_sweep", "ics_opti", "activation_stats"], "schedule": "every", "every": 3},
+        "log": {"train_every": 3, "eval_every": 6, "checkpoint_every": 6},
+    }
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    result = CliRunner().invoke(app, ["train", str(path), "--data-dir", str(tree), "--out", str(tmp_path / "runs"),
-                                      "--no-progress"])
+    result = CliRunner().invoke(
+        app, ["train", str(path), "--data-dir", str(tree), "--out", str(tmp_path / "runs"), "--no-progress"]
+    )
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (tmp_path / "runs" / "gray" / "metrics.jsonl").read_text().splitlines()]
     probes = {r["probe"] for r in records if r["kind"] == "probe"}
@@ -88,8 +95,10 @@ def test_cifar100_offline_is_read_with_the_restricted_unpickler(tmp_path):
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()
     for name, n in (("train", 8), ("test", 4)):
-        entry = {"data": np.random.default_rng(1).integers(0, 255, (n, 3072), dtype=np.uint8),
-                 "fine_labels": [i % 5 for i in range(n)]}
+        entry = {
+            "data": np.random.default_rng(1).integers(0, 255, (n, 3072), dtype=np.uint8),
+            "fine_labels": [i % 5 for i in range(n)],
+        }
         (folder / name).write_bytes(pickle.dumps(entry))
     splits = load_torchvision("cifar100", tmp_path)
     assert splits["train"].inputs.shape == (8, 3, 32, 32) and splits["test"].targets.tolist() == [0, 1, 2, 3]
@@ -97,6 +106,7 @@ def test_cifar100_offline_is_read_with_the_restricted_unpickler(tmp_path):
     class Evil:
         def __reduce__(self):
             return (print, ("pwned",))
+
     (folder / "train").write_bytes(pickle.dumps({"data": Evil()}))
     with pytest.raises(UserError, match="unreadable"):
         load_torchvision("cifar100", tmp_path)
@@ -109,6 +119,7 @@ def test_mnist_offline_reads_torchvisions_raw_files(tmp_path):
     def idx(path, array, magic):
         header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
         path.write_bytes(header + array.astype(np.uint8).tobytes())
+
     for prefix, n in (("train", 10), ("t10k", 5)):
         idx(raw / f"{prefix}-images-idx3-ubyte", np.random.default_rng(2).integers(0, 255, (n, 28, 28)), 2051)
         idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10, 2049)

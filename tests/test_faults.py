@@ -20,12 +20,22 @@ from landscape.runs import read_metrics
 from landscape.train import train
 from tests.conftest import ROOT
 
-CFG = {"name": "victim", "steps": 12, "device": "cpu", "data_seed": 3,
-       "data": {"dataset": "synthetic", "batch_size": 8, "synthetic_size": 64, "augment": True},
-       "model": {"vgg": {"width": 0.0625}, "norm": "noisy_batch"}, "optim": {"lr": 0.05, "momentum": 0.9},
-       "log": {"train_every": 2, "eval_every": 4, "checkpoint_every": 3},
-       "probes": {"enabled": ["gradient_sweep", "activation_stats"], "schedule": "list", "steps": [2, 7, 11],
-                  "activation_batch": 16}}
+CFG = {
+    "name": "victim",
+    "steps": 12,
+    "device": "cpu",
+    "data_seed": 3,
+    "data": {"dataset": "synthetic", "batch_size": 8, "synthetic_size": 64, "augment": True},
+    "model": {"vgg": {"width": 0.0625}, "norm": "noisy_batch"},
+    "optim": {"lr": 0.05, "momentum": 0.9},
+    "log": {"train_every": 2, "eval_every": 4, "checkpoint_every": 3},
+    "probes": {
+        "enabled": ["gradient_sweep", "activation_stats"],
+        "schedule": "list",
+        "steps": [2, 7, 11],
+        "activation_batch": 16,
+    },
+}
 TIMING = {"examples_per_s", "elapsed_s", "seconds"}
 
 # Runs train() in a child process and SIGKILLs it at one point: POINT ARG OUT
@@ -85,11 +95,26 @@ def whole(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point, arg", [("after_record", 2), ("after_record", 8), ("torn_line", 10),
-                                        ("mid_checkpoint", 1), ("mid_checkpoint", 3), ("before_final_status", 0)])
+@pytest.mark.parametrize(
+    "point, arg",
+    [
+        ("after_record", 2),
+        ("after_record", 8),
+        ("torn_line", 10),
+        ("mid_checkpoint", 1),
+        ("mid_checkpoint", 3),
+        ("before_final_status", 0),
+    ],
+)
 def test_kill_9_anywhere_then_resume_is_bitwise_an_uninterrupted_run(tmp_path, whole, point, arg):
-    child = subprocess.run([sys.executable, "-c", KILLER, point, str(arg), str(tmp_path)], input=yaml.safe_dump(CFG),
-                           text=True, capture_output=True, cwd=ROOT, timeout=300)
+    child = subprocess.run(
+        [sys.executable, "-c", KILLER, point, str(arg), str(tmp_path)],
+        input=yaml.safe_dump(CFG),
+        text=True,
+        capture_output=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
     run = tmp_path / "victim"
     assert json.loads((run / "status.json").read_text())["status"] == "running"
@@ -109,8 +134,15 @@ def _default_signals() -> None:
 
 
 def cli(*args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "landscape", *map(str, args)], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_default_signals, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "landscape", *map(str, args)],
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=_default_signals,
+        **kw,
+    )
 
 
 def wait_for(predicate, timeout=120.0):
@@ -143,8 +175,9 @@ def test_sigterm_and_sigint_leave_an_interrupted_run_that_resumes_bitwise(tmp_pa
     status = json.loads((tmp_path / "victim" / "status.json").read_text())
     assert status["status"] == "interrupted" and status["step"] % 3 == 0 and status["step"] < 150
     train(build_config([cfg]), out=tmp_path, resume=True)
-    assert strip(read_metrics(tmp_path / "victim" / "metrics.jsonl")) == \
-        strip(read_metrics(tmp_path / "whole" / "victim" / "metrics.jsonl"))
+    assert strip(read_metrics(tmp_path / "victim" / "metrics.jsonl")) == strip(
+        read_metrics(tmp_path / "whole" / "victim" / "metrics.jsonl")
+    )
     a, b = weights(tmp_path / "victim"), weights(tmp_path / "whole" / "victim")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -188,15 +221,36 @@ def small_disk(tmp_path):
 @pytest.mark.slow
 def test_a_full_disk_ends_in_one_line_and_the_run_resumes_once_space_is_freed(small_disk, tmp_path, whole):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(CFG))
-    first = subprocess.run([sys.executable, "-m", "landscape", "train", tmp_path / "c.yaml", "--out", small_disk,
-                            "--no-progress"], cwd=ROOT, text=True, capture_output=True, timeout=300)
+    first = subprocess.run(
+        [sys.executable, "-m", "landscape", "train", tmp_path / "c.yaml", "--out", small_disk, "--no-progress"],
+        cwd=ROOT,
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert first.returncode == 0, first.stderr  # it fits; now fill the disk and do it again
     used = sum(p.stat().st_size for p in (small_disk / "victim").iterdir())
     filler = small_disk / "filler"
     free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
     filler.write_bytes(b"\0" * max(0, free - used // 3))
-    full = subprocess.run([sys.executable, "-m", "landscape", "train", tmp_path / "c.yaml", "--out", small_disk,
-                           "--name", "again", "--no-progress"], cwd=ROOT, text=True, capture_output=True, timeout=300)
+    full = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "landscape",
+            "train",
+            tmp_path / "c.yaml",
+            "--out",
+            small_disk,
+            "--name",
+            "again",
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert full.returncode == 2 and full.stderr.startswith("error: ") and full.stderr.count("\n") == 1, full.stderr
     assert "No space left" in full.stderr
     filler.unlink()

@@ -19,11 +19,15 @@ PROBES = ["gradient_sweep", "sharpness", "ics_opti", "activation_stats"]
 
 
 def config(tmp_path, name="tb"):
-    cfg = {"name": name, "steps": 6, "device": "cpu", "data": {"dataset": "synthetic", "batch_size": 8,
-                                                                "synthetic_size": 32},
-           "model": {"vgg": {"width": 0.0625}, "norm": "batch"},
-           "probes": {"enabled": PROBES, "schedule": "every", "every": 3, "sharpness_iters": 5},
-           "log": {"train_every": 2, "eval_every": 3, "checkpoint_every": 3}}
+    cfg = {
+        "name": name,
+        "steps": 6,
+        "device": "cpu",
+        "data": {"dataset": "synthetic", "batch_size": 8, "synthetic_size": 32},
+        "model": {"vgg": {"width": 0.0625}, "norm": "batch"},
+        "probes": {"enabled": PROBES, "schedule": "every", "every": 3, "sharpness_iters": 5},
+        "log": {"train_every": 2, "eval_every": 3, "checkpoint_every": 3},
+    }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -38,11 +42,20 @@ def tensorboard_scalars(logdir) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_scalar_names_of_each_record_kind():
-    sweep = {"kind": "probe", "probe": "gradient_sweep", "step": 3,
-             "values": {"loss": 2.0, "losses": [1.5, 2.5], "grad_change": [0.1, 0.4], "beta_eff": 3.0, "grad_norm": 1.0}}
-    assert scalars_of(sweep) == {"landscape/loss": 2.0, "landscape/loss_band": 1.0, "landscape/grad_change": 0.4,
-                                 "landscape/beta_eff": 3.0, "landscape/grad_norm": 1.0,
-                                 "landscape/rel_grad_change": 0.4}  # rel_loss_departure needs the etas
+    sweep = {
+        "kind": "probe",
+        "probe": "gradient_sweep",
+        "step": 3,
+        "values": {"loss": 2.0, "losses": [1.5, 2.5], "grad_change": [0.1, 0.4], "beta_eff": 3.0, "grad_norm": 1.0},
+    }
+    assert scalars_of(sweep) == {
+        "landscape/loss": 2.0,
+        "landscape/loss_band": 1.0,
+        "landscape/grad_change": 0.4,
+        "landscape/beta_eff": 3.0,
+        "landscape/grad_norm": 1.0,
+        "landscape/rel_grad_change": 0.4,
+    }  # rel_loss_departure needs the etas
     ics = {"kind": "probe", "probe": "ics_opti", "step": 1, "values": {"l2": {"a": 0.5}, "cosine": {"a": 0.9}}}
     assert scalars_of(ics) == {"landscape/ics_l2/a": 0.5, "landscape/ics_cos/a": 0.9}
     sharp = {"kind": "probe", "probe": "sharpness", "step": 1, "values": {"value": 7.0, "threshold": 20.0}}
@@ -57,16 +70,34 @@ def test_train_writes_documented_scalars_to_tensorboard_and_wandb_without_changi
     monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "runs"
     plain = runner.invoke(app, ["train", str(config(tmp_path, "plain")), "--out", str(out), "--no-progress"])
-    both = runner.invoke(app, ["train", str(config(tmp_path, "both")), "--out", str(out), "--no-progress",
-                               "--output", "tensorboard", "--output", "wandb"])
+    both = runner.invoke(
+        app,
+        [
+            "train",
+            str(config(tmp_path, "both")),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--output",
+            "tensorboard",
+            "--output",
+            "wandb",
+        ],
+    )
     assert plain.exit_code == 0 and both.exit_code == 0, both.output
     a = torch.load(out / "plain" / "checkpoint.pt", weights_only=True)["model"]
     b = torch.load(out / "both" / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
     tb = tensorboard_scalars(out / "both" / "tensorboard")
-    for tag in ("landscape/beta_eff", "landscape/loss_band", "landscape/sharpness", "landscape/sharpness_threshold",
-                "landscape/train_loss", "landscape/test_acc"):
+    for tag in (
+        "landscape/beta_eff",
+        "landscape/loss_band",
+        "landscape/sharpness",
+        "landscape/sharpness_threshold",
+        "landscape/train_loss",
+        "landscape/test_acc",
+    ):
         assert tag in tb, (tag, sorted(tb))
     assert any(t.startswith("landscape/ics_cos/") for t in tb) and any(t.startswith("landscape/shift/") for t in tb)
     records = [json.loads(x) for x in (out / "both" / "metrics.jsonl").read_text().splitlines()]
@@ -99,7 +130,9 @@ def test_export_writes_existing_runs_as_tensorboard_events(tmp_path):
 
     bad = runner.invoke(app, ["export", str(out), "--to", "csv", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "--to must be one of tensorboard" in bad.output
-    missing = runner.invoke(app, ["export", str(tmp_path / "nope"), "--to", "tensorboard", "--out", str(tmp_path / "x")])
+    missing = runner.invoke(
+        app, ["export", str(tmp_path / "nope"), "--to", "tensorboard", "--out", str(tmp_path / "x")]
+    )
     assert missing.exit_code == 2 and "does not exist" in missing.output
     assert not (tmp_path / "x").exists()
 
@@ -108,8 +141,10 @@ def test_an_output_without_its_extra_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if not installed
     with pytest.raises(UserError, match=r"pip install 'bn-landscape\[tensorboard\]'"):
         require("tensorboard", "--output tensorboard")
-    result = runner.invoke(app, ["train", str(config(tmp_path)), "--out", str(tmp_path / "runs"), "--no-progress",
-                                 "--output", "tensorboard"])
+    result = runner.invoke(
+        app,
+        ["train", str(config(tmp_path)), "--out", str(tmp_path / "runs"), "--no-progress", "--output", "tensorboard"],
+    )
     assert result.exit_code == 2 and "bn-landscape[tensorboard]" in result.output
     assert not (tmp_path / "runs").exists()  # refused before any file was made
     unknown = runner.invoke(app, ["train", str(config(tmp_path)), "--out", str(tmp_path / "runs"), "--output", "csv"])

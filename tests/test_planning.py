@@ -1,8 +1,11 @@
-"""Planning (landscape.planning): presets and the runs an experiment needs, following the paper where it states a value."""
+"""Planning (landscape.planning): presets and the runs an experiment needs, following the paper where it states a
+value."""
 
 import math
+
 import pytest
 import torch
+
 from landscape import planning
 from landscape.data import gaussian_regression
 from landscape.experiments import get, preset_keys
@@ -13,8 +16,9 @@ from landscape.reproduce import plan
 def test_presets_extend_each_other_and_carry_their_seed_count():
     quick, cpu = planning.load_preset("quick", preset_keys()), planning.load_preset("cpu", preset_keys())
     assert (quick["seeds"], cpu["seeds"]) == (1, 5)
-    assert {k: v for k, v in cpu.items() if k not in ("seeds", "name")} == \
-        {k: v for k, v in quick.items() if k not in ("seeds", "name")}
+    assert {k: v for k, v in cpu.items() if k not in ("seeds", "name")} == {
+        k: v for k, v in quick.items() if k not in ("seeds", "name")
+    }
     # seed 0 of the cpu preset is the quick preset's run: the same names and configs
     for experiment in ("smoothness", "ics-distrib", "dln-regimes"):
         a, b = plan(get(experiment), quick, [0]), plan(get(experiment), cpu, [0])
@@ -48,4 +52,5 @@ def test_the_paper_dln_has_the_appendix_init_and_data_scale():
     assert x.shape == (1000, 10) and x.mean().abs() < 0.05 and x.var().item() == pytest.approx(1.0, rel=0.05)
     A = torch.linalg.lstsq(x, y).solution.T  # y = A x exactly
     assert A.var().item() == pytest.approx(1.0, rel=0.35) and y.pow(2).sum(1).mean().item() == pytest.approx(
-        (A.pow(2).sum() * 1.0).item(), rel=0.1)
+        (A.pow(2).sum() * 1.0).item(), rel=0.1
+    )

@@ -74,14 +74,45 @@ def free_port() -> int:
 def test_an_experiment_on_a_real_cluster_head(tmp_path):
     port = free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    start = subprocess.run(["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                            "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
-                           capture_output=True, text=True, env=env, timeout=120)
+    start = subprocess.run(
+        [
+            "ray",
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert start.returncode == 0, start.stderr[-2000:]
     try:
-        res = subprocess.run([sys.executable, "-m", "landscape", "ics-distrib", "--preset", "smoke", "--out",
-                              str(tmp_path), "--launcher", "ray", "--address", f"127.0.0.1:{port}"],
-                             capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "landscape",
+                "ics-distrib",
+                "--preset",
+                "smoke",
+                "--out",
+                str(tmp_path),
+                "--launcher",
+                "ray",
+                "--address",
+                f"127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            cwd=ROOT,
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         assert "ray: 3 runs on 2 CPUs" in res.stdout
         summary = json.loads((tmp_path / "ics-distrib" / "summary.json").read_text())
@@ -91,11 +122,24 @@ def test_an_experiment_on_a_real_cluster_head(tmp_path):
 
 
 def test_a_killed_worker_becomes_a_failed_run_and_the_rerun_completes_only_it(tmp_path):
-    cmd = [sys.executable, "-m", "landscape", "ics-distrib", "--preset", "smoke", "--out", str(tmp_path),
-           "--launcher", "ray", "--set", "steps=400", "--set", "probes.steps=[1]"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "landscape",
+        "ics-distrib",
+        "--preset",
+        "smoke",
+        "--out",
+        str(tmp_path),
+        "--launcher",
+        "ray",
+        "--set",
+        "steps=400",
+        "--set",
+        "probes.steps=[1]",
+    ]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                              cwd=ROOT)
+    driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     victim = tmp_path / "runs" / "vgg-bn-lr0.1-s0"
     deadline = time.time() + 180
     pid = None
@@ -146,5 +190,7 @@ def test_a_slice_split_over_ray_tasks_gives_exactly_the_single_process_points(tm
     a = json.loads((run / "slices" / "single" / "slice.json").read_text())
     b = json.loads((run / "slices" / "ray" / "slice.json").read_text())
     assert a["loss"] == b["loss"] and a["acc"] == b["acc"]
-    assert sorted(p.name for p in (run / "slices" / "ray").glob("points-*")) == \
-        ["points-0-of-2.jsonl", "points-1-of-2.jsonl"]
+    assert sorted(p.name for p in (run / "slices" / "ray").glob("points-*")) == [
+        "points-0-of-2.jsonl",
+        "points-1-of-2.jsonl",
+    ]

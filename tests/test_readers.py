@@ -17,7 +17,7 @@ from landscape.errors import UserError
 from landscape.experiments import REGISTRY
 from landscape.report import build_report, claims_markdown
 
-SWAPS = [None, True, 0, -1, 10 ** 30, 1e308, -1e308, "x", "\ud800", [], [1, "a", None], {}, {"a": [1]}]
+SWAPS = [None, True, 0, -1, 10**30, 1e308, -1e308, "x", "\ud800", [], [1, "a", None], {}, {"a": [1]}]
 
 
 def mutate_value(rng: random.Random, value):
@@ -68,10 +68,13 @@ def mutate_file(rng: random.Random, path: Path) -> None:
         else:
             import yaml
 
-            path.write_text(deepen(yaml.safe_dump(mutate_value(rng, yaml.safe_load(raw)), allow_unicode=True))
-                            if rng.random() < 0.8 else "a: &x [1, 2]\nb: [*x, *x, !!python/object:os.system x]\n")
+            path.write_text(
+                deepen(yaml.safe_dump(mutate_value(rng, yaml.safe_load(raw)), allow_unicode=True))
+                if rng.random() < 0.8
+                else "a: &x [1, 2]\nb: [*x, *x, !!python/object:os.system x]\n"
+            )
     except Exception:  # noqa: BLE001 (the test's own parsers: any failure means "corrupt the bytes")
-        path.write_bytes(raw[: len(raw) // 2] + b"\xff\xfe" + raw[len(raw) // 2:])
+        path.write_bytes(raw[: len(raw) // 2] + b"\xff\xfe" + raw[len(raw) // 2 :])
 
 
 @pytest.fixture(scope="module")
@@ -93,13 +96,16 @@ def test_random_mutations_of_real_records_never_raise_out_of_the_readers(one_exp
     for case in range(36):
         work = tmp_path / f"case{case}"
         shutil.copytree(one_experiment, work)
-        files = [p for p in work.rglob("*") if p.name in ("metrics.jsonl", "status.json", "config.yaml",
-                                                           "summary.json")]
+        files = [
+            p for p in work.rglob("*") if p.name in ("metrics.jsonl", "status.json", "config.yaml", "summary.json")
+        ]
         for _ in range(rng.randint(1, 3)):
             mutate_file(rng, rng.choice(files))
-        for read in (lambda: build_report([work], tmp_path / f"r{case}.html", REGISTRY),
-                     lambda: claims_markdown([work], True, REGISTRY),
-                     lambda: export_runs([work], "tensorboard", tmp_path / f"tb{case}")):
+        for read in (
+            lambda: build_report([work], tmp_path / f"r{case}.html", REGISTRY),
+            lambda: claims_markdown([work], True, REGISTRY),
+            lambda: export_runs([work], "tensorboard", tmp_path / f"tb{case}"),
+        ):
             try:
                 read()
             except UserError:

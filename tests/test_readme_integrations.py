@@ -20,16 +20,18 @@ def probes_in(path):
 def test_the_readme_lightning_example_runs(tmp_path, monkeypatch):
     pytest.importorskip("lightning")
     run_block("import lightning as L", tmp_path, monkeypatch)
-    assert probes_in(tmp_path / "runs" / "small_cnn") == {(p, s) for p in ("gradient_sweep", "ics_opti", "sharpness")
-                                                          for s in (1, 10, 20, 30)}
+    assert probes_in(tmp_path / "runs" / "small_cnn") == {
+        (p, s) for p in ("gradient_sweep", "ics_opti", "sharpness") for s in (1, 10, 20, 30)
+    }
     assert list((tmp_path / "tb_logs").rglob("events.out.tfevents.*"))
 
 
 def test_the_readme_hf_example_runs(tmp_path, monkeypatch):
     pytest.importorskip("transformers")
     run_block("import torch, transformers", tmp_path, monkeypatch)
-    assert probes_in(tmp_path / "runs" / "tiny_bert") == {(p, s) for p in ("gradient_sweep", "ics_opti")
-                                                          for s in (1, 5, 10, 15, 20)}
+    assert probes_in(tmp_path / "runs" / "tiny_bert") == {
+        (p, s) for p in ("gradient_sweep", "ics_opti") for s in (1, 5, 10, 15, 20)
+    }
     assert list((tmp_path / "hf_out" / "runs" / "landscape").glob("events.out.tfevents.*"))
 
 

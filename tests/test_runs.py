@@ -1,13 +1,15 @@
 """Run directories (landscape.runs): what a run writes and how a half-made one is taken up again."""
 
-import pytest
 import json
+
+import pytest
 import torch
+
 from landscape.data import fingerprint
+from landscape.reproduce import run_experiment
 from landscape.runs import BITWISE_KEYS
 from landscape.train import train
 from tests.conftest import tiny_config
-from landscape.reproduce import run_experiment
 
 
 def test_env_json_records_what_a_bitwise_rerun_needs(tmp_path):

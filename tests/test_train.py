@@ -7,9 +7,8 @@ import landscape.train as train_mod
 from landscape.config import build_config
 from landscape.errors import UserError
 from landscape.runs import Run, read_metrics
-from landscape.train import train
+from landscape.train import LOSSES, train
 from tests.conftest import tiny_config
-from landscape.train import LOSSES
 
 TIMING = {"examples_per_s", "elapsed_s"}
 
@@ -38,7 +37,9 @@ def test_training_smoke_run_writes_a_complete_run_directory(tmp_path):
     status = train(cfg, out=tmp_path)
     run = tmp_path / "tiny"
     assert status["status"] == "done" and status["step"] == 40
-    assert {"config.yaml", "env.json", "metrics.jsonl", "status.json", "checkpoint.pt"} <= {p.name for p in run.iterdir()}
+    assert {"config.yaml", "env.json", "metrics.jsonl", "status.json", "checkpoint.pt"} <= {
+        p.name for p in run.iterdir()
+    }
     records = read_metrics(run / "metrics.jsonl")
     train_recs = [r for r in records if r["kind"] == "train"]
     assert [r["step"] for r in train_recs] == list(range(2, 41, 2))
@@ -52,8 +53,9 @@ def test_training_smoke_run_writes_a_complete_run_directory(tmp_path):
 
 
 def test_resume_after_a_kill_gives_the_same_records_and_weights(tmp_path, monkeypatch):
-    cfg = tiny_config(steps=12, model={"norm": "noisy_batch"}, optim={"lr": 0.05, "momentum": 0.9},
-                      data={"augment": True})
+    cfg = tiny_config(
+        steps=12, model={"norm": "noisy_batch"}, optim={"lr": 0.05, "momentum": 0.9}, data={"augment": True}
+    )
     train(cfg, out=tmp_path / "whole")
     whole = read_metrics(tmp_path / "whole" / "tiny" / "metrics.jsonl")
 
@@ -116,10 +118,15 @@ def test_a_run_stuck_on_the_plateau_says_so(tmp_path):
 
 
 def test_deep_linear_network_full_batch_regression(tmp_path):
-    cfg = tiny_config(name="dln", steps=50, loss="sum_squares",
-                      data={"dataset": "gaussian", "batch_size": 0, "gaussian_samples": 64},
-                      model={"arch": "dln", "dln": {"depth": 6}}, optim={"lr": 1e-4},
-                      log={"train_every": 10, "eval_every": 25, "checkpoint_every": 25})
+    cfg = tiny_config(
+        name="dln",
+        steps=50,
+        loss="sum_squares",
+        data={"dataset": "gaussian", "batch_size": 0, "gaussian_samples": 64},
+        model={"arch": "dln", "dln": {"depth": 6}},
+        optim={"lr": 1e-4},
+        log={"train_every": 10, "eval_every": 25, "checkpoint_every": 25},
+    )
     status = train(cfg, out=tmp_path)
     recs = [r for r in read_metrics(tmp_path / "dln" / "metrics.jsonl") if r["kind"] == "train"]
     assert status["status"] == "done" and recs[-1]["loss"] < recs[0]["loss"]
@@ -155,15 +162,23 @@ def test_probes_never_change_training(tmp_path, norm):
     """All probes on, every 2 steps: bitwise the same weights, buffers and train records as probes off."""
     base = dict(steps=8, model={"norm": norm}, optim={"lr": 0.05, "momentum": 0.9}, data={"augment": True})
     off = tiny_config(name="off", **base)
-    on = tiny_config(name="on", **base, probes={"enabled": ["gradient_sweep", "ics_opti", "activation_stats",
-                                                            "sharpness"], "every": 2, "sharpness_iters": 4,
-                                                "activation_batch": 32})
+    on = tiny_config(
+        name="on",
+        **base,
+        probes={
+            "enabled": ["gradient_sweep", "ics_opti", "activation_stats", "sharpness"],
+            "every": 2,
+            "sharpness_iters": 4,
+            "activation_batch": 32,
+        },
+    )
     recs_on = train_off_and_on(off, on, tmp_path)
     plain = [r for r in recs_on if r["kind"] != "probe"]
     assert without_timing(plain) == without_timing(read_metrics(tmp_path / "off" / "metrics.jsonl"))
     probes = {(r["step"], r["probe"]) for r in recs_on if r["kind"] == "probe"}
-    assert probes == {(s, p) for s in (1, 2, 4, 6, 8)
-                      for p in ("gradient_sweep", "ics_opti", "activation_stats", "sharpness")}
+    assert probes == {
+        (s, p) for s in (1, 2, 4, 6, 8) for p in ("gradient_sweep", "ics_opti", "activation_stats", "sharpness")
+    }
     sweep = next(r for r in recs_on if r.get("probe") == "gradient_sweep")
     assert sweep["values"]["etas"] == pytest.approx([m * 0.05 for m in on.probes.gradient_sweep.etas])
     assert sweep["cost"]["backward"] == len(on.probes.gradient_sweep.etas)  # reuses the training step's gradient
@@ -174,9 +189,16 @@ def test_probes_never_change_training(tmp_path, norm):
 
 
 def test_probe_records_survive_resume(tmp_path, monkeypatch):
-    cfg = tiny_config(steps=12, model={"norm": "batch"},
-                      probes={"enabled": ["gradient_sweep", "activation_stats"], "schedule": "list",
-                              "steps": [3, 9, 11], "activation_batch": 16})
+    cfg = tiny_config(
+        steps=12,
+        model={"norm": "batch"},
+        probes={
+            "enabled": ["gradient_sweep", "activation_stats"],
+            "schedule": "list",
+            "steps": [3, 9, 11],
+            "activation_batch": 16,
+        },
+    )
     train(cfg, out=tmp_path / "whole")
     train_killed_after(cfg, tmp_path / "cut", monkeypatch, step=10)
     train(cfg, out=tmp_path / "cut", resume=True)
@@ -190,32 +212,68 @@ def test_probe_records_survive_resume(tmp_path, monkeypatch):
             out.append(r)
         return out
 
-    assert strip(read_metrics(tmp_path / "cut" / "tiny" / "metrics.jsonl")) == \
-        strip(read_metrics(tmp_path / "whole" / "tiny" / "metrics.jsonl"))
+    assert strip(read_metrics(tmp_path / "cut" / "tiny" / "metrics.jsonl")) == strip(
+        read_metrics(tmp_path / "whole" / "tiny" / "metrics.jsonl")
+    )
 
 
-@pytest.mark.parametrize("optim, arch", [({"name": "adamw", "lr": 0.003}, "vgg"), ({"name": "sgd", "lr": 0.05}, "vit"),
-                                         ({"name": "sgd", "lr": 0.05, "momentum": 0.9}, "resnet"),
-                                         ({"name": "sgd", "lr": 0.05}, "resnet-fixup")])
+@pytest.mark.parametrize(
+    "optim, arch",
+    [
+        ({"name": "adamw", "lr": 0.003}, "vgg"),
+        ({"name": "sgd", "lr": 0.05}, "vit"),
+        ({"name": "sgd", "lr": 0.05, "momentum": 0.9}, "resnet"),
+        ({"name": "sgd", "lr": 0.05}, "resnet-fixup"),
+    ],
+)
 def test_curvature_probes_never_change_training(tmp_path, optim, arch):
     """Every probe, the curvature ones with a warm start included and the loss slice, on a VGG with BN under AdamW,
     a ViT with dropout under SGD, and ResNet-8 with BN and without (Fixup): bitwise the same weights and records as
     probes off."""
-    model = {"norm": "batch"} if arch == "vgg" else \
-        {"arch": "resnet", "resnet": {"depth": 8}, "norm": "batch", "init": "kaiming"} if arch == "resnet" else \
-        {"arch": "resnet", "resnet": {"depth": 8}, "norm": "none", "init": "fixup"} if arch == "resnet-fixup" else \
-        {"arch": "vit", "norm": "layer", "vit": {"dim": 16, "depth": 2, "heads": 2, "patch": 8, "dropout": 0.1}}
+    model = (
+        {"norm": "batch"}
+        if arch == "vgg"
+        else {"arch": "resnet", "resnet": {"depth": 8}, "norm": "batch", "init": "kaiming"}
+        if arch == "resnet"
+        else {"arch": "resnet", "resnet": {"depth": 8}, "norm": "none", "init": "fixup"}
+        if arch == "resnet-fixup"
+        else {"arch": "vit", "norm": "layer", "vit": {"dim": 16, "depth": 2, "heads": 2, "patch": 8, "dropout": 0.1}}
+    )
     base = dict(steps=6, model=model, optim=optim)
     off = tiny_config(name="off", **base)
-    on = tiny_config(name="on", **base, probes={
-        "enabled": ["gradient_sweep", "ics_opti", "sharpness", "curvature", "layer_sharpness", "hessian_trace",
-                    "spectral_density", "loss_slice", "update_sweep", "batch_sharpness", "edge_eigenvalues"], "every": 2,
-        "sharpness_iters": 4, "warm_start": True, "trace_samples": 4, "trace_method": "hutch++", "density_vectors": 2,
-        "density_steps": 3, "sharpness": {"raw": True}, "batch_sharpness": {"batches": 2, "batch_size": 8},
-        "edge_eigenvalues": {"max_products": 12, "batch": 16}})
+    on = tiny_config(
+        name="on",
+        **base,
+        probes={
+            "enabled": [
+                "gradient_sweep",
+                "ics_opti",
+                "sharpness",
+                "curvature",
+                "layer_sharpness",
+                "hessian_trace",
+                "spectral_density",
+                "loss_slice",
+                "update_sweep",
+                "batch_sharpness",
+                "edge_eigenvalues",
+            ],
+            "every": 2,
+            "sharpness_iters": 4,
+            "warm_start": True,
+            "trace_samples": 4,
+            "trace_method": "hutch++",
+            "density_vectors": 2,
+            "density_steps": 3,
+            "sharpness": {"raw": True},
+            "batch_sharpness": {"batches": 2, "batch_size": 8},
+            "edge_eigenvalues": {"max_products": 12, "batch": 16},
+        },
+    )
     recs_on = train_off_and_on(off, on, tmp_path)
-    assert without_timing([r for r in recs_on if r["kind"] != "probe"]) == \
-        without_timing(read_metrics(tmp_path / "off" / "metrics.jsonl"))
+    assert without_timing([r for r in recs_on if r["kind"] != "probe"]) == without_timing(
+        read_metrics(tmp_path / "off" / "metrics.jsonl")
+    )
     sharp = [r["values"] for r in recs_on if r.get("probe") == "sharpness"]
     if optim["name"] == "adamw":  # Adam: no preconditioner before the first step, then P^-1 H against 38/lr
         assert sharp[0]["value"] is None and sharp[1]["preconditioned"]
@@ -223,15 +281,19 @@ def test_curvature_probes_never_change_training(tmp_path, optim, arch):
     flags = [s["warm_start"] for s in sharp if s.get("value") is not None]  # the first measurement has no predecessor
     assert len(flags) >= 3 and flags[0] is False and all(flags[1:])
     assert all(("raw_value" in s) == (optim["name"] == "adamw") for s in sharp if s.get("value") is not None)
-    edge = [r["values"] for r in recs_on if r.get("probe") == "edge_eigenvalues" and r["values"].get("values") is not None]
+    edge = [
+        r["values"] for r in recs_on if r.get("probe") == "edge_eigenvalues" and r["values"].get("values") is not None
+    ]
     assert edge and [e["warm"] for e in edge][1:] == [True] * (len(edge) - 1)
 
 
 def test_a_run_with_dropout_is_a_pure_function_of_its_config(tmp_path):
     """Dropout draws from a stream seeded by the run's config: whatever the process drew before
     (another run, a user's own code) changes nothing, and the caller's generator is left as it was."""
-    cfg = tiny_config(steps=4, model={"arch": "vit", "norm": "layer",
-                                      "vit": {"dim": 16, "depth": 1, "heads": 2, "patch": 8, "dropout": 0.3}})
+    cfg = tiny_config(
+        steps=4,
+        model={"arch": "vit", "norm": "layer", "vit": {"dim": 16, "depth": 1, "heads": 2, "patch": 8, "dropout": 0.3}},
+    )
     weights = []
     for i, seed in enumerate((1, 2)):
         torch.manual_seed(seed)
@@ -251,11 +313,19 @@ def test_the_square_loss_to_one_hot_labels_is_cohen_et_als_and_trains_an_mlp(tmp
     out, y = torch.randn(5, 4, dtype=torch.float64), torch.tensor([0, 3, 1, 1, 2])
     by_hand = sum(0.5 * float(((out[i] - torch.eye(4, dtype=torch.float64)[y[i]]) ** 2).sum()) for i in range(5)) / 5
     assert LOSSES["square_onehot"](out, y).item() == pytest.approx(by_hand, rel=1e-12)
-    cfg = tiny_config(steps=6, loss="square_onehot", model={"arch": "mlp", "mlp": {"widths": [16]}, "init": "torch_default"},
-                      data={"batch_size": 0}, optim={"lr": 0.05},
-                      probes={"enabled": ["sharpness", "batch_sharpness"], "every": 3,
-                              "sharpness": {"iters": 5, "batch": 64, "raw": True},
-                              "batch_sharpness": {"batches": 2, "batch_size": 16}})
+    cfg = tiny_config(
+        steps=6,
+        loss="square_onehot",
+        model={"arch": "mlp", "mlp": {"widths": [16]}, "init": "torch_default"},
+        data={"batch_size": 0},
+        optim={"lr": 0.05},
+        probes={
+            "enabled": ["sharpness", "batch_sharpness"],
+            "every": 3,
+            "sharpness": {"iters": 5, "batch": 64, "raw": True},
+            "batch_sharpness": {"batches": 2, "batch_size": 16},
+        },
+    )
     status = train(cfg, out=tmp_path)
     recs = read_metrics(tmp_path / "tiny" / "metrics.jsonl")
     assert status["status"] == "done" and "acc" in [r for r in recs if r["kind"] == "train"][0]

@@ -9,8 +9,8 @@ iterate :data:`REGISTRY`; adding an experiment is adding a module that calls
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from landscape.claims import Claim
 from landscape.errors import UserError
@@ -61,6 +61,18 @@ def get(name: str) -> Experiment:
 
 
 # The paper's figures, in the paper's order (the report's sections follow it).
-from landscape.experiments import train_compare, ics_distrib, ics_opti, smoothness, norms  # noqa: E402,F401
 # Beyond the paper's figures.
-from landscape.experiments import dln_regimes, stability, transformer_norms, slices, width, eos, depth  # noqa: E402,F401
+from landscape.experiments import (  # noqa: E402,F401  # noqa: E402,F401
+    depth,
+    dln_regimes,
+    eos,
+    ics_distrib,
+    ics_opti,
+    norms,
+    slices,
+    smoothness,
+    stability,
+    train_compare,
+    transformer_norms,
+    width,
+)

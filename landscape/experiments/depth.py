@@ -43,8 +43,15 @@ from landscape.planning import RunSpec, paired_run
 from landscape.report import figures as F
 from landscape.results import RunRecords, probe_series, series
 
-DEFAULTS = {"vgg_depths": [11, 13, 16, 19], "resnet_depths": [20, 56], "lrs": {}, "lr": 0.1, "run": {}, "vgg": {},
-            "resnet": {}}
+DEFAULTS = {
+    "vgg_depths": [11, 13, 16, 19],
+    "resnet_depths": [20, 56],
+    "lrs": {},
+    "lr": 0.1,
+    "run": {},
+    "vgg": {},
+    "resnet": {},
+}
 
 
 CANDIDATE_LRS = (0.1, 0.05, 0.02)  # tried in this order; the first at which both networks leave the plateau
@@ -64,7 +71,7 @@ def calibrate(runs, candidates=CANDIDATE_LRS) -> dict[str, tuple[float | None, s
         depth = (model.get(arch) or {}).get("depth")
         net = {v: k for k, v in NETS.items()}.get(model.get("norm"))
         key = (variant(arch, depth), float(cfg.get("optim", {}).get("lr")))
-        left.setdefault(key, {})[net] = (run.state == "done" and run.status.get("left_plateau_step") is not None)
+        left.setdefault(key, {})[net] = run.state == "done" and run.status.get("left_plateau_step") is not None
     out = {}
     for v in sorted({v for v, _ in left}):
         failed = []
@@ -74,7 +81,10 @@ def calibrate(runs, candidates=CANDIDATE_LRS) -> dict[str, tuple[float | None, s
                 out[v] = (None, f"lr {lr:g} not run for both networks" + (f" ({'; '.join(failed)})" if failed else ""))
                 break
             if all(nets.values()):
-                out[v] = (lr, "both left the plateau at lr " + f"{lr:g}" + (f" ({'; '.join(failed)})" if failed else ""))
+                out[v] = (
+                    lr,
+                    "both left the plateau at lr " + f"{lr:g}" + (f" ({'; '.join(failed)})" if failed else ""),
+                )
                 break
             failed.append(f"lr {lr:g}: " + ", ".join(n for n, ok in sorted(nets.items()) if not ok) + " stuck")
         else:
@@ -98,14 +108,28 @@ def depth_run(preset: dict, arch: str, depth: int, net: str, seed: int, override
     s = settings(preset)
     model = {arch: {"depth": depth}}
     after = [{"model": {"init": "fixup"}}] if arch == "resnet" and net == "standard" else []
-    return paired_run(f"depth-{arch}{depth}", arch, net, lr_of(s, arch, depth), seed,
-                      [s["run"], s[arch], {"model": model}], overrides, variant=variant(arch, depth), after=after)
+    return paired_run(
+        f"depth-{arch}{depth}",
+        arch,
+        net,
+        lr_of(s, arch, depth),
+        seed,
+        [s["run"], s[arch], {"model": model}],
+        overrides,
+        variant=variant(arch, depth),
+        after=after,
+    )
 
 
 def plan(preset: dict, seeds: list[int], overrides: list[dict]) -> list[RunSpec]:
     s = settings(preset)
-    return [depth_run(preset, arch, d, net, seed, overrides) for arch in ("vgg", "resnet")
-            for d in s[f"{arch}_depths"] for net in ("standard", "bn") for seed in seeds]
+    return [
+        depth_run(preset, arch, d, net, seed, overrides)
+        for arch in ("vgg", "resnet")
+        for d in s[f"{arch}_depths"]
+        for net in ("standard", "bn")
+        for seed in seeds
+    ]
 
 
 # ------------------------------------------------------------------ per-run quantities (from records)
@@ -113,27 +137,34 @@ def plan(preset: dict, seeds: list[int], overrides: list[dict]) -> list[RunSpec]
 
 def at_step(which: str, probe: str, key: str):
     """A quantity at the run's first probe step (``init``) or its last (``end``)."""
+
     def fn(run: RunRecords) -> float | None:
         pts = [(s, v) for s, v in probe_series(run, probe, key)]
         if not pts:
             return None
         return (pts[0] if which == "init" else pts[-1])[1]
+
     fn.__name__ = f"{which}_{key}"
     return fn
 
 
 def _pair(arch: str, depth: int, metric, a: str, b: str):
     """Per seed ``metric`` of net ``a`` over net ``b`` at one (arch, depth)."""
+
     def measure(t) -> dict:
         sub = t.only(variant(arch, depth))
         return ratio(sub.per_seed(metric, arch, a), sub.per_seed(metric, arch, b))
+
     return measure
 
 
 def _deep_over_shallow(arch: str, deep: int, shallow: int, net: str, metric):
     def measure(t) -> dict:
-        return ratio(t.only(variant(arch, deep)).per_seed(metric, arch, net),
-                     t.only(variant(arch, shallow)).per_seed(metric, arch, net))
+        return ratio(
+            t.only(variant(arch, deep)).per_seed(metric, arch, net),
+            t.only(variant(arch, shallow)).per_seed(metric, arch, net),
+        )
+
     return measure
 
 
@@ -147,44 +178,94 @@ def claims(preset: dict) -> list[Claim]:
     if res:
         for what, metric in (("top Hessian eigenvalue", end_sharp), ("Hessian trace", end_trace)):
             key = "sharpness" if metric is end_sharp else "trace"
-            out.append(Claim(f"depth.pyhessian.resnet{res[0]}.{key}", f"PyHessian: in the shallow ResNet-{res[0]} BN "
-                             f"does not make the landscape smoother (the {what} is not lower with BN)",
-                             f"{what} after the short run, no BN (Fixup) / BN", _pair("resnet", res[0], metric,
-                                                                                       "standard", "bn"), 1.0,
-                             direction="below", transform="log", layers="all parameters", statement="pyhessian"))
+            out.append(
+                Claim(
+                    f"depth.pyhessian.resnet{res[0]}.{key}",
+                    f"PyHessian: in the shallow ResNet-{res[0]} BN "
+                    f"does not make the landscape smoother (the {what} is not lower with BN)",
+                    f"{what} after the short run, no BN (Fixup) / BN",
+                    _pair("resnet", res[0], metric, "standard", "bn"),
+                    1.0,
+                    direction="below",
+                    transform="log",
+                    layers="all parameters",
+                    statement="pyhessian",
+                )
+            )
             if len(res) > 1:
-                out.append(Claim(f"depth.pyhessian.resnet{res[-1]}.{key}", f"PyHessian: in the deep ResNet-{res[-1]} BN "
-                                 f"makes the landscape smoother (a lower {what})",
-                                 f"{what} after the short run, no BN (Fixup) / BN",
-                                 _pair("resnet", res[-1], metric, "standard", "bn"), 1.0, transform="log",
-                                 layers="all parameters", statement="pyhessian"))
+                out.append(
+                    Claim(
+                        f"depth.pyhessian.resnet{res[-1]}.{key}",
+                        f"PyHessian: in the deep ResNet-{res[-1]} BN makes the landscape smoother (a lower {what})",
+                        f"{what} after the short run, no BN (Fixup) / BN",
+                        _pair("resnet", res[-1], metric, "standard", "bn"),
+                        1.0,
+                        transform="log",
+                        layers="all parameters",
+                        statement="pyhessian",
+                    )
+                )
     if len(vgg) > 1:
-        out.append(Claim("depth.yang.vgg_bn_grows", f"Yang et al.: at initialisation the gradient explodes with depth "
-                         f"in BN VGG (no skip connections): VGG-{vgg[-1]} over VGG-{vgg[0]}",
-                         "first conv's gradient norm / the head's at step 1, deeper / shallower",
-                         _deep_over_shallow("vgg", vgg[-1], vgg[0], "bn", explode), 1.0, transform="log",
-                         layers="the first conv and the head", statement="yang"))
+        out.append(
+            Claim(
+                "depth.yang.vgg_bn_grows",
+                f"Yang et al.: at initialisation the gradient explodes with depth "
+                f"in BN VGG (no skip connections): VGG-{vgg[-1]} over VGG-{vgg[0]}",
+                "first conv's gradient norm / the head's at step 1, deeper / shallower",
+                _deep_over_shallow("vgg", vgg[-1], vgg[0], "bn", explode),
+                1.0,
+                transform="log",
+                layers="the first conv and the head",
+                statement="yang",
+            )
+        )
     if vgg:
-        out.append(Claim(f"depth.yang.vgg{vgg[-1]}.bn_over_standard", f"Yang et al.: at initialisation the deepest "
-                         f"VGG ({vgg[-1]}) has a larger gradient explosion with BN than without",
-                         "first conv's gradient norm / the head's at step 1, BN / standard",
-                         _pair("vgg", vgg[-1], explode, "bn", "standard"), 1.0, transform="log",
-                         layers="the first conv and the head", statement="yang"))
+        out.append(
+            Claim(
+                f"depth.yang.vgg{vgg[-1]}.bn_over_standard",
+                f"Yang et al.: at initialisation the deepest "
+                f"VGG ({vgg[-1]}) has a larger gradient explosion with BN than without",
+                "first conv's gradient norm / the head's at step 1, BN / standard",
+                _pair("vgg", vgg[-1], explode, "bn", "standard"),
+                1.0,
+                transform="log",
+                layers="the first conv and the head",
+                statement="yang",
+            )
+        )
     for arch, depths in (("vgg", vgg), ("resnet", res)):
         for d in depths:
-            out.append(Claim(f"depth.fig4.{arch}{d}.beta_eff", f"The paper at {arch.upper() if arch == 'vgg' else 'ResNet'}"
-                             f"-{d}: effective beta-smoothness is lower with BN after the short run",
-                             "beta_eff at the last probe step, standard / BN", _pair(arch, d, beta, "standard", "bn"),
-                             1.0, transform="log", layers="all parameters", headline=d == depths[-1],
-                             statement="smoother"))
+            out.append(
+                Claim(
+                    f"depth.fig4.{arch}{d}.beta_eff",
+                    f"The paper at {arch.upper() if arch == 'vgg' else 'ResNet'}"
+                    f"-{d}: effective beta-smoothness is lower with BN after the short run",
+                    "beta_eff at the last probe step, standard / BN",
+                    _pair(arch, d, beta, "standard", "bn"),
+                    1.0,
+                    transform="log",
+                    layers="all parameters",
+                    headline=d == depths[-1],
+                    statement="smoother",
+                )
+            )
     for arch, depths in (("vgg", vgg), ("resnet", res)):  # the same ratios at every depth, as diagnostics
         for d in depths:
             for key, metric in (("sharpness", end_sharp), ("trace", end_trace)):
                 if arch == "resnet" and d in (res[0], res[-1]):
                     continue
-                out.append(Claim(f"depth.{arch}{d}.{key}", f"{arch} depth {d}: the {key} after the short run is "
-                                 "lower with BN", f"{key}, standard / BN", _pair(arch, d, metric, "standard", "bn"),
-                                 1.0, transform="log", headline=False, statement="sharpness"))
+                out.append(
+                    Claim(
+                        f"depth.{arch}{d}.{key}",
+                        f"{arch} depth {d}: the {key} after the short run is lower with BN",
+                        f"{key}, standard / BN",
+                        _pair(arch, d, metric, "standard", "bn"),
+                        1.0,
+                        transform="log",
+                        headline=False,
+                        statement="sharpness",
+                    )
+                )
     return out
 
 
@@ -192,19 +273,35 @@ def figures(t) -> list[Figure]:
     rows = [(v, g) for v in t.variants() for lr in t.only(v).lrs() if (g := t.only(v).groups(lr=lr))]
     if not rows:
         return []
-    return [Figure("Per depth: at initialisation and after the short run, the top Hessian eigenvalue, the trace, "
-                   "beta_eff, and the gradient norm per layer at initialisation (first conv to the head)",
-                   depth_panels, (rows, "depth"))]
+    return [
+        Figure(
+            "Per depth: at initialisation and after the short run, the top Hessian eigenvalue, the trace, "
+            "beta_eff, and the gradient norm per layer at initialisation (first conv to the head)",
+            depth_panels,
+            (rows, "depth"),
+        )
+    ]
 
 
-EXPERIMENT = register(Experiment(
-    about=("What to look for: per network, whether BN lowers the curvature (top eigenvalue, trace) and beta_eff at "
-           "each depth, and how the gradient norm falls from the first layer to the head at initialisation (a "
-           "steep fall is Yang et al.'s explosion, read backwards from the head)."),
-    name="depth", title="Beyond the paper: depth, residual connections and the critiques", anchor="depth",
-    help="Beyond the paper: VGG-11/13/16/19 and CIFAR ResNets with and without BN: curvature, beta_eff and "
-    "per-layer gradients at initialisation and after a short run, against PyHessian's and Yang et al.'s claims.",
-    plan=plan, claims=claims, figures=figures, paper=False, preset_key="depth"))
+EXPERIMENT = register(
+    Experiment(
+        about=(
+            "What to look for: per network, whether BN lowers the curvature (top eigenvalue, trace) and beta_eff at "
+            "each depth, and how the gradient norm falls from the first layer to the head at initialisation (a "
+            "steep fall is Yang et al.'s explosion, read backwards from the head)."
+        ),
+        name="depth",
+        title="Beyond the paper: depth, residual connections and the critiques",
+        anchor="depth",
+        help="Beyond the paper: VGG-11/13/16/19 and CIFAR ResNets with and without BN: curvature, beta_eff and "
+        "per-layer gradients at initialisation and after a short run, against PyHessian's and Yang et al.'s claims.",
+        plan=plan,
+        claims=claims,
+        figures=figures,
+        paper=False,
+        preset_key="depth",
+    )
+)
 
 
 # ------------------------------------------------------------------ this experiment's own figures
@@ -214,9 +311,11 @@ EXPERIMENT = register(Experiment(
 def depth_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], title: str) -> bytes:
     """One row per (architecture, depth): top eigenvalue, trace and beta_eff over the probe steps (step 1 is
     the initialisation), and the gradient norm per layer at step 1, per network (first seed)."""
-    panels = (("top Hessian eigenvalue", series("sharpness", "sharpness"), True),
-              ("Hessian trace", series("hessian_trace", "hessian_trace"), True),
-              ("beta_eff", series("gradient_sweep", "beta_eff"), True))
+    panels = (
+        ("top Hessian eigenvalue", series("sharpness", "sharpness"), True),
+        ("Hessian trace", series("hessian_trace", "hessian_trace"), True),
+        ("beta_eff", series("gradient_sweep", "beta_eff"), True),
+    )
     fig, axes = F.subplots(len(rows), len(panels) + 1, figsize=(4 * (len(panels) + 1), 2.8 * len(rows)), squeeze=False)
     for row, (label, groups) in zip(axes, rows):
         for ax, (name, fn, logy) in zip(row, panels):

@@ -50,16 +50,38 @@ def shift_noisy_over_standard(t):
 def claims(preset: dict) -> list[Claim]:
     layers = "every probed layer's input, mean over layers"
     return [
-        Claim("fig2.noisy_bn_beats_standard", "noisy BN trains better than the standard VGG",
-              "final train acc (noisy BN) - train acc (standard)", noisy_minus_standard, 0.0),
-        Claim("fig2.noisy_bn_close_to_bn", "noisy BN trains almost as well as BN: it closes most of the gap between "
-              "standard and BN", "(train acc noisy BN - standard) / (BN - standard)", share_of_gap_closed, 0.5),
-        Claim("fig2.noisy_bn_least_stable", "noisy BN's layer inputs shift more than BN's (ICS_distrib)",
-              "median Wasserstein-1 shift between consecutive measurements, noisy BN / BN", shift_noisy_over_bn, 1.0,
-              transform="log", layers=layers),
-        Claim("fig2.noisy_bn_shifts_more_than_standard", "noisy BN's layer inputs shift more than the standard "
-              "network's", "median Wasserstein-1 shift, noisy BN / standard", shift_noisy_over_standard, 1.0,
-              transform="log", layers=layers),
+        Claim(
+            "fig2.noisy_bn_beats_standard",
+            "noisy BN trains better than the standard VGG",
+            "final train acc (noisy BN) - train acc (standard)",
+            noisy_minus_standard,
+            0.0,
+        ),
+        Claim(
+            "fig2.noisy_bn_close_to_bn",
+            "noisy BN trains almost as well as BN: it closes most of the gap between standard and BN",
+            "(train acc noisy BN - standard) / (BN - standard)",
+            share_of_gap_closed,
+            0.5,
+        ),
+        Claim(
+            "fig2.noisy_bn_least_stable",
+            "noisy BN's layer inputs shift more than BN's (ICS_distrib)",
+            "median Wasserstein-1 shift between consecutive measurements, noisy BN / BN",
+            shift_noisy_over_bn,
+            1.0,
+            transform="log",
+            layers=layers,
+        ),
+        Claim(
+            "fig2.noisy_bn_shifts_more_than_standard",
+            "noisy BN's layer inputs shift more than the standard network's",
+            "median Wasserstein-1 shift, noisy BN / standard",
+            shift_noisy_over_standard,
+            1.0,
+            transform="log",
+            layers=layers,
+        ),
     ]
 
 
@@ -69,23 +91,51 @@ def figures(t) -> list[Figure]:
     runs = [r for rs in g.values() for r in rs]
     present, absent = F.numbered(runs, "activation_stats", PAPER_LAYERS)
     for k in present:
-        figs.append(Figure(f"Activation distributions of layer {k} over training; {F.LAYER_COUNTING}",
-                           F.activation_ridges, (g, k, f"input of layer {k}")))
+        figs.append(
+            Figure(
+                f"Activation distributions of layer {k} over training; {F.LAYER_COUNTING}",
+                F.activation_ridges,
+                (g, k, f"input of layer {k}"),
+            )
+        )
     probed = F.probed_layers(runs, "activation_stats")
     if absent and probed:
-        figs.append(Figure(f"Activation distributions of the last probed layer, {probed[-1]} (the paper's layer "
-                           f"{', '.join(map(str, absent))} is beyond this network)", F.activation_ridges,
-                           (g, probed[-1], f"input of {probed[-1]}")))
-    figs.append(Figure("ICS_distrib: shift between consecutive measurements on a fixed batch", shift_curves,
-                       (g, "distribution shift")))
+        figs.append(
+            Figure(
+                f"Activation distributions of the last probed layer, {probed[-1]} (the paper's layer "
+                f"{', '.join(map(str, absent))} is beyond this network)",
+                F.activation_ridges,
+                (g, probed[-1], f"input of {probed[-1]}"),
+            )
+        )
+    figs.append(
+        Figure(
+            "ICS_distrib: shift between consecutive measurements on a fixed batch",
+            shift_curves,
+            (g, "distribution shift"),
+        )
+    )
     return figs
 
 
-EXPERIMENT = register(Experiment(
-    about="What to look for: noisy BN (noise injected after every BatchNorm, changing every step) trains almost as well as BN and better than the standard network, while its layers' inputs are the least stable of the three: the shift panel (Wasserstein-1 distance between consecutive measurements on a fixed batch) should be highest for noisy BN. If both hold, unstable input distributions (ICS_distrib) do not stop BN from helping.",
-    name="ics-distrib", title="Figure 2: noisy BatchNorm and ICS_distrib", anchor="fig2",
-    help="Figure 2: standard vs BN vs noisy BN (accuracy and ICS_distrib, the activation shift).",
-    plan=plan, claims=claims, figures=figures))
+EXPERIMENT = register(
+    Experiment(
+        about=(
+            "What to look for: noisy BN (noise injected after every BatchNorm, changing every step) trains almost as "
+            "well as BN and better than the standard network, while its layers' inputs are the least stable of the "
+            "three: the shift panel (Wasserstein-1 distance between consecutive measurements on a fixed batch) should "
+            "be highest for noisy BN. If both hold, unstable input distributions (ICS_distrib) do not stop BN from "
+            "helping."
+        ),
+        name="ics-distrib",
+        title="Figure 2: noisy BatchNorm and ICS_distrib",
+        anchor="fig2",
+        help="Figure 2: standard vs BN vs noisy BN (accuracy and ICS_distrib, the activation shift).",
+        plan=plan,
+        claims=claims,
+        figures=figures,
+    )
+)
 
 
 # ------------------------------------------------------------------ this experiment's own figures

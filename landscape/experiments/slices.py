@@ -19,7 +19,9 @@ Declared here before any slice of these runs was computed (commit order shows it
 from __future__ import annotations
 
 import math
+
 import numpy as np
+
 from landscape.claims import Claim, ratio
 from landscape.experiments import Experiment, Figure, register
 from landscape.names import label_of
@@ -29,8 +31,15 @@ from landscape.results import RunRecords
 
 BASIN_FACTOR = 2.0  # "in the basin": L <= 2 L(trained point)
 BUMP = 0.05  # nats: a rise smaller than this along the interpolation counts as monotone
-DEFAULTS = {"grid": 11, "range": [-1.0, 1.0], "subset": 512, "batch_size": 256, "bn": "recompute", "bn_batches": 2,
-            "interpolate_grid": 11}
+DEFAULTS = {
+    "grid": 11,
+    "range": [-1.0, 1.0],
+    "subset": 512,
+    "batch_size": 256,
+    "bn": "recompute",
+    "bn_batches": 2,
+    "interpolate_grid": 11,
+}
 
 
 def settings(preset: dict) -> dict:
@@ -46,8 +55,10 @@ def specs(preset: dict):
 
     s = settings(preset)
     common = dict(subset=s["subset"], batch_size=s["batch_size"], bn=s["bn"], bn_batches=s["bn_batches"])
-    return {"random-2d": SliceSpec("random", 2, s["grid"], s["range"][0], s["range"][1], **common),
-            "from-init": SliceSpec("interpolate", 1, s["interpolate_grid"], 0.0, 1.0, **common)}
+    return {
+        "random-2d": SliceSpec("random", 2, s["grid"], s["range"][0], s["range"][1], **common),
+        "from-init": SliceSpec("interpolate", 1, s["interpolate_grid"], 0.0, 1.0, **common),
+    }
 
 
 def after(preset: dict, runs: list[RunSpec], runs_dir, data_dir, device, log) -> None:
@@ -90,16 +101,31 @@ def largest_bump(run) -> float | None:
 
 
 def claims(preset: dict) -> list[Claim]:
-    out = [Claim("slices.vgg.basin", "BN's trained weights sit in a wider basin (Li et al.'s filter-normalised 2D "
-                 "slice)", f"fraction of the grid within {BASIN_FACTOR:g}x the trained point's loss, BN / standard",
-                 lambda t: ratio(t.per_seed(basin_fraction, "vgg", "bn"), t.per_seed(basin_fraction, "vgg", "standard")),
-                 1.0, transform="log", layers="all weights but biases and BN parameters", statement="basin")]
+    out = [
+        Claim(
+            "slices.vgg.basin",
+            "BN's trained weights sit in a wider basin (Li et al.'s filter-normalised 2D slice)",
+            f"fraction of the grid within {BASIN_FACTOR:g}x the trained point's loss, BN / standard",
+            lambda t: ratio(t.per_seed(basin_fraction, "vgg", "bn"), t.per_seed(basin_fraction, "vgg", "standard")),
+            1.0,
+            transform="log",
+            layers="all weights but biases and BN parameters",
+            statement="basin",
+        )
+    ]
     for net in ("standard", "bn"):
-        out.append(Claim(f"slices.vgg.{net}.monotone", f"{'BN' if net == 'bn' else 'standard'} VGG: the loss falls "
-                         "monotonically from the initialisation to the trained weights (Goodfellow et al.)",
-                         "largest rise between neighbouring points of the interpolation (nats)",
-                         lambda t, n=net: t.per_seed(largest_bump, "vgg", n), BUMP, direction="below",
-                         headline=False))
+        out.append(
+            Claim(
+                f"slices.vgg.{net}.monotone",
+                f"{'BN' if net == 'bn' else 'standard'} VGG: the loss falls "
+                "monotonically from the initialisation to the trained weights (Goodfellow et al.)",
+                "largest rise between neighbouring points of the interpolation (nats)",
+                lambda t, n=net: t.per_seed(largest_bump, "vgg", n),
+                BUMP,
+                direction="below",
+                headline=False,
+            )
+        )
     return out
 
 
@@ -107,20 +133,36 @@ def figures(t) -> list[Figure]:
     groups = t.groups("vgg")
     if not groups:
         return []
-    return [Figure("Loss around the trained weights: 2D filter-normalised random slice (contours; + the trained "
-                   "point) and the line from the initialisation (t = 0) to the trained weights (t = 1)",
-                   slice_panels, (groups, "slices")),
-            Figure("The same 2D slices to hover: each cell names its point, loss and accuracy", slice_hover,
-                   (groups,))]
+    return [
+        Figure(
+            "Loss around the trained weights: 2D filter-normalised random slice (contours; + the trained "
+            "point) and the line from the initialisation (t = 0) to the trained weights (t = 1)",
+            slice_panels,
+            (groups, "slices"),
+        ),
+        Figure("The same 2D slices to hover: each cell names its point, loss and accuracy", slice_hover, (groups,)),
+    ]
 
 
-EXPERIMENT = register(Experiment(
-    about=("What to look for: a wide, round basin around the + (BN's, by the paper's account) against a narrow or "
-           "skewed one; along the interpolation, a loss that falls without a bump. Slices use BN in eval mode with "
-           "running statistics recomputed at each point (landscape slice --bn recompute)."),
-    name="slices", title="Beyond the paper: the loss landscape around the trained weights", anchor="slices",
-    help="Li et al.'s filter-normalised 2D slices and the interpolation from initialisation, standard vs BN VGG.",
-    plan=plan, claims=claims, figures=figures, paper=False, preset_key="slices", after=after))
+EXPERIMENT = register(
+    Experiment(
+        about=(
+            "What to look for: a wide, round basin around the + (BN's, by the paper's account) against a narrow or "
+            "skewed one; along the interpolation, a loss that falls without a bump. Slices use BN in eval mode with "
+            "running statistics recomputed at each point (landscape slice --bn recompute)."
+        ),
+        name="slices",
+        title="Beyond the paper: the loss landscape around the trained weights",
+        anchor="slices",
+        help="Li et al.'s filter-normalised 2D slices and the interpolation from initialisation, standard vs BN VGG.",
+        plan=plan,
+        claims=claims,
+        figures=figures,
+        paper=False,
+        preset_key="slices",
+        after=after,
+    )
+)
 
 
 # ------------------------------------------------------------------ this experiment's own figures
@@ -182,9 +224,11 @@ def slice_hover(groups: dict[str, list[RunRecords]]) -> str:
     for net, s in slices:
         n, axis = s["shape"][0], s["axis"]
         cell = size / n
-        out = [f'<svg width="{size + pad}" height="{size + pad + 18}" '
-               f'role="img" aria-label="{html.escape(label_of(net))}: hover a cell for its loss">',
-               f'<F.text x="{pad}" y="13" font-size="12">{html.escape(label_of(net))}</F.text>']
+        out = [
+            f'<svg width="{size + pad}" height="{size + pad + 18}" '
+            f'role="img" aria-label="{html.escape(label_of(net))}: hover a cell for its loss">',
+            f'<F.text x="{pad}" y="13" font-size="12">{html.escape(label_of(net))}</F.text>',
+        ]
         for i in range(n):
             for j in range(n):
                 v = s["loss"][i * n + j]
@@ -196,12 +240,18 @@ def slice_hover(groups: dict[str, list[RunRecords]]) -> str:
                     colour = f"#{int(255 * r):02x}{int(255 * g):02x}{int(255 * b):02x}"
                     what = f"loss {v:.4g}" + (f", accuracy {acc:.3f}" if acc is not None else "")
                 x, y = pad + i * cell, 18 + (n - 1 - j) * cell  # direction 1 across, direction 2 up
-                out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{cell + 0.5:.1f}" height="{cell + 0.5:.1f}" '
-                           f'fill="{colour}"><title>({axis[i]:.3g}, {axis[j]:.3g}): {what}</title></rect>')
+                out.append(
+                    f'<rect x="{x:.1f}" y="{y:.1f}" width="{cell + 0.5:.1f}" height="{cell + 0.5:.1f}" '
+                    f'fill="{colour}"><title>({axis[i]:.3g}, {axis[j]:.3g}): {what}</title></rect>'
+                )
         mid = pad + size / 2, 18 + size / 2
-        out.append(f'<F.text x="{mid[0]:.1f}" y="{mid[1] + 5:.1f}" font-size="16" fill="white" F.text-anchor="middle" '
-                   'pointer-events="none">+</F.text>')
-        out.append(f'<F.text x="{pad}" y="{size + 32}" font-size="10">{axis[0]:.3g} .. {axis[-1]:.3g} along each '
-                   f'direction; colour: log10 loss {lo:.2f} (dark) to {hi:.2f} (light)</F.text></svg>')
+        out.append(
+            f'<F.text x="{mid[0]:.1f}" y="{mid[1] + 5:.1f}" font-size="16" fill="white" F.text-anchor="middle" '
+            'pointer-events="none">+</F.text>'
+        )
+        out.append(
+            f'<F.text x="{pad}" y="{size + 32}" font-size="10">{axis[0]:.3g} .. {axis[-1]:.3g} along each '
+            f"direction; colour: log10 loss {lo:.2f} (dark) to {hi:.2f} (light)</F.text></svg>"
+        )
         parts.append("".join(out))
     return '<div class="hover-slices">' + "".join(parts) + "</div>"

@@ -13,8 +13,9 @@ how soon it gets there.
 
 from __future__ import annotations
 
-import numpy as np
 import math
+
+import numpy as np
 
 from landscape.claims import Claim, ratio
 from landscape.experiments import Experiment, Figure, register
@@ -33,14 +34,27 @@ def settings(preset: dict) -> list[tuple[str, float]]:
 
 
 def stability_run(preset: dict, net: str, optimizer: str, lr: float, seed: int, overrides=()) -> RunSpec:
-    return paired_run("stability-vgg", "vgg", net, lr, seed,
-                      [preset.get("vgg", {}), (preset.get("stability") or {}).get("vgg", {})], overrides,
-                      optim={"name": optimizer}, tag=optimizer, variant=optimizer)
+    return paired_run(
+        "stability-vgg",
+        "vgg",
+        net,
+        lr,
+        seed,
+        [preset.get("vgg", {}), (preset.get("stability") or {}).get("vgg", {})],
+        overrides,
+        optim={"name": optimizer},
+        tag=optimizer,
+        variant=optimizer,
+    )
 
 
 def plan(preset: dict, seeds: list[int], overrides: list[dict]):
-    return [stability_run(preset, net, opt, lr, s, overrides)
-            for opt, lr in settings(preset) for net in ("standard", "bn") for s in seeds]
+    return [
+        stability_run(preset, net, opt, lr, s, overrides)
+        for opt, lr in settings(preset)
+        for net in ("standard", "bn")
+        for s in seeds
+    ]
 
 
 # ------------------------------------------------------------------ per-run quantities (from records)
@@ -53,7 +67,7 @@ def sharpening(run: RunRecords) -> float | None:
     """Progressive sharpening: the median sharpness over the second half of the probe steps
     divided by the first recorded value (above 1: it rose)."""
     s = share_series(run)
-    late = [v for _, v in s[len(s) // 2:]]
+    late = [v for _, v in s[len(s) // 2 :]]
     if len(s) < 3 or s[0][1] <= 0:
         return None
     late.sort()
@@ -63,7 +77,7 @@ def sharpening(run: RunRecords) -> float | None:
 def edge_distance(run: RunRecords) -> float | None:
     """|log(median sharpness / threshold)| over the last quarter of the probe steps (0: at the edge)."""
     s = [v for _, v in share_series(run)]
-    tail = sorted(s[-max(1, len(s) // 4):])
+    tail = sorted(s[-max(1, len(s) // 4) :])
     if not tail or tail[len(tail) // 2] <= 0:
         return None
     return abs(math.log(tail[len(tail) // 2]))
@@ -104,21 +118,40 @@ def claims(preset: dict) -> list[Claim]:
     for opt in opts:
         what = "sharpness" if opt == "sgd" else "preconditioned sharpness (of P^-1 H)"
         for net in ("standard", "bn"):
-            out.append(Claim(
-                f"stability.{opt}.{net}.sharpening", f"{opt.upper()}, {net}: {what} rises during training "
-                "(progressive sharpening)", "median over the second half / first value, geometric mean over the lrs",
-                lambda t, o=opt, n=net: _family(t, o, n, sharpening, _geomean), 1.0, transform="log",
-                layers="all parameters"))
-            out.append(Claim(
-                f"stability.{opt}.{net}.at_edge", f"{opt.upper()}, {net}: {what} ends at its stability threshold "
-                f"(within a factor {BAND:g})", "|log(median sharpness / threshold)| over the last quarter, mean over "
-                "the lrs", lambda t, o=opt, n=net: _family(t, o, n, edge_distance, _mean), math.log(BAND),
-                direction="below", layers="all parameters"))
-        out.append(Claim(
-            f"stability.{opt}.bn_sooner", f"{opt.upper()}: BN reaches the edge of stability sooner",
-            f"first probe step at {EDGE:g} x the threshold, standard / BN, geometric mean over the lrs",
-            lambda t, o=opt: ratio(_family(t, o, "standard", steps_to_edge, _geomean),
-                                   _family(t, o, "bn", steps_to_edge, _geomean)), 1.0, transform="log"))
+            out.append(
+                Claim(
+                    f"stability.{opt}.{net}.sharpening",
+                    f"{opt.upper()}, {net}: {what} rises during training (progressive sharpening)",
+                    "median over the second half / first value, geometric mean over the lrs",
+                    lambda t, o=opt, n=net: _family(t, o, n, sharpening, _geomean),
+                    1.0,
+                    transform="log",
+                    layers="all parameters",
+                )
+            )
+            out.append(
+                Claim(
+                    f"stability.{opt}.{net}.at_edge",
+                    f"{opt.upper()}, {net}: {what} ends at its stability threshold (within a factor {BAND:g})",
+                    "|log(median sharpness / threshold)| over the last quarter, mean over the lrs",
+                    lambda t, o=opt, n=net: _family(t, o, n, edge_distance, _mean),
+                    math.log(BAND),
+                    direction="below",
+                    layers="all parameters",
+                )
+            )
+        out.append(
+            Claim(
+                f"stability.{opt}.bn_sooner",
+                f"{opt.upper()}: BN reaches the edge of stability sooner",
+                f"first probe step at {EDGE:g} x the threshold, standard / BN, geometric mean over the lrs",
+                lambda t, o=opt: ratio(
+                    _family(t, o, "standard", steps_to_edge, _geomean), _family(t, o, "bn", steps_to_edge, _geomean)
+                ),
+                1.0,
+                transform="log",
+            )
+        )
     return out
 
 
@@ -126,22 +159,51 @@ def figures(t) -> list[Figure]:
     figs = []
     rows = [(f"{opt.upper()} lr {lr:g}", g) for opt, lr, g in t.settings("vgg", OPTIMIZERS)]
     if rows:
-        figs.append(Figure("Sharpness against the stability threshold (1 = the edge; Adam: of P^-1 H), directional "
-                           "curvature g'Hg/g'g and the Hessian trace", stability_panels, (rows, "edge of stability")))
+        figs.append(
+            Figure(
+                "Sharpness against the stability threshold (1 = the edge; Adam: of P^-1 H), directional "
+                "curvature g'Hg/g'g and the Hessian trace",
+                stability_panels,
+                (rows, "edge of stability"),
+            )
+        )
         label, groups = rows[len(rows) // 2] if len(rows) > 2 else rows[0]
-        figs.append(Figure(f"Per-layer sharpness (top eigenvalue of each layer's Hessian block), {label}",
-                           F.layer_sharpness_heatmaps, (groups, label)))
-        figs.append(Figure(f"Hessian spectral density (stochastic Lanczos quadrature) at three steps, {label}",
-                           F.density_panels, (groups, label)))
+        figs.append(
+            Figure(
+                f"Per-layer sharpness (top eigenvalue of each layer's Hessian block), {label}",
+                F.layer_sharpness_heatmaps,
+                (groups, label),
+            )
+        )
+        figs.append(
+            Figure(
+                f"Hessian spectral density (stochastic Lanczos quadrature) at three steps, {label}",
+                F.density_panels,
+                (groups, label),
+            )
+        )
     return figs
 
 
-EXPERIMENT = register(Experiment(
-    about="What to look for: sharpness / threshold rising towards 1 is progressive sharpening; hovering at 1 is the edge of stability (for Adam the sharpness of P^-1 H against 38/lr). The trace, per-layer sharpness and spectral density show where the curvature sits.",
-    name="stability", title="Beyond the paper: the edge of stability", anchor="stability",
-    help="Beyond the paper: VGG +/- BN under SGD (3 lrs) and Adam (2 lrs): sharpness against its stability "
-    "threshold, per layer, trace and spectral density.",
-    plan=plan, claims=claims, figures=figures, paper=False, preset_key="stability"))
+EXPERIMENT = register(
+    Experiment(
+        about=(
+            "What to look for: sharpness / threshold rising towards 1 is progressive sharpening; hovering at 1 is the "
+            "edge of stability (for Adam the sharpness of P^-1 H against 38/lr). The trace, per-layer sharpness and "
+            "spectral density show where the curvature sits."
+        ),
+        name="stability",
+        title="Beyond the paper: the edge of stability",
+        anchor="stability",
+        help="Beyond the paper: VGG +/- BN under SGD (3 lrs) and Adam (2 lrs): sharpness against its stability "
+        "threshold, per layer, trace and spectral density.",
+        plan=plan,
+        claims=claims,
+        figures=figures,
+        paper=False,
+        preset_key="stability",
+    )
+)
 
 
 # ------------------------------------------------------------------ this experiment's own figures
@@ -151,10 +213,11 @@ EXPERIMENT = register(Experiment(
 def stability_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], title: str) -> bytes:
     """One row per optimizer setting: sharpness / threshold (1 = the edge of stability; Adam's
     is of P^-1 H), the directional curvature g'Hg/g'g, and the Hessian trace, per network."""
-    panels = (("sharpness / threshold", series("sharpness", "over_threshold"),
-               True),
-              ("g'Hg / g'g", series("curvature", "curvature"), True),
-              ("Hessian trace", series("hessian_trace", "hessian_trace"), False))
+    panels = (
+        ("sharpness / threshold", series("sharpness", "over_threshold"), True),
+        ("g'Hg / g'g", series("curvature", "curvature"), True),
+        ("Hessian trace", series("hessian_trace", "hessian_trace"), False),
+    )
     fig = F.row_panels(rows, panels, title + " (trace: error bars 2 standard errors)", ones=(0,))
     for row, (_, groups) in zip(np.array(fig.axes).reshape(len(rows), len(panels)), rows):
         for net, runs in groups.items():  # the trace's standard error, first seed

@@ -17,14 +17,16 @@ import math
 from landscape.claims import Claim, diff, final_train_acc, median_probe, ratio
 from landscape.experiments import Experiment, Figure, register
 from landscape.experiments.smoothness import edge_note
-from landscape.planning import RunSpec, paired_run
 from landscape.names import label_of
+from landscape.planning import RunSpec, paired_run
 from landscape.report import figures as F
 from landscape.results import RunRecords, beta_eff, final_test_acc, max_grad_change
 
 VIT_NETS = ("standard", "ln", "rms", "bn", "dyt")  # model.norm none, layer, rms, batch, dyt
-SMOOTH = (("beta_eff", "effective beta-smoothness", beta_eff), ("grad_predictiveness", "gradient change along the "
-                                                                "gradient", max_grad_change))
+SMOOTH = (
+    ("beta_eff", "effective beta-smoothness", beta_eff),
+    ("grad_predictiveness", "gradient change along the gradient", max_grad_change),
+)
 DYT_BAND = 2.0  # "as smooth as LayerNorm": DyT's median beta_eff within a factor 2 of LayerNorm's
 
 
@@ -37,18 +39,21 @@ def settings(preset: dict) -> list[tuple[str, float]]:
 def vit_run(preset: dict, net: str, optimizer: str, lr: float, seed: int, overrides=()) -> RunSpec:
     s = preset.get("transformer") or {}
     optim = {"name": optimizer, "weight_decay": s.get("adamw_weight_decay", 0.0) if optimizer == "adamw" else 0.0}
-    return paired_run("vit", "vit", net, lr, seed, [s.get("vit", {})], overrides, optim=optim, tag=optimizer,
-                      variant=optimizer)
+    return paired_run(
+        "vit", "vit", net, lr, seed, [s.get("vit", {})], overrides, optim=optim, tag=optimizer, variant=optimizer
+    )
 
 
 def plan(preset: dict, seeds: list[int], overrides: list[dict]):
-    return [vit_run(preset, net, opt, lr, s, overrides)
-            for opt, lr in settings(preset) for net in VIT_NETS for s in seeds]
+    return [
+        vit_run(preset, net, opt, lr, s, overrides) for opt, lr in settings(preset) for net in VIT_NETS for s in seeds
+    ]
 
 
 def _setting(opt: str, lr: float, measure):
     def restricted(t):
         return measure(t.only(opt), lr)
+
     return restricted
 
 
@@ -62,6 +67,7 @@ def smoother(net: str, metric):
     def measure(t, lr):
         m = median_probe("gradient_sweep", metric)
         return ratio(t.per_seed(m, "vit", "standard", lr), t.per_seed(m, "vit", net, lr))
+
     return measure
 
 
@@ -74,29 +80,56 @@ def dyt_vs_ln(t, lr):
 def trains_better(net: str):
     def measure(t, lr):
         return diff(t.per_seed(final_train_acc, "vit", net, lr), t.per_seed(final_train_acc, "vit", "standard", lr))
+
     return measure
 
 
 def claims(preset: dict) -> list[Claim]:
     out = []
     sets = settings(preset)
-    headline = [sets[i] for i in range(len(sets)) if i == 0 or sets[i][0] != sets[i - 1][0]]  # AdamW and the first SGD lr
+    headline = [
+        sets[i] for i in range(len(sets)) if i == 0 or sets[i][0] != sets[i - 1][0]
+    ]  # AdamW and the first SGD lr
     for opt, lr in sets:
         tag = f"{opt.upper() if opt == 'sgd' else 'AdamW'} lr {lr:g}"
         main = (opt, lr) in headline
         for net in ("ln", "rms"):
             for cid, text, metric in SMOOTH:
-                out.append(Claim(f"vit.{opt}{lr:g}.{net}.{cid}", f"ViT, {tag}: {label_of(net)} lowers the {text} "
-                                 "(smoother than no normalisation)", "median over probe steps, none / " + label_of(net),
-                                 _setting(opt, lr, smoother(net, metric)), 1.0, transform="log",
-                                 layers="all parameters", headline=main, note=_edge(opt, lr, net)))
-        out.append(Claim(f"vit.{opt}{lr:g}.dyt_like_ln", f"ViT, {tag}: Dynamic Tanh is as smooth as LayerNorm "
-                         f"(beta_eff within a factor {DYT_BAND:g})", "|log(median beta_eff DyT / LayerNorm)|",
-                         _setting(opt, lr, dyt_vs_ln), math.log(DYT_BAND), direction="below", headline=main))
+                out.append(
+                    Claim(
+                        f"vit.{opt}{lr:g}.{net}.{cid}",
+                        f"ViT, {tag}: {label_of(net)} lowers the {text} (smoother than no normalisation)",
+                        "median over probe steps, none / " + label_of(net),
+                        _setting(opt, lr, smoother(net, metric)),
+                        1.0,
+                        transform="log",
+                        layers="all parameters",
+                        headline=main,
+                        note=_edge(opt, lr, net),
+                    )
+                )
+        out.append(
+            Claim(
+                f"vit.{opt}{lr:g}.dyt_like_ln",
+                f"ViT, {tag}: Dynamic Tanh is as smooth as LayerNorm (beta_eff within a factor {DYT_BAND:g})",
+                "|log(median beta_eff DyT / LayerNorm)|",
+                _setting(opt, lr, dyt_vs_ln),
+                math.log(DYT_BAND),
+                direction="below",
+                headline=main,
+            )
+        )
         for net in ("ln", "rms", "bn", "dyt"):
-            out.append(Claim(f"vit.{opt}{lr:g}.{net}.trains_better", f"ViT, {tag}: {label_of(net)} trains better "
-                             "than no normalisation at equal steps", "final train acc (norm) - train acc (none)",
-                             _setting(opt, lr, trains_better(net)), 0.0, headline=main))
+            out.append(
+                Claim(
+                    f"vit.{opt}{lr:g}.{net}.trains_better",
+                    f"ViT, {tag}: {label_of(net)} trains better than no normalisation at equal steps",
+                    "final train acc (norm) - train acc (none)",
+                    _setting(opt, lr, trains_better(net)),
+                    0.0,
+                    headline=main,
+                )
+            )
     return out
 
 
@@ -105,21 +138,39 @@ def figures(t) -> list[Figure]:
     for opt, lr, g in t.settings("vit", ("adamw", "sgd")):
         tag = f"{'AdamW' if opt == 'adamw' else 'SGD'} lr {lr:g}"
         rows.append((tag, g))
-        figs += [Figure(f"ViT, {tag}: loss variation, gradient predictiveness, beta_eff and sharpness",
-                        F.landscape_panels, (g, f"ViT, {tag}")),
-                 Figure(f"ViT, {tag}: training curves", F.training_curves, (g, f"ViT, {tag}")),
-                 Figure(f"ViT, {tag}: ICS_opti per block", F.ics_curves, (g, f"ViT, {tag}"))]
+        figs += [
+            Figure(
+                f"ViT, {tag}: loss variation, gradient predictiveness, beta_eff and sharpness",
+                F.landscape_panels,
+                (g, f"ViT, {tag}"),
+            ),
+            Figure(f"ViT, {tag}: training curves", F.training_curves, (g, f"ViT, {tag}")),
+            Figure(f"ViT, {tag}: ICS_opti per block", F.ics_curves, (g, f"ViT, {tag}")),
+        ]
     if rows:
         figs.append(Figure("ViT: final test accuracy per normalisation", accuracy_bars, (rows, "final test accuracy")))
     return figs
 
 
-EXPERIMENT = register(Experiment(
-    about="What to look for: whether each normalisation makes the ViT smoother along the gradient (beta_eff, gradient change) and train better than no normalisation, under AdamW and under SGD; at an SGD lr where both networks sit at their edge of stability a ratio near 1 is expected.",
-    name="transformer-norms", title="Beyond the paper: normalisation in a Vision Transformer", anchor="transformer",
-    help="Beyond the paper: a small ViT with no norm, LayerNorm, RMSNorm, BatchNorm or Dynamic Tanh, under AdamW and "
-    "SGD: Figure 4's probes, sharpness and ICS_opti.",
-    plan=plan, claims=claims, figures=figures, paper=False, preset_key="transformer"))
+EXPERIMENT = register(
+    Experiment(
+        about=(
+            "What to look for: whether each normalisation makes the ViT smoother along the gradient (beta_eff, gradient"
+            " change) and train better than no normalisation, under AdamW and under SGD; at an SGD lr where both "
+            "networks sit at their edge of stability a ratio near 1 is expected."
+        ),
+        name="transformer-norms",
+        title="Beyond the paper: normalisation in a Vision Transformer",
+        anchor="transformer",
+        help="Beyond the paper: a small ViT with no norm, LayerNorm, RMSNorm, BatchNorm or Dynamic Tanh, under AdamW "
+        "and SGD: Figure 4's probes, sharpness and ICS_opti.",
+        plan=plan,
+        claims=claims,
+        figures=figures,
+        paper=False,
+        preset_key="transformer",
+    )
+)
 
 
 # ------------------------------------------------------------------ this experiment's own figures

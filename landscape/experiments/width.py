@@ -50,14 +50,26 @@ def width_run(preset: dict, net: str, width: float, seed: int, overrides=()) -> 
     s = settings(preset)
     if width == base_width(preset):  # the smoothness experiment's own run
         return dataclasses.replace(vgg_run(preset, net, s["lr"], seed, overrides), variant=variant(width))
-    return paired_run("width-vgg", "vgg", net, s["lr"], seed, [preset.get("vgg", {}), s["vgg"],
-                                                              {"model": {"vgg": {"width": width}}}], overrides,
-                      tag=variant(width), variant=variant(width))
+    return paired_run(
+        "width-vgg",
+        "vgg",
+        net,
+        s["lr"],
+        seed,
+        [preset.get("vgg", {}), s["vgg"], {"model": {"vgg": {"width": width}}}],
+        overrides,
+        tag=variant(width),
+        variant=variant(width),
+    )
 
 
 def plan(preset: dict, seeds: list[int], overrides: list[dict]) -> list[RunSpec]:
-    return [width_run(preset, net, float(w), s, overrides)
-            for w in settings(preset)["widths"] for net in ("standard", "bn") for s in seeds]
+    return [
+        width_run(preset, net, float(w), s, overrides)
+        for w in settings(preset)["widths"]
+        for net in ("standard", "bn")
+        for s in seeds
+    ]
 
 
 def left_plateau(run) -> float | None:
@@ -72,9 +84,11 @@ def plateau_note(phase: str):
     def note(t) -> str | None:
         left = {net: med(left_plateau(run) for _, run in t.select("vgg", net)) for net in ("standard", "bn")}
         text = "left the plateau at step: " + ", ".join(
-            f"{'BN' if n == 'bn' else 'standard'} {'never' if v is None else f'{v:.0f}'}" for n, v in left.items())
+            f"{'BN' if n == 'bn' else 'standard'} {'never' if v is None else f'{v:.0f}'}" for n, v in left.items()
+        )
         g = grad(t)
         return f"{text}; {g}" if g else text
+
     return note
 
 
@@ -85,12 +99,20 @@ def claims(preset: dict) -> list[Claim]:
         for cid, text, fn in (*SWEEP, *COMPANIONS):
             for phase in PHASES:
                 measure = in_phase(phase, standard_over_bn("vgg", median_probe("gradient_sweep", fn)))
-                out.append(Claim(f"width.{v}.{cid}.{phase}", f"VGG-11 at width {float(w):g}: {text} "
-                                 f"({PHASE_TEXT[phase]})", "median over those probe steps, standard / BN",
-                                 lambda t, m=measure, v=v: m(t.only(v)), 1.0, transform="log",
-                                 layers="all parameters (a step along the whole gradient)",
-                                 headline=float(w) == PAPER_WIDTH,
-                                 note=lambda t, n=plateau_note(phase), v=v: n(t.only(v)), statement="smoother"))
+                out.append(
+                    Claim(
+                        f"width.{v}.{cid}.{phase}",
+                        f"VGG-11 at width {float(w):g}: {text} ({PHASE_TEXT[phase]})",
+                        "median over those probe steps, standard / BN",
+                        lambda t, m=measure, v=v: m(t.only(v)),
+                        1.0,
+                        transform="log",
+                        layers="all parameters (a step along the whole gradient)",
+                        headline=float(w) == PAPER_WIDTH,
+                        note=lambda t, n=plateau_note(phase), v=v: n(t.only(v)),
+                        statement="smoother",
+                    )
+                )
     return out
 
 
@@ -101,17 +123,33 @@ def figures(t) -> list[Figure]:
     for v in t.variants():
         sub = t.only(v)
         if sub.groups("vgg"):
-            out.append(Figure(f"VGG-11 at width {v[1:]}: loss variation, gradient predictiveness, beta_eff",
-                              F.landscape_panels, (sub.groups("vgg"), f"width {v[1:]}", early_phase_end(sub, "vgg"))))
+            out.append(
+                Figure(
+                    f"VGG-11 at width {v[1:]}: loss variation, gradient predictiveness, beta_eff",
+                    F.landscape_panels,
+                    (sub.groups("vgg"), f"width {v[1:]}", early_phase_end(sub, "vgg")),
+                )
+            )
     return out
 
 
-EXPERIMENT = register(Experiment(
-    about=("What to look for: whether BN's early-phase roughness along the gradient (standard / BN below 1 before "
-           "the dotted line) persists at the paper's width, and whether the scale-free companions (the loss's "
-           "departure from its first-order prediction, the gradient change relative to the gradient) agree with "
-           "the raw measures. The notes give when each network left the ln 10 plateau and its gradient norm."),
-    name="width", title="Beyond the paper: Figure 4 across widths", anchor="width",
-    help="Beyond the paper: the quick protocol's standard and BN VGG-11 at widths 0.25, 0.5 and 1.0 (the paper's): "
-    "Figure 4 per phase and its scale-free companions.",
-    plan=plan, claims=claims, figures=figures, paper=False, preset_key="width"))
+EXPERIMENT = register(
+    Experiment(
+        about=(
+            "What to look for: whether BN's early-phase roughness along the gradient (standard / BN below 1 before "
+            "the dotted line) persists at the paper's width, and whether the scale-free companions (the loss's "
+            "departure from its first-order prediction, the gradient change relative to the gradient) agree with "
+            "the raw measures. The notes give when each network left the ln 10 plateau and its gradient norm."
+        ),
+        name="width",
+        title="Beyond the paper: Figure 4 across widths",
+        anchor="width",
+        help="Beyond the paper: the quick protocol's standard and BN VGG-11 at widths 0.25, 0.5 and 1.0 (the paper's): "
+        "Figure 4 per phase and its scale-free companions.",
+        plan=plan,
+        claims=claims,
+        figures=figures,
+        paper=False,
+        preset_key="width",
+    )
+)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -10,8 +11,14 @@ from landscape.errors import UserError
 from landscape.probes.functional import Objective, current_params, resolve_layers, untouched
 
 
-def check_probeable(model: torch.nn.Module, loss_fn: Callable, batch: Any, output_fn: Callable | None,
-                    layers=None, who: str = "LandscapeCallback") -> None:
+def check_probeable(
+    model: torch.nn.Module,
+    loss_fn: Callable,
+    batch: Any,
+    output_fn: Callable | None,
+    layers=None,
+    who: str = "LandscapeCallback",
+) -> None:
     """One evaluation of the probes' loss on ``batch`` (model, buffers and RNG untouched): a model
     the probes cannot differentiate is refused here, in one line, before the first update."""
     params = current_params(model)
@@ -30,9 +37,15 @@ def check_probeable(model: torch.nn.Module, loss_fn: Callable, batch: Any, outpu
         raise
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{who}: the loss cannot be computed from the model's output ({type(exc).__name__}: "
-                        f"{reason}); pass loss_fn=, batch_fn= or output_fn= that fit this model") from None
+        raise UserError(
+            f"{who}: the loss cannot be computed from the model's output ({type(exc).__name__}: "
+            f"{reason}); pass loss_fn=, batch_fn= or output_fn= that fit this model"
+        ) from None
     if not torch.is_tensor(value) or value.numel() != 1 or not value.requires_grad:
-        what = "does not depend on the parameters" if torch.is_tensor(value) and value.numel() == 1 else \
-            f"is not a scalar tensor ({type(value).__name__}{tuple(value.shape) if torch.is_tensor(value) else ''})"
+        what = (
+            "does not depend on the parameters"
+            if torch.is_tensor(value) and value.numel() == 1
+            else f"is not a scalar tensor ({type(value).__name__}"
+            f"{tuple(value.shape) if torch.is_tensor(value) else ''})"
+        )
         raise UserError(f"{who}: the loss {what}; pass a loss_fn that returns the scalar training loss")

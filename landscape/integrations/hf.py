@@ -28,14 +28,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
 from landscape.errors import UserError
-from landscape.integrations.common import check_probeable
 from landscape.extras import require
+from landscape.integrations.common import check_probeable
 from landscape.outputs import TensorBoard
 from landscape.probes.monitor import Monitor
 from landscape.probes.schedules import Schedule
@@ -49,8 +50,10 @@ def model_loss(output: Any, _targets: Any) -> torch.Tensor:
     if loss is None and isinstance(output, dict):
         loss = output.get("loss")
     if loss is None:
-        raise UserError("LandscapeHFCallback: the model's output has no .loss: the Trainer must pass labels to the model, or pass "
-                        "loss_fn=(output, batch) -> loss and output_fn=")
+        raise UserError(
+            "LandscapeHFCallback: the model's output has no .loss: the Trainer must pass labels to the model, or pass "
+            "loss_fn=(output, batch) -> loss and output_fn="
+        )
     return loss
 
 
@@ -60,9 +63,6 @@ def _identity(output: Any) -> Any:
 
 class _ActiveWandB:
     """Scalars into the W&B run the Trainer's WandbCallback started, on its step axis."""
-
-    def record(self, record: dict) -> None:
-        pass
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         import wandb
@@ -78,10 +78,20 @@ class LandscapeHFCallback(transformers.TrainerCallback):
     """Probes on a schedule inside ``Trainer.train``. ``monitor_options`` go to
     :class:`~landscape.probes.Monitor` (``options``, ``layers``, ``eval_mode``, ...)."""
 
-    def __init__(self, out: str | Path, schedule: Schedule | None = None, *,
-                 probes: Sequence[str] = ("gradient_sweep", "ics_opti"), loss_fn: Callable = model_loss,
-                 output_fn: Callable = _identity, outputs: Sequence | None = None, follow_report_to: bool = True,
-                 resume: bool = False, force: bool = False, **monitor_options):
+    def __init__(
+        self,
+        out: str | Path,
+        schedule: Schedule | None = None,
+        *,
+        probes: Sequence[str] = ("gradient_sweep", "ics_opti"),
+        loss_fn: Callable = model_loss,
+        output_fn: Callable = _identity,
+        outputs: Sequence | None = None,
+        follow_report_to: bool = True,
+        resume: bool = False,
+        force: bool = False,
+        **monitor_options,
+    ):
         from landscape.probes import registry
 
         unknown = [p for p in probes if p not in registry.REGISTRY]
@@ -113,15 +123,31 @@ class LandscapeHFCallback(transformers.TrainerCallback):
         if model is None or optimizer is None:
             raise UserError("LandscapeHFCallback needs the Trainer's model and optimizer (transformers >= 4.45)")
         optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the torch optimizer
-        outputs = self.extra_outputs + (self._report_outputs(args) if self.follow_report_to else []) \
-            if state.is_world_process_zero else []
+        outputs = (
+            self.extra_outputs + (self._report_outputs(args) if self.follow_report_to else [])
+            if state.is_world_process_zero
+            else []
+        )
         options = dict(self.monitor_options)
-        cast = torch.bfloat16 if getattr(args, "bf16", False) else torch.float16 if getattr(args, "fp16", False) else None
+        cast = (
+            torch.bfloat16 if getattr(args, "bf16", False) else torch.float16 if getattr(args, "fp16", False) else None
+        )
         if cast is not None and "autocast" not in options:  # probe under the autocast the Trainer trains under
             options["autocast"] = {"device_type": next(model.parameters()).device.type, "dtype": cast}
-        self.monitor = Monitor(self.out, model, optimizer, self.loss_fn, self.schedule, probes=self.probes,
-                               output_fn=self.output_fn, force=self.force, step_hook=False, outputs=outputs,
-                               resume_step=state.global_step if self.resume else None, **options)
+        self.monitor = Monitor(
+            self.out,
+            model,
+            optimizer,
+            self.loss_fn,
+            self.schedule,
+            probes=self.probes,
+            output_fn=self.output_fn,
+            force=self.force,
+            step_hook=False,
+            outputs=outputs,
+            resume_step=state.global_step if self.resume else None,
+            **options,
+        )
         self._hook = model.register_forward_pre_hook(self._capture, with_kwargs=True)
         self._step = state.global_step
 
@@ -129,13 +155,16 @@ class LandscapeHFCallback(transformers.TrainerCallback):
         if self._busy or not module.training or not torch.is_grad_enabled():
             return None  # an evaluation forward, or one of the probes'
         if args:
-            raise UserError("LandscapeHFCallback reads the batch from keyword arguments (model(**inputs)), "
-                            f"but the model got {len(args)} positional ones")
+            raise UserError(
+                "LandscapeHFCallback reads the batch from keyword arguments (model(**inputs)), "
+                f"but the model got {len(args)} positional ones"
+            )
         self._batch = (dict(kwargs), None)
         with self._probing():
             if not self._checked:  # the first training forward, before the first update
-                check_probeable(module, self.loss_fn, self._batch, self.output_fn, self.monitor.layers,
-                                who="LandscapeHFCallback")
+                check_probeable(
+                    module, self.loss_fn, self._batch, self.output_fn, self.monitor.layers, who="LandscapeHFCallback"
+                )
                 self._checked = True
             self.monitor.before_forward(self._step + 1)
         return None

@@ -26,16 +26,17 @@ accumulation the probes measure the step's last micro-batch. Probes run on globa
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from landscape.errors import UserError
 from landscape.extras import require
-from landscape.outputs import ScalarFn
 from landscape.integrations.common import check_probeable
+from landscape.outputs import ScalarFn
 from landscape.probes.monitor import Monitor
 from landscape.probes.schedules import Schedule
 
@@ -45,22 +46,35 @@ pl = require("lightning.pytorch", "landscape.integrations.lightning")
 def default_batch_fn(batch: Any) -> tuple[Any, Any]:
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         return batch[0], batch[1]
-    raise UserError(f"LandscapeCallback cannot read a {type(batch).__name__} batch as (inputs, targets); "
-                    "pass batch_fn=lambda batch: (inputs, targets)")
+    raise UserError(
+        f"LandscapeCallback cannot read a {type(batch).__name__} batch as (inputs, targets); "
+        "pass batch_fn=lambda batch: (inputs, targets)"
+    )
 
 
 class LandscapeCallback(pl.Callback):
     """Probes on a schedule inside ``Trainer.fit``. ``monitor_options`` are passed to
-    :class:`~landscape.probes.Monitor` (``options``, ``layers``, ``probe_batch``, ``eval_mode``, ...). ``outputs``: more outputs
-    (``landscape.outputs.TensorBoard``...); ``log_scalars=False`` keeps scalars off the loggers.
+    :class:`~landscape.probes.Monitor` (``options``, ``layers``, ``probe_batch``, ``eval_mode``, ...).
+    ``outputs``: more outputs (``landscape.outputs.TensorBoard``...); ``log_scalars=False`` keeps scalars off the
+    loggers.
     ``train_every``: steps between train-loss records in the run directory (from the step's
     ``training_step`` output)."""
 
-    def __init__(self, out: str | Path, schedule: Schedule | None = None, *,
-                 probes: Sequence[str] = ("gradient_sweep", "ics_opti"), loss_fn: Callable = F.cross_entropy,
-                 batch_fn: Callable[[Any], tuple[Any, Any]] = default_batch_fn, output_fn: Callable | None = None,
-                 log_scalars: bool = True, outputs: Sequence | None = None, train_every: int = 50,
-                 force: bool = False, **monitor_options):
+    def __init__(
+        self,
+        out: str | Path,
+        schedule: Schedule | None = None,
+        *,
+        probes: Sequence[str] = ("gradient_sweep", "ics_opti"),
+        loss_fn: Callable = F.cross_entropy,
+        batch_fn: Callable[[Any], tuple[Any, Any]] = default_batch_fn,
+        output_fn: Callable | None = None,
+        log_scalars: bool = True,
+        outputs: Sequence | None = None,
+        train_every: int = 50,
+        force: bool = False,
+        **monitor_options,
+    ):
         from landscape.probes import registry
 
         unknown = [p for p in probes if p not in registry.REGISTRY]
@@ -84,8 +98,10 @@ class LandscapeCallback(pl.Callback):
         if len(trainer.optimizers) != 1:
             raise UserError(f"LandscapeCallback probes one optimizer; this module has {len(trainer.optimizers)}")
         if not pl_module.automatic_optimization:
-            raise UserError("LandscapeCallback needs automatic optimization (Lightning calls optimizer.step()); "
-                            "with manual optimization use landscape.probes.Monitor in training_step")
+            raise UserError(
+                "LandscapeCallback needs automatic optimization (Lightning calls optimizer.step()); "
+                "with manual optimization use landscape.probes.Monitor in training_step"
+            )
         outputs = list(self.extra_outputs)
         if self.log_scalars and trainer.loggers:
             loggers = list(trainer.loggers)
@@ -99,10 +115,20 @@ class LandscapeCallback(pl.Callback):
         cast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(trainer.precision))
         if cast is not None and "autocast" not in options:  # probe under the autocast Lightning trains under
             options["autocast"] = {"device_type": pl_module.device.type, "dtype": cast}
-        self.monitor = Monitor(self.out, pl_module, trainer.optimizers[0], self.loss_fn, self.schedule,
-                               probes=self.probes, output_fn=self.output_fn, force=self.force, step_hook=False,
-                               outputs=outputs if trainer.is_global_zero else [], resume_step=resume_step,
-                               **options)
+        self.monitor = Monitor(
+            self.out,
+            pl_module,
+            trainer.optimizers[0],
+            self.loss_fn,
+            self.schedule,
+            probes=self.probes,
+            output_fn=self.output_fn,
+            force=self.force,
+            step_hook=False,
+            outputs=outputs if trainer.is_global_zero else [],
+            resume_step=resume_step,
+            **options,
+        )
         if self._resumed is not None:
             self.monitor.load_state_dict(self._resumed.get("monitor", {}))
         self._step = trainer.global_step

@@ -15,19 +15,39 @@ from landscape.models.vgg import HEADS, VGG, VGG_FEATURES
 from landscape.models.vit import VIT_NORMS, ViT
 
 # The choices the config offers (model.arch, model.norm per arch, model.init, model.vgg.head, model.vgg.depth).
-ARCH_NORMS = {"vgg": NORMS,  # after each conv (conv -> norm -> ReLU)
-              "dln": NORMS,  # after each linear layer but the last
-              "vit": VIT_NORMS,  # every pre-norm slot and the final norm
-              "mlp": MLP_NORMS,  # after each hidden layer's activation
-              "resnet": RESNET_NORMS}  # after each conv (the original ResNet), or none
+ARCH_NORMS = {
+    "vgg": NORMS,  # after each conv (conv -> norm -> ReLU)
+    "dln": NORMS,  # after each linear layer but the last
+    "vit": VIT_NORMS,  # every pre-norm slot and the final norm
+    "mlp": MLP_NORMS,  # after each hidden layer's activation
+    "resnet": RESNET_NORMS,
+}  # after each conv (the original ResNet), or none
 IMAGE_ARCHS = ("vgg", "vit", "mlp", "resnet")  # the archs that take images (dln takes vectors)
 ALL_NORMS = tuple(dict.fromkeys(n for norms in ARCH_NORMS.values() for n in norms))
 INITS = ("xavier", "kaiming", "torch_default", "fixup")  # fixup: the unnormalised ResNet only
 VGG_DEPTHS = tuple(VGG_FEATURES)
 
-__all__ = ["ARCH_NORMS", "ALL_NORMS", "INITS", "VGG_DEPTHS", "RESNET_DEPTHS", "IMAGE_ARCHS", "ACTIVATIONS", "HEADS",
-           "NOISE_FORMS", "VGG", "ViT", "DeepLinear", "MLP", "ResNet", "LpNorm", "NoisyBatchNorm", "make_norm",
-           "build_model", "initialize"]
+__all__ = [
+    "ARCH_NORMS",
+    "ALL_NORMS",
+    "INITS",
+    "VGG_DEPTHS",
+    "RESNET_DEPTHS",
+    "IMAGE_ARCHS",
+    "ACTIVATIONS",
+    "HEADS",
+    "NOISE_FORMS",
+    "VGG",
+    "ViT",
+    "DeepLinear",
+    "MLP",
+    "ResNet",
+    "LpNorm",
+    "NoisyBatchNorm",
+    "make_norm",
+    "build_model",
+    "initialize",
+]
 
 
 def initialize(model: nn.Module, scheme: str) -> None:
@@ -56,11 +76,13 @@ def initialize(model: nn.Module, scheme: str) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def build_model(cfg, seed: int = 0, noise_seed: int = 0, in_dim: int | None = None, out_dim: int = 10,
-                image_size: int = 32) -> nn.Module:
+def build_model(
+    cfg, seed: int = 0, noise_seed: int = 0, in_dim: int | None = None, out_dim: int = 10, image_size: int = 32
+) -> nn.Module:
     """The model ``cfg`` (a ``ModelConfig``) describes, built on the CPU from ``seed`` without touching the global RNG
     (so init is device-independent): the chosen architecture's section, as flat arguments to its class.
-    ``in_dim``: image channels (vgg, vit, mlp, resnet) or input width (dln); ``image_size``: the images' side (vit, mlp)."""
+    ``in_dim``: image channels (vgg, vit, mlp, resnet) or input width (dln); ``image_size``: the images' side
+    (vit, mlp)."""
     noise = dataclasses.asdict(cfg.noise)
     if in_dim is None:
         in_dim = cfg.dln.width if cfg.arch == "dln" else 3
@@ -71,8 +93,19 @@ def build_model(cfg, seed: int = 0, noise_seed: int = 0, in_dim: int | None = No
             model = VGG(v.depth, v.width, v.head, cfg.norm, out_dim, noise, noise_seed, in_dim)
         elif cfg.arch == "vit":
             v = cfg.vit
-            model = ViT(image_size, v.patch, in_dim, out_dim, v.dim, v.depth, v.heads, v.mlp_ratio, cfg.norm, v.dropout,
-                        v.attention)
+            model = ViT(
+                image_size,
+                v.patch,
+                in_dim,
+                out_dim,
+                v.dim,
+                v.depth,
+                v.heads,
+                v.mlp_ratio,
+                cfg.norm,
+                v.dropout,
+                v.attention,
+            )
         elif cfg.arch == "mlp":
             model = MLP(in_dim * image_size * image_size, tuple(cfg.mlp.widths), out_dim, cfg.mlp.activation, cfg.norm)
         elif cfg.arch == "resnet":

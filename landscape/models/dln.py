@@ -1,4 +1,5 @@
-"""Deep linear network (the paper's Appendix A.1; docs/protocol.md): x -> W_k ... W_1 x, optionally normalised between layers."""
+"""Deep linear network (the paper's Appendix A.1; docs/protocol.md): x -> W_k ... W_1 x, optionally normalised
+between layers."""
 
 from __future__ import annotations
 
@@ -14,8 +15,16 @@ class DeepLinear(nn.Module):
     every layer but the last, so the network stays linear in each layer's weights.
     """
 
-    def __init__(self, depth: int = 25, in_dim: int = 10, width: int = 10, out_dim: int = 10,
-                 norm: str = "none", noise: dict | None = None, noise_seed: int = 0):
+    def __init__(
+        self,
+        depth: int = 25,
+        in_dim: int = 10,
+        width: int = 10,
+        out_dim: int = 10,
+        norm: str = "none",
+        noise: dict | None = None,
+        noise_seed: int = 0,
+    ):
         super().__init__()
         dims = [in_dim] + [width] * (depth - 1) + [out_dim]
         layers: list[nn.Module] = []

@@ -18,8 +18,9 @@ class MLP(nn.Module):
     BatchNorm after each activation, as their ``fc-*-bn`` networks do.
     """
 
-    def __init__(self, in_features: int, widths=(200, 200), num_classes: int = 10, activation: str = "tanh",
-                 norm: str = "none"):
+    def __init__(
+        self, in_features: int, widths=(200, 200), num_classes: int = 10, activation: str = "tanh", norm: str = "none"
+    ):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation '{activation}'")

@@ -30,9 +30,18 @@ class NoisyBatchNorm(nn.BatchNorm2d):
     different noise between its own evaluations. Draws are made on the activations' device.
     """
 
-    def __init__(self, channels: int, seed: int = 0, layer: int = 0, mean_range=(-0.5, 0.5),
-                 scale_range=(1.0, 1.25), mean_spread: float = 0.1, scale_std: float = 0.1, form: str = "per_unit",
-                 **bn_kwargs):
+    def __init__(
+        self,
+        channels: int,
+        seed: int = 0,
+        layer: int = 0,
+        mean_range=(-0.5, 0.5),
+        scale_range=(1.0, 1.25),
+        mean_spread: float = 0.1,
+        scale_std: float = 0.1,
+        form: str = "per_unit",
+        **bn_kwargs,
+    ):
         super().__init__(channels, **bn_kwargs)
         if form not in NOISE_FORMS:
             raise ValueError(f"form must be one of {NOISE_FORMS}, got {form!r}")
@@ -45,8 +54,9 @@ class NoisyBatchNorm(nn.BatchNorm2d):
         if x.dim() not in (2, 4):
             raise ValueError(f"expected 2-D or 4-D input, got {x.dim()}-D")
 
-    def draw(self, shape: tuple[int, ...] | int, step: int, device: torch.device | str = "cpu"
-             ) -> dict[str, torch.Tensor]:
+    def draw(
+        self, shape: tuple[int, ...] | int, step: int, device: torch.device | str = "cpu"
+    ) -> dict[str, torch.Tensor]:
         """The noise of ``step`` for activations of ``shape`` (N, C) or (N, C, H, W) (an int means
         (N, C)): mu and sigma (per unit: shape (C,); per layer: scalars), and m, s broadcastable
         to ``shape`` (per unit: ``shape`` itself; per layer: (N, C) plus singleton positions)."""
@@ -126,8 +136,9 @@ class LpNorm(nn.Module):
         return f"{self.weight.numel()}, p={self.p}"
 
 
-def make_norm(kind: str, channels: int, layer: int, conv: bool = True, noise: dict | None = None,
-              noise_seed: int = 0) -> nn.Module:
+def make_norm(
+    kind: str, channels: int, layer: int, conv: bool = True, noise: dict | None = None, noise_seed: int = 0
+) -> nn.Module:
     """The normalisation module for ``kind`` (none | batch | noisy_batch | l1 | l2 | linf).
 
     ``conv`` picks BatchNorm2d (N, C, H, W) or BatchNorm1d (N, C); the others take either.

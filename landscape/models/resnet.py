@@ -37,7 +37,7 @@ class Shortcut(nn.Module):
     def forward(self, x):
         if self.stride == 1 and self.pad == 0:
             return x
-        x = x[:, :, ::self.stride, ::self.stride]
+        x = x[:, :, :: self.stride, :: self.stride]
         return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
 
 
@@ -68,8 +68,9 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """CIFAR ResNet-``depth`` for ``in_channels``-channel images (any size; global average pooling before the head)."""
 
-    def __init__(self, depth: int = 20, norm: str = "batch", num_classes: int = 10, in_channels: int = 3,
-                 fixup: bool = False):
+    def __init__(
+        self, depth: int = 20, norm: str = "batch", num_classes: int = 10, in_channels: int = 3, fixup: bool = False
+    ):
         super().__init__()
         if norm not in RESNET_NORMS:
             raise ValueError(f"ResNet norm must be one of {RESNET_NORMS}; got {norm!r}")
@@ -104,7 +105,7 @@ def fixup_init(model: ResNet) -> None:
     for block in model.blocks:
         conv = block.conv1
         fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
-        nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / fan_out) * branches ** -0.5)
+        nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / fan_out) * branches**-0.5)
         nn.init.zeros_(block.conv2.weight)
     nn.init.zeros_(model.fc.weight)
     nn.init.zeros_(model.fc.bias)

@@ -26,8 +26,17 @@ class VGG(nn.Module):
     head (the identity at 32x32, so CIFAR results do not change).
     """
 
-    def __init__(self, depth: int = 11, width: float = 1.0, head: str = "linear", norm: str = "none",
-                 num_classes: int = 10, noise: dict | None = None, noise_seed: int = 0, in_channels: int = 3):
+    def __init__(
+        self,
+        depth: int = 11,
+        width: float = 1.0,
+        head: str = "linear",
+        norm: str = "none",
+        num_classes: int = 10,
+        noise: dict | None = None,
+        noise_seed: int = 0,
+        in_channels: int = 3,
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         in_ch, conv_index = in_channels, 0
@@ -36,9 +45,11 @@ class VGG(nn.Module):
                 layers.append(nn.MaxPool2d(2))
                 continue
             out_ch = max(1, round(item * width))
-            layers += [nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=norm == "none"),
-                       make_norm(norm, out_ch, conv_index, noise=noise, noise_seed=noise_seed),
-                       nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=norm == "none"),
+                make_norm(norm, out_ch, conv_index, noise=noise, noise_seed=noise_seed),
+                nn.ReLU(inplace=True),
+            ]
             in_ch, conv_index = out_ch, conv_index + 1
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -46,9 +57,13 @@ class VGG(nn.Module):
             self.classifier = nn.Linear(in_ch, num_classes)
         elif head == "mlp":
             hidden = max(1, round(512 * width))
-            self.classifier = nn.Sequential(nn.Linear(in_ch, hidden), nn.ReLU(inplace=True),
-                                            nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
-                                            nn.Linear(hidden, num_classes))
+            self.classifier = nn.Sequential(
+                nn.Linear(in_ch, hidden),
+                nn.ReLU(inplace=True),
+                nn.Linear(hidden, hidden),
+                nn.ReLU(inplace=True),
+                nn.Linear(hidden, num_classes),
+            )
         else:
             raise ValueError(f"unknown head '{head}'")
 

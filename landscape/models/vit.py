@@ -15,7 +15,8 @@ and a linear head on the class token. ``norm`` picks what every Norm is:
 Attention is written out (softmax(QK^T / sqrt(d)) V) by default (``attention="explicit"``), so every
 probe, second derivatives included, works on it; ``attention="sdpa"`` calls PyTorch's fused
 ``scaled_dot_product_attention`` instead (the same function; its CPU and flash kernels have no double
-backward, so curvature probes take the finite-difference Hessian-vector product there). Weights are Xavier-uniform (biases 0) by default, like VGG's.
+backward, so curvature probes take the finite-difference Hessian-vector product there). Weights are
+Xavier-uniform (biases 0) by default, like VGG's.
 """
 
 from __future__ import annotations
@@ -106,8 +107,9 @@ class Block(nn.Module):
         self.norm1, self.attn = vit_norm(norm, dim), Attention(dim, heads, dropout, attention)
         self.norm2 = vit_norm(norm, dim)
         hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim),
-                                 nn.Dropout(dropout))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -118,9 +120,20 @@ class ViT(nn.Module):
     """``image_size`` x ``image_size`` images in ``patch`` x ``patch`` patches, ``depth`` blocks of
     width ``dim`` with ``heads`` heads; the class token's final state feeds the head."""
 
-    def __init__(self, image_size: int = 32, patch: int = 4, in_channels: int = 3, num_classes: int = 10,
-                 dim: int = 64, depth: int = 4, heads: int = 4, mlp_ratio: float = 2.0, norm: str = "layer",
-                 dropout: float = 0.0, attention: str = "explicit"):
+    def __init__(
+        self,
+        image_size: int = 32,
+        patch: int = 4,
+        in_channels: int = 3,
+        num_classes: int = 10,
+        dim: int = 64,
+        depth: int = 4,
+        heads: int = 4,
+        mlp_ratio: float = 2.0,
+        norm: str = "layer",
+        dropout: float = 0.0,
+        attention: str = "explicit",
+    ):
         super().__init__()
         if image_size % patch:
             raise ValueError(f"image size {image_size} is not a multiple of the patch size {patch}")

@@ -13,12 +13,21 @@ module; ``Monitor`` schedules any registered probe, and ``register(Probe(...))``
 
 # Import order: the probe modules register their entries as they load.
 from landscape.probes.edge import BatchSharpnessResult, EigenResult, batch_sharpness, edge_eigenvalues
-from landscape.probes.gradients import LayerGradNormResult, layer_grad_norm
-from landscape.probes.hessian import (CurvatureResult, DensityResult, LayerSharpnessResult, SharpnessResult,
-                                      TraceResult, curvature, hessian_trace, layer_sharpness, sharpness,
-                                      spectral_density)
-from landscape.probes.ics import ActivationStats, IcsResult, activation_stats, distribution_shift, ics_opti
 from landscape.probes.functional import evaluation, resolve_layers
+from landscape.probes.gradients import LayerGradNormResult, layer_grad_norm
+from landscape.probes.hessian import (
+    CurvatureResult,
+    DensityResult,
+    LayerSharpnessResult,
+    SharpnessResult,
+    TraceResult,
+    curvature,
+    hessian_trace,
+    layer_sharpness,
+    sharpness,
+    spectral_density,
+)
+from landscape.probes.ics import ActivationStats, IcsResult, activation_stats, distribution_shift, ics_opti
 from landscape.probes.monitor import Monitor
 from landscape.probes.optimizer import UnreadableOptimizer, preconditioner, stability_threshold, update_direction
 from landscape.probes.registry import Context, NoOptions, Probe, quantity, register, unregister
@@ -47,14 +56,37 @@ __all__ = [
     "layer_grad_norm",  # the gradient's norm per layer
     "loss_slice",  # the loss along a filter-normalised random direction
     # their results
-    "SweepResult", "SharpnessResult", "CurvatureResult", "LayerSharpnessResult", "TraceResult", "DensityResult",
-    "BatchSharpnessResult", "EigenResult", "IcsResult", "ActivationStats", "LayerGradNormResult",
+    "SweepResult",
+    "SharpnessResult",
+    "CurvatureResult",
+    "LayerSharpnessResult",
+    "TraceResult",
+    "DensityResult",
+    "BatchSharpnessResult",
+    "EigenResult",
+    "IcsResult",
+    "ActivationStats",
+    "LayerGradNormResult",
     # running probes in a training loop, on a schedule
-    "Monitor", "every", "log_spaced", "explicit", "mixed",
+    "Monitor",
+    "every",
+    "log_spaced",
+    "explicit",
+    "mixed",
     # the probe table: adding a probe
-    "Probe", "Context", "NoOptions", "register", "unregister", "quantity",
+    "Probe",
+    "Context",
+    "NoOptions",
+    "register",
+    "unregister",
+    "quantity",
     # the optimizer, as the probes read it
-    "stability_threshold", "preconditioner", "update_direction", "UnreadableOptimizer",
+    "stability_threshold",
+    "preconditioner",
+    "update_direction",
+    "UnreadableOptimizer",
     # settings and helpers
-    "evaluation", "resolve_layers", "DEFAULT_ETA_MULTIPLES",
+    "evaluation",
+    "resolve_layers",
+    "DEFAULT_ETA_MULTIPLES",
 ]

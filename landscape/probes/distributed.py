@@ -71,14 +71,30 @@ def agree(group: Any, settings: dict, schedule) -> None:
     dist.all_gather_object(fingerprints, (mine, schedule_fingerprint(schedule)), group=group)
     differ = [r for r, f in enumerate(fingerprints) if f != fingerprints[0]]
     if differ:
-        what = "schedule" if any(f[0] == fingerprints[0][0] for f in (fingerprints[r] for r in differ)) else \
-            "probes or options"
-        raise ValueError(f"the ranks disagree on the Monitor's {what} (rank {differ[0]} differs from rank 0); "
-                         "construct the Monitor with the same probes, options and schedule on every rank")
+        what = (
+            "schedule"
+            if any(f[0] == fingerprints[0][0] for f in (fingerprints[r] for r in differ))
+            else "probes or options"
+        )
+        raise ValueError(
+            f"the ranks disagree on the Monitor's {what} (rank {differ[0]} differs from rank 0); "
+            "construct the Monitor with the same probes, options and schedule on every rank"
+        )
 
 
 def collective_failure(exc: BaseException) -> bool:
     """An error raised by a collective whose peers failed, left or timed out."""
     text = str(exc).lower()
-    return any(k in text for k in ("timed out", "timeout", "connection closed", "connection reset", "broken pipe",
-                                   "gloo", "nccl", "peer"))
+    return any(
+        k in text
+        for k in (
+            "timed out",
+            "timeout",
+            "connection closed",
+            "connection reset",
+            "broken pipe",
+            "gloo",
+            "nccl",
+            "peer",
+        )
+    )

@@ -16,14 +16,22 @@ Definitions, at weights ``w``:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 
-from landscape.probes.functional import (Batch, Objective, Params, current_params, dot, flat_hessian, group_size,
-                                         untouched)
+from landscape.probes.functional import (
+    Batch,
+    Objective,
+    Params,
+    current_params,
+    dot,
+    flat_hessian,
+    group_size,
+    untouched,
+)
 from landscape.probes.linalg import EigenResult, eigenvalues_above
 from landscape.probes.optimizer import UnreadableOptimizer, optimizer_facts, preconditioner, threshold_warning
 from landscape.probes.registry import Context, Probe, over, register
@@ -45,12 +53,20 @@ def split_batch(batch: Batch, size: int) -> list[Batch]:
     (a shorter remainder is dropped: every minibatch has the training batch's size)."""
     x, y = batch
     n = len(y) // size
-    return [(x[i * size:(i + 1) * size], y[i * size:(i + 1) * size]) for i in range(n)]
+    return [(x[i * size : (i + 1) * size], y[i * size : (i + 1) * size]) for i in range(n)]
 
 
-def batch_sharpness(model: nn.Module, loss_fn: Callable, batches: list[Batch], *, eval_mode: bool = False,
-                    params: Params | None = None, buffers: Params | None = None, rng: dict | None = None,
-                    output_fn: Callable | None = None) -> BatchSharpnessResult:
+def batch_sharpness(
+    model: nn.Module,
+    loss_fn: Callable,
+    batches: list[Batch],
+    *,
+    eval_mode: bool = False,
+    params: Params | None = None,
+    buffers: Params | None = None,
+    rng: dict | None = None,
+    output_fn: Callable | None = None,
+) -> BatchSharpnessResult:
     """``mean_B g_B' H_B g_B / ||g_B||^2`` over ``batches`` (each its own loss, gradient and Hessian)."""
     if not batches:
         raise ValueError("batch_sharpness needs at least one minibatch")
@@ -65,22 +81,50 @@ def batch_sharpness(model: nn.Module, loss_fn: Callable, batches: list[Batch], *
             for k, v in f.cost.as_dict().items():
                 cost[k] += v
         finite = [v for v in values if math.isfinite(v)]
-        return BatchSharpnessResult(value=sum(finite) / len(finite) if len(finite) == len(values) else math.nan,
-                                    per_batch=values, batch_size=len(batches[0][1]), cost=cost)
+        return BatchSharpnessResult(
+            value=sum(finite) / len(finite) if len(finite) == len(values) else math.nan,
+            per_batch=values,
+            batch_size=len(batches[0][1]),
+            cost=cost,
+        )
 
 
-def edge_eigenvalues(model: nn.Module, loss_fn: Callable, batch: Batch, line: float, *, block: int = 4,
-                     max_products: int = 200, tol: float = 1e-2, start: torch.Tensor | None = None, seed: int = 0,
-                     min_products: int = 20, preconditioner: Params | None = None, eval_mode: bool = False,
-                     params: Params | None = None, buffers: Params | None = None, rng: dict | None = None,
-                     output_fn: Callable | None = None) -> EigenResult:
+def edge_eigenvalues(
+    model: nn.Module,
+    loss_fn: Callable,
+    batch: Batch,
+    line: float,
+    *,
+    block: int = 4,
+    max_products: int = 200,
+    tol: float = 1e-2,
+    start: torch.Tensor | None = None,
+    seed: int = 0,
+    min_products: int = 20,
+    preconditioner: Params | None = None,
+    eval_mode: bool = False,
+    params: Params | None = None,
+    buffers: Params | None = None,
+    rng: dict | None = None,
+    output_fn: Callable | None = None,
+) -> EigenResult:
     """The Hessian's eigenvalues above ``line`` (of ``P^-1/2 H P^-1/2`` with a preconditioner), through one
     retained graph (see :func:`eigenvalues_above`)."""
     with untouched(model, eval_mode):
         H = flat_hessian(model, loss_fn, batch, params, buffers, rng, output_fn)
         matvec = H.preconditioned(preconditioner)[0]
-        r = eigenvalues_above(matvec, H.n, line, block=block, max_products=max_products, tol=tol, start=start,
-                              min_products=min_products, seed=seed, like=H.like)
+        r = eigenvalues_above(
+            matvec,
+            H.n,
+            line,
+            block=block,
+            max_products=max_products,
+            tol=tol,
+            start=start,
+            min_products=min_products,
+            seed=seed,
+            like=H.like,
+        )
         r.cost = H.objective.cost.as_dict()
         return r
 
@@ -99,7 +143,7 @@ class BatchSharpnessOptions:
 
 def _batch_sharpness(ctx: Context, o: BatchSharpnessOptions) -> dict:
     source = ctx.fixed_batch if ctx.fixed_batch is not None else ctx.batch
-    minibatches = split_batch(source, o.batch_size)[:o.batches]
+    minibatches = split_batch(source, o.batch_size)[: o.batches]
     if not minibatches:  # a step's batch smaller than batch_size and no fixed batch
         minibatches = [ctx.batch]
     out = batch_sharpness(ctx.model, ctx.loss_fn, minibatches, **ctx.common()).as_dict()
@@ -107,14 +151,26 @@ def _batch_sharpness(ctx: Context, o: BatchSharpnessOptions) -> dict:
     return {**out, **optimizer_facts(ctx.optimizer)}
 
 
-register(Probe(
-    "batch_sharpness", "batch sharpness: the mean over minibatches of g_B'H_B g_B / |g_B|^2 (Edge of Stochastic "
-    "Stability), against the stability threshold", _batch_sharpness, BatchSharpnessOptions,
-    quantities={"batch_sharpness": lambda v: v["value"],
-                "batch_over_threshold": lambda v: over(v["value"], v["threshold"])},
-    exported=("batch_sharpness",), fixed_batch=lambda o: o.batches * o.batch_size,
-    check=lambda o: None if o.batches > 0 and o.batch_size > 0 else
-    f"batches and batch_size must be positive; got {o.batches} and {o.batch_size}"))
+register(
+    Probe(
+        "batch_sharpness",
+        "batch sharpness: the mean over minibatches of g_B'H_B g_B / |g_B|^2 (Edge of Stochastic "
+        "Stability), against the stability threshold",
+        _batch_sharpness,
+        BatchSharpnessOptions,
+        quantities={
+            "batch_sharpness": lambda v: v["value"],
+            "batch_over_threshold": lambda v: over(v["value"], v["threshold"]),
+        },
+        exported=("batch_sharpness",),
+        fixed_batch=lambda o: o.batches * o.batch_size,
+        check=lambda o: (
+            None
+            if o.batches > 0 and o.batch_size > 0
+            else f"batches and batch_size must be positive; got {o.batches} and {o.batch_size}"
+        ),
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -137,10 +193,20 @@ def _edge(ctx: Context, o: EdgeEigenvaluesOptions) -> dict:
     if facts["threshold"] is None:
         return {"values": None, "count": None, "note": "no stability threshold for this optimizer", **facts}
     previous = ctx.state.get("vectors") if o.warm_start else None
-    r = edge_eigenvalues(ctx.model, ctx.loss_fn, ctx.fixed_part(o.batch), o.fraction * facts["threshold"],
-                                  block=o.block, max_products=o.max_products, tol=o.tol, start=previous,
-                                  min_products=o.min_products,
-                                  seed=ctx.step, preconditioner=P, **ctx.common())
+    r = edge_eigenvalues(
+        ctx.model,
+        ctx.loss_fn,
+        ctx.fixed_part(o.batch),
+        o.fraction * facts["threshold"],
+        block=o.block,
+        max_products=o.max_products,
+        tol=o.tol,
+        start=previous,
+        min_products=o.min_products,
+        seed=ctx.step,
+        preconditioner=P,
+        **ctx.common(),
+    )
     ctx.state["vectors"] = r.vectors if o.warm_start else None
     return {**r.as_dict(), "fraction": o.fraction, "preconditioned": P is not None, **facts}
 
@@ -149,15 +215,28 @@ def _edge_check(o: EdgeEigenvaluesOptions) -> str | None:
     if not 0 < o.fraction < 100:
         return f"fraction must be a positive share of the threshold; got {o.fraction}"
     if o.block < 1 or o.max_products < o.block or not 0 < o.tol < 1 or o.batch < 0 or o.min_products < 0:
-        return (f"need block >= 1, max_products >= block, tol in (0, 1) and batch >= 0; got {o.block}, "
-                f"{o.max_products}, {o.tol}, {o.batch}")
+        return (
+            f"need block >= 1, max_products >= block, tol in (0, 1) and batch >= 0; got {o.block}, "
+            f"{o.max_products}, {o.tol}, {o.batch}"
+        )
     return None
 
 
-register(Probe(
-    "edge_eigenvalues", "every Hessian eigenvalue (of P^-1 H under Adam) above a fraction of the stability "
-    "threshold, by warm-started block Krylov: how many directions sit at the edge", _edge,
-    EdgeEigenvaluesOptions,
-    quantities={"edge_count": lambda v: v["count"], "edge_top": lambda v: v["top"],
-                "edge_products": lambda v: v["products"]},
-    exported=("edge_count",), attach=threshold_warning, fixed_batch=lambda o: o.batch or None, check=_edge_check))
+register(
+    Probe(
+        "edge_eigenvalues",
+        "every Hessian eigenvalue (of P^-1 H under Adam) above a fraction of the stability "
+        "threshold, by warm-started block Krylov: how many directions sit at the edge",
+        _edge,
+        EdgeEigenvaluesOptions,
+        quantities={
+            "edge_count": lambda v: v["count"],
+            "edge_top": lambda v: v["top"],
+            "edge_products": lambda v: v["products"],
+        },
+        exported=("edge_count",),
+        attach=threshold_warning,
+        fixed_batch=lambda o: o.batch or None,
+        check=_edge_check,
+    )
+)

@@ -6,11 +6,30 @@ import warnings
 
 from landscape.probes import registry
 from landscape.probes.legacy import LEGACY_OPTIONS, upgrade_legacy  # noqa: F401
-from landscape.probes.registry import (REGISTRY, Context, Probe, attach_warnings, get, mean_over_layers,  # noqa: F401
-                                       names, number, numbers, options_of, per_layer, quantity, register, scalars,
-                                       unregister, warn_at_attach)
+from landscape.probes.registry import (  # noqa: F401
+    REGISTRY,
+    Context,
+    Probe,
+    attach_warnings,
+    get,
+    mean_over_layers,
+    names,
+    number,
+    numbers,
+    options_of,
+    per_layer,
+    quantity,
+    register,
+    scalars,
+    unregister,
+    warn_at_attach,
+)
 from landscape.probes.sweeps import DEFAULT_ETA_MULTIPLES  # noqa: F401
 
-warnings.warn("landscape.probes.entries is landscape 0.3's; import from landscape.probes (or landscape.probes.registry)"
-              " instead: it goes in 0.5", DeprecationWarning, stacklevel=2)
+warnings.warn(
+    "landscape.probes.entries is landscape 0.3's; import from landscape.probes (or landscape.probes.registry)"
+    " instead: it goes in 0.5",
+    DeprecationWarning,
+    stacklevel=2,
+)
 __all__ = [n for n in dir(registry) if not n.startswith("_")]

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -115,8 +116,11 @@ def evaluation(hvp: str | None = None, autocast: dict | None = None, group: Any 
     holding the global batch). Unset arguments keep the enclosing setting."""
     if hvp is not None and hvp not in HVP_MODES:
         raise ValueError(f"hvp must be one of {', '.join(HVP_MODES)}; got {hvp!r}")
-    tokens = [(var, var.set(value)) for var, value in ((_HVP_MODE, hvp), (_AUTOCAST, autocast), (_GROUP, group))
-              if value is not None]
+    tokens = [
+        (var, var.set(value))
+        for var, value in ((_HVP_MODE, hvp), (_AUTOCAST, autocast), (_GROUP, group))
+        if value is not None
+    ]
     try:
         yield
     finally:
@@ -164,7 +168,7 @@ def forward_context():
     return torch.autocast(**cast) if cast else contextlib.nullcontext()
 
 
-def fd_step(w: "Params", v: "Params") -> float:
+def fd_step(w: Params, v: Params) -> float:
     """The finite-difference Hessian-vector product's step ``h`` (the points ``w +- h v``): the cube root of
     the dtype's machine epsilon (the central difference's best balance of truncation and rounding),
     relative to the size of the weights: ``||h v|| = eps^(1/3) max(||w||, 1)``."""
@@ -207,12 +211,27 @@ class Objective:
     cost: Cost = field(default_factory=Cost)
 
     @classmethod
-    def of(cls, model: nn.Module, loss_fn: Callable, batch: Batch, buffers: Params | None = None,
-           rng: dict | None = None, output_fn: Callable | None = None) -> "Objective":
+    def of(
+        cls,
+        model: nn.Module,
+        loss_fn: Callable,
+        batch: Batch,
+        buffers: Params | None = None,
+        rng: dict | None = None,
+        output_fn: Callable | None = None,
+    ) -> Objective:
         inputs, targets = batch
         args, kwargs = split_inputs(inputs)
-        return cls(model, loss_fn, args, kwargs, targets, buffers if buffers is not None else current_buffers(model),
-                   rng if rng is not None else rng_state(), output_fn or default_output)
+        return cls(
+            model,
+            loss_fn,
+            args,
+            kwargs,
+            targets,
+            buffers if buffers is not None else current_buffers(model),
+            rng if rng is not None else rng_state(),
+            output_fn or default_output,
+        )
 
     def __call__(self, params: Params) -> torch.Tensor:
         set_rng_state(self.rng)  # the same dropout masks / random draws for every evaluation
@@ -237,12 +256,14 @@ class Objective:
         """Value and gradients averaged over the ranks (under a process group), detached."""
         if process_group() is None:
             return value.detach(), {n: g.detach() for n, g in grads.items()}
-        flat = torch.cat([value.detach().reshape(1).to(next(iter(grads.values())).dtype)]
-                         + [g.detach().reshape(-1) for g in grads.values()])
+        flat = torch.cat(
+            [value.detach().reshape(1).to(next(iter(grads.values())).dtype)]
+            + [g.detach().reshape(-1) for g in grads.values()]
+        )
         flat = average_over_ranks(flat)
         out, i = {}, 1
         for n, g in grads.items():
-            out[n] = flat[i:i + g.numel()].view_as(g)
+            out[n] = flat[i : i + g.numel()].view_as(g)
             i += g.numel()
         return flat[0].to(value.dtype), out
 
@@ -279,8 +300,9 @@ class Objective:
 
         def exact(v: Params) -> Params:
             with torch.enable_grad():
-                hv = torch.autograd.grad(flat_grads, list(leaves.values()), grad_outputs=[v[n] for n in names],
-                                         retain_graph=True)
+                hv = torch.autograd.grad(
+                    flat_grads, list(leaves.values()), grad_outputs=[v[n] for n in names], retain_graph=True
+                )
             return dict(zip(names, hv))
 
         def finite_difference(v: Params) -> Params:
@@ -320,8 +342,11 @@ class Objective:
 def _no_double_backward(exc: RuntimeError) -> bool:
     """A kernel without a second derivative (the error PyTorch raises at the double backward)."""
     text = str(exc)
-    return "not implemented" in text and ("derivative for" in text or "double backward" in text.lower()) or \
-        "does not support double backward" in text.lower()
+    return (
+        "not implemented" in text
+        and ("derivative for" in text or "double backward" in text.lower())
+        or "does not support double backward" in text.lower()
+    )
 
 
 @contextlib.contextmanager
@@ -351,19 +376,23 @@ def resolve_layers(model: nn.Module, layers: Iterable | None = None) -> list[tup
 
     def names_under(prefix: str) -> list[str]:
         if prefix not in modules:
-            raise KeyError(f"no module named '{prefix}'; modules with parameters: "
-                           f"{', '.join(n for n, _ in _owning(model))}")
+            raise KeyError(
+                f"no module named '{prefix}'; modules with parameters: {', '.join(n for n, _ in _owning(model))}"
+            )
         stem = f"{prefix}." if prefix else ""
         return [n for n in params if n.startswith(stem) and params[n].requires_grad]
 
     if layers is not None and not isinstance(layers, dict):
         layers = expand_layer_names(model, layers)
     if layers is None:
-        return [(name, [f"{name}.{p}" if name else p for p, t in m.named_parameters(recurse=False)
-                        if t.requires_grad]) for name, m in _owning(model)]
+        return [
+            (name, [f"{name}.{p}" if name else p for p, t in m.named_parameters(recurse=False) if t.requires_grad])
+            for name, m in _owning(model)
+        ]
     if isinstance(layers, dict):
-        groups = [(label, [n for prefix in prefixes for n in names_under(prefix)])
-                  for label, prefixes in layers.items()]
+        groups = [
+            (label, [n for prefix in prefixes for n in names_under(prefix)]) for label, prefixes in layers.items()
+        ]
     else:
         groups = [(prefix, names_under(prefix)) for prefix in layers]
     order = {n: i for i, n in enumerate(params)}
@@ -375,7 +404,7 @@ def expand_layer_names(model: nn.Module, names: Iterable[str]) -> list[str]:
     out: list[str] = []
     for name in names:
         if name.startswith("type:"):
-            cls = name[len("type:"):]
+            cls = name[len("type:") :]
             matches = [n for n, m in model.named_modules() if type(m).__name__ == cls]
             if not matches:
                 raise KeyError(f"no module of type '{cls}' in {type(model).__name__}")
@@ -386,8 +415,7 @@ def expand_layer_names(model: nn.Module, names: Iterable[str]) -> list[str]:
 
 
 def _owning(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(name, m) for name, m in model.named_modules()
-            if any(p.requires_grad for p in m.parameters(recurse=False))]
+    return [(name, m) for name, m in model.named_modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
 
 
 def dot(a: Params, b: Params, names: Iterable[str] | None = None) -> torch.Tensor:
@@ -417,8 +445,9 @@ class FlatHessian:
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         return flat(self.hvp(unflat(v, self.w, self.names)), self.names)
 
-    def preconditioned(self, preconditioner: Params | None) -> tuple[Callable[[torch.Tensor], torch.Tensor],
-                                                                     torch.Tensor | None]:
+    def preconditioned(
+        self, preconditioner: Params | None
+    ) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor | None]:
         """``(v -> P^-1/2 H P^-1/2 v, P^-1/2 as a flat vector)`` for a diagonal preconditioner ``P`` per parameter
         (the symmetric form of ``P^-1 H``, with the same eigenvalues); ``(self, None)`` without one."""
         if preconditioner is None:
@@ -427,8 +456,15 @@ class FlatHessian:
         return (lambda v: scale * self(scale * v)), scale
 
 
-def flat_hessian(model: nn.Module, loss_fn: Callable, batch: Batch, params: Params | None, buffers: Params | None,
-                 rng: dict | None, output_fn: Callable | None) -> FlatHessian:
+def flat_hessian(
+    model: nn.Module,
+    loss_fn: Callable,
+    batch: Batch,
+    params: Params | None,
+    buffers: Params | None,
+    rng: dict | None,
+    output_fn: Callable | None,
+) -> FlatHessian:
     """One forward and differentiable backward at ``params`` (default: the model's); call inside :func:`untouched`."""
     f = Objective.of(model, loss_fn, batch, buffers, rng, output_fn)
     w = params if params is not None else current_params(model)

@@ -3,8 +3,8 @@ Yang et al. 2019)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable
 
 from torch import nn
 
@@ -23,9 +23,18 @@ class LayerGradNormResult:
         return asdict(self)
 
 
-def layer_grad_norm(model: nn.Module, loss_fn: Callable, batch: Batch, layers: Iterable | dict | None = None, *,
-                    grad: Params | None = None, eval_mode: bool = False, buffers: Params | None = None,
-                    rng: dict | None = None, output_fn: Callable | None = None) -> LayerGradNormResult:
+def layer_grad_norm(
+    model: nn.Module,
+    loss_fn: Callable,
+    batch: Batch,
+    layers: Iterable | dict | None = None,
+    *,
+    grad: Params | None = None,
+    eval_mode: bool = False,
+    buffers: Params | None = None,
+    rng: dict | None = None,
+    output_fn: Callable | None = None,
+) -> LayerGradNormResult:
     """``||grad L||`` per layer (as :func:`landscape.probes.resolve_layers` selects and groups them) and over
     all parameters. ``grad`` (e.g. the step's ``p.grad``, from this very forward) saves the one pass it costs."""
     with untouched(model, eval_mode):
@@ -34,8 +43,9 @@ def layer_grad_norm(model: nn.Module, loss_fn: Callable, batch: Batch, layers: I
             grad = f.value_and_grad(current_params(model))[1]
         groups = resolve_layers(model, layers)
         norms = {label: float(norm(grad, names)) for label, names in groups}
-        return LayerGradNormResult(layers=[label for label, _ in groups], values=norms, total=float(norm(grad)),
-                                   cost=f.cost.as_dict())
+        return LayerGradNormResult(
+            layers=[label for label, _ in groups], values=norms, total=float(norm(grad)), cost=f.cost.as_dict()
+        )
 
 
 def _layer_grad_norm(ctx: Context, o: NoOptions) -> dict:
@@ -53,9 +63,18 @@ def _first_over_last(v: dict) -> float | None:
     return first / last if first is not None and last else None
 
 
-register(Probe(
-    "layer_grad_norm", "the gradient's norm per layer, and the first layer's over the last's (gradient explosion)",
-    _layer_grad_norm, NoOptions,
-    quantities={"layer_grad_norm": lambda v: v["values"], "grad_first_over_last": _first_over_last,
-                "grad_total": lambda v: v["total"]}, exported=("layer_grad_norm", "grad_first_over_last"),
-    views={"layers": layer_list}))
+register(
+    Probe(
+        "layer_grad_norm",
+        "the gradient's norm per layer, and the first layer's over the last's (gradient explosion)",
+        _layer_grad_norm,
+        NoOptions,
+        quantities={
+            "layer_grad_norm": lambda v: v["values"],
+            "grad_first_over_last": _first_over_last,
+            "grad_total": lambda v: v["total"],
+        },
+        exported=("layer_grad_norm", "grad_first_over_last"),
+        views={"layers": layer_list},
+    )
+)

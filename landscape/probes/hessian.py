@@ -20,15 +20,16 @@ preconditioner in :mod:`landscape.probes.optimizer`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Literal
+from typing import Literal
 
 import torch
 from torch import nn
 
 from landscape.probes.functional import Batch, Params, flat_hessian, resolve_layers, untouched
 from landscape.probes.linalg import flat, lanczos, rademacher, start_vector, tridiagonal, unflat
-from landscape.probes.optimizer import (UnreadableOptimizer, optimizer_facts, preconditioner, threshold_warning)
+from landscape.probes.optimizer import UnreadableOptimizer, optimizer_facts, preconditioner, threshold_warning
 from landscape.probes.registry import Context, NoOptions, Probe, finite_list, layer_list, over, register
 
 
@@ -46,10 +47,22 @@ class SharpnessResult:
         return {k: v for k, v in asdict(self).items() if k != "vector"}
 
 
-def sharpness(model: nn.Module, loss_fn: Callable, batch: Batch, *, iters: int = 20, tol: float = 1e-3,
-              seed: int = 0, start: str | torch.Tensor = "gradient", eval_mode: bool = False,
-              params: Params | None = None, buffers: Params | None = None, rng: dict | None = None,
-              output_fn: Callable | None = None, preconditioner: Params | None = None) -> SharpnessResult:
+def sharpness(
+    model: nn.Module,
+    loss_fn: Callable,
+    batch: Batch,
+    *,
+    iters: int = 20,
+    tol: float = 1e-3,
+    seed: int = 0,
+    start: str | torch.Tensor = "gradient",
+    eval_mode: bool = False,
+    params: Params | None = None,
+    buffers: Params | None = None,
+    rng: dict | None = None,
+    output_fn: Callable | None = None,
+    preconditioner: Params | None = None,
+) -> SharpnessResult:
     """Top Hessian eigenvalue by Lanczos on Hessian-vector products.
 
     The products are backward passes through the retained graph of one differentiable
@@ -83,8 +96,15 @@ def sharpness(model: nn.Module, loss_fn: Callable, batch: Batch, *, iters: int =
             direction = None
         ritz = lanczos(matvec, start_vector(H.n, seed, H.like, direction), iters, tol)[2]
         f = H.objective
-        return SharpnessResult(value=ritz.value, hvps=f.cost.hvp, residual=ritz.residual, converged=ritz.converged,
-                               cost=f.cost.as_dict(), preconditioned=preconditioner is not None, vector=ritz.vector)
+        return SharpnessResult(
+            value=ritz.value,
+            hvps=f.cost.hvp,
+            residual=ritz.residual,
+            converged=ritz.converged,
+            cost=f.cost.as_dict(),
+            preconditioned=preconditioner is not None,
+            vector=ritz.vector,
+        )
 
 
 @dataclass
@@ -97,9 +117,17 @@ class CurvatureResult:
         return asdict(self)
 
 
-def curvature(model: nn.Module, loss_fn: Callable, batch: Batch, *, eval_mode: bool = False,
-                          params: Params | None = None, buffers: Params | None = None, rng: dict | None = None,
-                          output_fn: Callable | None = None) -> CurvatureResult:
+def curvature(
+    model: nn.Module,
+    loss_fn: Callable,
+    batch: Batch,
+    *,
+    eval_mode: bool = False,
+    params: Params | None = None,
+    buffers: Params | None = None,
+    rng: dict | None = None,
+    output_fn: Callable | None = None,
+) -> CurvatureResult:
     """The curvature along the gradient, ``g^T H g / ||g||^2``: one Hessian-vector product."""
     with untouched(model, eval_mode):
         H = flat_hessian(model, loss_fn, batch, params, buffers, rng, output_fn)
@@ -121,10 +149,21 @@ class LayerSharpnessResult:
         return asdict(self)
 
 
-def layer_sharpness(model: nn.Module, loss_fn: Callable, batch: Batch, layers: Iterable | dict | None = None, *,
-                    iters: int = 20, tol: float = 1e-2, seed: int = 0, eval_mode: bool = False,
-                    params: Params | None = None, buffers: Params | None = None, rng: dict | None = None,
-                    output_fn: Callable | None = None) -> LayerSharpnessResult:
+def layer_sharpness(
+    model: nn.Module,
+    loss_fn: Callable,
+    batch: Batch,
+    layers: Iterable | dict | None = None,
+    *,
+    iters: int = 20,
+    tol: float = 1e-2,
+    seed: int = 0,
+    eval_mode: bool = False,
+    params: Params | None = None,
+    buffers: Params | None = None,
+    rng: dict | None = None,
+    output_fn: Callable | None = None,
+) -> LayerSharpnessResult:
     """Per layer (as :func:`landscape.probes.resolve_layers` selects and groups them), the top
     eigenvalue of its diagonal Hessian block, by Lanczos on products ``v_l -> (H [v_l, 0])_l``
     through one retained graph, started from the layer's gradient (plus a random direction)."""
@@ -135,6 +174,7 @@ def layer_sharpness(model: nn.Module, loss_fn: Callable, batch: Batch, layers: I
         zeros = {n: torch.zeros_like(t) for n, t in w.items()}
         values, residual, hvps = {}, {}, {}
         for label, names in groups:
+
             def matvec(v: torch.Tensor, names=names) -> torch.Tensor:
                 return flat(hvp({**zeros, **unflat(v, w, names)}), names)
 
@@ -143,8 +183,9 @@ def layer_sharpness(model: nn.Module, loss_fn: Callable, batch: Batch, layers: I
             q = start_vector(sum(w[n].numel() for n in names), seed, like, flat(grad, names))
             ritz = lanczos(matvec, q, iters, tol)[2]
             values[label], residual[label], hvps[label] = ritz.value, ritz.residual, f.cost.hvp - before
-        return LayerSharpnessResult(layers=[label for label, _ in groups], values=values, residual=residual,
-                                    hvps=hvps, cost=f.cost.as_dict())
+        return LayerSharpnessResult(
+            layers=[label for label, _ in groups], values=values, residual=residual, hvps=hvps, cost=f.cost.as_dict()
+        )
 
 
 @dataclass
@@ -164,10 +205,20 @@ def min_trace_samples(method: str) -> int:
     return 4 if method == "hutch++" else 2
 
 
-def hessian_trace(model: nn.Module, loss_fn: Callable, batch: Batch, *, samples: int = 30,
-                  method: str = "hutchinson", seed: int = 0, eval_mode: bool = False, params: Params | None = None,
-                  buffers: Params | None = None, rng: dict | None = None,
-                  output_fn: Callable | None = None) -> TraceResult:
+def hessian_trace(
+    model: nn.Module,
+    loss_fn: Callable,
+    batch: Batch,
+    *,
+    samples: int = 30,
+    method: str = "hutchinson",
+    seed: int = 0,
+    eval_mode: bool = False,
+    params: Params | None = None,
+    buffers: Params | None = None,
+    rng: dict | None = None,
+    output_fn: Callable | None = None,
+) -> TraceResult:
     """``tr(H)`` from ``samples`` Hessian-vector products.
 
     ``hutchinson``: the mean of ``z^T H z`` over Rademacher ``z``; standard error ``sd / sqrt(m)``.
@@ -195,8 +246,13 @@ def hessian_trace(model: nn.Module, loss_fn: Callable, batch: Batch, *, samples:
         else:
             G = rademacher(n, samples, gen, like)
         quad = torch.tensor([float(z.double() @ H(z).double()) for z in G], dtype=torch.float64)
-        return TraceResult(value=exact + float(quad.mean()), stderr=float(quad.std() / math.sqrt(len(quad))),
-                           samples=f.cost.hvp, method=method, cost=f.cost.as_dict())
+        return TraceResult(
+            value=exact + float(quad.mean()),
+            stderr=float(quad.std() / math.sqrt(len(quad))),
+            samples=f.cost.hvp,
+            method=method,
+            cost=f.cost.as_dict(),
+        )
 
 
 @dataclass
@@ -211,10 +267,21 @@ class DensityResult:
         return asdict(self)
 
 
-def spectral_density(model: nn.Module, loss_fn: Callable, batch: Batch, *, vectors: int = 4, steps: int = 20,
-                     bins: int = 40, seed: int = 0, eval_mode: bool = False, params: Params | None = None,
-                     buffers: Params | None = None, rng: dict | None = None,
-                     output_fn: Callable | None = None) -> DensityResult:
+def spectral_density(
+    model: nn.Module,
+    loss_fn: Callable,
+    batch: Batch,
+    *,
+    vectors: int = 4,
+    steps: int = 20,
+    bins: int = 40,
+    seed: int = 0,
+    eval_mode: bool = False,
+    params: Params | None = None,
+    buffers: Params | None = None,
+    rng: dict | None = None,
+    output_fn: Callable | None = None,
+) -> DensityResult:
     """The Hessian's eigenvalue density by stochastic Lanczos quadrature: for each of ``vectors``
     random unit vectors ``v``, ``steps`` Lanczos products give a tridiagonal ``T``; its
     eigenvalues are the nodes and the squared first components of its eigenvectors the weights
@@ -240,8 +307,13 @@ def spectral_density(model: nn.Module, loss_fn: Callable, batch: Batch, *, vecto
         for row_n, row_w in zip(nodes, weights):
             idx = torch.bucketize(torch.tensor(row_n, dtype=torch.float64), edges[1:-1])
             mass.index_add_(0, idx, torch.tensor(row_w, dtype=torch.float64))
-        return DensityResult(nodes=nodes, weights=weights, edges=edges.tolist(), density=(mass / len(nodes)).tolist(),
-                             cost=f.cost.as_dict())
+        return DensityResult(
+            nodes=nodes,
+            weights=weights,
+            edges=edges.tolist(),
+            density=(mass / len(nodes)).tolist(),
+            cost=f.cost.as_dict(),
+        )
 
 
 directional_curvature = curvature  # its name before 0.4
@@ -255,7 +327,9 @@ class SharpnessOptions:
     iters: int = 20  # Lanczos iterations (Hessian-vector products) at most
     tol: float = 1e-3  # stop when the eigenvalue's error bound is below this relative tolerance
     warm_start: bool = False  # start each Lanczos from the previous measurement's eigenvector (checkpointed)
-    batch: int = 0  # 0: each step's batch; N: a fixed training batch of N examples, the same every time (e.g. the full data set)
+    batch: int = (
+        0  # 0: each step's batch; N: a fixed training batch of N examples, the same every time (e.g. the full data set)
+    )
     raw: bool = False  # under Adam/AdamW, also the plain Hessian's top eigenvalue (recorded as raw_value)
 
 
@@ -270,8 +344,9 @@ def _sharpness(ctx: Context, o: SharpnessOptions) -> dict:
     previous = ctx.state.get("vector")
     start = previous if o.warm_start and previous is not None else "gradient"
     batch = ctx.fixed_part(o.batch)
-    result = sharpness(ctx.model, ctx.loss_fn, batch, iters=o.iters, tol=o.tol, preconditioner=P, start=start,
-                       **ctx.common())
+    result = sharpness(
+        ctx.model, ctx.loss_fn, batch, iters=o.iters, tol=o.tol, preconditioner=P, start=start, **ctx.common()
+    )
     ctx.state["vector"] = result.vector if o.warm_start else None
     out = {**result.as_dict(), "warm_start": not isinstance(start, str), **optimizer_facts(ctx.optimizer)}
     if o.batch:
@@ -297,22 +372,38 @@ def _lanczos_check(o) -> str | None:
     return None
 
 
-register(Probe(
-    "sharpness", "the top Hessian eigenvalue (of P^-1 H under Adam) and the optimizer's stability threshold",
-    _sharpness, SharpnessOptions,
-    quantities={"sharpness": lambda v: v["value"], "sharpness_threshold": lambda v: v["threshold"],
-                "over_threshold": lambda v: over(v["value"], v["threshold"]),
-                "raw_sharpness": lambda v: v["raw_value"],
-                "raw_over_threshold": lambda v: over(v["raw_value"], v["threshold"])},
-    exported=("sharpness", "sharpness_threshold"), attach=threshold_warning, check=_sharpness_check,
-    views={"preconditioned": lambda v: bool(v.get("preconditioned"))},
-    fixed_batch=lambda o: o.batch or None))
+register(
+    Probe(
+        "sharpness",
+        "the top Hessian eigenvalue (of P^-1 H under Adam) and the optimizer's stability threshold",
+        _sharpness,
+        SharpnessOptions,
+        quantities={
+            "sharpness": lambda v: v["value"],
+            "sharpness_threshold": lambda v: v["threshold"],
+            "over_threshold": lambda v: over(v["value"], v["threshold"]),
+            "raw_sharpness": lambda v: v["raw_value"],
+            "raw_over_threshold": lambda v: over(v["raw_value"], v["threshold"]),
+        },
+        exported=("sharpness", "sharpness_threshold"),
+        attach=threshold_warning,
+        check=_sharpness_check,
+        views={"preconditioned": lambda v: bool(v.get("preconditioned"))},
+        fixed_batch=lambda o: o.batch or None,
+    )
+)
 
 
-register(Probe(
-    "curvature", "the curvature along the gradient, g'Hg / g'g (one Hessian-vector product)",
-    lambda ctx, o: curvature(ctx.model, ctx.loss_fn, ctx.batch, **ctx.common()).as_dict(), NoOptions,
-    quantities={"curvature": lambda v: v["value"]}, exported=("curvature",)))
+register(
+    Probe(
+        "curvature",
+        "the curvature along the gradient, g'Hg / g'g (one Hessian-vector product)",
+        lambda ctx, o: curvature(ctx.model, ctx.loss_fn, ctx.batch, **ctx.common()).as_dict(),
+        NoOptions,
+        quantities={"curvature": lambda v: v["value"]},
+        exported=("curvature",),
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -321,13 +412,20 @@ class LayerSharpnessOptions:
     tol: float = 1e-2  # relative tolerance per layer (coarser than sharpness': one Lanczos per layer)
 
 
-register(Probe(
-    "layer_sharpness", "per layer, the top eigenvalue of its diagonal Hessian block",
-    lambda ctx, o: layer_sharpness(ctx.model, ctx.loss_fn, ctx.batch, ctx.layers, iters=o.iters, tol=o.tol,
-                                   **ctx.common()).as_dict(),
-    LayerSharpnessOptions, quantities={"layer_sharpness": lambda v: v["values"]}, exported=("layer_sharpness",),
-    views={"layers": layer_list},
-    check=_lanczos_check))
+register(
+    Probe(
+        "layer_sharpness",
+        "per layer, the top eigenvalue of its diagonal Hessian block",
+        lambda ctx, o: layer_sharpness(
+            ctx.model, ctx.loss_fn, ctx.batch, ctx.layers, iters=o.iters, tol=o.tol, **ctx.common()
+        ).as_dict(),
+        LayerSharpnessOptions,
+        quantities={"layer_sharpness": lambda v: v["values"]},
+        exported=("layer_sharpness",),
+        views={"layers": layer_list},
+        check=_lanczos_check,
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -338,17 +436,26 @@ class HessianTraceOptions:
 
 def _trace_check(o: HessianTraceOptions) -> str | None:
     least = min_trace_samples(o.method)
-    return None if o.samples >= least else \
-        f"samples must be at least {least} with {o.method}, for a standard error; got {o.samples}"
+    return (
+        None
+        if o.samples >= least
+        else f"samples must be at least {least} with {o.method}, for a standard error; got {o.samples}"
+    )
 
 
-register(Probe(
-    "hessian_trace", "the Hessian's trace (Hutchinson or Hutch++) with its standard error",
-    lambda ctx, o: hessian_trace(ctx.model, ctx.loss_fn, ctx.batch, samples=o.samples, method=o.method,
-                                 seed=ctx.step, **ctx.common()).as_dict(),
-    HessianTraceOptions, quantities={"hessian_trace": lambda v: v["value"], "trace_stderr": lambda v: v["stderr"]},
-    exported=("hessian_trace",),
-    check=_trace_check))
+register(
+    Probe(
+        "hessian_trace",
+        "the Hessian's trace (Hutchinson or Hutch++) with its standard error",
+        lambda ctx, o: hessian_trace(
+            ctx.model, ctx.loss_fn, ctx.batch, samples=o.samples, method=o.method, seed=ctx.step, **ctx.common()
+        ).as_dict(),
+        HessianTraceOptions,
+        quantities={"hessian_trace": lambda v: v["value"], "trace_stderr": lambda v: v["stderr"]},
+        exported=("hessian_trace",),
+        check=_trace_check,
+    )
+)
 
 
 def _density_histogram(v: dict) -> dict | None:
@@ -363,10 +470,19 @@ class SpectralDensityOptions:
     steps: int = 20  # Lanczos steps per vector (quadrature nodes)
 
 
-register(Probe(
-    "spectral_density", "the Hessian's eigenvalue density by stochastic Lanczos quadrature",
-    lambda ctx, o: spectral_density(ctx.model, ctx.loss_fn, ctx.batch, vectors=o.vectors, steps=o.steps,
-                                    seed=ctx.step, **ctx.common()).as_dict(),
-    SpectralDensityOptions, views={"histogram": _density_histogram},
-    check=lambda o: None if o.vectors > 0 and o.steps > 0 else
-    f"vectors and steps must be positive; got {o.vectors} and {o.steps}"))
+register(
+    Probe(
+        "spectral_density",
+        "the Hessian's eigenvalue density by stochastic Lanczos quadrature",
+        lambda ctx, o: spectral_density(
+            ctx.model, ctx.loss_fn, ctx.batch, vectors=o.vectors, steps=o.steps, seed=ctx.step, **ctx.common()
+        ).as_dict(),
+        SpectralDensityOptions,
+        views={"histogram": _density_histogram},
+        check=lambda o: (
+            None
+            if o.vectors > 0 and o.steps > 0
+            else f"vectors and steps must be positive; got {o.vectors} and {o.steps}"
+        ),
+    )
+)

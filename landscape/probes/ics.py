@@ -15,14 +15,23 @@ measurements (change of mean and std, and the Wasserstein-1 distance).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
-from landscape.probes.functional import (Batch, Objective, Params, current_params, dot, expand_layer_names, norm,
-                                         resolve_layers, untouched)
+from landscape.probes.functional import (
+    Batch,
+    Objective,
+    Params,
+    current_params,
+    dot,
+    expand_layer_names,
+    norm,
+    resolve_layers,
+    untouched,
+)
 from landscape.probes.registry import Context, NoOptions, Probe, layer_list, mean, mean_over_layers, register
 
 
@@ -38,10 +47,20 @@ class IcsResult:
         return asdict(self)
 
 
-def ics_opti(model: nn.Module, loss_fn: Callable, batch: Batch, next_params: Params, *,
-             params: Params | None = None, layers: Iterable | dict | None = None, grad: Params | None = None,
-             eval_mode: bool = False, buffers: Params | None = None, rng: dict | None = None,
-             output_fn: Callable | None = None) -> IcsResult:
+def ics_opti(
+    model: nn.Module,
+    loss_fn: Callable,
+    batch: Batch,
+    next_params: Params,
+    *,
+    params: Params | None = None,
+    layers: Iterable | dict | None = None,
+    grad: Params | None = None,
+    eval_mode: bool = False,
+    buffers: Params | None = None,
+    rng: dict | None = None,
+    output_fn: Callable | None = None,
+) -> IcsResult:
     """ICS_opti per layer. ``next_params`` are the weights after the optimizer's real update.
 
     ``params`` are the weights at step t (default: the model's current weights; the trainer
@@ -72,9 +91,13 @@ def ics_opti(model: nn.Module, loss_fn: Callable, batch: Batch, next_params: Par
             denom = norm(G) * norm(G_new)
             cos[label] = dot(G, G_new) / denom if denom > 0 else torch.tensor(math.nan)
             gnorm[label] = norm(G)
-        return IcsResult(layers=[label for label, _ in groups], l2={k: float(v) for k, v in l2.items()},
-                         cosine={k: float(v) for k, v in cos.items()},
-                         grad_norm={k: float(v) for k, v in gnorm.items()}, cost=f.cost.as_dict())
+        return IcsResult(
+            layers=[label for label, _ in groups],
+            l2={k: float(v) for k, v in l2.items()},
+            cosine={k: float(v) for k, v in cos.items()},
+            grad_norm={k: float(v) for k, v in gnorm.items()},
+            cost=f.cost.as_dict(),
+        )
 
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
@@ -94,26 +117,51 @@ class ActivationStats:
 def _summarise(x: torch.Tensor, bins: int, sketch: int) -> dict:
     x = x.detach().reshape(-1).double()
     sample = x[:: max(1, math.ceil(x.numel() / MAX_QUANTILE_ELEMENTS))]
-    levels = torch.cat([torch.tensor(QUANTILES, dtype=torch.float64), torch.linspace(0, 1, sketch, dtype=torch.float64)])
+    levels = torch.cat(
+        [torch.tensor(QUANTILES, dtype=torch.float64), torch.linspace(0, 1, sketch, dtype=torch.float64)]
+    )
     both = torch.quantile(sample, levels.to(x.device))  # one sort for both sets of levels
-    qs, sk = both[:len(QUANTILES)], both[len(QUANTILES):]
+    qs, sk = both[: len(QUANTILES)], both[len(QUANTILES) :]
     lo, hi = float(x.min()), float(x.max())
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        return {"numel": x.numel(), "mean": math.nan, "std": math.nan, "min": lo, "max": hi, "quantiles": {},
-                "hist": {"edges": [], "counts": []}, "sketch": []}
+        return {
+            "numel": x.numel(),
+            "mean": math.nan,
+            "std": math.nan,
+            "min": lo,
+            "max": hi,
+            "quantiles": {},
+            "hist": {"edges": [], "counts": []},
+            "sketch": [],
+        }
     if hi == lo:
         hi = lo + 1e-12
     counts = torch.histc(x, bins=bins, min=lo, max=hi)
-    return {"numel": x.numel(), "mean": float(x.mean()), "std": float(x.std()), "min": lo, "max": float(x.max()),
-            "quantiles": {str(q): float(v) for q, v in zip(QUANTILES, qs)},
-            "hist": {"edges": torch.linspace(lo, hi, bins + 1).tolist(), "counts": [int(c) for c in counts]},
-            "sketch": sk.tolist()}
+    return {
+        "numel": x.numel(),
+        "mean": float(x.mean()),
+        "std": float(x.std()),
+        "min": lo,
+        "max": float(x.max()),
+        "quantiles": {str(q): float(v) for q, v in zip(QUANTILES, qs)},
+        "hist": {"edges": torch.linspace(lo, hi, bins + 1).tolist(), "counts": [int(c) for c in counts]},
+        "sketch": sk.tolist(),
+    }
 
 
-def activation_stats(model: nn.Module, batch: Batch | torch.Tensor, layers: Iterable[str] | None = None, *,
-                     where: str = "input", bins: int = 50, sketch: int = 128, eval_mode: bool = False,
-                     params: Params | None = None, buffers: Params | None = None, rng: dict | None = None
-                     ) -> ActivationStats:
+def activation_stats(
+    model: nn.Module,
+    batch: Batch | torch.Tensor,
+    layers: Iterable[str] | None = None,
+    *,
+    where: str = "input",
+    bins: int = 50,
+    sketch: int = 128,
+    eval_mode: bool = False,
+    params: Params | None = None,
+    buffers: Params | None = None,
+    rng: dict | None = None,
+) -> ActivationStats:
     """Distribution of each layer's input (``where="input"``, default: what the layer sees,
     the quantity ICS_distrib is about) or output, on one batch, in the model's mode.
 
@@ -136,6 +184,7 @@ def activation_stats(model: nn.Module, batch: Batch | torch.Tensor, layers: Iter
         def fn(module, args, output):
             value = args[0] if where == "input" else output
             captured[name] = value.detach().clone()  # an in-place ReLU after it would overwrite it
+
         return fn
 
     handles = [modules[n].register_forward_hook(hook(n)) for n in names]
@@ -147,8 +196,11 @@ def activation_stats(model: nn.Module, batch: Batch | torch.Tensor, layers: Iter
         for h in handles:
             h.remove()
     seen = [n for n in names if n in captured]  # modules whose forward never runs (MultiheadAttention's
-    return ActivationStats(where=where, layers=seen,  # out_proj is used through its weights) are left out
-                           stats={n: _summarise(captured[n], bins, sketch) for n in seen})
+    return ActivationStats(
+        where=where,
+        layers=seen,  # out_proj is used through its weights) are left out
+        stats={n: _summarise(captured[n], bins, sketch) for n in seen},
+    )
 
 
 def distribution_shift(before: ActivationStats | dict, after: ActivationStats | dict) -> dict[str, dict]:
@@ -165,8 +217,11 @@ def distribution_shift(before: ActivationStats | dict, after: ActivationStats | 
             continue
         sa, sb = a[layer], b[layer]
         finite = sa["sketch"] and sb["sketch"]
-        out[layer] = {"mean_change": sb["mean"] - sa["mean"], "std_change": sb["std"] - sa["std"],
-                      "wasserstein": float(wasserstein_distance(sa["sketch"], sb["sketch"])) if finite else math.nan}
+        out[layer] = {
+            "mean_change": sb["mean"] - sa["mean"],
+            "std_change": sb["std"] - sa["std"],
+            "wasserstein": float(wasserstein_distance(sa["sketch"], sb["sketch"])) if finite else math.nan,
+        }
     return out
 
 
@@ -181,8 +236,9 @@ class ActivationStatsOptions:
 def _activation_stats(ctx: Context, o: ActivationStatsOptions) -> dict:
     batch = ctx.fixed_batch if ctx.fixed_batch is not None else ctx.batch
     layers = None if ctx.layers is None or isinstance(ctx.layers, dict) else list(ctx.layers)
-    stats = activation_stats(ctx.model, batch, layers, eval_mode=ctx.eval_mode, buffers=ctx.buffers,
-                             rng=ctx.rng).as_dict()
+    stats = activation_stats(
+        ctx.model, batch, layers, eval_mode=ctx.eval_mode, buffers=ctx.buffers, rng=ctx.rng
+    ).as_dict()
     previous = ctx.state.get("previous")
     stats["shift"] = distribution_shift(previous, stats) if previous is not None else None
     ctx.state["previous"] = {"stats": stats["stats"]}
@@ -190,7 +246,8 @@ def _activation_stats(ctx: Context, o: ActivationStatsOptions) -> dict:
 
 
 def _histograms(v: dict) -> dict[str, dict]:
-    """Each layer's recorded histogram, ``{layer: {"edges": [...], "counts": [...]}}`` (a layer without one left out)."""
+    """Each layer's recorded histogram, ``{layer: {"edges": [...], "counts": [...]}}`` (a layer without one left
+    out)."""
     out = {}
     for layer, s in v["stats"].items():
         h = s.get("hist") if isinstance(s, dict) else None
@@ -204,24 +261,52 @@ def _shift(v: dict) -> dict:
     return {k: s.get("wasserstein") for k, s in shift.items() if isinstance(s, dict)}
 
 
-register(Probe(
-    "activation_stats", "each layer's input distribution on a fixed batch, and its shift since the last probe "
-    "(ICS_distrib)", _activation_stats, ActivationStatsOptions,
-    quantities={"shift": _shift, "mean_shift": lambda v: mean(_shift(v).values()) if v.get("shift") else None,
-                "mean_std": lambda v: mean(s.get("std") for s in v["stats"].values() if isinstance(s, dict))},
-    exported=("shift",), fixed_batch=lambda o: o.batch,
-    views={"layers": layer_list, "histograms": _histograms},
-    check=lambda o: None if o.batch > 0 else f"batch must be positive; got {o.batch}"))
+register(
+    Probe(
+        "activation_stats",
+        "each layer's input distribution on a fixed batch, and its shift since the last probe (ICS_distrib)",
+        _activation_stats,
+        ActivationStatsOptions,
+        quantities={
+            "shift": _shift,
+            "mean_shift": lambda v: mean(_shift(v).values()) if v.get("shift") else None,
+            "mean_std": lambda v: mean(s.get("std") for s in v["stats"].values() if isinstance(s, dict)),
+        },
+        exported=("shift",),
+        fixed_batch=lambda o: o.batch,
+        views={"layers": layer_list, "histograms": _histograms},
+        check=lambda o: None if o.batch > 0 else f"batch must be positive; got {o.batch}",
+    )
+)
 
 
 def _ics(ctx: Context, o: NoOptions) -> dict:
-    return ics_opti(ctx.model, ctx.loss_fn, ctx.batch, ctx.next_params, params=ctx.params, layers=ctx.layers,
-                    grad=ctx.grad, **ctx.common()).as_dict()
+    return ics_opti(
+        ctx.model,
+        ctx.loss_fn,
+        ctx.batch,
+        ctx.next_params,
+        params=ctx.params,
+        layers=ctx.layers,
+        grad=ctx.grad,
+        **ctx.common(),
+    ).as_dict()
 
 
-register(Probe(
-    "ics_opti", "ICS_opti per layer: ||G - G'|| and cos(G, G') after the layers before it take the step's update",
-    _ics, NoOptions,
-    quantities={"ics_l2": lambda v: v["l2"], "ics_cos": lambda v: v["cosine"],
-                "mean_l2": lambda v: mean_over_layers(v, "l2"), "mean_cos": lambda v: mean_over_layers(v, "cosine")},
-    exported=("ics_l2", "ics_cos"), after_step=True, views={"layers": layer_list}))
+register(
+    Probe(
+        "ics_opti",
+        "ICS_opti per layer: ||G - G'|| and cos(G, G') after the layers before it take the step's update",
+        _ics,
+        NoOptions,
+        quantities={
+            "ics_l2": lambda v: v["l2"],
+            "ics_cos": lambda v: v["cosine"],
+            "mean_l2": lambda v: mean_over_layers(v, "l2"),
+            "mean_cos": lambda v: mean_over_layers(v, "cosine"),
+        },
+        exported=("ics_l2", "ics_cos"),
+        after_step=True,
+        views={"layers": layer_list},
+    )
+)

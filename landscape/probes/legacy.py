@@ -9,7 +9,8 @@ the old forms. They are read for one more release after they changed (docs/probe
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 # Settings of landscape 0.2 (flat keys of `probes:` and keywords of Monitor) and where they live now.
 # A run directory made by 0.2 (its config.yaml, its checkpoint) reads through this table.
@@ -18,8 +19,10 @@ LEGACY_OPTIONS: dict[str, list[tuple[str, str, Callable[[Any], Any]]]] = {
     "activation_batch": [("activation_stats", "batch", lambda x: x)],
     # 0.2 ran layer_sharpness with sharpness' budget and max(sharpness_tol, 1e-2), a rule no config said
     "sharpness_iters": [("sharpness", "iters", lambda x: x), ("layer_sharpness", "iters", lambda x: x)],
-    "sharpness_tol": [("sharpness", "tol", lambda x: x),
-                      ("layer_sharpness", "tol", lambda x: max(x, 1e-2) if isinstance(x, (int, float)) else x)],
+    "sharpness_tol": [
+        ("sharpness", "tol", lambda x: x),
+        ("layer_sharpness", "tol", lambda x: max(x, 1e-2) if isinstance(x, (int, float)) else x),
+    ],
     "warm_start": [("sharpness", "warm_start", lambda x: x)],
     "trace_samples": [("hessian_trace", "samples", lambda x: x)],
     "trace_method": [("hessian_trace", "method", lambda x: x)],
@@ -48,12 +51,23 @@ upgrade_legacy = upgrade_probe_settings  # its name in 0.3
 
 
 # landscape 0.3's flat model keys and the architecture section each one moved to in 0.4.
-MODEL_KEYS = {"vgg_depth": ("vgg", "depth"), "width": ("vgg", "width"), "head": ("vgg", "head"),
-              "dln_depth": ("dln", "depth"), "dln_width": ("dln", "width"),
-              "vit_patch": ("vit", "patch"), "vit_dim": ("vit", "dim"), "vit_depth": ("vit", "depth"),
-              "vit_heads": ("vit", "heads"), "vit_mlp_ratio": ("vit", "mlp_ratio"),
-              "vit_attention": ("vit", "attention"), "dropout": ("vit", "dropout"),
-              "mlp_widths": ("mlp", "widths"), "activation": ("mlp", "activation"), "resnet_depth": ("resnet", "depth")}
+MODEL_KEYS = {
+    "vgg_depth": ("vgg", "depth"),
+    "width": ("vgg", "width"),
+    "head": ("vgg", "head"),
+    "dln_depth": ("dln", "depth"),
+    "dln_width": ("dln", "width"),
+    "vit_patch": ("vit", "patch"),
+    "vit_dim": ("vit", "dim"),
+    "vit_depth": ("vit", "depth"),
+    "vit_heads": ("vit", "heads"),
+    "vit_mlp_ratio": ("vit", "mlp_ratio"),
+    "vit_attention": ("vit", "attention"),
+    "dropout": ("vit", "dropout"),
+    "mlp_widths": ("mlp", "widths"),
+    "activation": ("mlp", "activation"),
+    "resnet_depth": ("resnet", "depth"),
+}
 
 
 def upgrade_model_settings(flat: dict) -> dict:
@@ -85,8 +99,12 @@ def monitor_keywords(legacy: dict) -> dict:
         raise TypeError(f"Monitor() got unexpected keyword arguments {unknown}")
     if not legacy:
         return {}
-    warnings.warn(f"Monitor keywords {sorted(legacy)} are landscape 0.2's; pass options={{probe: {{...}}}} instead "
-                  "(they are read until 0.5)", DeprecationWarning, stacklevel=3)
+    warnings.warn(
+        f"Monitor keywords {sorted(legacy)} are landscape 0.2's; pass options={{probe: {{...}}}} instead "
+        "(they are read until 0.5)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
     legacy = dict(legacy)
     absolute, multiples = legacy.pop("etas", None), legacy.pop("eta_multiples", None)
     upgraded = upgrade_probe_settings(legacy)
@@ -104,8 +122,12 @@ def monitor_state(state: dict) -> dict:
     """A checkpoint's probe state as ``{"probes": {name: state}}``; 0.2 saved two fields at the top level."""
     if "probes" in state:
         return state
-    return {"probes": {"activation_stats": {"previous": state.get("previous_activations")},
-                       "sharpness": {"vector": state.get("sharpness_vector")}}}
+    return {
+        "probes": {
+            "activation_stats": {"previous": state.get("previous_activations")},
+            "sharpness": {"vector": state.get("sharpness_vector")},
+        }
+    }
 
 
 def accepts_monitor_keywords(init):

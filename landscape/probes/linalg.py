@@ -15,8 +15,8 @@ spectrum is known. Parameter dicts become flat vectors with :func:`flat` and bac
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import torch
 
@@ -33,7 +33,7 @@ def unflat(v: torch.Tensor, like: Params, names: list[str]) -> Params:
     out, i = {}, 0
     for n in names:
         k = like[n].numel()
-        out[n] = v[i:i + k].view_as(like[n])
+        out[n] = v[i : i + k].view_as(like[n])
         i += k
     return out
 
@@ -52,13 +52,14 @@ class Ritz:
 def tridiagonal(alphas: list[float], betas: list[float]) -> torch.Tensor:
     T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
     if betas:
-        off = torch.tensor(betas[:len(alphas) - 1], dtype=torch.float64)
+        off = torch.tensor(betas[: len(alphas) - 1], dtype=torch.float64)
         T += torch.diag(off, 1) + torch.diag(off, -1)
     return T
 
 
-def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], q: torch.Tensor, steps: int, tol: float | None = None
-            ) -> tuple[list[float], list[float], Ritz]:
+def lanczos(
+    matvec: Callable[[torch.Tensor], torch.Tensor], q: torch.Tensor, steps: int, tol: float | None = None
+) -> tuple[list[float], list[float], Ritz]:
     """Lanczos with full reorthogonalisation on a symmetric operator, from the unit vector ``q``.
 
     Runs ``steps`` products, or stops early when ``tol`` is given and the top Ritz value's
@@ -78,7 +79,7 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], q: torch.Tensor, ste
         hq = matvec(basis[-1])
         alpha = torch.dot(hq, basis[-1])
         hq = hq - alpha * basis[-1] - (betas[-1] * basis[-2] if betas else 0)
-        B = Q[:len(basis)]
+        B = Q[: len(basis)]
         for _ in range(2):  # full reorthogonalisation, twice is enough (Kahan)
             hq = hq - B.T @ (B @ hq)
         beta = float(hq.norm())
@@ -98,18 +99,19 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], q: torch.Tensor, ste
         basis.append(hq / beta)
         if len(basis) > len(Q):
             grown = Q.new_empty((min(2 * len(Q), n_max + 1), Q.shape[1]))
-            grown[:len(Q)] = Q
+            grown[: len(Q)] = Q
             Q = grown
         Q[len(basis) - 1] = basis[-1]
     vector = None
     if evecs is not None:
-        y = Q[:len(alphas)].T @ evecs[:, -1].to(dtype=q.dtype, device=q.device)
+        y = Q[: len(alphas)].T @ evecs[:, -1].to(dtype=q.dtype, device=q.device)
         vector = y / y.norm() if y.norm() > 0 else None
     return alphas, betas, Ritz(value, residual, converged, vector, len(alphas))
 
 
-def start_vector(n: int, seed: int, like: torch.Tensor, direction: torch.Tensor | None = None,
-                 noise: float = 0.3) -> torch.Tensor:
+def start_vector(
+    n: int, seed: int, like: torch.Tensor, direction: torch.Tensor | None = None, noise: float = 0.3
+) -> torch.Tensor:
     """A unit start vector: ``direction`` (normalised) plus ``noise`` times a seeded random unit
     vector, so every eigenvector stays reachable; just the random vector without a direction."""
     gen = torch.Generator().manual_seed(seed)
@@ -122,7 +124,7 @@ def start_vector(n: int, seed: int, like: torch.Tensor, direction: torch.Tensor 
 
 def rademacher(n: int, k: int, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
     """``k`` seeded Rademacher (+-1) vectors of length ``n``, as the rows of a matrix like ``like``."""
-    return (torch.randint(0, 2, (k, n), generator=gen, dtype=torch.int8).to(like.device, like.dtype) * 2 - 1)
+    return torch.randint(0, 2, (k, n), generator=gen, dtype=torch.int8).to(like.device, like.dtype) * 2 - 1
 
 
 @dataclass
@@ -144,7 +146,8 @@ class EigenResult:
 
 
 def orthonormal_against(X: torch.Tensor, V: torch.Tensor | None) -> torch.Tensor:
-    """The columns of ``X`` made orthonormal and orthogonal to ``V``'s (twice: Kahan), in float64; dependent columns dropped."""
+    """The columns of ``X`` made orthonormal and orthogonal to ``V``'s (twice: Kahan), in float64; dependent
+    columns dropped."""
     X = X.double()
     for _ in range(2):
         if V is not None and V.shape[1]:
@@ -155,10 +158,19 @@ def orthonormal_against(X: torch.Tensor, V: torch.Tensor | None) -> torch.Tensor
     return X
 
 
-def eigenvalues_above(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, line: float, *, block: int = 4,
-                      max_products: int = 200, tol: float = 1e-2, start: torch.Tensor | None = None, seed: int = 0,
-                      min_products: int = 20,
-                      like: torch.Tensor | None = None) -> EigenResult:
+def eigenvalues_above(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    n: int,
+    line: float,
+    *,
+    block: int = 4,
+    max_products: int = 200,
+    tol: float = 1e-2,
+    start: torch.Tensor | None = None,
+    seed: int = 0,
+    min_products: int = 20,
+    like: torch.Tensor | None = None,
+) -> EigenResult:
     """Every eigenvalue of the symmetric operator ``matvec`` (on length-``n`` vectors) above ``line``.
 
     Block Krylov with Rayleigh-Ritz: the space grows by ``A`` times the newest block, orthogonalised
@@ -172,8 +184,11 @@ def eigenvalues_above(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, li
     like = like if like is not None else torch.zeros(1)
     dev = like.device  # the Krylov basis lives on the model's device (float64); only the random draws start on the CPU
     gen = torch.Generator().manual_seed(seed)  # seeded on the CPU: the same vectors on every device and rank
-    cols = [] if start is None else [start.to(dev, torch.float64)[:, i] for i in range(start.shape[1])
-                                     if start.shape[0] == n]
+    cols = (
+        []
+        if start is None
+        else [start.to(dev, torch.float64)[:, i] for i in range(start.shape[1]) if start.shape[0] == n]
+    )
     k = max(block, len(cols) + 1)
     random = torch.randn(n, max(k - len(cols), 1), generator=gen, dtype=torch.float64).to(dev)
     X = torch.stack(cols, 1) if cols else random[:, :0]
@@ -196,7 +211,7 @@ def eigenvalues_above(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, li
         if above < len(evals):  # the largest Ritz value below the line must have converged too
             done_above = done_above and bool(res[above] <= tol * max(abs(evals[above]), abs(line)))
         values, residuals = evals[:above].tolist(), res[:above].tolist()
-        ritz = V @ evecs[:, :max(above, 1)]  # warm-starts the next call
+        ritz = V @ evecs[:, : max(above, 1)]  # warm-starts the next call
         # A Ritz value's small residual proves an eigenvalue near it, never the absence of one above the line: an
         # eigenvector with a tiny overlap with the start (1/sqrt(n) for a random one) hides behind residuals far
         # below tol x line. So nothing is declared before the space holds min_products products (a Krylov degree
@@ -210,10 +225,17 @@ def eigenvalues_above(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, li
             converged = done_above and above < k or V.shape[1] >= n
             break
         # the next block: A times the newest Ritz directions' complement, orthogonalised against the space
-        nxt = orthonormal_against(torch.cat([W[:, -X.shape[1]:], torch.randn(n, max(0, k - X.shape[1]),
-                                                                               generator=gen, dtype=torch.float64).to(dev)],
-                                             1), V)
-        nxt = nxt[:, :min(k, max(max_products - products, 0), n - V.shape[1])]
+        nxt = orthonormal_against(
+            torch.cat(
+                [
+                    W[:, -X.shape[1] :],
+                    torch.randn(n, max(0, k - X.shape[1]), generator=gen, dtype=torch.float64).to(dev),
+                ],
+                1,
+            ),
+            V,
+        )
+        nxt = nxt[:, : min(k, max(max_products - products, 0), n - V.shape[1])]
         if nxt.shape[1] == 0:
             converged = done_above
             break
@@ -221,6 +243,16 @@ def eigenvalues_above(matvec: Callable[[torch.Tensor], torch.Tensor], n: int, li
         V, W = torch.cat([V, X], 1), torch.cat([W, apply(X)], 1)
         products += X.shape[1]
     top = float(evals[0]) if len(evals) else math.nan
-    return EigenResult(values=values, line=line, count=len(values), top=top, residuals=residuals, products=products,
-                       block=k, converged=bool(converged), warm=start is not None and bool(cols), cost={},
-                       vectors=None if ritz is None else ritz.to(dtype=like.dtype, device=like.device))
+    return EigenResult(
+        values=values,
+        line=line,
+        count=len(values),
+        top=top,
+        residuals=residuals,
+        products=products,
+        block=k,
+        converged=bool(converged),
+        warm=start is not None and bool(cols),
+        cost={},
+        vectors=None if ritz is None else ritz.to(dtype=like.dtype, device=like.device),
+    )

@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from landscape.probes import legacy, registry
-from landscape.probes.distributed import (ProbeFailure, agree, collective_failure, probe_group, rank, ranks,
-                                          unwrap)
+from landscape.probes.distributed import ProbeFailure, agree, collective_failure, probe_group, rank, ranks, unwrap
 from landscape.probes.errors import one_line
 from landscape.probes.functional import HVP_MODES, Batch, current_params, evaluation, rng_state, snapshot_buffers
 from landscape.probes.records import Fanout
@@ -51,7 +51,7 @@ class Monitor:
     ``probe_batch``: the fixed batch of probes that measure one (``activation_stats``;
     default: each step's). ``outputs``: more places for records and their scalars
     (``landscape.outputs``: ``TensorBoard(logdir)``, ``WandB(dir)``, or anything with
-    ``record``/``scalars``/``close``); :meth:`close` closes them.
+    ``scalars``/``close``); :meth:`close` closes them.
 
     Call :meth:`before_forward` (optional) at the start of a step: on probe steps it snapshots the
     buffers and RNG state, so the probes can reuse the step's own loss and gradient (one pass
@@ -74,14 +74,29 @@ class Monitor:
     """
 
     @legacy.accepts_monitor_keywords
-    def __init__(self, out: str | Path | Sink, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 loss_fn: Callable, schedule: Schedule | None = None, *,
-                 probes: Sequence[str] = ("gradient_sweep", "ics_opti"), options: Mapping[str, Any] | None = None,
-                 layers: Iterable | dict | None = None, probe_batch: Batch | None = None, eval_mode: bool = False,
-                 output_fn: Callable | None = None, force: bool = False, step_hook: bool = True,
-                 outputs: Sequence | None = None, resume_step: int | None = None, hvp: str = "auto",
-                 autocast: Mapping[str, Any] | None = None, distributed: bool | None = None,
-                 timeout: float = 600.0):
+    def __init__(
+        self,
+        out: str | Path | Sink,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: Callable,
+        schedule: Schedule | None = None,
+        *,
+        probes: Sequence[str] = ("gradient_sweep", "ics_opti"),
+        options: Mapping[str, Any] | None = None,
+        layers: Iterable | dict | None = None,
+        probe_batch: Batch | None = None,
+        eval_mode: bool = False,
+        output_fn: Callable | None = None,
+        force: bool = False,
+        step_hook: bool = True,
+        outputs: Sequence | None = None,
+        resume_step: int | None = None,
+        hvp: str = "auto",
+        autocast: Mapping[str, Any] | None = None,
+        distributed: bool | None = None,
+        timeout: float = 600.0,
+    ):
         unknown = [p for p in probes if p not in registry.REGISTRY]
         if unknown:
             raise ValueError(f"unknown probes {unknown}; choose from {registry.names()}")
@@ -92,8 +107,10 @@ class Monitor:
         if hvp not in HVP_MODES:
             raise ValueError(f"hvp must be one of {', '.join(HVP_MODES)}; got {hvp!r}")
         if autocast is not None and not isinstance(autocast, Mapping):
-            raise TypeError("autocast takes torch.autocast's keyword arguments, e.g. "
-                            "{'device_type': 'cpu', 'dtype': torch.bfloat16}")
+            raise TypeError(
+                "autocast takes torch.autocast's keyword arguments, e.g. "
+                "{'device_type': 'cpu', 'dtype': torch.bfloat16}"
+            )
         model = unwrap(model)  # DistributedDataParallel's module: probes never run through its hooks
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.schedule = schedule or every(100)
@@ -111,8 +128,9 @@ class Monitor:
         if callable(out):
             self.sink = out
         else:
-            self.run = monitor_run(out, self.settings(), next(model.parameters()).device, force=force,
-                                   resume_step=resume_step)
+            self.run = monitor_run(
+                out, self.settings(), next(model.parameters()).device, force=force, resume_step=resume_step
+            )
             self.sink = self.run.log
         self.outputs = list(outputs or [])
         if self.outputs:
@@ -127,10 +145,15 @@ class Monitor:
         """What this Monitor measures, as a run's ``monitor.yaml`` records it."""
         import dataclasses
 
-        return {"monitor": {"model": type(self.model).__name__, "optimizer": type(self.optimizer).__name__,
-                            "probes": list(self.probes),
-                            "options": {n: dataclasses.asdict(o) for n, o in self.options.items()},
-                            "eval_mode": self.eval_mode}}
+        return {
+            "monitor": {
+                "model": type(self.model).__name__,
+                "optimizer": type(self.optimizer).__name__,
+                "probes": list(self.probes),
+                "options": {n: dataclasses.asdict(o) for n, o in self.options.items()},
+                "eval_mode": self.eval_mode,
+            }
+        }
 
     # ---------------------------------------------------------------- the loop's calls
     def before_forward(self, step: int) -> None:
@@ -154,16 +177,32 @@ class Monitor:
         buffers, rng = (snap[1], snap[2]) if snap else (snapshot_buffers(self.model), rng_state())
         grad = None
         if snap is not None and loss is not None and self.group is None:  # under DDP: recomputed, all-reduced
-            grad = {n: p.grad.detach().clone() for n, p in self.model.named_parameters()
-                    if p.requires_grad and p.grad is not None}
+            grad = {
+                n: p.grad.detach().clone()
+                for n, p in self.model.named_parameters()
+                if p.requires_grad and p.grad is not None
+            }
             if len(grad) != sum(p.requires_grad for p in self.model.parameters()):
                 grad = None  # some parameter has no gradient this step: compute it instead
         before = None
         for name in self._order:
             probe = registry.get(name)
-            ctx = Context(step, self.model, self.optimizer, self.loss_fn, batch, buffers, rng, grad=grad,
-                          loss=loss if grad else None, layers=self.layers, eval_mode=self.eval_mode,
-                          output_fn=self.output_fn, fixed_batch=self.probe_batch, state=self.state[name])
+            ctx = Context(
+                step,
+                self.model,
+                self.optimizer,
+                self.loss_fn,
+                batch,
+                buffers,
+                rng,
+                grad=grad,
+                loss=loss if grad else None,
+                layers=self.layers,
+                eval_mode=self.eval_mode,
+                output_fn=self.output_fn,
+                fixed_batch=self.probe_batch,
+                state=self.state[name],
+            )
             if probe.after_step:  # finished by after_step(), with W^{t+1}
                 if before is None:
                     before = {n: p.clone() for n, p in current_params(self.model).items()}
@@ -184,9 +223,11 @@ class Monitor:
                 if not collective_failure(exc):
                     raise
                 detail = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip()).splitlines()[0][:120]  # gloo's source path
-                raise ProbeFailure(f"probe {name} at step {ctx.step} on rank {self.rank}: another rank failed or "
-                                   f"left, or did not answer within {self.timeout:g} s ({one_line(detail)}); "
-                                   "see the other ranks' errors") from None
+                raise ProbeFailure(
+                    f"probe {name} at step {ctx.step} on rank {self.rank}: another rank failed or "
+                    f"left, or did not answer within {self.timeout:g} s ({one_line(detail)}); "
+                    "see the other ranks' errors"
+                ) from None
 
     def after_step(self) -> None:
         """Right after ``optimizer.step()``: finish the after-step probes (ICS_opti) with the
@@ -206,8 +247,15 @@ class Monitor:
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.synchronize()  # probe steps only: so the recorded seconds are the probe's
         cost = values.pop("cost", {})
-        self.sink({"kind": "probe", "probe": name, "step": step, "values": values,
-                   "cost": {"seconds": time.perf_counter() - t0, **cost}})
+        self.sink(
+            {
+                "kind": "probe",
+                "probe": name,
+                "step": step,
+                "values": values,
+                "cost": {"seconds": time.perf_counter() - t0, **cost},
+            }
+        )
 
     def log_train(self, step: int, **metrics: float) -> None:
         """A train record (e.g. ``loss=``, ``acc=``) for the report's training curves."""
@@ -234,7 +282,7 @@ class Monitor:
             self.run.set_status(status, self._last_step)
             self.run.release()  # other writers (a resumed fit in this process) may open it now
 
-    def __enter__(self) -> "Monitor":
+    def __enter__(self) -> Monitor:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

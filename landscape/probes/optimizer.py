@@ -44,8 +44,10 @@ def stability_threshold(optimizer: torch.optim.Optimizer) -> float:
     if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
         beta1 = group["betas"][0]
         return (2 + 2 * beta1) / ((1 - beta1) * lr)
-    raise UnreadableOptimizer(f"landscape knows the stability threshold of SGD, Adam and AdamW, not of "
-                              f"{type(optimizer).__name__}: sharpness is measured on the plain Hessian, without one")
+    raise UnreadableOptimizer(
+        f"landscape knows the stability threshold of SGD, Adam and AdamW, not of "
+        f"{type(optimizer).__name__}: sharpness is measured on the plain Hessian, without one"
+    )
 
 
 def preconditioner(optimizer: torch.optim.Optimizer, model: nn.Module) -> Params | None:
@@ -56,8 +58,9 @@ def preconditioner(optimizer: torch.optim.Optimizer, model: nn.Module) -> Params
     if isinstance(optimizer, torch.optim.SGD):
         return None
     if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
-        raise UnreadableOptimizer(f"landscape reads the preconditioner of Adam and AdamW, not of "
-                                  f"{type(optimizer).__name__}")
+        raise UnreadableOptimizer(
+            f"landscape reads the preconditioner of Adam and AdamW, not of {type(optimizer).__name__}"
+        )
     by_param = {p: n for n, p in model.named_parameters()}
     out: Params = {}
     for group in optimizer.param_groups:
@@ -68,7 +71,7 @@ def preconditioner(optimizer: torch.optim.Optimizer, model: nn.Module) -> Params
                 raise UnreadableOptimizer("Adam has no preconditioner before its first step")
             step = float(state["step"])
             v = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
-            out[by_param[p]] = (v / (1 - beta2 ** step)).sqrt() + eps
+            out[by_param[p]] = (v / (1 - beta2**step)).sqrt() + eps
     return out
 
 
@@ -78,8 +81,9 @@ READABLE = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 def check_readable(optimizer: torch.optim.Optimizer) -> None:
     """Raise :class:`UnreadableOptimizer` unless landscape can compute this optimizer's next update."""
     if type(optimizer) not in READABLE:  # a subclass may change the step: read only these exactly
-        raise UnreadableOptimizer(f"landscape reads the update of SGD, Adam and AdamW, not of "
-                                  f"{type(optimizer).__name__}")
+        raise UnreadableOptimizer(
+            f"landscape reads the update of SGD, Adam and AdamW, not of {type(optimizer).__name__}"
+        )
 
 
 def update_direction(optimizer: torch.optim.Optimizer, model: nn.Module) -> Params:
@@ -140,7 +144,7 @@ def _adam(w, grad, state, group, lr, decoupled: bool) -> torch.Tensor:
     m = state.get("exp_avg", torch.zeros_like(w)).lerp(grad, 1 - beta1)
     v = state.get("exp_avg_sq", torch.zeros_like(w)).mul(beta2).addcmul(grad, grad, value=1 - beta2)
     step = float(state["step"]) + 1 if "step" in state else 1.0
-    c1, c2 = 1 - beta1 ** step, math.sqrt(1 - beta2 ** step)
+    c1, c2 = 1 - beta1**step, math.sqrt(1 - beta2**step)
     if group.get("amsgrad"):
         v = torch.maximum(state.get("max_exp_avg_sq", torch.zeros_like(w)), v)
     denom = (v.sqrt() / c2).add(eps)

@@ -7,6 +7,7 @@ import os
 import platform
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -41,8 +42,17 @@ def git_diff() -> str | None:
 # the same input bits (data_sha256), the same kernels (torch, cpu_capability: the vector
 # instructions torch dispatches to) and the same reduction order (threads). Training at the
 # paper's learning rates is chaotic: any of these changed moves a run onto another trajectory.
-BITWISE_KEYS = ("git_commit", "data_sha256", "torch", "cpu_capability", "threads", "device", "device_name",
-                "deterministic", "cudnn")
+BITWISE_KEYS = (
+    "git_commit",
+    "data_sha256",
+    "torch",
+    "cpu_capability",
+    "threads",
+    "device",
+    "device_name",
+    "deterministic",
+    "cudnn",
+)
 
 
 def _version(module: str) -> str | None:
@@ -55,11 +65,10 @@ def _version(module: str) -> str | None:
 
 
 def _torchvision() -> str | None:
-    try:  # not a dependency of the probes: recorded when it is there
-        import torchvision
-    except ImportError:
-        return None
-    return torchvision.__version__
+    """torchvision's version (not a dependency of the probes): as it reports itself when the process loaded it, else
+    as installed."""
+    module = sys.modules.get("torchvision")
+    return getattr(module, "__version__", None) if module is not None else _version("torchvision")
 
 
 def environment(device: torch.device, **extra) -> dict:
@@ -79,8 +88,13 @@ def environment(device: torch.device, **extra) -> dict:
         "threads": torch.get_num_threads(),
         "deterministic": torch.are_deterministic_algorithms_enabled(),
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
-        "cudnn": {"version": torch.backends.cudnn.version(), "benchmark": torch.backends.cudnn.benchmark,
-                  "deterministic": torch.backends.cudnn.deterministic} if cuda else None,
+        "cudnn": {
+            "version": torch.backends.cudnn.version(),
+            "benchmark": torch.backends.cudnn.benchmark,
+            "deterministic": torch.backends.cudnn.deterministic,
+        }
+        if cuda
+        else None,
         "pid": os.getpid(),
         "git_commit": git_commit(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

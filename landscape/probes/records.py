@@ -15,12 +15,13 @@ record's scalars under their documented names; :class:`Fanout` sends records to 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from landscape.probes import registry
 
 KINDS = ("train", "test", "probe")
-MAX_STEP = 2 ** 53  # steps beyond this are not steps (JSON numbers lose integers above it)
+MAX_STEP = 2**53  # steps beyond this are not steps (JSON numbers lose integers above it)
 METRICS = ("loss", "acc", "epoch", "examples_per_s", "elapsed_s")  # train/test fields that are numbers or null
 
 
@@ -35,13 +36,16 @@ def problem(record: Any) -> str | None:
     if isinstance(step, bool) or not isinstance(step, int):
         return "'step' is not an integer"
     if not 0 <= step <= MAX_STEP:
-        return f"'step' {step if abs(step) < 10 ** 20 else 'of ' + str(len(str(abs(step)))) + ' digits'} is out of range"
+        return f"'step' {step if abs(step) < 10**20 else 'of ' + str(len(str(abs(step)))) + ' digits'} is out of range"
     if kind == "probe":
         if not (isinstance(record.get("probe"), str) and isinstance(record.get("values"), dict)):
             return "a probe record without a name or values"
     elif kind in ("train", "test"):
-        bad = [k for k in METRICS if record.get(k) is not None and (
-            isinstance(record[k], bool) or not isinstance(record[k], (int, float)))]
+        bad = [
+            k
+            for k in METRICS
+            if record.get(k) is not None and (isinstance(record[k], bool) or not isinstance(record[k], (int, float)))
+        ]
         if bad:
             return f"'{bad[0]}' is not a number"
     if record.get("cost") is not None and not isinstance(record["cost"], dict):
@@ -67,7 +71,9 @@ def scalars_of(record: dict) -> dict[str, float]:
         return {}
     kind = record["kind"]
     if kind in ("train", "test"):
-        return {f"landscape/{kind}_{k}": v for k in ("loss", "acc") if (v := registry.number(record.get(k))) is not None}
+        return {
+            f"landscape/{kind}_{k}": v for k in ("loss", "acc") if (v := registry.number(record.get(k))) is not None
+        }
     if kind == "probe":
         return {f"landscape/{k}": v for k, v in registry.scalars(record["probe"], record["values"]).items()}
     return {}
@@ -75,7 +81,7 @@ def scalars_of(record: dict) -> dict[str, float]:
 
 class Fanout:
     """A record sink that writes to ``sink`` (the run) first, then to every output (anything with
-    ``record(record)``, ``scalars(step, values)`` and ``close()``)."""
+    ``scalars(step, values)`` and ``close()``)."""
 
     def __init__(self, sink: Callable[[dict], None], outputs: Sequence):
         self.sink, self.outputs = sink, list(outputs)
@@ -85,10 +91,10 @@ class Fanout:
         if not self.outputs:
             return
         values = scalars_of(record)
+        if not values:
+            return
         for out in self.outputs:
-            out.record(record)
-            if values:
-                out.scalars(int(record.get("step", 0)), values)
+            out.scalars(int(record.get("step", 0)), values)
 
     def close(self) -> None:
         for out in self.outputs:

@@ -34,8 +34,9 @@ import keyword
 import math
 import typing
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,9 +44,21 @@ from torch import nn
 from landscape.probes.functional import Batch, Params
 
 # The order probes run in within a step, and so the order of their records: the paper's probes first.
-BUILTIN_ORDER = ("gradient_sweep", "sharpness", "curvature", "layer_sharpness", "hessian_trace", "spectral_density",
-                 "activation_stats", "loss_slice", "ics_opti", "layer_grad_norm", "update_sweep", "batch_sharpness",
-                 "edge_eigenvalues")
+BUILTIN_ORDER = (
+    "gradient_sweep",
+    "sharpness",
+    "curvature",
+    "layer_sharpness",
+    "hessian_trace",
+    "spectral_density",
+    "activation_stats",
+    "loss_slice",
+    "ics_opti",
+    "layer_grad_norm",
+    "update_sweep",
+    "batch_sharpness",
+    "edge_eigenvalues",
+)
 
 
 @dataclass
@@ -100,11 +113,13 @@ class Probe:
     options: type  # a frozen dataclass; its instance is the probe's settings
     quantities: dict[str, Callable[[dict], Any]] = field(default_factory=dict)  # values -> a number or {layer: number}
     exported: tuple[str, ...] = ()  # the quantities also written as scalars
-    views: dict[str, Callable[[dict], Any]] = field(default_factory=dict)  # values -> structured data (lists, histograms)
+    views: dict[str, Callable[[dict], Any]] = field(
+        default_factory=dict
+    )  # values -> structured data (lists, histograms)
     after_step: bool = False
-    attach: Callable[[torch.optim.Optimizer, Any], "str | None"] | None = None
-    fixed_batch: Callable[[Any], "int | None"] | None = None
-    check: Callable[[Any], "str | None"] | None = None  # options -> what is wrong with them, or None
+    attach: Callable[[torch.optim.Optimizer, Any], str | None] | None = None
+    fixed_batch: Callable[[Any], int | None] | None = None
+    check: Callable[[Any], str | None] | None = None  # options -> what is wrong with them, or None
 
 
 @dataclass(frozen=True)
@@ -121,8 +136,10 @@ def register(probe: Probe, replace: bool = False) -> Probe:
     if problem:
         raise ValueError(f"cannot register probe {probe.name!r}: {problem}")
     if probe.name in REGISTRY and not replace:
-        raise ValueError(f"a probe named {probe.name!r} is already registered; pick another name, or pass "
-                         "replace=True to put yours in its place")
+        raise ValueError(
+            f"a probe named {probe.name!r} is already registered; pick another name, or pass "
+            "replace=True to put yours in its place"
+        )
     REGISTRY[probe.name] = probe
     return probe
 
@@ -165,8 +182,10 @@ def option_type_ok(tp: Any) -> bool:
 def _entry_problem(probe: Probe) -> str | None:
     name = probe.name
     if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name) or not name.isascii():
-        return "a probe's name is a config key: letters, digits and underscores, not starting with a digit " \
+        return (
+            "a probe's name is a config key: letters, digits and underscores, not starting with a digit "
             "and not a Python keyword"
+        )
     if not callable(probe.measure):
         return "measure must be a function (ctx, options) -> dict"
     cls = probe.options
@@ -179,8 +198,10 @@ def _entry_problem(probe: Probe) -> str | None:
         return f"its options class cannot be built with its defaults ({type(exc).__name__}: {exc})"
     for f in dataclasses.fields(cls):
         if not option_type_ok(hints.get(f.name)):
-            return (f"option '{f.name}' has type {hints.get(f.name)}; options are what a config file can hold: "
-                    "int, float, bool, str, a Literal of them, or a tuple of them")
+            return (
+                f"option '{f.name}' has type {hints.get(f.name)}; options are what a config file can hold: "
+                "int, float, bool, str, a Literal of them, or a tuple of them"
+            )
     unknown = [q for q in probe.exported if q not in probe.quantities]
     if unknown:
         return f"exported names {unknown} that are not among its quantities"
@@ -320,6 +341,11 @@ def mean_over_layers(values: dict, key: str, skip_first: bool = True) -> float |
     by_layer = values.get(key)
     if not isinstance(layers, list) or not isinstance(by_layer, dict):
         return None
-    vals = [v for v in (number(by_layer.get(layer)) for layer in (layers[1:] if skip_first else layers)
-                        if isinstance(layer, str)) if v is not None]
+    vals = [
+        v
+        for v in (
+            number(by_layer.get(layer)) for layer in (layers[1:] if skip_first else layers) if isinstance(layer, str)
+        )
+        if v is not None
+    ]
     return sum(vals) / len(vals) if vals else None

@@ -21,15 +21,13 @@ import re
 import shutil
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
-
-import yaml
+from typing import Any
 
 from landscape.probes.errors import UserError
 from landscape.probes.provenance import environment, git_diff
 from landscape.probes.records import json_safe, problem
-
 
 TMP_MARK = ".tmp"  # temporary files are ``.<name>.tmp<pid>``; a killed writer can leave one behind
 
@@ -91,7 +89,7 @@ class FolderLock:
     def __init__(self, folder: str | Path, what: str = "folder"):
         self.folder, self.what, self._fd = Path(folder), what, None
 
-    def acquire(self) -> "FolderLock":
+    def acquire(self) -> FolderLock:
         try:
             import fcntl
         except ImportError:  # no flock (Windows): writers are not excluded there
@@ -103,8 +101,10 @@ class FolderLock:
         except OSError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise UserError(f"{self.what} '{self.folder}' is being written by process {holder}; wait for it to "
-                            "finish or stop it, or use another --out or name") from None
+            raise UserError(
+                f"{self.what} '{self.folder}' is being written by process {holder}; wait for it to "
+                "finish or stop it, or use another --out or name"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
@@ -115,7 +115,7 @@ class FolderLock:
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
 
-    def __enter__(self) -> "FolderLock":
+    def __enter__(self) -> FolderLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
@@ -123,13 +123,23 @@ class FolderLock:
 
 
 STATUSES = ("running", "done", "diverged", "failed", "interrupted")
-RUN_FILES = {"config.yaml", "monitor.yaml", "env.json", "metrics.jsonl", "status.json", "checkpoint.pt", "code.diff",
-             LOCK_NAME}
+RUN_FILES = {
+    "config.yaml",
+    "monitor.yaml",
+    "env.json",
+    "metrics.jsonl",
+    "status.json",
+    "checkpoint.pt",
+    "code.diff",
+    LOCK_NAME,
+}
 RUN_FOLDERS = {"tensorboard", "wandb"}  # what outputs (landscape.outputs) write inside a run
 
 
-_OUTPUT_NAMES = {"tensorboard": re.compile(r"^events\.out\.tfevents\..+$"),  # what SummaryWriter names its files
-                 "wandb": re.compile(r"^((offline-)?run-\d{8}_\d{6}-\w+|latest-run|debug(-internal|-core)?\.log)$")}
+_OUTPUT_NAMES = {
+    "tensorboard": re.compile(r"^events\.out\.tfevents\..+$"),  # what SummaryWriter names its files
+    "wandb": re.compile(r"^((offline-)?run-\d{8}_\d{6}-\w+|latest-run|debug(-internal|-core)?\.log)$"),
+}
 
 
 def output_folder(folder: Path) -> bool:
@@ -145,6 +155,8 @@ def run_contents(path: Path) -> list[str]:
     if not path.is_dir():
         return []
     return sorted(n for n in os.listdir(path) if n != LOCK_NAME and not is_temporary(n))
+
+
 FINISHED = ("done", "diverged")
 
 
@@ -240,12 +252,16 @@ class RunDir:
             # outputs made just before the run (Monitor(..., outputs=[TensorBoard(run/tensorboard)]))
             return "new"
         if force:
-            foreign = [n for n in names if not ((n in RUN_FILES and not (path / n).is_dir())
-                                                or (n in RUN_FOLDERS and output_folder(path / n)))]
+            foreign = [
+                n
+                for n in names
+                if not ((n in RUN_FILES and not (path / n).is_dir()) or (n in RUN_FOLDERS and output_folder(path / n)))
+            ]
             if foreign or cls.marker not in names:
                 why = f"it holds '{foreign[0]}'" if foreign else f"it has no {cls.marker}"
-                raise UserError(f"--force removes only landscape runs and '{path}' is not one ({why}); "
-                                "pick another --out or name")
+                raise UserError(
+                    f"--force removes only landscape runs and '{path}' is not one ({why}); pick another --out or name"
+                )
             return "replace"
         return "exists"
 
@@ -275,7 +291,7 @@ class RunDir:
                 self.removed.append(name)
 
     @classmethod
-    def create(cls, path: str | Path, force: bool = False) -> "RunDir":
+    def create(cls, path: str | Path, force: bool = False) -> RunDir:
         """A new, empty run directory for records from any loop (``force`` replaces a run of this kind)."""
         cls.check(path, force)  # refuse before creating anything
         run = cls(path)
@@ -284,13 +300,15 @@ class RunDir:
         return run
 
     @classmethod
-    def reopen(cls, path: str | Path, step: int) -> "RunDir":
+    def reopen(cls, path: str | Path, step: int) -> RunDir:
         """Continue a run written by ``Monitor`` (e.g. a Lightning fit resumed from its checkpoint):
         records after ``step`` are dropped, so the continued records have no gap and no duplicate."""
         path = Path(path)
         if path.is_symlink() or not (path / cls.marker).is_file():
-            raise UserError(f"cannot resume the probe records in '{path}': it is not a run made by landscape's "
-                            f"Monitor or callbacks (no {cls.marker}); pass the run directory the fit wrote")
+            raise UserError(
+                f"cannot resume the probe records in '{path}': it is not a run made by landscape's "
+                f"Monitor or callbacks (no {cls.marker}); pass the run directory the fit wrote"
+            )
         run = cls(path)
         run._lock_folder()
         run._clean("resume")
@@ -305,8 +323,8 @@ class RunDir:
             self._lock = None
 
     def write_settings(self, settings: dict) -> None:
-        """Settings of a run not made by ``landscape train`` (``monitor.yaml``)."""
-        atomic_write(self.path / "monitor.yaml", yaml.safe_dump(json_safe(settings), sort_keys=False))
+        """Settings of a run not made by ``landscape train`` (``monitor.yaml``: written as JSON, which is YAML)."""
+        atomic_write(self.path / "monitor.yaml", json.dumps(json_safe(settings), indent=2) + "\n")
 
     def write_env(self, device, **extra) -> None:
         """``env.json`` (with ``extra`` facts of the run), and ``code.diff`` (the uncommitted changes)
@@ -351,8 +369,9 @@ class RunDir:
             self._metrics = None
 
 
-def monitor_run(path: str | Path, settings: dict, device, force: bool = False,
-                resume_step: int | None = None) -> RunDir:
+def monitor_run(
+    path: str | Path, settings: dict, device, force: bool = False, resume_step: int | None = None
+) -> RunDir:
     """The run directory a ``Monitor`` (or a callback) writes: new (``force`` replaces one), or
     continued from ``resume_step``; its ``monitor.yaml`` holds ``settings``."""
     run = RunDir.create(path, force=force) if resume_step is None else RunDir.reopen(path, resume_step)

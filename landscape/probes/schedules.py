@@ -3,8 +3,8 @@ callback holding one crosses to spawned processes, e.g. Lightning's ``ddp_spawn`
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 

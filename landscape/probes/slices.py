@@ -33,15 +33,25 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from landscape.probes.functional import (Params, current_buffers, current_params, default_output, flat_hessian,
-                                         forward_context, split_inputs, sum_over_ranks, untouched)
+from landscape.probes.functional import (
+    Params,
+    current_buffers,
+    current_params,
+    default_output,
+    flat_hessian,
+    forward_context,
+    split_inputs,
+    sum_over_ranks,
+    untouched,
+)
 from landscape.probes.linalg import flat, lanczos, start_vector, unflat
 from landscape.probes.registry import Context, Probe, register, top
 
@@ -65,7 +75,9 @@ def filter_normalise(direction: Params, weights: Params, ignore: str = "biasbn")
             out[name] = torch.zeros_like(d) if ignore == "biasbn" else w.detach().clone()
         else:
             dims = tuple(range(1, d.dim()))
-            scale = torch.linalg.vector_norm(w, dim=dims, keepdim=True) / (torch.linalg.vector_norm(d, dim=dims, keepdim=True) + 1e-10)
+            scale = torch.linalg.vector_norm(w, dim=dims, keepdim=True) / (
+                torch.linalg.vector_norm(d, dim=dims, keepdim=True) + 1e-10
+            )
             out[name] = d * scale
     return out
 
@@ -74,8 +86,10 @@ def random_direction(weights: Params, seed: int, ignore: str = "biasbn") -> Para
     """A filter-normalised Gaussian direction, drawn on the CPU from ``seed`` (the same on every
     device and never from the global RNG), on the weights' device and dtype."""
     gen = torch.Generator().manual_seed(int(seed))
-    raw = {n: torch.randn(w.shape, generator=gen, dtype=torch.float64).to(device=w.device, dtype=w.dtype)
-           for n, w in weights.items()}
+    raw = {
+        n: torch.randn(w.shape, generator=gen, dtype=torch.float64).to(device=w.device, dtype=w.dtype)
+        for n, w in weights.items()
+    }
     return filter_normalise(raw, weights, ignore)
 
 
@@ -86,8 +100,9 @@ def interpolation(start: Params, end: Params) -> Params:
         raise ValueError(f"the two points do not have the same parameters (e.g. '{missing[0]}')")
     for n in start:
         if start[n].shape != end[n].shape:
-            raise ValueError(f"parameter '{n}' has shape {tuple(start[n].shape)} in one point and "
-                             f"{tuple(end[n].shape)} in the other")
+            raise ValueError(
+                f"parameter '{n}' has shape {tuple(start[n].shape)} in one point and {tuple(end[n].shape)} in the other"
+            )
     return {n: (end[n] - start[n]).detach() for n in start}
 
 
@@ -110,7 +125,7 @@ def pca_plane(trajectory: Sequence[Params], ignore: str = "biasbn") -> PcaPlane:
     M = torch.stack([flat({n: (w[n] - last[n]).double() for n in names}, names) for w in trajectory[:-1]])
     # Li et al.'s code runs sklearn's PCA on these rows, which centres them on their mean first.
     _, s, vt = torch.linalg.svd(M - M.mean(0, keepdim=True), full_matrices=False)
-    total = float((s ** 2).sum())
+    total = float((s**2).sum())
     if total == 0 or len(s) < 2:
         raise ValueError("the trajectory does not move: every point equals the last")
     basis = vt[:2]
@@ -124,10 +139,20 @@ def pca_plane(trajectory: Sequence[Params], ignore: str = "biasbn") -> PcaPlane:
     return PcaPlane((dirs[0], dirs[1]), (float(s[0] ** 2) / total, float(s[1] ** 2) / total), coords)
 
 
-def hessian_directions(model: nn.Module, loss_fn: Callable, batch, k: int = 2, *, iters: int = 30, tol: float = 1e-4,
-                       seed: int = 0, params: Params | None = None, buffers: Params | None = None,
-                       eval_mode: bool = False, output_fn: Callable | None = None
-                       ) -> tuple[list[Params], list[float]]:
+def hessian_directions(
+    model: nn.Module,
+    loss_fn: Callable,
+    batch,
+    k: int = 2,
+    *,
+    iters: int = 30,
+    tol: float = 1e-4,
+    seed: int = 0,
+    params: Params | None = None,
+    buffers: Params | None = None,
+    eval_mode: bool = False,
+    output_fn: Callable | None = None,
+) -> tuple[list[Params], list[float]]:
     """The top ``k`` Hessian eigenvectors (unit norm) and eigenvalues at ``params`` on ``batch``:
     Lanczos for the first, then Lanczos on the Hessian deflated by those already found."""
     with untouched(model, eval_mode):
@@ -157,8 +182,10 @@ def check_direction(direction: Params, weights: Params) -> None:
         raise ValueError(f"the direction does not fit the model: it {what}")
     for n, d in direction.items():
         if tuple(d.shape) != tuple(weights[n].shape):
-            raise ValueError(f"the direction does not fit the model: '{n}' is {tuple(d.shape)}, the model's "
-                             f"{tuple(weights[n].shape)}")
+            raise ValueError(
+                f"the direction does not fit the model: '{n}' is {tuple(d.shape)}, the model's "
+                f"{tuple(weights[n].shape)}"
+            )
 
 
 # ------------------------------------------------------------------ grids
@@ -209,12 +236,16 @@ def _bn_mode(model: nn.Module, bn: str):
 
 
 def _bn_buffers(model: nn.Module) -> set[str]:
-    return {f"{name}.{b}" if name else b for name, m in model.named_modules() if isinstance(m, NORM_TYPES)
-            for b, _ in m.named_buffers(recurse=False)}
+    return {
+        f"{name}.{b}" if name else b
+        for name, m in model.named_modules()
+        if isinstance(m, NORM_TYPES)
+        for b, _ in m.named_buffers(recurse=False)
+    }
 
 
 INPUT_LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-INPUT_LAYER_BYTES = 2 ** 29  # the most memory the first layer's cached outputs may take (512 MiB)
+INPUT_LAYER_BYTES = 2**29  # the most memory the first layer's cached outputs may take (512 MiB)
 # A cached point costs 1 + k passes over the layer's output (copy and axpys), a computed one the layer's
 # multiply-adds: ``auto`` caches only a layer with at least this many multiply-adds per output element
 # per pass. Measured (benchmarks/bench_slices.py): fc-tanh's first layer (3,072 per element) 3.3-3.6x
@@ -247,9 +278,18 @@ class InputLayer:
         self.inputs: list[tuple[torch.Tensor, int]] = []
 
     @classmethod
-    def build(cls, model: nn.Module, origin: Params, buffers: Params, directions: Sequence[Params],
-              batches: Sequence, prepare: Callable, n_points: int,
-              budget: int = INPUT_LAYER_BYTES, min_macs: int = INPUT_LAYER_MIN_MACS) -> "InputLayer | None":
+    def build(
+        cls,
+        model: nn.Module,
+        origin: Params,
+        buffers: Params,
+        directions: Sequence[Params],
+        batches: Sequence,
+        prepare: Callable,
+        n_points: int,
+        budget: int = INPUT_LAYER_BYTES,
+        min_macs: int = INPUT_LAYER_MIN_MACS,
+    ) -> InputLayer | None:
         """The model's input layer with its outputs cached, or None where that does not apply or
         pay: no such layer, a grid (``n_points``: the whole grid, so that every shard of it takes the same
         path and gives the same bits) of at most 1 + k points, or a cache over ``budget`` bytes."""
@@ -264,13 +304,16 @@ class InputLayer:
                 name, module, _ = layer
                 if macs_per_output(module) < min_macs * (1 + len(directions)):
                     return None
-                names = {local: f"{name}.{local}" if name else local
-                         for local, _ in module.named_parameters(recurse=False)}
+                names = {
+                    local: f"{name}.{local}" if name else local for local, _ in module.named_parameters(recurse=False)
+                }
                 if any(full not in origin or any(full not in d for d in directions) for full in names.values()):
                     return None
             with forward_context():
-                per = [functional_call(module, {k: src[f] for k, f in names.items()}, (layer[2],))
-                       for src in (origin, *directions)]
+                per = [
+                    functional_call(module, {k: src[f] for k, f in names.items()}, (layer[2],))
+                    for src in (origin, *directions)
+                ]
             used += sum(t.numel() * t.element_size() for t in per)
             if used > budget:
                 return None
@@ -316,12 +359,21 @@ def reads_input(t, raw) -> bool:
     of the input): then a layer applied to ``t`` reads the model's own input and nothing else."""
     if t is raw:
         return True
-    return (isinstance(t, torch.Tensor) and isinstance(raw, torch.Tensor) and t.is_contiguous() and raw.is_contiguous()
-            and t.numel() == raw.numel() and t.dtype == raw.dtype and t.device == raw.device
-            and t.data_ptr() == raw.data_ptr())
+    return (
+        isinstance(t, torch.Tensor)
+        and isinstance(raw, torch.Tensor)
+        and t.is_contiguous()
+        and raw.is_contiguous()
+        and t.numel() == raw.numel()
+        and t.dtype == raw.dtype
+        and t.device == raw.device
+        and t.data_ptr() == raw.data_ptr()
+    )
 
 
-def _first_layer(model: nn.Module, params: Params, buffers: Params, inputs) -> tuple[str, nn.Module, torch.Tensor] | None:
+def _first_layer(
+    model: nn.Module, params: Params, buffers: Params, inputs
+) -> tuple[str, nn.Module, torch.Tensor] | None:
     """The first parameterised module a forward reaches, with the tensor it is called on, if it is an
     input layer: of ``INPUT_LAYER_TYPES``, called on the model's own input tensor or a view of exactly
     its memory (:func:`reads_input`), with only ``weight`` and ``bias`` as parameters (weight
@@ -348,8 +400,12 @@ def _first_layer(model: nn.Module, params: Params, buffers: Params, inputs) -> t
         return None
     name, module, inp = found[0]
     own = {n for n, _ in module.named_parameters(recurse=False)}
-    plain = ("weight" in own and own <= {"weight", "bias"} and "forward" not in vars(module)
-             and not module._forward_pre_hooks)  # a user's pre-hook may change the weight or the input
+    plain = (
+        "weight" in own
+        and own <= {"weight", "bias"}
+        and "forward" not in vars(module)
+        and not module._forward_pre_hooks
+    )  # a user's pre-hook may change the weight or the input
     if type(module) in INPUT_LAYER_TYPES and plain and args and len(inp) == 1 and reads_input(inp[0], args[0]):
         return name, module, inp[0]
     return None
@@ -361,10 +417,18 @@ class PointValue:
     acc: float | None  # None unless the targets are class labels
 
 
-def evaluate_point(model: nn.Module, loss_fn: Callable, params: Params, buffers: Params,
-                   batches: Iterable, bn: str = "checkpoint", bn_batches: Iterable | None = None,
-                   prepare: Callable | None = None, output_fn: Callable | None = None,
-                   input_layer: InputLayer | None = None) -> PointValue:
+def evaluate_point(
+    model: nn.Module,
+    loss_fn: Callable,
+    params: Params,
+    buffers: Params,
+    batches: Iterable,
+    bn: str = "checkpoint",
+    bn_batches: Iterable | None = None,
+    prepare: Callable | None = None,
+    output_fn: Callable | None = None,
+    input_layer: InputLayer | None = None,
+) -> PointValue:
     """Loss (the batch means averaged with the batches' sizes as weights: ``loss_fn`` must
     return a batch mean) and accuracy at ``params``; call inside :func:`slicing` (and, with an
     ``input_layer``, inside its :meth:`InputLayer.at` for this point)."""
@@ -405,8 +469,9 @@ def evaluate_point(model: nn.Module, loss_fn: Callable, params: Params, buffers:
         n_total += n
     if n_total == 0:
         raise ValueError("the slice's data are empty: pass at least one batch")
-    total, correct, n_total = sum_over_ranks(torch.tensor([total, correct, n_total], dtype=torch.float64,
-                                                          device=out.device)).tolist()  # DDP: every rank's share
+    total, correct, n_total = sum_over_ranks(
+        torch.tensor([total, correct, n_total], dtype=torch.float64, device=out.device)
+    ).tolist()  # DDP: every rank's share
     return PointValue(total / n_total, correct / n_total if classify else None)
 
 
@@ -419,12 +484,23 @@ def slicing(model: nn.Module, bn: str):
         yield
 
 
-def evaluate_slice(model: nn.Module, loss_fn: Callable, directions: Sequence[Params], coords: Sequence[Sequence[float]],
-                   batches: Sequence, *, bn: str, origin: Params | None = None, buffers: Params | None = None,
-                   bn_batches: Sequence | None = None, prepare: Callable | None = None,
-                   output_fn: Callable | None = None, indices: Iterable[int] | None = None,
-                   on_point: Callable[[int, PointValue], None] | None = None,
-                   input_layer: bool | str = "auto") -> dict[int, PointValue]:
+def evaluate_slice(
+    model: nn.Module,
+    loss_fn: Callable,
+    directions: Sequence[Params],
+    coords: Sequence[Sequence[float]],
+    batches: Sequence,
+    *,
+    bn: str,
+    origin: Params | None = None,
+    buffers: Params | None = None,
+    bn_batches: Sequence | None = None,
+    prepare: Callable | None = None,
+    output_fn: Callable | None = None,
+    indices: Iterable[int] | None = None,
+    on_point: Callable[[int, PointValue], None] | None = None,
+    input_layer: bool | str = "auto",
+) -> dict[int, PointValue]:
     """``L(origin + sum_i c_i d_i)`` at every point of ``coords`` (or those of ``indices``).
 
     ``origin`` defaults to the model's parameters, ``buffers`` to its buffers (the running
@@ -450,9 +526,20 @@ def evaluate_slice(model: nn.Module, loss_fn: Callable, directions: Sequence[Par
         if len(coords[i]) != len(directions):
             raise ValueError(f"point {i} has {len(coords[i])} coordinates for {len(directions)} directions")
     with slicing(model, bn):
-        cache = (InputLayer.build(model, origin, buffers, directions, batches, prepare or (lambda x: x), len(coords),
-                                  min_macs=INPUT_LAYER_MIN_MACS if input_layer == "auto" else 0)
-                 if input_layer else None)
+        cache = (
+            InputLayer.build(
+                model,
+                origin,
+                buffers,
+                directions,
+                batches,
+                prepare or (lambda x: x),
+                len(coords),
+                min_macs=INPUT_LAYER_MIN_MACS if input_layer == "auto" else 0,
+            )
+            if input_layer
+            else None
+        )
         for i in todo:
             c = coords[i]
             for n, w in origin.items():
@@ -461,8 +548,9 @@ def evaluate_slice(model: nn.Module, loss_fn: Callable, directions: Sequence[Par
                 for ci, d in zip(c, directions):
                     p.add_(d[n], alpha=float(ci))
             with cache.at(c) if cache is not None else contextlib.nullcontext():
-                value = evaluate_point(model, loss_fn, work, buffers, batches, bn, bn_batches, prepare, output_fn,
-                                       cache)
+                value = evaluate_point(
+                    model, loss_fn, work, buffers, batches, bn, bn_batches, prepare, output_fn, cache
+                )
             out[i] = value
             if on_point is not None:
                 on_point(i, value)
@@ -481,7 +569,7 @@ def flat_norm(d: Params) -> float:
     return float(math.sqrt(sum(float((t.double() ** 2).sum()) for t in d.values())))
 
 
-# ------------------------------------------------------------------ the probe entry: a line through the weights at a step
+# ------------------------------------------------------------------ the probe entry: a line through the weights
 
 
 @dataclass(frozen=True)
@@ -492,29 +580,58 @@ class LossSliceOptions:
     bn: Literal["train", "checkpoint"] = "train"  # BatchNorm on the batch's statistics, or the running ones
 
 
-def loss_slice(model: nn.Module, loss_fn: Callable, batch, *, points: int = 9, radius: float = 1.0,
-               ignore: str = "biasbn", bn: str = "train", seed: int = 0, buffers: Params | None = None,
-               output_fn: Callable | None = None) -> dict:
+def loss_slice(
+    model: nn.Module,
+    loss_fn: Callable,
+    batch,
+    *,
+    points: int = 9,
+    radius: float = 1.0,
+    ignore: str = "biasbn",
+    bn: str = "train",
+    seed: int = 0,
+    buffers: Params | None = None,
+    output_fn: Callable | None = None,
+) -> dict:
     """A 1D slice of the batch loss along a filter-normalised random direction (seeded by ``seed``):
     ``points`` points from ``-radius`` to ``radius``, the loss at the weights themselves, and the curvature
     of a quadratic fitted to the line (per unit length of the direction)."""
     w = current_params(model)
     d = random_direction(w, seed=seed, ignore=ignore)
     coords = grid_coords(1, points, -radius, radius)
-    values = evaluate_slice(model, loss_fn, [d], [*coords, (0.0,)], [batch], bn=bn, origin=w,
-                            buffers=buffers, output_fn=output_fn)  # the last point: the weights themselves
+    values = evaluate_slice(
+        model, loss_fn, [d], [*coords, (0.0,)], [batch], bn=bn, origin=w, buffers=buffers, output_fn=output_fn
+    )  # the last point: the weights themselves
     losses = [values[i].loss for i in range(len(coords))]
     loss0 = values[len(coords)].loss
     alphas = [c[0] for c in coords]
     norm2 = flat_norm(d) ** 2
     fit = quadratic_fit(alphas, losses) if all(math.isfinite(x) for x in losses) else (math.nan,) * 3
-    return {"alphas": alphas, "losses": losses, "loss": loss0, "direction_norm": math.sqrt(norm2),
-            "curvature": 2 * fit[2] / norm2 if norm2 > 0 else None, "ignore": ignore, "bn": bn, "seed": seed}
+    return {
+        "alphas": alphas,
+        "losses": losses,
+        "loss": loss0,
+        "direction_norm": math.sqrt(norm2),
+        "curvature": 2 * fit[2] / norm2 if norm2 > 0 else None,
+        "ignore": ignore,
+        "bn": bn,
+        "seed": seed,
+    }
 
 
 def _loss_slice(ctx: Context, o: LossSliceOptions) -> dict:
-    return loss_slice(ctx.model, ctx.loss_fn, ctx.batch, points=o.points, radius=o.radius, ignore=o.ignore, bn=o.bn,
-                      seed=ctx.step, buffers=ctx.buffers, output_fn=ctx.output_fn)
+    return loss_slice(
+        ctx.model,
+        ctx.loss_fn,
+        ctx.batch,
+        points=o.points,
+        radius=o.radius,
+        ignore=o.ignore,
+        bn=o.bn,
+        seed=ctx.step,
+        buffers=ctx.buffers,
+        output_fn=ctx.output_fn,
+    )
 
 
 def _slice_check(o: LossSliceOptions) -> str | None:
@@ -525,8 +642,15 @@ def _slice_check(o: LossSliceOptions) -> str | None:
     return None
 
 
-register(Probe(
-    "loss_slice", "the loss along a filter-normalised random direction (Li et al. 2018) around the weights: "
-    "its rise and its fitted curvature", _loss_slice, LossSliceOptions,
-    quantities={"slice_rise": lambda v: top(v["losses"]) - v["loss"], "slice_curvature": lambda v: v["curvature"]},
-    exported=("slice_rise", "slice_curvature"), check=_slice_check))
+register(
+    Probe(
+        "loss_slice",
+        "the loss along a filter-normalised random direction (Li et al. 2018) around the weights: "
+        "its rise and its fitted curvature",
+        _loss_slice,
+        LossSliceOptions,
+        quantities={"slice_rise": lambda v: top(v["losses"]) - v["loss"], "slice_curvature": lambda v: v["curvature"]},
+        exported=("slice_rise", "slice_curvature"),
+        check=_slice_check,
+    )
+)

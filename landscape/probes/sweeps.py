@@ -15,8 +15,8 @@ is the same walk along any direction (the optimizer's update: :mod:`landscape.pr
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -41,10 +41,20 @@ class SweepResult:
         return asdict(self)
 
 
-def gradient_sweep(model: nn.Module, loss_fn: Callable, batch: Batch, etas: Sequence[float], *,
-                   eval_mode: bool = False, params: Params | None = None, grad: Params | None = None,
-                   loss: float | torch.Tensor | None = None, buffers: Params | None = None, rng: dict | None = None,
-                   output_fn: Callable | None = None) -> SweepResult:
+def gradient_sweep(
+    model: nn.Module,
+    loss_fn: Callable,
+    batch: Batch,
+    etas: Sequence[float],
+    *,
+    eval_mode: bool = False,
+    params: Params | None = None,
+    grad: Params | None = None,
+    loss: float | torch.Tensor | None = None,
+    buffers: Params | None = None,
+    rng: dict | None = None,
+    output_fn: Callable | None = None,
+) -> SweepResult:
     """Step along the gradient by each ``eta`` and measure loss, gradient change and beta_eff.
 
     ``grad`` and ``loss`` may be passed when they come from this very forward (same weights,
@@ -53,10 +63,29 @@ def gradient_sweep(model: nn.Module, loss_fn: Callable, batch: Batch, etas: Sequ
     evaluations use (defaults: the model's current buffers, cloned per evaluation, and the
     current RNG state). ``params`` evaluates at other weights than the model's.
     """
-    r = direction_sweep(model, loss_fn, batch, None, etas, eval_mode=eval_mode, params=params, grad=grad, loss=loss,
-                        buffers=buffers, rng=rng, output_fn=output_fn)
-    return SweepResult(etas=r.scales, loss=r.loss, grad_norm=r.grad_norm, losses=r.losses, grad_change=r.grad_change,
-                       beta_eff=r.beta_eff, cost=r.cost)
+    r = direction_sweep(
+        model,
+        loss_fn,
+        batch,
+        None,
+        etas,
+        eval_mode=eval_mode,
+        params=params,
+        grad=grad,
+        loss=loss,
+        buffers=buffers,
+        rng=rng,
+        output_fn=output_fn,
+    )
+    return SweepResult(
+        etas=r.scales,
+        loss=r.loss,
+        grad_norm=r.grad_norm,
+        losses=r.losses,
+        grad_change=r.grad_change,
+        beta_eff=r.beta_eff,
+        cost=r.cost,
+    )
 
 
 @dataclass
@@ -73,11 +102,21 @@ class DirectionSweep:
     cost: dict
 
 
-def direction_sweep(model: nn.Module, loss_fn: Callable, batch: Batch, direction: Params | None,
-                    scales: Sequence[float], *, eval_mode: bool = False, params: Params | None = None,
-                    grad: Params | None = None, loss: float | torch.Tensor | None = None,
-                    buffers: Params | None = None, rng: dict | None = None,
-                    output_fn: Callable | None = None) -> DirectionSweep:
+def direction_sweep(
+    model: nn.Module,
+    loss_fn: Callable,
+    batch: Batch,
+    direction: Params | None,
+    scales: Sequence[float],
+    *,
+    eval_mode: bool = False,
+    params: Params | None = None,
+    grad: Params | None = None,
+    loss: float | torch.Tensor | None = None,
+    buffers: Params | None = None,
+    rng: dict | None = None,
+    output_fn: Callable | None = None,
+) -> DirectionSweep:
     """Loss, gradient change and slope at ``w + s d`` for each ``s``; ``direction=None`` is ``-grad L(w)``
     (then ``s`` is the paper's eta). Costs one forward-backward per point (and one for ``L(w)``
     unless ``grad`` and ``loss`` come from this very forward)."""
@@ -102,16 +141,25 @@ def direction_sweep(model: nn.Module, loss_fn: Callable, batch: Batch, direction
         g_norm_f, d_norm_f = float(g_norm), float(d_norm)
         slopes_f = [float(v) / d_norm_f if d_norm_f > 0 else math.nan for v in slopes]
         ratios = [c / (abs(s) * d_norm_f) if abs(s) * d_norm_f > 0 else math.nan for c, s in zip(changes_f, scales)]
-        return DirectionSweep(scales=[float(s) for s in scales], loss=float(loss), grad_norm=g_norm_f,
-                              direction_norm=d_norm_f, losses=losses_f, grad_change=changes_f,
-                              beta_eff=max(ratios) if ratios else math.nan,
-                              slope=float(dot(g, d)) / d_norm_f if d_norm_f > 0 else math.nan, slopes=slopes_f,
-                              cost=f.cost.as_dict())
+        return DirectionSweep(
+            scales=[float(s) for s in scales],
+            loss=float(loss),
+            grad_norm=g_norm_f,
+            direction_norm=d_norm_f,
+            losses=losses_f,
+            grad_change=changes_f,
+            beta_eff=max(ratios) if ratios else math.nan,
+            slope=float(dot(g, d)) / d_norm_f if d_norm_f > 0 else math.nan,
+            slopes=slopes_f,
+            cost=f.cost.as_dict(),
+        )
 
 
 @dataclass(frozen=True)
 class GradientSweepOptions:
-    etas: tuple[float, ...] = DEFAULT_ETA_MULTIPLES  # step sizes, as multiples of the optimizer's lr (the paper's [0.5, 4] x lr)
+    etas: tuple[float, ...] = (
+        DEFAULT_ETA_MULTIPLES  # step sizes, as multiples of the optimizer's lr (the paper's [0.5, 4] x lr)
+    )
     absolute: bool = False  # true: etas are absolute step sizes instead
 
 
@@ -143,18 +191,29 @@ def relative_loss_departure(v: dict) -> float | None:
 
 def relative_grad_change(v: dict) -> float | None:
     """The largest gradient change along the step relative to the gradient itself,
-    ``max_k ||grad L(w - eta_k g) - g|| / ||g||`` (on a quadratic ``eta_max ||Hg|| / ||g||``: scale-free in ``||g||``)."""
+    ``max_k ||grad L(w - eta_k g) - g|| / ||g||`` (on a quadratic ``eta_max ||Hg|| / ||g||``: scale-free in
+    ``||g||``)."""
     largest, g = top(v["grad_change"]), number(v["grad_norm"])
     return largest / g if largest is not None and g is not None and g > 0 else None
 
 
-register(Probe(
-    "gradient_sweep", "loss variation, gradient predictiveness and beta_eff along the gradient (the paper's Figure 4)",
-    _sweep, GradientSweepOptions,
-    quantities={"loss": lambda v: v["loss"], "loss_band": lambda v: band(v["losses"]),
-                "grad_change": lambda v: top(v["grad_change"]), "beta_eff": lambda v: v["beta_eff"],
-                "grad_norm": lambda v: v["grad_norm"], "rel_loss_departure": relative_loss_departure,
-                "rel_grad_change": relative_grad_change},
-    exported=("loss", "loss_band", "grad_change", "beta_eff", "grad_norm", "rel_loss_departure", "rel_grad_change"),
-    views={"losses": lambda v: finite_list(v["losses"]), "grad_changes": lambda v: finite_list(v["grad_change"])},
-    check=_positive_etas))
+register(
+    Probe(
+        "gradient_sweep",
+        "loss variation, gradient predictiveness and beta_eff along the gradient (the paper's Figure 4)",
+        _sweep,
+        GradientSweepOptions,
+        quantities={
+            "loss": lambda v: v["loss"],
+            "loss_band": lambda v: band(v["losses"]),
+            "grad_change": lambda v: top(v["grad_change"]),
+            "beta_eff": lambda v: v["beta_eff"],
+            "grad_norm": lambda v: v["grad_norm"],
+            "rel_loss_departure": relative_loss_departure,
+            "rel_grad_change": relative_grad_change,
+        },
+        exported=("loss", "loss_band", "grad_change", "beta_eff", "grad_norm", "rel_loss_departure", "rel_grad_change"),
+        views={"losses": lambda v: finite_list(v["losses"]), "grad_changes": lambda v: finite_list(v["grad_change"])},
+        check=_positive_etas,
+    )
+)

@@ -21,8 +21,8 @@ Definitions, at weights ``w`` with the gradient ``p.grad`` the optimizer is abou
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -49,27 +49,65 @@ def step_alpha(distance: float, f0: float, f1: float, d0: float, d1: float) -> f
     return 2 * t / (-b / a) - 1
 
 
-def update_sweep(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, batch: Batch,
-                 scales: Sequence[float], *, eval_mode: bool = False, grad: Params | None = None,
-                 loss=None, buffers: Params | None = None, rng: dict | None = None,
-                 output_fn: Callable | None = None) -> dict:
+def update_sweep(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable,
+    batch: Batch,
+    scales: Sequence[float],
+    *,
+    eval_mode: bool = False,
+    grad: Params | None = None,
+    loss=None,
+    buffers: Params | None = None,
+    rng: dict | None = None,
+    output_fn: Callable | None = None,
+) -> dict:
     """The sweep along the optimizer's next update ``u`` (multiples ``scales`` of it), and ``alpha``
     (from the point ``s = 1``, evaluated as part of the sweep whether or not ``scales`` holds it)."""
     u = update_direction(optimizer, model)
     points = list(scales) if 1.0 in scales else [*scales, 1.0]
-    r = direction_sweep(model, loss_fn, batch, u, points, eval_mode=eval_mode, params=current_params(model),
-                        grad=grad, loss=loss, buffers=buffers, rng=rng, output_fn=output_fn)
+    r = direction_sweep(
+        model,
+        loss_fn,
+        batch,
+        u,
+        points,
+        eval_mode=eval_mode,
+        params=current_params(model),
+        grad=grad,
+        loss=loss,
+        buffers=buffers,
+        rng=rng,
+        output_fn=output_fn,
+    )
     k = points.index(1.0)
     alpha = step_alpha(r.direction_norm, r.loss, r.losses[k], r.slope, r.slopes[k])
     keep = [i for i, s in enumerate(points) if s in scales]
-    return {"scales": [points[i] for i in keep], "loss": r.loss, "grad_norm": r.grad_norm,
-            "update_norm": r.direction_norm, "losses": [r.losses[i] for i in keep],
-            "grad_change": [r.grad_change[i] for i in keep],
-            "beta_eff": max((r.grad_change[i] / (abs(points[i]) * r.direction_norm) for i in keep
-                             if points[i] != 0 and r.direction_norm > 0), default=math.nan),
-            "slope": r.slope, "slopes": [r.slopes[i] for i in keep], "step_loss": r.losses[k],
-            "step_slope": r.slopes[k], "alpha": alpha,
-            "lr": optimizer.param_groups[0]["lr"], "optimizer": type(optimizer).__name__, "cost": r.cost}
+    return {
+        "scales": [points[i] for i in keep],
+        "loss": r.loss,
+        "grad_norm": r.grad_norm,
+        "update_norm": r.direction_norm,
+        "losses": [r.losses[i] for i in keep],
+        "grad_change": [r.grad_change[i] for i in keep],
+        "beta_eff": max(
+            (
+                r.grad_change[i] / (abs(points[i]) * r.direction_norm)
+                for i in keep
+                if points[i] != 0 and r.direction_norm > 0
+            ),
+            default=math.nan,
+        ),
+        "slope": r.slope,
+        "slopes": [r.slopes[i] for i in keep],
+        "step_loss": r.losses[k],
+        "step_slope": r.slopes[k],
+        "alpha": alpha,
+        "lr": optimizer.param_groups[0]["lr"],
+        "optimizer": type(optimizer).__name__,
+        "cost": r.cost,
+    }
 
 
 # ------------------------------------------------------------------ the probe entry
@@ -77,7 +115,16 @@ def update_sweep(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Ca
 
 @dataclass(frozen=True)
 class UpdateSweepOptions:
-    scales: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)  # multiples of the optimizer's next step (1: the step itself)
+    scales: tuple[float, ...] = (
+        0.5,
+        1.0,
+        1.5,
+        2.0,
+        2.5,
+        3.0,
+        3.5,
+        4.0,
+    )  # multiples of the optimizer's next step (1: the step itself)
 
 
 def _update_sweep(ctx: Context, o: UpdateSweepOptions) -> dict:
@@ -85,16 +132,29 @@ def _update_sweep(ctx: Context, o: UpdateSweepOptions) -> dict:
         check_readable(ctx.optimizer)
     except UnreadableOptimizer as exc:
         return {"alpha": None, "note": str(exc), "optimizer": type(ctx.optimizer).__name__}
-    return update_sweep(ctx.model, ctx.optimizer, ctx.loss_fn, ctx.batch, list(o.scales), **ctx.reuse(),
-                        **ctx.common())
+    return update_sweep(ctx.model, ctx.optimizer, ctx.loss_fn, ctx.batch, list(o.scales), **ctx.reuse(), **ctx.common())
 
 
-register(Probe(
-    "update_sweep", "loss variation, gradient change and beta_eff along the optimizer's own next update, and "
-    "Cockpit's alpha (where in the valley the step lands)", _update_sweep, UpdateSweepOptions,
-    quantities={"update_loss_band": lambda v: band(v["losses"]), "update_grad_change": lambda v: top(v["grad_change"]),
-                "update_beta_eff": lambda v: v["beta_eff"], "alpha": lambda v: v["alpha"],
-                "update_norm": lambda v: v["update_norm"]},
-    exported=("update_loss_band", "update_grad_change", "update_beta_eff", "alpha"), attach=update_warning,
-    check=lambda o: None if o.scales and all(s > 0 and math.isfinite(s) for s in o.scales) else
-    f"scales must be positive multiples of the step; got {list(o.scales)}"))
+register(
+    Probe(
+        "update_sweep",
+        "loss variation, gradient change and beta_eff along the optimizer's own next update, and "
+        "Cockpit's alpha (where in the valley the step lands)",
+        _update_sweep,
+        UpdateSweepOptions,
+        quantities={
+            "update_loss_band": lambda v: band(v["losses"]),
+            "update_grad_change": lambda v: top(v["grad_change"]),
+            "update_beta_eff": lambda v: v["beta_eff"],
+            "alpha": lambda v: v["alpha"],
+            "update_norm": lambda v: v["update_norm"],
+        },
+        exported=("update_loss_band", "update_grad_change", "update_beta_eff", "alpha"),
+        attach=update_warning,
+        check=lambda o: (
+            None
+            if o.scales and all(s > 0 and math.isfinite(s) for s in o.scales)
+            else f"scales must be positive multiples of the step; got {list(o.scales)}"
+        ),
+    )
+)

@@ -16,8 +16,8 @@ import math
 import warnings
 import zlib
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -47,12 +47,17 @@ MISSING_GLYPHS: set[str] = set()  # characters of names the figure font cannot d
 def drawing(fn):
     """A figure function: drawn in the report's style, leaving matplotlib's global settings as they were.
     A character the font lacks (a CJK run name) is collected in MISSING_GLYPHS instead of warning per glyph."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         import matplotlib
 
-        with matplotlib.rc_context(), sns.axes_style("whitegrid"), sns.plotting_context("paper", font_scale=1.05), \
-                warnings.catch_warnings(record=True) as caught:
+        with (
+            matplotlib.rc_context(),
+            sns.axes_style("whitegrid"),
+            sns.plotting_context("paper", font_scale=1.05),
+            warnings.catch_warnings(record=True) as caught,
+        ):
             warnings.simplefilter("always")
             matplotlib.rcParams["mathtext.default"] = "regular"
             out = fn(*args, **kwargs)
@@ -63,6 +68,7 @@ def drawing(fn):
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         return out
+
     return wrapper
 
 
@@ -95,7 +101,7 @@ def color_of(net: str) -> tuple:
     kinds = list(NETS)
     if net in kinds:
         return palette[kinds.index(net)]
-    rest = palette[len(kinds):]
+    rest = palette[len(kinds) :]
     return rest[zlib.crc32(net.encode(errors="surrogateescape")) % len(rest)]
 
 
@@ -147,8 +153,13 @@ def plot_lines(ax, groups: dict[str, list[RunRecords]], series_fn, logy: bool = 
             continue
         s, m = downsample(steps, mean)
         drawn += m
-        ax.plot(s, m, color=color_of(net), marker="o" if len(s) == 1 else None,  # one point is drawn too
-                label=text(label_of(net)) + (f" ({len(runs)} seeds)" if len(runs) > 1 else ""))
+        ax.plot(
+            s,
+            m,
+            color=color_of(net),
+            marker="o" if len(s) == 1 else None,  # one point is drawn too
+            label=text(label_of(net)) + (f" ({len(runs)} seeds)" if len(runs) > 1 else ""),
+        )
         if len(runs) > 1:
             s, lo = downsample(steps, low)
             _, hi = downsample(steps, high)
@@ -176,8 +187,15 @@ def diverged(groups: dict[str, list[RunRecords]]) -> bool:
 @drawing
 def training_curves(groups: dict[str, list[RunRecords]], title: str) -> bytes:
     fig, axes = subplots(1, 4, figsize=(15, 3.3))
-    for ax, (kind, key, label) in zip(axes, [("train", "loss", "train loss"), ("train", "acc", "train accuracy"),
-                                             ("test", "loss", "test loss"), ("test", "acc", "test accuracy")]):
+    for ax, (kind, key, label) in zip(
+        axes,
+        [
+            ("train", "loss", "train loss"),
+            ("train", "acc", "train accuracy"),
+            ("test", "loss", "test loss"),
+            ("test", "acc", "test accuracy"),
+        ],
+    ):
         plot_lines(ax, groups, metric_series(kind, key))
         ax.set_xlabel("step")
         ax.set_ylabel(label)
@@ -212,8 +230,9 @@ def activation_ridges(groups: dict[str, list[RunRecords]], layer: str | int, tit
     for ax, net in zip(axes[0], nets):
         run = groups[net][0]
         name = layer_name(run, "activation_stats", layer) if isinstance(layer, int) else layer
-        recs = [(step, hists[name]) for step, hists in probe_views(run, "activation_stats", "histograms")
-                if name in hists]
+        recs = [
+            (step, hists[name]) for step, hists in probe_views(run, "activation_stats", "histograms") if name in hists
+        ]
         if len(recs) > max_steps:
             recs = [recs[i] for i in np.unique(np.linspace(0, len(recs) - 1, max_steps).round().astype(int))]
         for i, (_, h) in enumerate(recs):
@@ -257,9 +276,15 @@ def ics_heatmaps(groups: dict[str, list[RunRecords]], title: str) -> bytes:
             if key == "l2":  # the first layer's G' = G exactly: blank, not log(0)
                 grid = np.log10(np.where(grid > 0, grid, np.nan))
             limits = {"vmin": -1, "vmax": 1} if key == "cosine" else {}
-            sns.heatmap(grid, ax=ax, cmap=cmap, **limits,  # rows: layer k, counted over the recorded weight layers
-                        xticklabels=steps, yticklabels=[str(k) for k in range(1, len(layers) + 1)],
-                        cbar_kws={"label": "log10 ||G - G'||" if key == "l2" else "cos(G, G')"})
+            sns.heatmap(
+                grid,
+                ax=ax,
+                cmap=cmap,
+                **limits,  # rows: layer k, counted over the recorded weight layers
+                xticklabels=steps,
+                yticklabels=[str(k) for k in range(1, len(layers) + 1)],
+                cbar_kws={"label": "log10 ||G - G'||" if key == "l2" else "cos(G, G')"},
+            )
             heatmap_axes(ax, net, groups)
     fig.suptitle(title, y=1.01)
     fig.tight_layout()
@@ -292,25 +317,39 @@ def landscape_panels(groups: dict[str, list[RunRecords]], title: str, phase_at: 
             pts = [(s, v) for s, v in probe_views(runs[0], "gradient_sweep", key) if v]
             if pts:
                 s = [p[0] for p in pts]
-                ax.fill_between(s, [min(v) for _, v in pts], [max(v) for _, v in pts], color=color_of(net), alpha=0.35,
-                                label=label_of(net))
+                ax.fill_between(
+                    s,
+                    [min(v) for _, v in pts],
+                    [max(v) for _, v in pts],
+                    color=color_of(net),
+                    alpha=0.35,
+                    label=label_of(net),
+                )
                 ax.plot(s, [min(v) for _, v in pts], color=color_of(net), lw=0.8)
                 ax.plot(s, [max(v) for _, v in pts], color=color_of(net), lw=0.8)
     plot_lines(axes[2], groups, series("gradient_sweep", "beta_eff"), logy=True)
     plot_lines(axes[3], groups, series("sharpness", "sharpness"), logy=True)
-    preconditioned = any(v for runs in groups.values() for run in runs
-                         for _, v in probe_views(run, "sharpness", "preconditioned"))
+    preconditioned = any(
+        v for runs in groups.values() for run in runs for _, v in probe_views(run, "sharpness", "preconditioned")
+    )
     thresholds = {}
     for net, runs in groups.items():
         for _, thr in series("sharpness", "sharpness_threshold")(runs[0]):
             thresholds[thr] = net
     for thr in thresholds:
         axes[3].axhline(thr, color="k", ls="--", lw=1)
-        axes[3].annotate(f"stability threshold {thr:.3g}", (0.02, thr), xycoords=("axes fraction", "data"), fontsize=7,
-                         va="bottom")
-    for ax, label in zip(axes, ("loss L(w - eta g), min-max over eta", "||grad L(w - eta g) - g||, min-max",
-                                "effective beta-smoothness",
-                                "top Hessian eigenvalue" + (" (Adam: of P^-1 H)" if preconditioned else ""))):
+        axes[3].annotate(
+            f"stability threshold {thr:.3g}", (0.02, thr), xycoords=("axes fraction", "data"), fontsize=7, va="bottom"
+        )
+    for ax, label in zip(
+        axes,
+        (
+            "loss L(w - eta g), min-max over eta",
+            "||grad L(w - eta g) - g||, min-max",
+            "effective beta-smoothness",
+            "top Hessian eigenvalue" + (" (Adam: of P^-1 H)" if preconditioned else ""),
+        ),
+    ):
         ax.set_xlabel("step" if phase_at is None else "step (log scale; dotted: end of the early phase)")
         ax.set_ylabel(label)
         if phase_at is not None and ax.has_data():  # an empty panel (no sharpness probe) stays as it is
@@ -390,11 +429,21 @@ def layer_sharpness_heatmaps(groups: dict[str, list[RunRecords]], title: str) ->
     for ax, net in zip(axes[0], nets):
         recs = probe_series(groups[net][0], "layer_sharpness", "layer_sharpness")
         layers = probed_layers(groups[net][:1], "layer_sharpness")
-        grid = np.array([[(lambda x: np.log10(x) if x is not None and x > 0 else np.nan)((v or {}).get(layer))
-                          for _, v in recs] for layer in layers], dtype=float)
-        sns.heatmap(grid, ax=ax, cmap="mako", xticklabels=[step for step, _ in recs],
-                    yticklabels=[str(k) for k in range(1, len(layers) + 1)],
-                    cbar_kws={"label": "log10 layer sharpness"})
+        grid = np.array(
+            [
+                [(lambda x: np.log10(x) if x is not None and x > 0 else np.nan)((v or {}).get(layer)) for _, v in recs]
+                for layer in layers
+            ],
+            dtype=float,
+        )
+        sns.heatmap(
+            grid,
+            ax=ax,
+            cmap="mako",
+            xticklabels=[step for step, _ in recs],
+            yticklabels=[str(k) for k in range(1, len(layers) + 1)],
+            cbar_kws={"label": "log10 layer sharpness"},
+        )
         heatmap_axes(ax, net, groups)
     fig.suptitle(title, y=1.02)
     fig.tight_layout()
@@ -412,8 +461,14 @@ def density_panels(groups: dict[str, list[RunRecords]], title: str) -> bytes:
         for shade, (step, h) in zip(np.linspace(0.35, 1.0, len(picks)), picks):
             edges, mass = np.array(h["edges"]), np.array(h["density"], dtype=float)
             centers = (edges[:-1] + edges[1:]) / 2
-            ax.plot(centers, np.where(mass > 0, mass, np.nan), marker=".", color=color_of(net), alpha=shade,
-                    label=f"step {step}")
+            ax.plot(
+                centers,
+                np.where(mass > 0, mass, np.nan),
+                marker=".",
+                color=color_of(net),
+                alpha=shade,
+                label=f"step {step}",
+            )
         ax.set_yscale("log")
         ax.set_xlabel("eigenvalue")
         ax.set_ylabel("mass per bin")

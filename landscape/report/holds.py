@@ -20,21 +20,33 @@ class Statement:
 
 
 STATEMENTS = {
-    "smoother": Statement("BatchNorm makes the landscape smoother along the gradient (Figure 4: loss band, gradient "
-                          "change, beta_eff, and their scale-free companions)", "Santurkar et al. 2018"),
-    "sharpness": Statement("BatchNorm's top Hessian eigenvalue (and trace) is lower", "Santurkar et al. 2018 (their "
-                           "Section 3's beta-smoothness; measured directly)"),
-    "pyhessian": Statement("BatchNorm does not necessarily make the landscape smoother, especially in shallow "
-                           "networks; the smoother landscape shows in deep ones (top eigenvalue and trace of ResNets)",
-                           "Yao et al. 2020 (PyHessian)"),
-    "yang": Statement("At initialisation, gradients explode with depth in BatchNorm networks without skip connections",
-                      "Yang et al. 2019"),
+    "smoother": Statement(
+        "BatchNorm makes the landscape smoother along the gradient (Figure 4: loss band, gradient "
+        "change, beta_eff, and their scale-free companions)",
+        "Santurkar et al. 2018",
+    ),
+    "sharpness": Statement(
+        "BatchNorm's top Hessian eigenvalue (and trace) is lower",
+        "Santurkar et al. 2018 (their Section 3's beta-smoothness; measured directly)",
+    ),
+    "pyhessian": Statement(
+        "BatchNorm does not necessarily make the landscape smoother, especially in shallow "
+        "networks; the smoother landscape shows in deep ones (top eigenvalue and trace of ResNets)",
+        "Yao et al. 2020 (PyHessian)",
+    ),
+    "yang": Statement(
+        "At initialisation, gradients explode with depth in BatchNorm networks without skip connections",
+        "Yang et al. 2019",
+    ),
     "basin": Statement("BatchNorm's trained weights sit in a wider basin", "Li et al. 2018's slices"),
     "eos_gd": Statement("Full-batch GD sharpens progressively, then hovers at 2/lr", "Cohen et al. 2021"),
-    "eos_adam": Statement("Full-batch Adam's preconditioned sharpness settles at 38/lr; the raw sharpness does not",
-                          "Cohen et al. 2022"),
-    "eos_sgd": Statement("Minibatch SGD's batch sharpness settles at 2/lr while the full-batch sharpness stays below",
-                         "Andreyev and Beneventano"),
+    "eos_adam": Statement(
+        "Full-batch Adam's preconditioned sharpness settles at 38/lr; the raw sharpness does not", "Cohen et al. 2022"
+    ),
+    "eos_sgd": Statement(
+        "Minibatch SGD's batch sharpness settles at 2/lr while the full-batch sharpness stays below",
+        "Andreyev and Beneventano",
+    ),
 }
 
 
@@ -47,8 +59,9 @@ def declared_statements(summary: dict, experiments: dict | None) -> dict[str, st
     from landscape.planning import load_preset
 
     try:
-        preset = load_preset(str(summary.get("preset")), tuple(e.preset_key for e in experiments.values()
-                                                                if e.preset_key))
+        preset = load_preset(
+            str(summary.get("preset")), tuple(e.preset_key for e in experiments.values() if e.preset_key)
+        )
     except Exception:  # noqa: BLE001 (a preset this release no longer has: its claims cannot be looked up)
         return {}
     return {c.id: c.statement for c in experiment.claims(preset) if c.statement}
@@ -73,21 +86,33 @@ def where(summaries: list[dict], experiments: dict | None = None) -> list[dict]:
     out = []
     for key, st in STATEMENTS.items():
         if rows[key]:
-            out.append({"text": st.text, "source": st.source, "rows": rows[key], "tally": tally(rows[key]),
-                        "held": sum(r.get("verdict") == "reproduced" for r in rows[key]), "tested": len(rows[key])})
+            out.append(
+                {
+                    "text": st.text,
+                    "source": st.source,
+                    "rows": rows[key],
+                    "tally": tally(rows[key]),
+                    "held": sum(r.get("verdict") == "reproduced" for r in rows[key]),
+                    "tested": len(rows[key]),
+                }
+            )
     return out
 
 
 def tally(rows: list[dict]) -> str:
-    """"reproduced in k of n settings", split by phase of training where claims are judged per phase."""
+    """ "reproduced in k of n settings", split by phase of training where claims are judged per phase."""
+
     def count(rs):
         return f"{sum(r.get('verdict') == 'reproduced' for r in rs)} of {len(rs)}"
+
     phases = {p: [r for r in rows if str(r.get("id", "")).endswith("." + p)] for p in ("early", "later")}
     if not any(phases.values()):
         return f"reproduced in {count(rows)} settings"
     other = [r for r in rows if not any(r in v for v in phases.values())]
-    parts = [f"early training (first 10% of steps): {count(phases['early'])}",
-             f"later training: {count(phases['later'])}"] + ([f"other settings: {count(other)}"] if other else [])
+    parts = [
+        f"early training (first 10% of steps): {count(phases['early'])}",
+        f"later training: {count(phases['later'])}",
+    ] + ([f"other settings: {count(other)}"] if other else [])
     return "reproduced in " + "; ".join(parts)
 
 
@@ -96,11 +121,17 @@ def markdown(groups: list[dict], num) -> str:
     cell = lambda t: " ".join(str(t).replace("|", "\\|").split())  # noqa: E731
     lines = []
     for g in groups:
-        lines += [f"**{cell(g['text'])}** ({cell(g['source'])}): {g['tally']}.", "", "| experiment | setting and claim | value | seeds on the claimed side | verdict |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            f"**{cell(g['text'])}** ({cell(g['source'])}): {g['tally']}.",
+            "",
+            "| experiment | setting and claim | value | seeds on the claimed side | verdict |",
+            "|---|---|---|---|---|",
+        ]
         for c in g["rows"]:
             signs = f"{c['signs']['k']} of {c['signs']['n']}" if c.get("signs") else "-"
-            lines.append(f"| {cell(c['experiment'])} | {cell(c['claim'])} | {num(c.get('mean'))} "
-                         f"({cell(c.get('direction', ''))} {num(c.get('threshold'))}) | {signs} | {cell(c['verdict'])} |")
+            lines.append(
+                f"| {cell(c['experiment'])} | {cell(c['claim'])} | {num(c.get('mean'))} "
+                f"({cell(c.get('direction', ''))} {num(c.get('threshold'))}) | {signs} | {cell(c['verdict'])} |"
+            )
         lines.append("")
     return "\n".join(lines)

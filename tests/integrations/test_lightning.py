@@ -21,9 +21,18 @@ STEPS, EVERY, BATCH = 12, 3, 16
 
 def make_cnn(seed=0):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(8, 4))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
 
 
 def data():
@@ -53,8 +62,17 @@ def loader():
 
 
 def trainer(callbacks, tmp_path, max_steps=STEPS, **kw):
-    return pl.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, callbacks=callbacks, logger=False,
-                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path), **kw)
+    return pl.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        **kw,
+    )
 
 
 def records(path):
@@ -77,8 +95,16 @@ def test_fit_records_match_monitor_and_leave_training_bitwise_unchanged(tmp_path
     # The same probes through Monitor in a hand-written loop on the same model, data and seed.
     model = make_cnn()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    monitor = Monitor(tmp_path / "monitor", model, opt, F.cross_entropy, every(EVERY), probes=PROBES,
-                      sharpness_iters=5, step_hook=False)
+    monitor = Monitor(
+        tmp_path / "monitor",
+        model,
+        opt,
+        F.cross_entropy,
+        every(EVERY),
+        probes=PROBES,
+        sharpness_iters=5,
+        step_hook=False,
+    )
     batches = list(loader())
     for step in range(1, STEPS + 1):
         x, y = batches[(step - 1) % len(batches)]
@@ -93,9 +119,11 @@ def test_fit_records_match_monitor_and_leave_training_bitwise_unchanged(tmp_path
     ours, theirs = probe_records(tmp_path / "run"), probe_records(tmp_path / "monitor")
     assert [(s, p) for s, p, _ in ours] == [(s, p) for s, p, _ in theirs]
     assert {s for s, _, _ in ours} == {1, 3, 6, 9, 12}
-    for (s, p, a), (_, _, b) in zip(ours, theirs):
+    for (_, p, a), (_, _, b) in zip(ours, theirs):
         if p == "gradient_sweep":
-            assert a["losses"] == pytest.approx(b["losses"], rel=1e-6) and a["beta_eff"] == pytest.approx(b["beta_eff"], rel=1e-6)
+            assert a["losses"] == pytest.approx(b["losses"], rel=1e-6) and a["beta_eff"] == pytest.approx(
+                b["beta_eff"], rel=1e-6
+            )
         elif p == "ics_opti":
             assert list(a["cosine"]) == [f"net.{k}" for k in b["cosine"]]  # the module is the LightningModule's .net
             assert list(a["cosine"].values()) == pytest.approx(list(b["cosine"].values()), rel=1e-6, abs=1e-9)
@@ -139,9 +167,16 @@ def test_scalars_reach_the_trainers_loggers(tmp_path):
     from lightning.pytorch.loggers import CSVLogger
 
     cb = LandscapeCallback(tmp_path / "run", every(EVERY), probes=("gradient_sweep", "ics_opti"))
-    t = pl.Trainer(max_steps=6, accelerator="cpu", devices=1, callbacks=[cb], enable_progress_bar=False,
-                   enable_model_summary=False, enable_checkpointing=False,
-                   logger=CSVLogger(str(tmp_path), name="csv"))
+    t = pl.Trainer(
+        max_steps=6,
+        accelerator="cpu",
+        devices=1,
+        callbacks=[cb],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=CSVLogger(str(tmp_path), name="csv"),
+    )
     t.fit(Module(), loader())
     text = next((tmp_path / "csv").rglob("metrics.csv")).read_text()
     assert "landscape/beta_eff" in text and "landscape/ics_cos/net.0" in text
@@ -162,14 +197,30 @@ def test_under_ddp_every_rank_probes_only_rank_0_writes_and_training_is_unchange
     all-reduce), one set of records is written, and the weights equal a DDP fit without the callback."""
     ddp = {"strategy": "ddp_spawn", "devices": 2, "enable_checkpointing": False}
     plain = Module()
-    pl.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-               default_root_dir=str(tmp_path / "a"), **ddp).fit(plain, loader())
+    pl.Trainer(
+        max_steps=4,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path / "a"),
+        **ddp,
+    ).fit(plain, loader())
     probed = Module()
     cb = LandscapeCallback(tmp_path / "run", every(2), probes=("gradient_sweep", "sharpness"), sharpness_iters=3)
-    pl.Trainer(max_steps=4, accelerator="cpu", callbacks=[cb], logger=False, enable_progress_bar=False,
-               enable_model_summary=False, default_root_dir=str(tmp_path / "b"), **ddp).fit(probed, loader())
-    assert [(s, p) for s, p, _ in probe_records(tmp_path / "run")] == \
-        [(s, p) for s in (1, 2, 4) for p in ("gradient_sweep", "sharpness")]
+    pl.Trainer(
+        max_steps=4,
+        accelerator="cpu",
+        callbacks=[cb],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path / "b"),
+        **ddp,
+    ).fit(probed, loader())
+    assert [(s, p) for s, p, _ in probe_records(tmp_path / "run")] == [
+        (s, p) for s in (1, 2, 4) for p in ("gradient_sweep", "sharpness")
+    ]
     for (n, a), (_, b) in zip(plain.state_dict().items(), probed.state_dict().items()):
         assert torch.equal(a, b), n
     assert not torch.equal(plain.net[0].weight, Module().net[0].weight)  # the trained weights came back

@@ -1,22 +1,22 @@
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from landscape.cli import app
 from landscape.experiments import REGISTRY
 from landscape.report import build_report
+from landscape.report import figures as F
 from landscape.reproduce import run_experiment
 from landscape.train import train
 from tests.conftest import tiny_config
-import torch
-import os
-import subprocess
-import sys
-from landscape.report import figures as F
 
-EVIL = '<img src=x onerror=alert(1)>'
+EVIL = "<img src=x onerror=alert(1)>"
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +64,23 @@ def test_each_claim_row_shows_its_summary_verdict(results, html):
 
 def test_every_expected_figure_is_present(html):
     captions = re.findall(r"<figcaption>(.*?)</figcaption>", html)
-    expected = ["VGG, lr 0.1: train and test curves", "VGG, lr 0.5: train and test curves",
-                "Activation distributions of", "Standard, BN and noisy BN: train and test curves",
-                "ICS_distrib: shift between consecutive", "VGG: ICS_opti per layer and step",
-                "DLN: ICS_opti per layer and step", "VGG: ICS_opti over training", "DLN: training",
-                "VGG: loss variation, gradient predictiveness, beta_eff and sharpness",
-                "DLN: loss variation, gradient predictiveness, beta_eff and sharpness",
-                "Normalisations: train and test curves", "Normalisations: smoothness along the gradient",
-                "Training curves", "Smoothness along the gradient"]
+    expected = [
+        "VGG, lr 0.1: train and test curves",
+        "VGG, lr 0.5: train and test curves",
+        "Activation distributions of",
+        "Standard, BN and noisy BN: train and test curves",
+        "ICS_distrib: shift between consecutive",
+        "VGG: ICS_opti per layer and step",
+        "DLN: ICS_opti per layer and step",
+        "VGG: ICS_opti over training",
+        "DLN: training",
+        "VGG: loss variation, gradient predictiveness, beta_eff and sharpness",
+        "DLN: loss variation, gradient predictiveness, beta_eff and sharpness",
+        "Normalisations: train and test curves",
+        "Normalisations: smoothness along the gradient",
+        "Training curves",
+        "Smoothness along the gradient",
+    ]
     for e in expected:
         assert any(c.startswith(e) for c in captions), e
     assert "Figure not drawn" not in html
@@ -100,10 +109,14 @@ def test_no_external_references(html):
 def test_a_single_run_and_a_monitor_run_make_a_report(tmp_path):
 
     from landscape.probes import Monitor, every
-    from tests.test_probes import CE, batch_for, mlp_bn
+    from tests.probes.reference import CE, batch_for, mlp_bn
 
-    train(tiny_config(name="solo", steps=4, probes={"enabled": ["sharpness", "ics_opti"], "every": 2,
-                                                    "sharpness_iters": 3}), out=tmp_path)
+    train(
+        tiny_config(
+            name="solo", steps=4, probes={"enabled": ["sharpness", "ics_opti"], "every": 2, "sharpness_iters": 3}
+        ),
+        out=tmp_path,
+    )
     model = mlp_bn()
     batch = batch_for(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -136,9 +149,9 @@ def test_report_cli_and_bad_input(results, tmp_path):
 
 def test_the_report_keeps_diagnostics_in_their_section_and_says_what_one_seed_is_worth(smoke_results):
     _, summaries, html = smoke_results
-    top = html[html.index('<section id="claims">'):html.index("</section>")]
+    top = html[html.index('<section id="claims">') : html.index("</section>")]
     assert "diagnostic" not in top and "n32-mean" not in top and "every-N probe steps only" not in top
-    regimes = html[html.index('<section id="dln-regimes">'):]
+    regimes = html[html.index('<section id="dln-regimes">') :]
     assert "<em>diagnostic:</em> n8-sum: Figure 3" in regimes
     assert "How far one seed can be trusted" in top and "indicative only" in top
     sharp = next(c for c in summaries["smoothness"]["claims"] if c["id"] == "beyond.vgg.sharpness")
@@ -179,8 +192,17 @@ def test_records_of_the_wrong_shape_are_listed_with_file_and_line_and_the_rest_i
     (runs / "lists" / "status.json").write_text("[1, 2]")
     with open(runs / "types" / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"kind": "train", "step": 8, "loss": "low", "acc": None}) + "\n")
-        f.write(json.dumps({"kind": "probe", "probe": "gradient_sweep", "step": 8,
-                            "values": {"losses": ["a", None], "grad_change": "x", "beta_eff": "big"}}) + "\n")
+        f.write(
+            json.dumps(
+                {
+                    "kind": "probe",
+                    "probe": "gradient_sweep",
+                    "step": 8,
+                    "values": {"losses": ["a", None], "grad_change": "x", "beta_eff": "big"},
+                }
+            )
+            + "\n"
+        )
     summary = tmp_path / "exp" / "summary.json"
     summary.parent.mkdir()
     summary.write_text(json.dumps({"experiment": "smoothness", "runs": ["not", "an", "object"]}))
@@ -188,9 +210,13 @@ def test_records_of_the_wrong_shape_are_listed_with_file_and_line_and_the_rest_i
     assert res.exit_code == 0, res.output
     html = (tmp_path / "r.html").read_text()
     assert "Problems reading records" in html
-    for line in ("metrics.jsonl line 7: a JSON list, not an object", "line 9: &#39;cost&#39; is not an object",
-                 "line 10: &#39;step&#39; is not an integer", "status.json missing, unreadable or not a JSON object",
-                 "summary.json: unreadable, or not a summary"):
+    for line in (
+        "metrics.jsonl line 7: a JSON list, not an object",
+        "line 9: &#39;cost&#39; is not an object",
+        "line 10: &#39;step&#39; is not an integer",
+        "status.json missing, unreadable or not a JSON object",
+        "summary.json: unreadable, or not a summary",
+    ):
         assert line in html, line
     assert "<figcaption>Smoothness along the gradient</figcaption>" in html and "Figure not drawn" not in html
 
@@ -230,15 +256,25 @@ def test_a_figure_that_raises_is_listed_as_a_problem_and_the_report_completes(sm
     monkeypatch.setattr(F, "landscape_panels", broken)
     html = build_report([out], tmp_path / "r.html", REGISTRY).read_text()
     assert "Problems reading records" in html
-    assert "figure &#39;VGG: loss variation, gradient predictiveness, beta_eff and sharpness&#39; not drawn " \
-           "(RuntimeError: a bug in a figure)" in html
+    assert (
+        "figure &#39;VGG: loss variation, gradient predictiveness, beta_eff and sharpness&#39; not drawn "
+        "(RuntimeError: a bug in a figure)" in html
+    )
     assert "<figcaption>VGG: ICS_opti per layer and step</figcaption>" in html  # the others are drawn
 
 
 def test_colours_are_fixed_per_network_in_every_process():
     code = "from landscape.report.figures import color_of; print([color_of(n) for n in ('bn', 'standard', 'my-run')])"
-    seen = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2)}
+    seen = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+        ).stdout
+        for seed in (1, 2)
+    }
     assert len(seen) == 1
     assert F.color_of("bn") != F.color_of("standard") and F.color_of("bn") == F._palette()[1]  # bn is the second kind
 
@@ -260,7 +296,9 @@ def test_report_figures_folder_writes_each_figure_and_refuses_a_file(results, tm
     pngs = sorted((tmp_path / "f").glob("*.png"))
     assert pngs and all(p.read_bytes().startswith(b"\x89PNG") for p in pngs)
     (tmp_path / "file").write_text("keep")
-    bad = runner.invoke(app, ["report", str(results), "-o", str(tmp_path / "s.html"), "--figures", str(tmp_path / "file")])
+    bad = runner.invoke(
+        app, ["report", str(results), "-o", str(tmp_path / "s.html"), "--figures", str(tmp_path / "file")]
+    )
     assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and "is a file" in bad.stderr
     assert (tmp_path / "file").read_text() == "keep" and not (tmp_path / "s.html").exists()
 
@@ -269,13 +307,34 @@ def test_where_groups_claims_by_the_statement_they_test_whatever_their_verdict(t
     from landscape.report.holds import where
 
     def claim(cid, verdict):
-        return {"id": cid, "claim": cid, "verdict": verdict, "mean": 2.0, "direction": "above", "threshold": 1.0,
-                "signs": {"k": 1, "n": 1}, "headline": False}
-    summaries = [{"experiment": "width", "claims": [claim("width.w1.beta_eff.early", "not reproduced"),
-                                                    claim("width.w1.beta_eff.later", "reproduced")]},
-                 {"experiment": "depth", "claims": [claim("depth.yang.vgg_bn_grows", "inconclusive"),
-                                                    claim("depth.pyhessian.resnet20.trace", "reproduced")]},
-                 {"experiment": "norms", "claims": [claim("norms.l1", "reproduced")]}]
+        return {
+            "id": cid,
+            "claim": cid,
+            "verdict": verdict,
+            "mean": 2.0,
+            "direction": "above",
+            "threshold": 1.0,
+            "signs": {"k": 1, "n": 1},
+            "headline": False,
+        }
+
+    summaries = [
+        {
+            "experiment": "width",
+            "claims": [
+                claim("width.w1.beta_eff.early", "not reproduced"),
+                claim("width.w1.beta_eff.later", "reproduced"),
+            ],
+        },
+        {
+            "experiment": "depth",
+            "claims": [
+                claim("depth.yang.vgg_bn_grows", "inconclusive"),
+                claim("depth.pyhessian.resnet20.trace", "reproduced"),
+            ],
+        },
+        {"experiment": "norms", "claims": [claim("norms.l1", "reproduced")]},
+    ]
     groups = {g["source"]: g for g in where(summaries)}
     fig4 = groups["Santurkar et al. 2018"]
     assert [r["id"] for r in fig4["rows"]] == ["width.w1.beta_eff.early", "width.w1.beta_eff.later"]

@@ -46,8 +46,10 @@ def test_two_workers_give_exactly_the_single_process_points(run_dir):
     a = json.loads((run_dir / "slices" / "single" / "slice.json").read_text())
     b = json.loads((run_dir / "slices" / "split" / "slice.json").read_text())
     assert a["loss"] == b["loss"] and a["acc"] == b["acc"]
-    assert sorted(p.name for p in (run_dir / "slices" / "split").glob("points-*")) == \
-        ["points-0-of-2.jsonl", "points-1-of-2.jsonl"]
+    assert sorted(p.name for p in (run_dir / "slices" / "split").glob("points-*")) == [
+        "points-0-of-2.jsonl",
+        "points-1-of-2.jsonl",
+    ]
 
 
 def test_a_killed_slice_resumes_from_its_finished_points(run_dir, monkeypatch):
@@ -76,8 +78,22 @@ def test_a_killed_slice_resumes_from_its_finished_points(run_dir, monkeypatch):
 
 
 def test_interpolation_from_initialisation_ends_at_the_run(run_dir):
-    res = runner.invoke(app, slice_args(run_dir, "--name", "interp", "--directions", "interpolate", "--dims", "1",
-                                        "--range", "0:1", "--bn", "checkpoint"))
+    res = runner.invoke(
+        app,
+        slice_args(
+            run_dir,
+            "--name",
+            "interp",
+            "--directions",
+            "interpolate",
+            "--dims",
+            "1",
+            "--range",
+            "0:1",
+            "--bn",
+            "checkpoint",
+        ),
+    )
     assert res.exit_code == 0, res.output
     out = json.loads((run_dir / "slices" / "interp" / "slice.json").read_text())
     assert out["about"]["from"] == "initialisation" and out["centre"]["coords"] == [1.0]
@@ -85,8 +101,9 @@ def test_interpolation_from_initialisation_ends_at_the_run(run_dir):
 
 
 def test_hessian_and_pca_slices(run_dir, tmp_path):
-    res = runner.invoke(app, slice_args(run_dir, "--name", "hess", "--directions", "hessian", "--dims", "1",
-                                        "--bn", "train"))
+    res = runner.invoke(
+        app, slice_args(run_dir, "--name", "hess", "--directions", "hessian", "--dims", "1", "--bn", "train")
+    )
     assert res.exit_code == 0, res.output
     out = json.loads((run_dir / "slices" / "hess" / "slice.json").read_text())
     assert len(out["about"]["eigenvalues"]) == 1
@@ -110,18 +127,21 @@ def test_hessian_and_pca_slices(run_dir, tmp_path):
     assert "Loss-landscape slices of tiny (landscape slice)" in html and "Figure not drawn" not in html
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--grid", "0"], "at least 2"),
-    (["--grid", "1000000000", "--dims", "2"], "at most 40,000"),
-    (["--range", "1:-1"], "a < b"),
-    (["--range", "x"], "a:b"),
-    (["--subset", "0"], "--subset"),
-    (["--subset", "100000"], "more than the train split"),
-    (["--bn", "eval"], "--bn must be"),
-    (["--directions", "interpolate", "--dims", "2"], "--dims 1"),
-    (["--directions", "pca"], "--trajectory"),
-    (["--directions", "interpolate", "--dims", "1", "--to", "nowhere.pt"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--grid", "0"], "at least 2"),
+        (["--grid", "1000000000", "--dims", "2"], "at most 40,000"),
+        (["--range", "1:-1"], "a < b"),
+        (["--range", "x"], "a:b"),
+        (["--subset", "0"], "--subset"),
+        (["--subset", "100000"], "more than the train split"),
+        (["--bn", "eval"], "--bn must be"),
+        (["--directions", "interpolate", "--dims", "2"], "--dims 1"),
+        (["--directions", "pca"], "--trajectory"),
+        (["--directions", "interpolate", "--dims", "1", "--to", "nowhere.pt"], "does not exist"),
+    ],
+)
 def test_bad_slices_end_in_one_line(run_dir, args, message):
     before = tree_hash(run_dir)
     res = runner.invoke(app, ["slice", str(run_dir), "--name", "bad", *args])
@@ -133,8 +153,25 @@ def test_bad_slices_end_in_one_line(run_dir, args, message):
 def test_a_checkpoint_of_another_model_is_refused(run_dir, tmp_path):
     train(tiny_config(name="other", steps=2, model={"vgg": {"width": 0.125}}), out=tmp_path)
     before = tree_hash(run_dir)
-    res = runner.invoke(app, ["slice", str(run_dir), "--name", "bad", "--directions", "interpolate", "--dims", "1",
-                              "--to", str(tmp_path / "other" / "checkpoint.pt"), "--grid", "3", "--subset", "8"])
+    res = runner.invoke(
+        app,
+        [
+            "slice",
+            str(run_dir),
+            "--name",
+            "bad",
+            "--directions",
+            "interpolate",
+            "--dims",
+            "1",
+            "--to",
+            str(tmp_path / "other" / "checkpoint.pt"),
+            "--grid",
+            "3",
+            "--subset",
+            "8",
+        ],
+    )
     assert res.exit_code == 2 and "another model" in res.output, res.output
     assert tree_hash(run_dir) == before
     res = runner.invoke(app, ["slice", str(tmp_path / "missing")])
@@ -146,8 +183,11 @@ def test_the_slices_experiment_slices_its_runs_once_and_judges_its_claims(tmp_pa
 
     logs = []
     summary = run_experiment("slices", "smoke", 1, tmp_path, log=logs.append)
-    assert [c["id"] for c in summary["claims"]] == ["slices.vgg.basin", "slices.vgg.standard.monotone",
-                                                    "slices.vgg.bn.monotone"]
+    assert [c["id"] for c in summary["claims"]] == [
+        "slices.vgg.basin",
+        "slices.vgg.standard.monotone",
+        "slices.vgg.bn.monotone",
+    ]
     assert all(c["per_seed"]["0"] is not None for c in summary["claims"])
     for net in ("standard", "bn"):
         for name in ("random-2d", "from-init"):

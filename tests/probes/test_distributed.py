@@ -24,12 +24,29 @@ from landscape.probes.monitor import Monitor
 from landscape.probes.schedules import every
 
 STEPS = 3
-PROBES = ["gradient_sweep", "sharpness", "curvature", "layer_sharpness", "hessian_trace", "spectral_density",
-          "loss_slice", "ics_opti", "layer_grad_norm", "update_sweep", "batch_sharpness", "edge_eigenvalues"]
-OPTIONS = {"sharpness": {"iters": 8, "tol": 1e-12}, "hessian_trace": {"samples": 4},
-           "spectral_density": {"vectors": 1, "steps": 4}, "layer_sharpness": {"iters": 4},
-           "batch_sharpness": {"batches": 1}, "edge_eigenvalues": {"max_products": 8, "fraction": 0.0},
-           "loss_slice": {"points": 3}}
+PROBES = [
+    "gradient_sweep",
+    "sharpness",
+    "curvature",
+    "layer_sharpness",
+    "hessian_trace",
+    "spectral_density",
+    "loss_slice",
+    "ics_opti",
+    "layer_grad_norm",
+    "update_sweep",
+    "batch_sharpness",
+    "edge_eigenvalues",
+]
+OPTIONS = {
+    "sharpness": {"iters": 8, "tol": 1e-12},
+    "hessian_trace": {"samples": 4},
+    "spectral_density": {"vectors": 1, "steps": 4},
+    "layer_sharpness": {"iters": 4},
+    "batch_sharpness": {"batches": 1},
+    "edge_eigenvalues": {"max_products": 8, "fraction": 0.0},
+    "loss_slice": {"points": 3},
+}
 LOCAL = {"activation_stats"}  # statistics of rank 0's own activations: not averaged (docs/scale.md)
 
 
@@ -49,14 +66,19 @@ class Halves(nn.Module):
 def _models():
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).double()
-    cnn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).double()
+    cnn = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)
+    ).double()
     return {"mlp": mlp, "cnn": cnn}
 
 
 def _data(kind):
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(16, 6, generator=g, dtype=torch.float64) if kind == "mlp" else \
-        torch.randn(16, 3, 6, 6, generator=g, dtype=torch.float64)
+    x = (
+        torch.randn(16, 6, generator=g, dtype=torch.float64)
+        if kind == "mlp"
+        else torch.randn(16, 3, 6, 6, generator=g, dtype=torch.float64)
+    )
     return x, torch.randint(0, 3, (16,), generator=g)
 
 
@@ -69,11 +91,25 @@ def _train(model, x, y, probes, out, wrap=None, schedule=None):
     records = []
     net = wrap(model) if wrap else model
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    kw = {"probes": probes, "options": {k: v for p in probes for k, v in _options(p).items()},
-          "layers": ["type:Linear"] + (["type:Conv2d"] if any(isinstance(m, nn.Conv2d) for m in model.modules())
-                                       else [])} if probes else {"probes": []}
-    monitor = Monitor(out if out is not None else records.append, net, opt, nn.functional.cross_entropy,
-                      schedule or every(1), step_hook=False, **kw)
+    kw = (
+        {
+            "probes": probes,
+            "options": {k: v for p in probes for k, v in _options(p).items()},
+            "layers": ["type:Linear"]
+            + (["type:Conv2d"] if any(isinstance(m, nn.Conv2d) for m in model.modules()) else []),
+        }
+        if probes
+        else {"probes": []}
+    )
+    monitor = Monitor(
+        out if out is not None else records.append,
+        net,
+        opt,
+        nn.functional.cross_entropy,
+        schedule or every(1),
+        step_hook=False,
+        **kw,
+    )
     for step in range(1, STEPS + 1):
         opt.zero_grad(set_to_none=True)
         loss = nn.functional.cross_entropy(net(x), y)
@@ -116,8 +152,14 @@ def _worker(rank, port, folder):
         # a run directory: only rank 0 creates and writes it
         model = _models()["mlp"]
         x, y = _data("mlp")
-        _train(model, x[8 * rank:8 * rank + 8], y[8 * rank:8 * rank + 8], ["gradient_sweep"],
-               os.path.join(folder, "run"), wrap=DDP)
+        _train(
+            model,
+            x[8 * rank : 8 * rank + 8],
+            y[8 * rank : 8 * rank + 8],
+            ["gradient_sweep"],
+            os.path.join(folder, "run"),
+            wrap=DDP,
+        )
         # ranks that disagree on the schedule are refused on both, before any probe
         try:
             _train(_models()["mlp"], x, y, ["gradient_sweep"], None, wrap=DDP, schedule=every(1 + rank))
@@ -167,8 +209,9 @@ def test_probes_leave_ddp_training_bitwise_unchanged_on_every_rank(ddp_results):
 def test_only_rank_0_writes_the_run_directory(ddp_results):
     folder, _ = ddp_results
     lines = [json.loads(line) for line in (folder / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["probe"], r["step"]) for r in lines if r["kind"] == "probe"] == \
-        [("gradient_sweep", s) for s in range(1, STEPS + 1)]
+    assert [(r["probe"], r["step"]) for r in lines if r["kind"] == "probe"] == [
+        ("gradient_sweep", s) for s in range(1, STEPS + 1)
+    ]
 
 
 def test_ranks_that_disagree_on_the_schedule_are_refused_on_every_rank(ddp_results):
@@ -201,9 +244,9 @@ def _failing_worker(rank, port, folder):
     try:
         for step in range(1, 3):
             opt.zero_grad()
-            loss = loss_fn(net(x[8 * rank:8 * rank + 8]), y[8 * rank:8 * rank + 8])
+            loss = loss_fn(net(x[8 * rank : 8 * rank + 8]), y[8 * rank : 8 * rank + 8])
             loss.backward()
-            monitor.observe(step, (x[8 * rank:8 * rank + 8], y[8 * rank:8 * rank + 8]), loss)
+            monitor.observe(step, (x[8 * rank : 8 * rank + 8], y[8 * rank : 8 * rank + 8]), loss)
             opt.step()
     except ProbeFailure as exc:
         message = str(exc)

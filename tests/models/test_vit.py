@@ -5,12 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from landscape.experiments import preset_keys
 from landscape.config import build_config
+from landscape.experiments import preset_keys
 from landscape.models import build_model
 from landscape.models.vit import DyT, RMSNorm, TokenBatchNorm, ViT, parameter_count, vit_norm
-from tests.test_curvature import CURVATURE_CALLS
-from tests.test_probes import CE, PROBE_CALLS, assert_same, full_state
+from tests.probes.reference import CE, CURVATURE_CALLS, PROBE_CALLS, assert_same, full_state
 
 F64 = torch.float64
 
@@ -79,8 +78,11 @@ def test_the_documented_vit_has_the_counted_parameters_and_shapes(norm):
 
 def tiny_vit(norm: str, dropout: float = 0.1) -> nn.Module:
     torch.manual_seed(0)
-    return ViT(image_size=8, patch=4, in_channels=2, num_classes=3, dim=8, depth=2, heads=2, norm=norm,
-               dropout=dropout).to(F64).train()
+    return (
+        ViT(image_size=8, patch=4, in_channels=2, num_classes=3, dim=8, depth=2, heads=2, norm=norm, dropout=dropout)
+        .to(F64)
+        .train()
+    )
 
 
 def vit_batch():

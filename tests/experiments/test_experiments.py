@@ -5,8 +5,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from landscape.cli import app
 from landscape import planning
+from landscape.cli import app
 from landscape.data import Batches, load_splits
 from landscape.errors import UserError
 from landscape.experiments import REGISTRY, get, preset_keys
@@ -21,21 +21,54 @@ def smoke():
     return planning.load_preset("smoke", preset_keys())
 
 
-@pytest.mark.parametrize("experiment, expected", [
-    ("train-compare", {f"vgg-{n}-lr{lr}-s{s}" for n in ("standard", "bn") for lr in ("0.1", "0.5") for s in (0, 1)}),
-    ("ics-distrib", {f"vgg-{n}-lr0.1-s{s}" for n in ("standard", "bn", "noisy_bn") for s in (0, 1)}),
-    ("ics-opti", {f"vgg-{n}-lr0.1-s{s}" for n in ("standard", "bn") for s in (0, 1)}
-     | {f"dln-{n}-lr1e-06-s{s}" for n in ("standard", "bn") for s in (0, 1)}),
-    ("smoothness", {f"vgg-{n}-lr0.1-s{s}" for n in ("standard", "bn") for s in (0, 1)}
-     | {f"dln-{n}-lr1e-06-s{s}" for n in ("standard", "bn") for s in (0, 1)}),
-    ("norms", {f"vgg-{n}-lr0.1-s{s}" for n in ("standard", "bn", "l1", "l2", "linf") for s in (0, 1)}),
-    ("dln-regimes", {f"dln-{n}{r}-lr1e-06-s{s}" for n in ("standard", "bn") for s in (0, 1)
-                     for r in ("", "-n32-mean", "-n8-sum", "-n8-mean")}),  # the preset's own regime is the main run
-    ("stability", {f"stability-vgg-{n}-{o}-lr{lr}-s{s}" for n in ("standard", "bn") for s in (0, 1)
-                   for o, lr in (("sgd", "0.1"), ("sgd", "0.2"), ("adam", "0.001"))}),
-    ("transformer-norms", {f"vit-{n}-{o}-lr{lr}-s{s}" for n in ("standard", "ln", "rms", "bn", "dyt") for s in (0, 1)
-                           for o, lr in (("adamw", "0.001"), ("sgd", "0.1"))}),
-])
+@pytest.mark.parametrize(
+    "experiment, expected",
+    [
+        (
+            "train-compare",
+            {f"vgg-{n}-lr{lr}-s{s}" for n in ("standard", "bn") for lr in ("0.1", "0.5") for s in (0, 1)},
+        ),
+        ("ics-distrib", {f"vgg-{n}-lr0.1-s{s}" for n in ("standard", "bn", "noisy_bn") for s in (0, 1)}),
+        (
+            "ics-opti",
+            {f"vgg-{n}-lr0.1-s{s}" for n in ("standard", "bn") for s in (0, 1)}
+            | {f"dln-{n}-lr1e-06-s{s}" for n in ("standard", "bn") for s in (0, 1)},
+        ),
+        (
+            "smoothness",
+            {f"vgg-{n}-lr0.1-s{s}" for n in ("standard", "bn") for s in (0, 1)}
+            | {f"dln-{n}-lr1e-06-s{s}" for n in ("standard", "bn") for s in (0, 1)},
+        ),
+        ("norms", {f"vgg-{n}-lr0.1-s{s}" for n in ("standard", "bn", "l1", "l2", "linf") for s in (0, 1)}),
+        (
+            "dln-regimes",
+            {
+                f"dln-{n}{r}-lr1e-06-s{s}"
+                for n in ("standard", "bn")
+                for s in (0, 1)
+                for r in ("", "-n32-mean", "-n8-sum", "-n8-mean")
+            },
+        ),  # the preset's own regime is the main run
+        (
+            "stability",
+            {
+                f"stability-vgg-{n}-{o}-lr{lr}-s{s}"
+                for n in ("standard", "bn")
+                for s in (0, 1)
+                for o, lr in (("sgd", "0.1"), ("sgd", "0.2"), ("adam", "0.001"))
+            },
+        ),
+        (
+            "transformer-norms",
+            {
+                f"vit-{n}-{o}-lr{lr}-s{s}"
+                for n in ("standard", "ln", "rms", "bn", "dyt")
+                for s in (0, 1)
+                for o, lr in (("adamw", "0.001"), ("sgd", "0.1"))
+            },
+        ),
+    ],
+)
 def test_each_experiment_builds_its_documented_runs(experiment, expected):
     specs = plan(get(experiment), smoke(), [0, 1])
     assert {s.name for s in specs} == expected
@@ -50,8 +83,10 @@ def test_compared_runs_are_paired():
     splits = load_splits("synthetic", None, synthetic_size=64)
     for seed in (0, 1):
         group = [s for s in specs if s.seed == seed]
-        orders = [[Batches(splits["train"], s.cfg.data.batch_size, s.cfg.data_seed).indices(t).tolist()
-                   for t in range(6)] for s in group]
+        orders = [
+            [Batches(splits["train"], s.cfg.data.batch_size, s.cfg.data_seed).indices(t).tolist() for t in range(6)]
+            for s in group
+        ]
         assert all(o == orders[0] for o in orders)
         assert len({(s.cfg.seed, s.cfg.data_seed, s.cfg.noise_seed) for s in group}) == 1
     a = Batches(splits["train"], 16, specs[0].cfg.data_seed).indices(0)
@@ -139,8 +174,9 @@ def test_the_one_sided_test_and_sign_count_match_a_hand_computation():
     # "below" claims mirror "above" ones; log-ratio claims are tested on log(values)
     assert judge([0.5, 0.4, 0.6], 1.0, "below")["verdict"] == "reproduced"
     logged = judge([2.0, 4.0, 8.0], 1.0, "above", "log")
-    assert logged["p_value"] == pytest.approx(stats.ttest_1samp(np.log([2.0, 4.0, 8.0]), 0.0,
-                                                                alternative="greater").pvalue, rel=1e-12)
+    assert logged["p_value"] == pytest.approx(
+        stats.ttest_1samp(np.log([2.0, 4.0, 8.0]), 0.0, alternative="greater").pvalue, rel=1e-12
+    )
     assert judge([0.2, 0.3, 0.25], 1.0, "above", "log")["verdict"] == "not reproduced"
     one = judge([1.2], 1.0)
     assert one["verdict"] == "reproduced" and "indicative" in one["why"] and one["p_value"] is None
@@ -228,12 +264,23 @@ def test_every_shipped_preset_builds_every_experiment(preset):
     if preset == "paper":  # the paper's protocol
         vgg = plan(get("train-compare"), p, [0])[0].cfg
         dln = plan(get("ics-opti"), p, [0])[-1].cfg
-        assert (vgg.steps, vgg.data.batch_size, vgg.optim.momentum, vgg.model.init, vgg.data.augment) == \
-            (15000, 128, 0.0, "xavier", False)
-        assert [e * 0.1 for e in (vgg.probes.gradient_sweep.etas[0], vgg.probes.gradient_sweep.etas[-1])] == pytest.approx([0.05, 0.4])
+        assert (vgg.steps, vgg.data.batch_size, vgg.optim.momentum, vgg.model.init, vgg.data.augment) == (
+            15000,
+            128,
+            0.0,
+            "xavier",
+            False,
+        )
+        assert [
+            e * 0.1 for e in (vgg.probes.gradient_sweep.etas[0], vgg.probes.gradient_sweep.etas[-1])
+        ] == pytest.approx([0.05, 0.4])
         assert (dln.steps, dln.optim.lr, dln.model.dln.depth, dln.data.batch_size) == (10000, 1e-6, 25, 0)
-        assert (dln.data.gaussian_samples, dln.loss, dln.model.init, dln.model.dln.width) == \
-            (1000, "sum_squares", "xavier", 10)  # the appendix: 1,000 samples as one batch, summed l2 loss
+        assert (dln.data.gaussian_samples, dln.loss, dln.model.init, dln.model.dln.width) == (
+            1000,
+            "sum_squares",
+            "xavier",
+            10,
+        )  # the appendix: 1,000 samples as one batch, summed l2 loss
         assert (dln.probes.gradient_sweep.etas[0], dln.probes.gradient_sweep.etas[-1]) == (0.01, 30.0)
         noisy = plan(get("ics-distrib"), p, [0])[-1].cfg
         assert noisy.model.norm == "noisy_batch" and noisy.model.noise.form == "per_unit"  # Algorithm 1
@@ -257,10 +304,17 @@ def test_a_sixth_experiment_is_one_module_and_its_test(tmp_path):
     def toy_figures(t):
         return [F.Figure("Toy: training curves", F.training_curves, (t.groups("vgg"), "toy"))]
 
-    register(Experiment(name="toy", title="Toy: a sixth experiment", anchor="toy", help="A toy experiment.",
-                        plan=toy_plan, claims=lambda preset: [Claim("toy.loss_gap", "the toy claim",
-                                                                    "train loss standard - BN", loss_gap, 0.0)],
-                        figures=toy_figures))
+    register(
+        Experiment(
+            name="toy",
+            title="Toy: a sixth experiment",
+            anchor="toy",
+            help="A toy experiment.",
+            plan=toy_plan,
+            claims=lambda preset: [Claim("toy.loss_gap", "the toy claim", "train loss standard - BN", loss_gap, 0.0)],
+            figures=toy_figures,
+        )
+    )
     try:
         summaries, report = reproduce("smoke", 1, tmp_path, log=lambda s: None)
     finally:
@@ -292,17 +346,33 @@ def test_depth_calibration_rule_picks_the_first_rate_at_which_both_networks_leav
 
     def run(arch, depth, norm, lr, left, state="done"):
         norm = {"none": "none", "bn": "batch"}[norm]
-        return RunRecords(Path("r"), "r", {"model": {"arch": arch, arch: {"depth": depth}, "norm": norm}, "optim": {"lr": lr}},
-                          {}, {"status": state, "left_plateau_step": left}, [])
+        return RunRecords(
+            Path("r"),
+            "r",
+            {"model": {"arch": arch, arch: {"depth": depth}, "norm": norm}, "optim": {"lr": lr}},
+            {},
+            {"status": state, "left_plateau_step": left},
+            [],
+        )
 
-    runs = [run("vgg", 11, "none", 0.1, 100), run("vgg", 11, "bn", 0.1, 50),          # passes at once
-            run("vgg", 19, "none", 0.1, None), run("vgg", 19, "bn", 0.1, 50),         # standard stuck at 0.1
-            run("vgg", 19, "none", 0.05, 250), run("vgg", 19, "bn", 0.05, 50),        # ... both leave at 0.05
-            run("vgg", 16, "none", 0.1, None), run("vgg", 16, "bn", 0.1, 50),         # 0.05 not run yet: undecided
-            run("vgg", 13, "none", 0.1, 50), run("vgg", 13, "bn", 0.1, None, "running"),  # unfinished: undecided
-            run("resnet", 20, "none", 0.1, 50, "diverged"), run("resnet", 20, "bn", 0.1, 50),
-            run("resnet", 20, "none", 0.05, None), run("resnet", 20, "bn", 0.05, 50),
-            run("resnet", 20, "none", 0.02, None), run("resnet", 20, "bn", 0.02, None)]  # never: keeps 0.1
+    runs = [
+        run("vgg", 11, "none", 0.1, 100),
+        run("vgg", 11, "bn", 0.1, 50),  # passes at once
+        run("vgg", 19, "none", 0.1, None),
+        run("vgg", 19, "bn", 0.1, 50),  # standard stuck at 0.1
+        run("vgg", 19, "none", 0.05, 250),
+        run("vgg", 19, "bn", 0.05, 50),  # ... both leave at 0.05
+        run("vgg", 16, "none", 0.1, None),
+        run("vgg", 16, "bn", 0.1, 50),  # 0.05 not run yet: undecided
+        run("vgg", 13, "none", 0.1, 50),
+        run("vgg", 13, "bn", 0.1, None, "running"),  # unfinished: undecided
+        run("resnet", 20, "none", 0.1, 50, "diverged"),
+        run("resnet", 20, "bn", 0.1, 50),
+        run("resnet", 20, "none", 0.05, None),
+        run("resnet", 20, "bn", 0.05, 50),
+        run("resnet", 20, "none", 0.02, None),
+        run("resnet", 20, "bn", 0.02, None),
+    ]  # never: keeps 0.1
     got = calibrate(runs)
     assert got["vgg11"][0] == 0.1 and got["vgg19"][0] == 0.05 and got["vgg16"][0] is None and got["vgg13"][0] is None
     assert got["resnet20"][0] == 0.1 and "no candidate passed" in got["resnet20"][1]

@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from landscape.probes import Monitor, explicit, slices as S
-from tests.test_probes import CE, F64, assert_same, batch_for, full_state, mlp_bn, small_cnn
+from landscape.probes import Monitor, explicit
+from landscape.probes import slices as S
+from tests.probes.reference import CE, F64, assert_same, batch_for, full_state, mlp_bn, small_cnn
 
 
 class Quadratic(nn.Module):
@@ -94,8 +95,9 @@ def test_interpolation_endpoints_are_the_two_points():
     wa = {n: p.detach() for n, p in a.named_parameters()}
     wb = {n: p.detach() for n, p in b.named_parameters()}
     d = S.interpolation(wa, wb)
-    got = S.evaluate_slice(a, CE, [d], [(0.0,), (1.0,)], [batch], bn="checkpoint", origin=wa,
-                           buffers=dict(a.named_buffers()))
+    got = S.evaluate_slice(
+        a, CE, [d], [(0.0,), (1.0,)], [batch], bn="checkpoint", origin=wa, buffers=dict(a.named_buffers())
+    )
     with torch.no_grad():
         la = CE(a(batch[0]), batch[1]).item()
         b_with_a_stats = copy.deepcopy(a)
@@ -138,7 +140,7 @@ def test_hessian_directions_are_the_top_eigenvectors():
     def f(x):
         i, ps = 0, {}
         for n in names:
-            ps[n] = x[i:i + w[n].numel()].reshape(w[n].shape)
+            ps[n] = x[i : i + w[n].numel()].reshape(w[n].shape)
             i += w[n].numel()
         return CE(torch.func.functional_call(model, ps, (batch[0],)), batch[1])
 
@@ -220,8 +222,15 @@ def test_the_loss_slice_probe_in_a_users_loop(tmp_path):
     batch = batch_for(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     records = []
-    mon = Monitor(records.append, model, opt, CE, schedule=explicit([1, 2]), probes=["loss_slice"],
-                  options={"loss_slice": {"points": 5, "radius": 0.5}})
+    mon = Monitor(
+        records.append,
+        model,
+        opt,
+        CE,
+        schedule=explicit([1, 2]),
+        probes=["loss_slice"],
+        options={"loss_slice": {"points": 5, "radius": 0.5}},
+    )
     for step in (1, 2):
         mon.before_forward(step)
         opt.zero_grad()
@@ -280,9 +289,19 @@ class Half(nn.Module):
         return x[:, : x.shape[1] // 2]
 
 
-@pytest.mark.parametrize("make,bn", [(mlp_bn, "checkpoint"), (mlp_bn, "train"), (mlp_bn, "recompute"),
-                                     (small_cnn, "recompute"), (Twice, "checkpoint"), (Scaled, "checkpoint"),
-                                     (flat_mlp, "checkpoint"), (half_mlp, "checkpoint")])
+@pytest.mark.parametrize(
+    "make,bn",
+    [
+        (mlp_bn, "checkpoint"),
+        (mlp_bn, "train"),
+        (mlp_bn, "recompute"),
+        (small_cnn, "recompute"),
+        (Twice, "checkpoint"),
+        (Scaled, "checkpoint"),
+        (flat_mlp, "checkpoint"),
+        (half_mlp, "checkpoint"),
+    ],
+)
 def test_the_cached_input_layer_gives_the_plain_forwards_values(make, bn):
     model = make().to(F64)
     images = make in (small_cnn, flat_mlp, half_mlp)
@@ -306,10 +325,16 @@ def test_the_cached_input_layer_gives_the_plain_forwards_values(make, bn):
         if layer is not None:
             first = model.first if make is Twice else model[1] if make is flat_mlp else model[0]
             assert layer.module is first
-            assert S.InputLayer.build(model, w, dict(model.named_buffers()), dirs, batches, lambda t: t, 16,
-                                      budget=100, min_macs=0) is None  # over its memory budget: not cached
-            assert S.InputLayer.build(model, w, dict(model.named_buffers()), dirs, batches, lambda t: t, 3,
-                                      min_macs=0) is None  # 3 points: nothing to save over 1 + 2 passes
+            assert (
+                S.InputLayer.build(
+                    model, w, dict(model.named_buffers()), dirs, batches, lambda t: t, 16, budget=100, min_macs=0
+                )
+                is None
+            )  # over its memory budget: not cached
+            assert (
+                S.InputLayer.build(model, w, dict(model.named_buffers()), dirs, batches, lambda t: t, 3, min_macs=0)
+                is None
+            )  # 3 points: nothing to save over 1 + 2 passes
 
 
 def test_statistics_batches_that_are_not_the_evaluation_batches_run_the_layer():

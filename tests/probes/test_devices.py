@@ -48,8 +48,12 @@ class DeviceGuard(TorchDispatchMode):
         if func is torch.ops.aten._local_scalar_dense.default and tensors[0].device.type == "meta":
             self.reads.append(1)
             return _stand_in((), tensors[0].dtype).item()
-        if func is torch.ops.aten._to_copy.default and tensors[0].device.type == "meta" and \
-                kwargs.get("device") is not None and torch.device(kwargs["device"]).type == "cpu":
+        if (
+            func is torch.ops.aten._to_copy.default
+            and tensors[0].device.type == "meta"
+            and kwargs.get("device") is not None
+            and torch.device(kwargs["device"]).type == "cpu"
+        ):
             self.reads.append(tensors[0].numel())
             return _stand_in(tensors[0].shape, kwargs.get("dtype") or tensors[0].dtype)
         devices = {t.device.type for t in tensors if t.dim() > 0}
@@ -78,13 +82,23 @@ def test_the_guard_catches_a_host_tensor_meeting_a_device_one():
 def test_every_probe_keeps_to_the_models_device(name):
     model = _model().to("meta")
     x, y = torch.randn(8, 3, 8, 8, device="meta"), torch.zeros(8, dtype=torch.long, device="meta")
-    opt = torch.optim.Adam(model.parameters(), lr=0.1) if name == "update_sweep" else \
-        torch.optim.SGD(model.parameters(), lr=0.1)
+    opt = (
+        torch.optim.Adam(model.parameters(), lr=0.1)
+        if name == "update_sweep"
+        else torch.optim.SGD(model.parameters(), lr=0.1)
+    )
     n = sum(p.numel() for p in model.parameters())
     guard, records = DeviceGuard(), []
     with guard:
-        monitor = Monitor(records.append, model, opt, nn.functional.cross_entropy, every(1), probes=[name],
-                          layers=["type:Conv2d", "type:Linear"])
+        monitor = Monitor(
+            records.append,
+            model,
+            opt,
+            nn.functional.cross_entropy,
+            every(1),
+            probes=[name],
+            layers=["type:Conv2d", "type:Linear"],
+        )
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
         monitor.observe(1, (x, y), loss)
@@ -99,12 +113,21 @@ def test_the_trainer_with_probes_keeps_to_the_models_device(tmp_path, monkeypatc
     import landscape.train as T
     from landscape.config import load_config
 
-    cfg = {"name": "meta", "steps": 4, "model": {"arch": "vgg", "vgg": {"width": 0.0625}},
-           "data": {"dataset": "synthetic", "synthetic_size": 32, "batch_size": 8},
-           "log": {"train_every": 2, "eval_every": 2, "checkpoint_every": 4},
-           "probes": {"enabled": ["gradient_sweep", "sharpness", "ics_opti", "activation_stats", "edge_eigenvalues"],
-                      "schedule": "every", "every": 2, "layers": ["type:Conv2d", "type:Linear"],
-                      "sharpness": {"iters": 4}, "edge_eigenvalues": {"max_products": 8}}}
+    cfg = {
+        "name": "meta",
+        "steps": 4,
+        "model": {"arch": "vgg", "vgg": {"width": 0.0625}},
+        "data": {"dataset": "synthetic", "synthetic_size": 32, "batch_size": 8},
+        "log": {"train_every": 2, "eval_every": 2, "checkpoint_every": 4},
+        "probes": {
+            "enabled": ["gradient_sweep", "sharpness", "ics_opti", "activation_stats", "edge_eigenvalues"],
+            "schedule": "every",
+            "every": 2,
+            "layers": ["type:Conv2d", "type:Linear"],
+            "sharpness": {"iters": 4},
+            "edge_eigenvalues": {"max_products": 8},
+        },
+    }
     path = tmp_path / "meta.yaml"
     path.write_text(yaml.safe_dump(cfg))
     monkeypatch.setattr(T, "resolve_device", lambda name: torch.device("meta"))

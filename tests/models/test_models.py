@@ -117,8 +117,9 @@ def test_lp_norm_matches_its_definition(p):
     assert layer.running_mean[0] != 0
     layer.eval()
     mean, scale = layer.running_mean.view(1, -1, 1, 1), layer.running_scale.view(1, -1, 1, 1)
-    torch.testing.assert_close(layer(x), layer.weight.view(1, -1, 1, 1) * (x - mean) / (scale + 1e-5)
-                               + layer.bias.view(1, -1, 1, 1))
+    torch.testing.assert_close(
+        layer(x), layer.weight.view(1, -1, 1, 1) * (x - mean) / (scale + 1e-5) + layer.bias.view(1, -1, 1, 1)
+    )
 
 
 def test_deep_linear_network():
@@ -140,11 +141,20 @@ def test_resnet20_has_the_parameter_count_counted_by_hand():
     By hand: the stem conv 3*16*9 and its BN 2*16; stage 1: six 16->16 convs and six BNs of 16;
     stage 2: one 16->32 conv, five 32->32, six BNs of 32; stage 3: one 32->64, five 64->64, six BNs
     of 64; the head 64*10 + 10."""
-    by_hand = (3 * 16 * 9 + 2 * 16
-               + 6 * 16 * 16 * 9 + 6 * 2 * 16
-               + 16 * 32 * 9 + 5 * 32 * 32 * 9 + 6 * 2 * 32
-               + 32 * 64 * 9 + 5 * 64 * 64 * 9 + 6 * 2 * 64
-               + 64 * 10 + 10)
+    by_hand = (
+        3 * 16 * 9
+        + 2 * 16
+        + 6 * 16 * 16 * 9
+        + 6 * 2 * 16
+        + 16 * 32 * 9
+        + 5 * 32 * 32 * 9
+        + 6 * 2 * 32
+        + 32 * 64 * 9
+        + 5 * 64 * 64 * 9
+        + 6 * 2 * 64
+        + 64 * 10
+        + 10
+    )
     model = build_model(ModelConfig(arch="resnet", norm="batch", resnet=ResnetConfig(depth=20)))
     assert sum(p.numel() for p in model.parameters()) == by_hand == 269_722
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
@@ -191,4 +201,7 @@ def test_the_mlp_is_cohen_et_als_fc_tanh():
     assert [(m.in_features, m.out_features) for m in linear] == [(3072, 200), (200, 200), (200, 10)]
     assert sum(isinstance(m, nn.Tanh) for m in model.modules()) == 2
     bn = build_model(ModelConfig(arch="mlp", norm="batch", mlp=MlpConfig(activation="relu", widths=(32,))))
-    assert sum(isinstance(m, nn.BatchNorm1d) for m in bn.modules()) == 1 and bn(torch.randn(4, 3, 32, 32)).shape == (4, 10)
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in bn.modules()) == 1 and bn(torch.randn(4, 3, 32, 32)).shape == (
+        4,
+        10,
+    )

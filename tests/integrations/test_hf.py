@@ -28,17 +28,33 @@ class Pairs(torch.utils.data.Dataset):
 
 
 def tiny_bert():
-    cfg = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                  intermediate_size=32, max_position_embeddings=16, num_labels=2)
+    cfg = transformers.BertConfig(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+        num_labels=2,
+    )
     torch.manual_seed(0)
     return transformers.BertForSequenceClassification(cfg)
 
 
 def fit(tmp_path, callbacks, report_to=(), steps=6):
-    args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=8,
-                                          learning_rate=1e-3, report_to=list(report_to), save_strategy="no",
-                                          logging_strategy="no", use_cpu=True, seed=0, disable_tqdm=True,
-                                          dataloader_num_workers=0)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=steps,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        report_to=list(report_to),
+        save_strategy="no",
+        logging_strategy="no",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
     model = tiny_bert()
     transformers.Trainer(model=model, args=args, train_dataset=Pairs(), callbacks=callbacks).train()
     return model
@@ -46,8 +62,13 @@ def fit(tmp_path, callbacks, report_to=(), steps=6):
 
 def test_callback_records_probes_and_leaves_training_bitwise_unchanged(tmp_path):
     plain = fit(tmp_path / "a", [])
-    cb = LandscapeHFCallback(tmp_path / "run", every(2), probes=("gradient_sweep", "ics_opti", "sharpness"),
-                             sharpness_iters=4, layers=["bert.encoder.layer.0", "bert.encoder.layer.1", "classifier"])
+    cb = LandscapeHFCallback(
+        tmp_path / "run",
+        every(2),
+        probes=("gradient_sweep", "ics_opti", "sharpness"),
+        sharpness_iters=4,
+        layers=["bert.encoder.layer.0", "bert.encoder.layer.1", "classifier"],
+    )
     probed = fit(tmp_path / "b", [cb])
     for (n, a), (_, b) in zip(plain.state_dict().items(), probed.state_dict().items()):
         assert torch.equal(a, b), n
