@@ -86,12 +86,14 @@ def _without_timing(records: list[dict]) -> list[dict]:
 
 
 def _close(a, b, rel: float) -> bool:
-    """The same structure, every number within ``rel`` of the other's."""
+    """The same structure, every number within ``rel`` of the other's (counts too: an activation crossing a
+    histogram's bin edge moves one count to the next bin)."""
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(_close(a[k], b[k], rel) for k in a)
     if isinstance(a, list):
         return isinstance(b, list) and len(a) == len(b) and all(_close(x, y, rel) for x, y in zip(a, b))
-    if isinstance(a, float) and isinstance(b, (int, float)) and not isinstance(b, bool):
+    number = (int, float)
+    if isinstance(a, number) and isinstance(b, number) and not isinstance(a, bool) and not isinstance(b, bool):
         return abs(a - b) <= rel * max(abs(a), abs(b), 1e-12)
     return a == b
 
@@ -115,9 +117,11 @@ def test_a_run_directory_of_release_0_2_loads_resumes_and_reports(tmp_path):
     }
     weights = torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
     # Bitwise needs this machine's kernels to round as the fixture's did (the same torch, capability and
-    # threads are not enough: another CPU model differed by 6e-5). The canary: 0.3 trained from scratch
-    # here against 0.2's uninterrupted records. Where it differs, the resumed records must still agree
-    # to float32 rounding over 12 steps.
+    # threads are not enough: another CPU model differed by 6e-5). The canary: this release trained from
+    # scratch here against 0.2's uninterrupted records. Where it differs, the resumed records must still
+    # agree to float32 rounding carried over 6 steps: the losses to 1e-4, every other number to 5e-2 (a
+    # BN layer's ICS_opti is the difference of two nearly equal gradients, which amplifies that rounding:
+    # 1.7% on an AVX2 machine against the AVX-512 one that made the fixture).
     fresh = tmp_path / "fresh"
     train(saved, out=fresh)
     same_kernels = all(env.get(k) == v for k, v in here.items()) and _without_timing(
@@ -127,7 +131,10 @@ def test_a_run_directory_of_release_0_2_loads_resumes_and_reports(tmp_path):
         assert _without_timing(resumed.records) == _without_timing(full.records)
         assert _weights_sha256(weights) == (RELEASE / "full" / "weights.sha256").read_text().strip()
     else:
-        assert _close(_without_timing(resumed.records), _without_timing(full.records), rel=1e-3)
+        ours, theirs = _without_timing(resumed.records), _without_timing(full.records)
+        assert _close(ours, theirs, rel=5e-2)
+        losses = [(a.get("loss"), b.get("loss")) for a, b in zip(ours, theirs) if a["kind"] in ("train", "test")]
+        assert losses and all(_close(a, b, rel=1e-4) for a, b in losses)
     html = build_report([tmp_path / "runs"], tmp_path / "report.html", REGISTRY).read_text()
     assert "Problems reading records" not in html and "Smoothness along the gradient" in html
 
