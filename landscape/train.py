@@ -172,8 +172,8 @@ def _monitor(cfg: Config, log, model, optimizer, loss_fn, batches: Batches, trai
             eval_mode=p.eval_mode,
             step_hook=False,
         )
-    except KeyError as exc:
-        raise UserError(f"probes.layers: {exc.args[0]}") from None
+    except (KeyError, ValueError) as exc:  # checked in _setup already; a probe's own refusal, said in one line
+        raise UserError(f"probes: {exc.args[0]}") from None
 
 
 def describe(name: str, status: dict) -> str:

@@ -42,10 +42,18 @@ def rank() -> int:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The module a ``DistributedDataParallel`` (or ``DataParallel``) wraps; any other model as it is."""
+    """The module probes evaluate: what a ``DistributedDataParallel`` (or ``DataParallel``) wraps, and the
+    original module of a ``torch.compile``d one (the same parameters; probes need double backward, which a
+    compiled graph does not give, and its names have no ``_orig_mod.`` prefix); any other model as it is."""
     from torch.nn.parallel import DataParallel, DistributedDataParallel
 
-    return model.module if isinstance(model, (DistributedDataParallel, DataParallel)) else model
+    while True:
+        if isinstance(model, (DistributedDataParallel, DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
 
 
 def probe_group(timeout: float) -> Any:

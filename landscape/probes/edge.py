@@ -26,10 +26,12 @@ from landscape.probes.functional import (
     Batch,
     Objective,
     Params,
+    batch_size,
     current_params,
     dot,
     flat_hessian,
     group_size,
+    take,
     untouched,
 )
 from landscape.probes.linalg import EigenResult, eigenvalues_above
@@ -51,9 +53,8 @@ class BatchSharpnessResult:
 def split_batch(batch: Batch, size: int) -> list[Batch]:
     """``batch`` (a tensor of inputs and one of targets) cut into consecutive minibatches of ``size``
     (a shorter remainder is dropped: every minibatch has the training batch's size)."""
-    x, y = batch
-    n = len(y) // size
-    return [(x[i * size : (i + 1) * size], y[i * size : (i + 1) * size]) for i in range(n)]
+    n = batch_size(batch) // size
+    return [take(batch, i * size, (i + 1) * size) for i in range(n)]
 
 
 def batch_sharpness(
@@ -84,7 +85,7 @@ def batch_sharpness(
         return BatchSharpnessResult(
             value=sum(finite) / len(finite) if len(finite) == len(values) else math.nan,
             per_batch=values,
-            batch_size=len(batches[0][1]),
+            batch_size=batch_size(batches[0]),
             cost=cost,
         )
 
@@ -212,8 +213,8 @@ def _edge(ctx: Context, o: EdgeEigenvaluesOptions) -> dict:
 
 
 def _edge_check(o: EdgeEigenvaluesOptions) -> str | None:
-    if not 0 < o.fraction < 100:
-        return f"fraction must be a positive share of the threshold; got {o.fraction}"
+    if not 0 <= o.fraction < 100:  # 0: every positive eigenvalue (as many as max_products find)
+        return f"fraction must be a share of the threshold in [0, 100); got {o.fraction}"
     if o.block < 1 or o.max_products < o.block or not 0 < o.tol < 1 or o.batch < 0 or o.min_products < 0:
         return (
             f"need block >= 1, max_products >= block, tol in (0, 1) and batch >= 0; got {o.block}, "

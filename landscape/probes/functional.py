@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,27 +22,89 @@ from torch.func import functional_call
 
 from landscape.probes.linalg import Params, flat, unflat
 
-Batch = tuple[Any, Any]
+Batch = Any  # (inputs, targets), or a mapping of the model's keyword arguments (a Hugging Face batch, labels inside)
 
 
 def default_output(out: Any) -> torch.Tensor:
-    """The tensor a loss sees when a model returns more than a tensor: a tuple/list's first
-    element, a ``.logits`` attribute (Hugging Face style), or a dict's ``"logits"``/first value."""
+    """The tensor a loss sees when a model returns more than a tensor: a tuple/list's first element, or the
+    logits of a mapping or object that has them (a Hugging Face ``ModelOutput``). Any other mapping is not
+    guessed at: which of its values the loss takes is the user's to say (``output_fn=``)."""
     if isinstance(out, torch.Tensor):
         return out
-    if isinstance(out, (tuple, list)):
+    if isinstance(out, (tuple, list)) and out:
         return default_output(out[0])
-    if isinstance(out, dict):
-        return default_output(out["logits"] if "logits" in out else next(iter(out.values())))
+    if isinstance(out, Mapping):
+        if "logits" in out:
+            return default_output(out["logits"])
+        raise TypeError(
+            f"the model returns a mapping with keys {list(out)[:8]} and no 'logits': pass output_fn= to "
+            "say which output the loss takes (e.g. output_fn=lambda out: out['scores'])"
+        )
     if hasattr(out, "logits"):
         return out.logits
     raise TypeError(f"cannot find the output tensor in a {type(out).__name__}; pass output_fn=")
 
 
+def model_loss(out: Any) -> torch.Tensor:
+    """The loss a model computes itself (``loss_fn=None``): a Hugging Face output's ``loss``, a mapping's
+    ``"loss"``, or a scalar the model returns."""
+    loss = out.get("loss") if isinstance(out, Mapping) else getattr(out, "loss", out)
+    if torch.is_tensor(loss) and loss.numel() == 1:
+        return loss.reshape(())
+    raise TypeError(
+        f"loss_fn=None takes the loss the model computes, but its {type(out).__name__} output has none "
+        "(a Hugging Face model computes one when the batch holds 'labels'); pass a loss_fn"
+    )
+
+
+def batch_parts(batch: Batch) -> tuple[Any, Any]:
+    """``(inputs, targets)`` of a batch: a pair as given; a mapping is the model's keyword arguments, targets
+    inside it (``targets`` None)."""
+    if isinstance(batch, Mapping):
+        return dict(batch), None
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise TypeError(
+        f"a batch is (inputs, targets) or a mapping of the model's keyword arguments (a Hugging Face "
+        f"batch with its labels); got a {type(batch).__name__}"
+        + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else "")
+    )
+
+
+def batch_size(batch: Batch) -> int:
+    """Examples in a batch: the first dimension of its first tensor."""
+
+    def first(x):
+        if torch.is_tensor(x):
+            return x
+        values = x.values() if isinstance(x, Mapping) else x if isinstance(x, (tuple, list)) else ()
+        return next((t for t in map(first, values) if t is not None), None)
+
+    t = first(batch if isinstance(batch, Mapping) else batch_parts(batch)[0])
+    if t is None or t.dim() == 0:
+        raise TypeError("a batch needs a tensor whose first dimension counts its examples")
+    return len(t)
+
+
+def take(batch: Batch, start: int, stop: int) -> Batch:
+    """Examples ``start:stop`` of a batch (every tensor cut along its first dimension, in any nesting)."""
+
+    def cut(x):
+        if torch.is_tensor(x):
+            return x[start:stop] if x.dim() else x
+        if isinstance(x, Mapping):
+            return {k: cut(v) for k, v in x.items()}
+        if isinstance(x, (tuple, list)):
+            return type(x)(cut(v) for v in x)
+        return x
+
+    return cut(batch) if isinstance(batch, Mapping) else tuple(cut(part) for part in batch_parts(batch))
+
+
 def split_inputs(inputs: Any) -> tuple[tuple, dict]:
     """A batch's inputs: a tensor (one positional argument), a tuple/list (positional
-    arguments) or a dict (keyword arguments)."""
-    if isinstance(inputs, dict):
+    arguments) or a mapping (keyword arguments)."""
+    if isinstance(inputs, Mapping):
         return (), dict(inputs)
     if isinstance(inputs, (tuple, list)):
         return tuple(inputs), {}
@@ -50,8 +112,9 @@ def split_inputs(inputs: Any) -> tuple[tuple, dict]:
 
 
 def current_params(model: nn.Module) -> Params:
-    """Trainable parameters by name, detached (views of the live weights, never written)."""
-    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    """The parameters probes differentiate (trainable; the optimizer's own under a Monitor), by name, detached
+    (views of the live weights, never written)."""
+    return {n: p.detach() for n, p in _trainable(model).items()}
 
 
 def current_buffers(model: nn.Module) -> Params:
@@ -103,22 +166,27 @@ HVP_MODES = ("auto", "exact", "finite_difference")
 _HVP_MODE: contextvars.ContextVar[str] = contextvars.ContextVar("landscape_hvp_mode", default="auto")
 _AUTOCAST: contextvars.ContextVar[dict | None] = contextvars.ContextVar("landscape_autocast", default=None)
 _GROUP: contextvars.ContextVar[Any] = contextvars.ContextVar("landscape_process_group", default=None)
+_TRAINABLE: contextvars.ContextVar[frozenset | None] = contextvars.ContextVar("landscape_trainable", default=None)
 
 
 @contextlib.contextmanager
-def evaluation(hvp: str | None = None, autocast: dict | None = None, group: Any = None):
+def evaluation(
+    hvp: str | None = None, autocast: dict | None = None, group: Any = None, trainable: frozenset | None = None
+):
     """Settings for every probe evaluated inside: ``hvp`` (``auto``: exact, by double backward, falling back
     to finite differences where a kernel has no double backward; ``exact``; ``finite_difference``),
     ``autocast`` (keyword arguments of :class:`torch.autocast`, e.g. ``{"device_type": "cpu", "dtype":
     torch.bfloat16}``: forward passes under it, losses and dot products in float32 or wider) and ``group``
     (a ``torch.distributed`` process group, or ``True`` for the default one: losses, gradients and
     Hessian-vector products averaged over its ranks, so a probe means what it means on one process
-    holding the global batch). Unset arguments keep the enclosing setting."""
+    holding the global batch). ``trainable``: the names of the parameters probes differentiate and step along
+    (default: every parameter with ``requires_grad``; a Monitor passes its optimizer's). Unset arguments keep the
+    enclosing setting."""
     if hvp is not None and hvp not in HVP_MODES:
         raise ValueError(f"hvp must be one of {', '.join(HVP_MODES)}; got {hvp!r}")
     tokens = [
         (var, var.set(value))
-        for var, value in ((_HVP_MODE, hvp), (_AUTOCAST, autocast), (_GROUP, group))
+        for var, value in ((_HVP_MODE, hvp), (_AUTOCAST, autocast), (_GROUP, group), (_TRAINABLE, trainable))
         if value is not None
     ]
     try:
@@ -201,7 +269,7 @@ class Objective:
     """
 
     model: nn.Module
-    loss_fn: Callable
+    loss_fn: Callable | None  # None: the loss the model computes itself (model_loss)
     args: tuple
     kwargs: dict
     targets: Any
@@ -220,7 +288,7 @@ class Objective:
         rng: dict | None = None,
         output_fn: Callable | None = None,
     ) -> Objective:
-        inputs, targets = batch
+        inputs, targets = batch_parts(batch)
         args, kwargs = split_inputs(inputs)
         return cls(
             model,
@@ -238,6 +306,8 @@ class Objective:
         buffers = {n: b.clone() for n, b in self.buffers.items()}
         with forward_context():
             out = functional_call(self.model, (params, buffers), self.args, self.kwargs, strict=False)
+        if self.loss_fn is None:  # the model computes its own loss (a Hugging Face model given its labels)
+            return model_loss(out).float() if _AUTOCAST.get() else model_loss(out)
         out = self.output_fn(out)
         if _AUTOCAST.get() and torch.is_tensor(out) and out.is_floating_point():
             out = out.float()  # the loss in float32 whatever the forward's precision
@@ -363,15 +433,30 @@ def untouched(model: nn.Module, eval_mode: bool = False):
 # ------------------------------------------------------------------ layers
 
 
+MAX_DEFAULT_LAYERS = 32  # the default selection groups a deeper model's layers into at most this many blocks
+
+
+def _trainable(model: nn.Module) -> Params:
+    """The parameters probes differentiate, by name: trainable, and the optimizer's own when
+    :func:`evaluation` says which those are (a parameter training never moves is not stepped along)."""
+    names = _TRAINABLE.get()
+    return {n: p for n, p in model.named_parameters() if p.requires_grad and (names is None or n in names)}
+
+
 def resolve_layers(model: nn.Module, layers: Iterable | None = None) -> list[tuple[str, list[str]]]:
     """Layers as (name, parameter names), in registration order.
 
-    By default a layer is every module that owns trainable parameters directly. ``layers``
-    may select or group: a list of module names (each module with all parameters beneath
-    it; ``"type:Conv2d"`` selects every module of a class), or a dict ``{label: [module
-    names]}`` to group several modules as one layer.
+    By default a layer is every module that owns trainable parameters directly; a model with more
+    than ``MAX_DEFAULT_LAYERS`` of them is grouped into at most that many blocks, named for the
+    modules they are (``layer1``, ``transformer.h.0``; see :func:`default_groups`). ``layers`` may
+    select or group: a list of module names (each module with all parameters beneath it;
+    ``"type:Conv2d"`` selects every module of a class), or a dict ``{label: [module names]}`` to
+    group several modules as one layer. Parameters are resolved by identity: a weight shared by two
+    modules (a language model's embedding and output layer) is one parameter, named as
+    ``named_parameters()`` names it, and belongs to the first module that uses it.
     """
-    params = dict(model.named_parameters())
+    params = _trainable(model)
+    canonical = {id(p): n for n, p in model.named_parameters()}  # a tied weight: its first name
     modules = dict(model.named_modules())
 
     def names_under(prefix: str) -> list[str]:
@@ -379,16 +464,19 @@ def resolve_layers(model: nn.Module, layers: Iterable | None = None) -> list[tup
             raise KeyError(
                 f"no module named '{prefix}'; modules with parameters: {', '.join(n for n, _ in _owning(model))}"
             )
-        stem = f"{prefix}." if prefix else ""
-        return [n for n in params if n.startswith(stem) and params[n].requires_grad]
+        return [canonical[id(p)] for p in modules[prefix].parameters() if canonical.get(id(p)) in params]
 
     if layers is not None and not isinstance(layers, dict):
         layers = expand_layer_names(model, layers)
     if layers is None:
-        return [
-            (name, [f"{name}.{p}" if name else p for p, t in m.named_parameters(recurse=False) if t.requires_grad])
-            for name, m in _owning(model)
-        ]
+        groups, claimed = [], set()
+        for name, m in _owning(model):
+            own = [canonical[id(p)] for p in m.parameters(recurse=False) if canonical.get(id(p)) in params]
+            own = [n for n in own if n not in claimed]
+            claimed.update(own)
+            if own:
+                groups.append((name, own))
+        return groups if len(groups) <= MAX_DEFAULT_LAYERS else default_groups(groups)
     if isinstance(layers, dict):
         groups = [
             (label, [n for prefix in prefixes for n in names_under(prefix)]) for label, prefixes in layers.items()
@@ -397,6 +485,34 @@ def resolve_layers(model: nn.Module, layers: Iterable | None = None) -> list[tup
         groups = [(prefix, names_under(prefix)) for prefix in layers]
     order = {n: i for i, n in enumerate(params)}
     return [(label, sorted(set(names), key=order.get)) for label, names in groups if names]
+
+
+def default_groups(layers: list[tuple[str, list[str]]], limit: int = MAX_DEFAULT_LAYERS) -> list[tuple[str, list[str]]]:
+    """Per-module layers merged into at most ``limit`` blocks: the finest cut of the module tree that fits
+    (``layer1.0`` ... before ``layer1`` ...), each block named for its module. Where that cut is much coarser
+    than the limit (a long ``nn.Sequential``: its top level is one module), consecutive runs of the next finer
+    cut instead, named ``first..last``. ICS_opti costs a pass per layer: a 41-module ResNet-18 is probed as its
+    11 top-level blocks, a 12-layer GPT-2 as its embeddings, 12 transformer blocks and final norm."""
+
+    def cut(depth: int) -> list[tuple[str, list[str]]]:
+        out: dict[str, list[str]] = {}
+        for name, params in layers:
+            out.setdefault(".".join(name.split(".")[:depth]), []).extend(params)
+        return list(out.items())
+
+    finer = layers
+    for depth in range(max(len(name.split(".")) for name, _ in layers), 0, -1):
+        grouped = cut(depth)
+        if len(grouped) <= limit:
+            if len(grouped) * 4 >= limit:
+                return grouped
+            break
+        finer = grouped
+    size = -(-len(finer) // limit)  # ceil: consecutive runs of the finer cut
+    runs = [finer[i : i + size] for i in range(0, len(finer), size)]
+    return [
+        (run[0][0] if len(run) == 1 else f"{run[0][0]}..{run[-1][0]}", [n for _, ps in run for n in ps]) for run in runs
+    ]
 
 
 def expand_layer_names(model: nn.Module, names: Iterable[str]) -> list[str]:

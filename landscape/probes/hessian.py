@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from landscape.probes.functional import Batch, Params, flat_hessian, resolve_layers, untouched
+from landscape.probes.functional import Batch, Params, batch_size, flat_hessian, resolve_layers, untouched
 from landscape.probes.linalg import flat, lanczos, rademacher, start_vector, tridiagonal, unflat
 from landscape.probes.optimizer import UnreadableOptimizer, optimizer_facts, preconditioner, threshold_warning
 from landscape.probes.registry import Context, NoOptions, Probe, finite_list, layer_list, over, register
@@ -350,7 +350,7 @@ def _sharpness(ctx: Context, o: SharpnessOptions) -> dict:
     ctx.state["vector"] = result.vector if o.warm_start else None
     out = {**result.as_dict(), "warm_start": not isinstance(start, str), **optimizer_facts(ctx.optimizer)}
     if o.batch:
-        out["examples"] = len(batch[1])
+        out["examples"] = batch_size(batch)
     if o.raw and P is not None:
         plain = sharpness(ctx.model, ctx.loss_fn, batch, iters=o.iters, tol=o.tol, **ctx.common())
         out.update(raw_value=plain.value, raw_residual=plain.residual)

@@ -172,7 +172,7 @@ def activation_stats(
     """
     if where not in ("input", "output"):
         raise ValueError(f"where must be 'input' or 'output', got {where!r}")
-    inputs = batch[0] if isinstance(batch, tuple) and len(batch) == 2 else batch
+    inputs = batch[0] if isinstance(batch, tuple) and len(batch) == 2 else batch  # a mapping: keyword arguments
     names = expand_layer_names(model, layers) if layers is not None else [label for label, _ in resolve_layers(model)]
     modules = dict(model.named_modules())
     missing = [n for n in names if n not in modules]

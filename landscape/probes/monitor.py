@@ -18,8 +18,12 @@ adds train records. They go to the sink: any callable taking a record, or a run 
 
 from __future__ import annotations
 
+import functools
+import inspect
+import math
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,13 +34,146 @@ from torch import nn
 from landscape.probes import legacy, registry
 from landscape.probes.distributed import ProbeFailure, agree, collective_failure, probe_group, rank, ranks, unwrap
 from landscape.probes.errors import one_line
-from landscape.probes.functional import HVP_MODES, Batch, current_params, evaluation, rng_state, snapshot_buffers
+from landscape.probes.functional import (
+    HVP_MODES,
+    Batch,
+    Objective,
+    batch_parts,
+    current_params,
+    evaluation,
+    norm,
+    resolve_layers,
+    rng_state,
+    snapshot_buffers,
+    untouched,
+)
 from landscape.probes.records import Fanout
 from landscape.probes.registry import Context
 from landscape.probes.rundir import monitor_run
 from landscape.probes.schedules import Schedule, every
 
 Sink = Callable[[dict], None]
+GRAD_TOLERANCE = 1e-3  # .grad is the batch's gradient when it is this close to the probes' own (relative, l2)
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+# Parameters on the meta device have no values to measure. (tests/probes/test_devices.py turns this off: it runs
+# every probe on meta under a dispatch guard that stands in for a GPU, to catch host tensors meeting device ones.)
+REFUSE_META = True  # what torch.compile and DDP put before a module's names
+
+
+def check_attach(model, optimizer, loss_fn, schedule, hvp, autocast, output_fn, timeout) -> frozenset:
+    """What a Monitor is given, checked before anything is written (``ValueError``/``TypeError`` in one line);
+    returns the names of the parameters probes differentiate: the model's trainable ones the optimizer holds."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    params = list(model.named_parameters())
+    if not params:
+        raise ValueError("the model has no parameters: the probes measure its loss as a function of them")
+    if REFUSE_META and any(p.is_meta for _, p in params):
+        raise ValueError("the model's parameters are on the meta device (not materialised): move it to cpu or cuda")
+    trainable = [(n, p) for n, p in params if p.requires_grad]
+    if not trainable:
+        raise ValueError("every parameter of the model is frozen (requires_grad=False): there is nothing to probe")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    owned = frozenset(n for n, p in trainable if id(p) in held)
+    if not owned:
+        raise ValueError("the optimizer holds none of the model's trainable parameters: pass the one that trains it")
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(
+            f"loss_fn must be a function (outputs, targets) -> loss, or None for the model's own loss; "
+            f"got {type(loss_fn).__name__}"
+        )
+    if output_fn is not None and not callable(output_fn):
+        raise TypeError(f"output_fn must be a function of the model's output; got {type(output_fn).__name__}")
+    if schedule is not None and not callable(schedule):
+        raise TypeError(
+            f"schedule must be a function step -> bool, e.g. every(10) or explicit([1, 100]); got "
+            f"{str(schedule)[:40]!r}"
+        )
+    if hvp not in HVP_MODES:
+        raise ValueError(f"hvp must be one of {', '.join(HVP_MODES)}; got {hvp!r}")
+    if autocast is not None:
+        if not isinstance(autocast, Mapping):
+            raise TypeError(
+                "autocast takes torch.autocast's keyword arguments, e.g. "
+                "{'device_type': 'cpu', 'dtype': torch.bfloat16}"
+            )
+        allowed = [k for k in inspect.signature(torch.autocast.__init__).parameters if k != "self"]
+        unknown = [k for k in autocast if k not in allowed]
+        if unknown:
+            raise ValueError(f"autocast has no argument {unknown[0]!r}; torch.autocast takes {', '.join(allowed)}")
+        device = autocast.get("device_type")
+        if device not in ("cpu", "cuda", "xpu", "mps", "hpu", "xla", "mtia", "maia"):
+            raise ValueError(
+                f"autocast needs device_type 'cpu' or 'cuda' (the device the model trains on); got {device!r}"
+            )
+        if "dtype" in autocast and not isinstance(autocast["dtype"], torch.dtype):
+            raise TypeError(f"autocast's dtype must be a torch.dtype such as torch.bfloat16; got {autocast['dtype']!r}")
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not (0 < timeout and math.isfinite(timeout))
+    ):
+        raise ValueError(f"timeout must be a positive number of seconds; got {timeout!r}")
+    return owned
+
+
+def clean_layers(layers):
+    """Layer names as the unwrapped module names them (``_orig_mod.layer1`` of a compiled model is ``layer1``)."""
+
+    def clean(name):
+        for prefix in WRAPPER_PREFIXES:
+            while isinstance(name, str) and name.startswith(prefix):
+                name = name[len(prefix) :]
+        return name
+
+    if layers is None:
+        return None
+    if isinstance(layers, str):
+        return [clean(layers)]
+    if isinstance(layers, Mapping):
+        return {
+            label: [clean(n) for n in ([names] if isinstance(names, str) else names)] for label, names in layers.items()
+        }
+    return [clean(n) for n in layers]
+
+
+class GradWatch:
+    """Watches one backward pass: whether each parameter's ``.grad`` is one fresh accumulation (``.grad`` was None,
+    one backward wrote it) left untouched since (its version counter: clipping and unscaling edit it in place)."""
+
+    def __init__(self, model: nn.Module, names: frozenset):
+        self.params = {n: p for n, p in model.named_parameters() if n in names}
+        self.handles: list = []
+        self.seen: dict[str, list] = {}
+
+    def watch(self) -> None:
+        self.unwatch()
+        for n, p in self.params.items():
+            self.handles.append(p.register_hook(functools.partial(self._before, n, p)))
+            self.handles.append(p.register_post_accumulate_grad_hook(functools.partial(self._after, n)))
+
+    def _before(self, name: str, p: torch.Tensor, grad: torch.Tensor) -> None:
+        count, fresh, _ = self.seen.get(name, (0, True, None))
+        self.seen[name] = [count + 1, fresh and count == 0 and p.grad is None, None]
+
+    def _after(self, name: str, p: torch.Tensor) -> None:
+        self.seen[name][2] = p.grad._version
+
+    def unwatch(self) -> dict | None:
+        """Stop watching; the gradients when every one is a fresh, untouched accumulation, else None."""
+        for h in self.handles:
+            h.remove()
+        watched, self.handles = bool(self.handles), []
+        seen, self.seen = self.seen, {}
+        if not watched or set(seen) != set(self.params):
+            return None
+        for n, p in self.params.items():
+            count, fresh, version = seen[n]
+            if count != 1 or not fresh or p.grad is None or p.grad._version != version:
+                return None
+        return {n: p.grad for n, p in self.params.items()}
 
 
 class Monitor:
@@ -97,31 +234,39 @@ class Monitor:
         distributed: bool | None = None,
         timeout: float = 600.0,
     ):
-        unknown = [p for p in probes if p not in registry.REGISTRY]
+        model = unwrap(model)  # DDP's module, a compiled model's original: probes never run through their wrappers
+        self.probes = tuple(probes) if not isinstance(probes, str) else (probes,)
+        unknown = [p for p in self.probes if p not in registry.REGISTRY]
         if unknown:
-            raise ValueError(f"unknown probes {unknown}; choose from {registry.names()}")
-        self.probes = tuple(probes)
+            raise ValueError(f"unknown probes {unknown}; choose from {', '.join(registry.names())}")
         self._order = [n for n in registry.names() if n in self.probes]  # the table's order, whatever the list's
-        self.options = {name: registry.options_of(name, (options or {}).get(name)) for name in self.probes}
-        registry.warn_at_attach(self.probes, optimizer, self.options)
-        if hvp not in HVP_MODES:
-            raise ValueError(f"hvp must be one of {', '.join(HVP_MODES)}; got {hvp!r}")
-        if autocast is not None and not isinstance(autocast, Mapping):
-            raise TypeError(
-                "autocast takes torch.autocast's keyword arguments, e.g. "
-                "{'device_type': 'cpu', 'dtype': torch.bfloat16}"
+        given = dict(options or {})
+        stray = [k for k in given if k not in registry.REGISTRY]
+        if stray:
+            raise ValueError(
+                f"options given for {stray[0]!r}, which is no probe; probes: {', '.join(registry.names())}"
             )
-        model = unwrap(model)  # DistributedDataParallel's module: probes never run through its hooks
+        for name in given:  # a shared options mapping may hold probes not enabled here: checked all the same
+            registry.options_of(name, given[name])
+        self.options = {name: registry.options_of(name, given.get(name)) for name in self.probes}
+        self.trainable = check_attach(model, optimizer, loss_fn, schedule, hvp, autocast, output_fn, timeout)
+        registry.warn_at_attach(self.probes, optimizer, self.options)
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.schedule = schedule or every(100)
-        self.layers, self.probe_batch = layers, probe_batch
+        self.layers, self.probe_batch = clean_layers(layers), probe_batch
         self.eval_mode, self.output_fn = eval_mode, output_fn
+        self._evaluation = {"hvp": hvp, "autocast": dict(autocast) if autocast else None, "trainable": self.trainable}
+        with evaluation(**self._evaluation):
+            try:
+                self.groups = resolve_layers(model, self.layers)  # checked now, not at the first probe step
+            except KeyError as exc:
+                raise ValueError(f"layers: {exc.args[0]}") from None
         self.state: dict[str, dict] = {name: {} for name in self.probes}  # each probe's own, between its steps
         self.group, self.rank, self.timeout = None, 0, float(timeout)
         if distributed or (distributed is None and ranks() > 1):
             self.group, self.rank = probe_group(self.timeout), rank()
             agree(self.group, self.settings(), self.schedule)
-        self._evaluation = {"hvp": hvp, "autocast": dict(autocast) if autocast else None, "group": self.group}
+        self._evaluation["group"] = self.group
         self.run = None
         if self.rank != 0:  # only rank 0 writes
             out, outputs = (lambda record: None), None
@@ -135,6 +280,10 @@ class Monitor:
         self.outputs = list(outputs or [])
         if self.outputs:
             self.sink = Fanout(self.sink, self.outputs)
+        self._started = time.perf_counter()
+        self._grads = GradWatch(model, self.trainable)
+        self._trust_grad: bool | None = None  # is .grad at observe() the batch's gradient? (checked once, then watched)
+        self._said_grad = False
         self._snapshot: tuple[int, dict, dict] | None = None
         self._pending: list[tuple[str, Context]] = []
         self._last_step = 0
@@ -152,38 +301,59 @@ class Monitor:
                 "probes": list(self.probes),
                 "options": {n: dataclasses.asdict(o) for n, o in self.options.items()},
                 "eval_mode": self.eval_mode,
+                "layers": [label for label, _ in self.groups],
+                "parameters": {
+                    "trainable": len(self.trainable),
+                    "frozen or not the optimizer's": sum(1 for _ in self.model.parameters()) - len(self.trainable),
+                },
             }
         }
 
     # ---------------------------------------------------------------- the loop's calls
     def before_forward(self, step: int) -> None:
-        """Optional: on probe steps, snapshot buffers and RNG before the training forward."""
-        self._snapshot = (step, snapshot_buffers(self.model), rng_state()) if self.due(step) else None
+        """Optional: on probe steps, snapshot buffers and RNG before the training forward, and watch the backward,
+        so the probes can reuse the step's own gradient (one pass fewer per probe) where it is exactly the batch's."""
+        due = self.due(step)
+        self._snapshot = (step, snapshot_buffers(self.model), rng_state()) if due else None
+        if due and self.group is None and self._trust_grad is not False:  # under DDP: recomputed, all-reduced
+            self._grads.watch()
 
     def due(self, step: int) -> bool:
-        return bool(self.probes) and self.schedule(step)
+        return bool(self.probes) and bool(self.schedule(step))
 
     def observe(self, step: int, batch: Batch, loss: torch.Tensor | float | None = None) -> None:
-        """After ``loss.backward()``, before ``optimizer.step()``: run the probes due at ``step``.
+        """After ``loss.backward()``, before ``optimizer.step()``: run the probes due at ``step`` on ``batch`` (a pair
+        ``(inputs, targets)``, or a mapping of the model's keyword arguments with ``loss_fn=None``: the loss the model
+        computes).
 
-        With :meth:`before_forward` called for this step, the probes reuse ``p.grad`` and ``loss``
-        (so ``p.grad`` must hold exactly this step's gradient: zero it before backward).
+        With :meth:`before_forward` called for this step, the probes reuse ``p.grad`` and ``loss`` where ``p.grad``
+        is exactly the gradient of this batch's loss: one fresh accumulation per parameter, untouched since (no
+        clipping, no loss scaling, no accumulation over micro-batches), checked against the probes' own gradient at
+        the first probe step. Otherwise they compute their own (one pass more per probe step) and say so once.
         """
         self._last_step = step
         if not self.due(step):
+            self._grads.unwatch()
             return
+        batch_parts(batch)  # a batch of the wrong shape: one line, before any probe runs
         snap = self._snapshot if self._snapshot is not None and self._snapshot[0] == step else None
         self._snapshot = None
         buffers, rng = (snap[1], snap[2]) if snap else (snapshot_buffers(self.model), rng_state())
+        fresh = self._grads.unwatch()
         grad = None
-        if snap is not None and loss is not None and self.group is None:  # under DDP: recomputed, all-reduced
-            grad = {
-                n: p.grad.detach().clone()
-                for n, p in self.model.named_parameters()
-                if p.requires_grad and p.grad is not None
-            }
-            if len(grad) != sum(p.requires_grad for p in self.model.parameters()):
-                grad = None  # some parameter has no gradient this step: compute it instead
+        if snap is not None and loss is not None and fresh is None and self.group is None and not self._said_grad:
+            self._said_grad = True
+            warnings.warn(
+                "Monitor: p.grad at observe() is not one fresh backward pass of this step left as it was (accumulated "
+                "over several backward passes, not zeroed to None before backward, or edited after it: clipped, "
+                "unscaled); the probes compute their own gradient of the batch passed, one pass more per probe step",
+                stacklevel=2,
+            )
+        if snap is not None and loss is not None and self._trust_grad is not False and fresh is not None:
+            grad = {n: g.detach().clone() for n, g in fresh.items()}
+            if self._trust_grad is None:
+                self._trust_grad = self._check_grad(batch, buffers, rng, grad)
+                grad = grad if self._trust_grad else None
         before = None
         for name in self._order:
             probe = registry.get(name)
@@ -205,12 +375,30 @@ class Monitor:
             )
             if probe.after_step:  # finished by after_step(), with W^{t+1}
                 if before is None:
-                    before = {n: p.clone() for n, p in current_params(self.model).items()}
+                    with evaluation(**self._evaluation):
+                        before = {n: p.clone() for n, p in current_params(self.model).items()}
                 ctx.params = before
                 self._pending.append((name, ctx))
                 continue
             t0 = time.perf_counter()
             self._write(step, name, self._measure(name, ctx), t0)
+
+    def _check_grad(self, batch: Batch, buffers: dict, rng: dict, grad: dict) -> bool:
+        """Whether ``p.grad`` is this batch's gradient: compared, once, with the probes' own (one pass)."""
+        with evaluation(**self._evaluation), untouched(self.model, self.eval_mode):
+            f = Objective.of(self.model, self.loss_fn, batch, buffers, rng, self.output_fn)
+            own = f.value_and_grad(current_params(self.model))[1]
+        diff, size = norm({n: grad[n].double() - own[n].double() for n in own}), norm(own)
+        if float(diff) <= GRAD_TOLERANCE * max(float(size), 1e-30):
+            return True
+        warnings.warn(
+            f"Monitor: p.grad at observe() differs from the gradient of the batch and loss passed (by "
+            f"{float(diff) / max(float(size), 1e-30):.2g} of its size: a scaled loss, a gradient summed over "
+            "micro-batches, or one edited after backward); the probes compute their own gradient, one pass more "
+            "per probe step. Call observe() right after loss.backward() on the batch you pass to let them reuse it.",
+            stacklevel=3,
+        )
+        return False
 
     def _measure(self, name: str, ctx: Context) -> dict:
         """One probe's values, evaluated under this Monitor's settings (HVP route, autocast, process group)."""
@@ -236,7 +424,8 @@ class Monitor:
         pending, self._pending = self._pending, []
         if not pending:
             return
-        next_params = current_params(self.model)
+        with evaluation(**self._evaluation):
+            next_params = current_params(self.model)
         for name, ctx in pending:
             t0 = time.perf_counter()
             ctx.next_params = next_params
@@ -278,8 +467,8 @@ class Monitor:
         for out in self.outputs:
             out.close()
         self.outputs = []
-        if self.run is not None:
-            self.run.set_status(status, self._last_step)
+        if self.run is not None:  # the loop's wall time since the Monitor was made: the report's time columns
+            self.run.set_status(status, self._last_step, train_seconds=time.perf_counter() - self._started)
             self.run.release()  # other writers (a resumed fit in this process) may open it now
 
     def __enter__(self) -> Monitor:

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from landscape.probes.functional import Batch, Params
+from landscape.probes.functional import Batch, Params, take
 
 # The order probes run in within a step, and so the order of their records: the paper's probes first.
 BUILTIN_ORDER = (
@@ -101,8 +101,7 @@ class Context:
         """The first ``n`` examples of the fixed probe batch (``n`` = 0, or no fixed batch: the step's own)."""
         if not n or self.fixed_batch is None:
             return self.batch
-        x, y = self.fixed_batch
-        return x[:n], y[:n]
+        return take(self.fixed_batch, 0, n)
 
 
 @dataclass(frozen=True)
@@ -209,15 +208,71 @@ def _entry_problem(probe: Probe) -> str | None:
 
 
 def options_of(name: str, given: Any = None) -> Any:
-    """A probe's options: its defaults, updated by a mapping or given as its options dataclass."""
-    cls = get(name).options
+    """A probe's options: its defaults, updated by a mapping or given as its options dataclass, each value checked
+    against its field's type and the set against the entry's own ``check`` (``ValueError`` in one line)."""
+    probe = get(name)
+    cls = probe.options
     if given is None:
-        return cls()
-    if isinstance(given, cls):
-        return given
-    if isinstance(given, dict):
-        return dataclasses.replace(cls(), **given)
-    raise TypeError(f"options of probe '{name}' must be a mapping or {cls.__name__}, got {type(given).__name__}")
+        options = cls()
+    elif isinstance(given, cls):
+        options = given
+    elif isinstance(given, dict):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = [k for k in given if k not in fields]
+        if unknown:
+            valid = ", ".join(fields) or "none"
+            raise ValueError(f"probe {name} has no option {str(unknown[0])[:60]!r}; its options: {valid}")
+        hints = typing.get_type_hints(cls, include_extras=True)
+        options = dataclasses.replace(cls(), **{k: coerce_option(v, hints[k], f"{name}.{k}") for k, v in given.items()})
+    else:
+        raise TypeError(f"options of probe '{name}' must be a mapping or {cls.__name__}, got {type(given).__name__}")
+    problem = probe.check(options) if probe.check else None
+    if problem:
+        raise ValueError(f"probe {name}: {problem}")
+    return options
+
+
+def coerce_option(value: Any, tp: Any, key: str) -> Any:
+    """``value`` as an option of type ``tp`` (one of :data:`OPTION_TYPES`, a Literal of them, or a tuple of
+    them), or ``ValueError`` naming ``key`` (``"20"`` is not an int: options are checked, not converted)."""
+
+    def bad(expected: str) -> ValueError:
+        return ValueError(f"option {key} expects {expected}, got {str(value)[:60]!r}")
+
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return coerce_option(value, typing.get_args(tp)[0], key)
+    if origin is typing.Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed or isinstance(value, bool) != isinstance(allowed[0], bool):
+            raise bad("one of " + ", ".join(map(str, allowed)))
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise bad("a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(coerce_option(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise bad(f"a list of {len(args)}")
+        return tuple(coerce_option(v, a, key) for v, a in zip(value, args))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad("a finite number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    return value
 
 
 def attach_warnings(probes, optimizer: torch.optim.Optimizer, options: dict) -> list[str]:

@@ -79,7 +79,8 @@ def test_the_guard_catches_a_host_tensor_meeting_a_device_one():
 
 
 @pytest.mark.parametrize("name", registry.names())
-def test_every_probe_keeps_to_the_models_device(name):
+def test_every_probe_keeps_to_the_models_device(name, monkeypatch):
+    monkeypatch.setattr("landscape.probes.monitor.REFUSE_META", False)
     model = _model().to("meta")
     x, y = torch.randn(8, 3, 8, 8, device="meta"), torch.zeros(8, dtype=torch.long, device="meta")
     opt = (
@@ -110,6 +111,7 @@ def test_every_probe_keeps_to_the_models_device(name):
 
 
 def test_the_trainer_with_probes_keeps_to_the_models_device(tmp_path, monkeypatch):
+    monkeypatch.setattr("landscape.probes.monitor.REFUSE_META", False)
     import landscape.train as T
     from landscape.config import load_config
 
