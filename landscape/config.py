@@ -386,6 +386,11 @@ def _merge(base: Any, updates: Any, prefix: str) -> Any:
         raise UserError(f"config section '{prefix.rstrip('.') or 'top'}' must be a mapping, got {short(updates)}")
     if prefix == "probes.":
         updates = legacy.upgrade_probe_settings(updates)  # a run directory of landscape 0.2 (flat probe settings)
+        if isinstance(updates.get("sharpness"), dict) and "raw" in updates["sharpness"]:
+            raise UserError(
+                "probes.sharpness.raw is landscape 0.3's: sharpness is now always the raw Hessian's top "
+                "eigenvalue; enable preconditioned_sharpness for that of P^-1 H under Adam"
+            )
     elif prefix == "model.":
         updates = legacy.upgrade_model_settings(updates)  # a run directory of landscape 0.3 (flat model settings)
     hints = _fields(base)
@@ -553,8 +558,8 @@ def to_dict(cfg: Config) -> dict:
 
 
 def from_dict(d: dict) -> Config:
-    """Inverse of :func:`to_dict` (used to read a run's saved config)."""
-    return build_config([d])
+    """Inverse of :func:`to_dict` (used to read a run's saved config, one of an earlier release too)."""
+    return build_config([legacy.upgrade_config(d) if isinstance(d, dict) else d])
 
 
 def dump_yaml(cfg: Config) -> str:

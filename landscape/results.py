@@ -104,7 +104,7 @@ def read_run(path: str | Path) -> RunRecords:
         status = {}
     if not (path / "metrics.jsonl").exists():
         problems.append("metrics.jsonl missing")
-    records = read_metrics(path / "metrics.jsonl", problems)
+    records = legacy.upgrade_records(read_metrics(path / "metrics.jsonl", problems))  # earlier releases' names
     return RunRecords(path, path.name, config, env, status, records, problems)
 
 
@@ -214,6 +214,27 @@ def series(probe: str, key: str):
 def probe_views(run: RunRecords, probe: str, key: str) -> list[tuple[int, Any]]:
     """``[(step, view)]`` of one of the probe's declared views (its entry's), records without it left out."""
     return [(r["step"], v) for r in run.probe(probe) if (v := registry.view(probe, r["values"], key)) is not None]
+
+
+def stability_probe(run: RunRecords) -> str:
+    """The sharpness a run's stability is read from: ``preconditioned_sharpness`` (of P^-1 H: what Adam's threshold
+    bounds; under SGD the same as H's) where the run recorded it, else ``sharpness``."""
+    return "preconditioned_sharpness" if run.probe("preconditioned_sharpness") else "sharpness"
+
+
+def stability_series(which: str = "over_threshold"):
+    """A run's ``[(step, value)]`` of its stability sharpness (``which``: ``"value"`` or ``"over_threshold"``, over
+    the threshold that bounds it), from :func:`stability_probe`'s records."""
+    keys = {
+        "value": ("sharpness", "preconditioned_sharpness"),
+        "over_threshold": ("over_threshold", "preconditioned_over_threshold"),
+    }[which]
+
+    def fn(run: RunRecords) -> list[tuple[int, Any]]:
+        probe = stability_probe(run)
+        return series(probe, keys[probe == "preconditioned_sharpness"])(run)
+
+    return fn
 
 
 def quantity_of(probe: str, key: str):

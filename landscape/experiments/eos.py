@@ -43,7 +43,7 @@ from landscape.claims import Claim, ratio
 from landscape.experiments import Experiment, Figure, register
 from landscape.planning import RunSpec, paired_run
 from landscape.report import figures as F
-from landscape.results import RunRecords, med, probe_series, series
+from landscape.results import RunRecords, med, probe_series, series, stability_series
 
 BAND = 1.2  # "at the edge": value / threshold within [1/BAND, BAND]
 TAIL = 0.3  # the last 30% of training's probe steps
@@ -134,9 +134,9 @@ def log_distance(probe: str, key: str):
 
 def sharpening(run: RunRecords) -> float | None:
     """The sharpness when it first reaches EDGE x threshold (its largest value if it never does)
-    over its value at the first probe step."""
-    s = [(step, v) for step, v in probe_series(run, "sharpness", "sharpness") if v is not None]
-    shares = dict((step, v) for step, v in probe_series(run, "sharpness", "over_threshold") if v is not None)
+    over its value at the first probe step (of P^-1 H under Adam: the one its threshold bounds)."""
+    s = stability_series("value")(run)
+    shares = dict(stability_series("over_threshold")(run))
     if len(s) < 2 or s[0][1] <= 0:
         return None
     reached = next((v for step, v in s if shares.get(step, 0) >= EDGE), None)
@@ -291,10 +291,10 @@ def plan_adam(preset: dict, seeds: list[int], overrides: list[dict]) -> list[Run
 
 
 def claims_adam(preset: dict) -> list[Claim]:
-    pre = share_at_edge("sharpness", "over_threshold")
-    raw = log_distance("sharpness", "raw_over_threshold")
-    note = edge_note("sharpness", "over_threshold", "preconditioned sharpness / (38/lr)")
-    raw_note = edge_note("sharpness", "raw_over_threshold", "raw sharpness / (38/lr)")
+    pre = share_at_edge("preconditioned_sharpness", "preconditioned_over_threshold")
+    raw = log_distance("sharpness", "over_preconditioned_threshold")
+    note = edge_note("preconditioned_sharpness", "preconditioned_over_threshold", "preconditioned sharpness / (38/lr)")
+    raw_note = edge_note("sharpness", "over_preconditioned_threshold", "raw sharpness / (38/lr)")
     out = [
         Claim(
             "eos_adam.preconditioned_at_edge",
@@ -346,8 +346,8 @@ def figures_adam(t) -> list[Figure]:
     if not rows:
         return []
     panels = (
-        ("sharpness of P^-1 H / (38/lr)", series("sharpness", "over_threshold"), True),
-        ("raw sharpness of H / (38/lr)", series("sharpness", "raw_over_threshold"), True),
+        ("sharpness of P^-1 H / (38/lr)", series("preconditioned_sharpness", "preconditioned_over_threshold"), True),
+        ("raw sharpness of H / (38/lr)", series("sharpness", "over_preconditioned_threshold"), True),
         ("eigenvalues of P^-1 H above 0.75 x 38/lr", series("edge_eigenvalues", "edge_count"), False),
         ("train loss", train_metric("loss"), True),
     )

@@ -19,7 +19,7 @@ from landscape.experiments import Experiment, Figure, register
 from landscape.names import label_of
 from landscape.planning import dln_runs, vgg_runs
 from landscape.report import figures as F
-from landscape.results import beta_eff, loss_band, max_grad_change, med, quantity_of
+from landscape.results import beta_eff, loss_band, max_grad_change, med, quantity_of, stability_series
 
 SWEEP = (
     ("loss_band", "the loss-variation band is narrower with BN", loss_band),
@@ -74,7 +74,7 @@ def edge_note(arch: str, nets: tuple[str, str] = ("standard", "bn"), lr: float |
 
     def note(t) -> str | None:
         share = {
-            net: med(median_probe("sharpness", "over_threshold")(run) for _, run in t.select(arch, net, lr))
+            net: med(med(v for _, v in stability_series("over_threshold")(run)) for _, run in t.select(arch, net, lr))
             for net in nets
         }
         if None in share.values():

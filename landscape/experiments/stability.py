@@ -21,7 +21,7 @@ from landscape.claims import Claim, ratio
 from landscape.experiments import Experiment, Figure, register
 from landscape.planning import RunSpec, paired_run
 from landscape.report import figures as F
-from landscape.results import RunRecords, series
+from landscape.results import RunRecords, series, stability_series
 
 OPTIMIZERS = ("sgd", "adam")
 BAND = 1.25  # "at the edge": median sharpness / threshold over the last quarter within [1/BAND, BAND]
@@ -60,7 +60,7 @@ def plan(preset: dict, seeds: list[int], overrides: list[dict]):
 # ------------------------------------------------------------------ per-run quantities (from records)
 
 
-share_series = series("sharpness", "over_threshold")  # (step, sharpness / threshold) where both are recorded
+share_series = stability_series("over_threshold")  # (step, sharpness / threshold): of P^-1 H under Adam
 
 
 def sharpening(run: RunRecords) -> float | None:
@@ -214,7 +214,7 @@ def stability_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], title:
     """One row per optimizer setting: sharpness / threshold (1 = the edge of stability; Adam's
     is of P^-1 H), the directional curvature g'Hg/g'g, and the Hessian trace, per network."""
     panels = (
-        ("sharpness / threshold", series("sharpness", "over_threshold"), True),
+        ("sharpness / threshold", stability_series("over_threshold"), True),
         ("g'Hg / g'g", series("curvature", "curvature"), True),
         ("Hessian trace", series("hessian_trace", "hessian_trace"), False),
     )

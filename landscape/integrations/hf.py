@@ -190,6 +190,12 @@ class LandscapeHFCallback(transformers.TrainerCallback):
                 self.monitor.after_step()
             self._step = state.global_step + 1
 
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        """The Trainer's own training loss into the run's train records (the report's training curves)."""
+        loss = (logs or {}).get("loss")
+        if self.monitor is not None and isinstance(loss, (int, float)) and state.global_step > 0:
+            self.monitor.log_train(state.global_step, loss=loss)
+
     def on_train_end(self, args, state, control, **kwargs):
         self._close("done")
 

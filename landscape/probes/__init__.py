@@ -22,6 +22,7 @@ from landscape.probes.hessian import (
     SharpnessResult,
     TraceResult,
     curvature,
+    preconditioned_sharpness,
     hessian_trace,
     layer_sharpness,
     sharpness,
@@ -43,7 +44,8 @@ __all__ = [
     # the probes: one function per probe, named for it
     "gradient_sweep",  # loss variation, gradient predictiveness, beta_eff along the gradient (Figure 4)
     "update_sweep",  # the same along the optimizer's own next update, and Cockpit's alpha
-    "sharpness",  # the top Hessian eigenvalue (of P^-1 H under Adam)
+    "sharpness",  # the top eigenvalue of the Hessian H
+    "preconditioned_sharpness",  # the top eigenvalue of P^-1 H, P the optimizer's preconditioner (Adam's)
     "curvature",  # g'Hg / g'g
     "layer_sharpness",  # per layer, the top eigenvalue of its diagonal Hessian block
     "hessian_trace",  # Hutchinson / Hutch++

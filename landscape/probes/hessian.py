@@ -27,10 +27,10 @@ from typing import Literal
 import torch
 from torch import nn
 
-from landscape.probes.functional import Batch, Params, batch_size, flat_hessian, resolve_layers, untouched
+from landscape.probes.functional import Batch, Params, batch_size, flat_hessian, resolve_layers, take, untouched
 from landscape.probes.linalg import flat, lanczos, rademacher, start_vector, tridiagonal, unflat
 from landscape.probes.optimizer import UnreadableOptimizer, optimizer_facts, preconditioner, threshold_warning
-from landscape.probes.registry import Context, NoOptions, Probe, finite_list, layer_list, over, register
+from landscape.probes.registry import Context, Probe, finite_list, layer_list, over, register
 
 
 @dataclass
@@ -317,6 +317,7 @@ def spectral_density(
 
 
 directional_curvature = curvature  # its name before 0.4
+MAX_PRODUCTS = 10_000  # Hessian-vector products a probe option may ask for at most (each is a backward pass)
 
 
 # ------------------------------------------------------------------ the probe entries
@@ -330,78 +331,179 @@ class SharpnessOptions:
     batch: int = (
         0  # 0: each step's batch; N: a fixed training batch of N examples, the same every time (e.g. the full data set)
     )
-    raw: bool = False  # under Adam/AdamW, also the plain Hessian's top eigenvalue (recorded as raw_value)
+    batches: int = 1  # K > 1: the batch cut into K parts, measured on each: their mean and its standard error
+
+
+def over_batches(ctx: Context, o, measure: Callable[[Batch], dict]) -> dict:
+    """``measure`` on the probe's batch (its ``batch`` option), or with ``batches`` K > 1 on each of its K parts:
+    then ``value`` is their mean, ``stderr`` its standard error over the parts and ``per_batch`` their values
+    (the batch-to-batch spread PyHessian users read a data loader's average with)."""
+    fixed = getattr(o, "batch", 0)
+    batch = ctx.fixed_part(fixed)
+    k = getattr(o, "batches", 1)
+    if k == 1:
+        out = measure(batch)
+        if fixed:
+            out["examples"] = batch_size(batch)
+        return out
+    n = batch_size(batch)
+    if n < k:
+        return {"value": None, "note": f"batches={k} needs at least {k} examples; the batch has {n}"}
+    size = n // k
+    parts = [measure(take(batch, i * size, (i + 1) * size)) for i in range(k)]
+    values = [p.get("value") for p in parts]
+    finite = [v for v in values if isinstance(v, float) and math.isfinite(v)]
+    mean = sum(finite) / len(finite) if len(finite) == k else math.nan
+    sd = math.sqrt(sum((v - mean) ** 2 for v in finite) / (k - 1)) if len(finite) == k else math.nan
+    out = {**parts[-1], "value": mean, "stderr": sd / math.sqrt(k), "per_batch": values, "batches": k, "examples": size}
+    out["cost"] = {key: sum(p["cost"].get(key, 0) for p in parts) for key in parts[-1].get("cost", {})}
+    return out
+
+
+def _facts_of(optimizer: torch.optim.Optimizer, preconditioned: bool) -> dict:
+    """The optimizer's settings a sharpness is read against; ``threshold`` only where it applies to the
+    quantity measured: the raw Hessian's under SGD, ``P^-1 H``'s under Adam (whose threshold, 38/lr at
+    beta1 0.9, is said beside a raw sharpness as ``preconditioned_threshold``)."""
+    facts = optimizer_facts(optimizer)
+    adaptive = isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW))
+    if adaptive and not preconditioned:
+        facts["preconditioned_threshold"], facts["threshold"] = facts["threshold"], None
+    return facts
 
 
 def _sharpness(ctx: Context, o: SharpnessOptions) -> dict:
-    """Optimizer-aware sharpness: of P^-1 H for Adam/AdamW (P its preconditioner), of H otherwise."""
+    """The top eigenvalue of the Hessian H itself, whatever the optimizer."""
+
+    def measure(batch) -> dict:
+        previous = ctx.state.get("vector")
+        start = previous if o.warm_start and previous is not None else "gradient"
+        result = sharpness(ctx.model, ctx.loss_fn, batch, iters=o.iters, tol=o.tol, start=start, **ctx.common())
+        ctx.state["vector"] = result.vector if o.warm_start else None
+        return {**result.as_dict(), "warm_start": not isinstance(start, str)}
+
+    return {**over_batches(ctx, o, measure), **_facts_of(ctx.optimizer, preconditioned=False)}
+
+
+def preconditioned_sharpness(
+    model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, batch: Batch, **kwargs
+) -> SharpnessResult:
+    """The top eigenvalue of ``P^-1 H`` for the diagonal preconditioner ``P`` the optimizer's next update divides
+    by (Adam's, read from its state: :func:`landscape.probes.preconditioner`): the quantity its stability depends on
+    (Cohen et al., 2022). Under SGD (no preconditioner) it is the sharpness of H. ``kwargs`` as :func:`sharpness`'s;
+    :class:`UnreadableOptimizer` for an optimizer it cannot read, and for Adam before its first step."""
+    return sharpness(model, loss_fn, batch, preconditioner=preconditioner(optimizer, model), **kwargs)
+
+
+def _preconditioned_sharpness(ctx: Context, o: SharpnessOptions) -> dict:
+    facts = optimizer_facts(ctx.optimizer)
     try:
         P = preconditioner(ctx.optimizer, ctx.model)
-    except UnreadableOptimizer as exc:
-        if isinstance(ctx.optimizer, (torch.optim.Adam, torch.optim.AdamW)):  # before its first step
-            return {"value": None, "preconditioned": True, "note": str(exc), **optimizer_facts(ctx.optimizer)}
-        P = None  # an optimizer we cannot read: the plain Hessian (said at attach time)
-    previous = ctx.state.get("vector")
-    start = previous if o.warm_start and previous is not None else "gradient"
-    batch = ctx.fixed_part(o.batch)
-    result = sharpness(
-        ctx.model, ctx.loss_fn, batch, iters=o.iters, tol=o.tol, preconditioner=P, start=start, **ctx.common()
-    )
-    ctx.state["vector"] = result.vector if o.warm_start else None
-    out = {**result.as_dict(), "warm_start": not isinstance(start, str), **optimizer_facts(ctx.optimizer)}
-    if o.batch:
-        out["examples"] = batch_size(batch)
-    if o.raw and P is not None:
-        plain = sharpness(ctx.model, ctx.loss_fn, batch, iters=o.iters, tol=o.tol, **ctx.common())
-        out.update(raw_value=plain.value, raw_residual=plain.residual)
-        out["cost"] = {k: out["cost"][k] + plain.cost[k] for k in out["cost"]}
-    return out
+    except UnreadableOptimizer as exc:  # Adam before its first step, or an optimizer landscape cannot read
+        return {"value": None, "preconditioned": True, "note": str(exc), **facts}
+
+    def measure(batch) -> dict:
+        previous = ctx.state.get("vector")
+        start = previous if o.warm_start and previous is not None else "gradient"
+        result = sharpness(
+            ctx.model, ctx.loss_fn, batch, iters=o.iters, tol=o.tol, preconditioner=P, start=start, **ctx.common()
+        )
+        ctx.state["vector"] = result.vector if o.warm_start else None
+        return {**result.as_dict(), "warm_start": not isinstance(start, str)}
+
+    return {**over_batches(ctx, o, measure), **facts}
 
 
 def _sharpness_check(o) -> str | None:
     if o.batch < 0:
         return f"batch must be 0 (each step's) or a number of examples; got {o.batch}"
+    if not 1 <= o.batches <= 1000:
+        return f"batches must be between 1 and 1000; got {o.batches}"
     return _lanczos_check(o)
 
 
 def _lanczos_check(o) -> str | None:
-    if o.iters <= 0:
-        return f"iters must be positive; got {o.iters}"
+    if not 0 < o.iters <= MAX_PRODUCTS:
+        return f"iters must be between 1 and {MAX_PRODUCTS}; got {o.iters}"
     if not 0 < o.tol < 1:
         return f"tol must be in (0, 1); got {o.tol}"
     return None
 
 
+_SHARPNESS_VIEWS = {"preconditioned": lambda v: bool(v.get("preconditioned"))}
+
 register(
     Probe(
         "sharpness",
-        "the top Hessian eigenvalue (of P^-1 H under Adam) and the optimizer's stability threshold",
+        "the top eigenvalue of the Hessian (raw, whatever the optimizer), against the optimizer's stability "
+        "threshold where that applies to H (SGD)",
         _sharpness,
         SharpnessOptions,
         quantities={
             "sharpness": lambda v: v["value"],
             "sharpness_threshold": lambda v: v["threshold"],
             "over_threshold": lambda v: over(v["value"], v["threshold"]),
-            "raw_sharpness": lambda v: v["raw_value"],
-            "raw_over_threshold": lambda v: over(v["raw_value"], v["threshold"]),
+            "sharpness_stderr": lambda v: v["stderr"],
+            # Adam's threshold is of P^-1 H; the raw sharpness is read against it to show that it is not at it
+            "over_preconditioned_threshold": lambda v: over(v["value"], v["preconditioned_threshold"]),
         },
         exported=("sharpness", "sharpness_threshold"),
         attach=threshold_warning,
         check=_sharpness_check,
-        views={"preconditioned": lambda v: bool(v.get("preconditioned"))},
+        views=_SHARPNESS_VIEWS,
+        fixed_batch=lambda o: o.batch or None,
+    )
+)
+
+register(
+    Probe(
+        "preconditioned_sharpness",
+        "the top eigenvalue of P^-1 H, P the optimizer's diagonal preconditioner (Adam's; SGD: the identity), "
+        "against its stability threshold (38/lr for Adam at beta1 0.9)",
+        _preconditioned_sharpness,
+        SharpnessOptions,
+        quantities={
+            "preconditioned_sharpness": lambda v: v["value"],
+            "preconditioned_threshold": lambda v: v["threshold"],
+            "preconditioned_over_threshold": lambda v: over(v["value"], v["threshold"]),
+            "preconditioned_stderr": lambda v: v["stderr"],
+        },
+        exported=("preconditioned_sharpness", "preconditioned_threshold"),
+        attach=threshold_warning,
+        check=_sharpness_check,
+        views=_SHARPNESS_VIEWS,
         fixed_batch=lambda o: o.batch or None,
     )
 )
 
 
+@dataclass(frozen=True)
+class CurvatureOptions:
+    batch: int = 0  # 0: each step's batch; N: a fixed training batch of N examples
+    batches: int = 1  # K > 1: the batch cut into K parts, measured on each: their mean and its standard error
+
+
+def _curvature(ctx: Context, o: CurvatureOptions) -> dict:
+    return over_batches(ctx, o, lambda batch: curvature(ctx.model, ctx.loss_fn, batch, **ctx.common()).as_dict())
+
+
+def _batches_check(o) -> str | None:
+    if o.batch < 0:
+        return f"batch must be 0 (each step's) or a number of examples; got {o.batch}"
+    if not 1 <= o.batches <= 1000:
+        return f"batches must be between 1 and 1000; got {o.batches}"
+    return None
+
+
 register(
     Probe(
         "curvature",
-        "the curvature along the gradient, g'Hg / g'g (one Hessian-vector product)",
-        lambda ctx, o: curvature(ctx.model, ctx.loss_fn, ctx.batch, **ctx.common()).as_dict(),
-        NoOptions,
-        quantities={"curvature": lambda v: v["value"]},
+        "the curvature along the gradient, g'Hg / g'g (one Hessian-vector product per batch)",
+        _curvature,
+        CurvatureOptions,
+        quantities={"curvature": lambda v: v["value"], "curvature_stderr": lambda v: v["stderr"]},
         exported=("curvature",),
+        check=_batches_check,
+        fixed_batch=lambda o: o.batch or None,
     )
 )
 
@@ -432,14 +534,28 @@ register(
 class HessianTraceOptions:
     samples: int = 30  # Hessian-vector products (probe vectors)
     method: Literal["hutchinson", "hutch++"] = "hutchinson"  # the estimator
+    batches: int = 1  # K > 1: the step's batch cut into K parts, a trace each: their mean and its standard error
 
 
 def _trace_check(o: HessianTraceOptions) -> str | None:
     least = min_trace_samples(o.method)
-    return (
-        None
-        if o.samples >= least
-        else f"samples must be at least {least} with {o.method}, for a standard error; got {o.samples}"
+    if not least <= o.samples <= MAX_PRODUCTS:
+        return (
+            f"samples must be between {least} (with {o.method}, for a standard error) and {MAX_PRODUCTS}; "
+            f"got {o.samples}"
+        )
+    if not 1 <= o.batches <= 1000:
+        return f"batches must be between 1 and 1000; got {o.batches}"
+    return None
+
+
+def _trace(ctx: Context, o: HessianTraceOptions) -> dict:
+    return over_batches(
+        ctx,
+        o,
+        lambda batch: hessian_trace(
+            ctx.model, ctx.loss_fn, batch, samples=o.samples, method=o.method, seed=ctx.step, **ctx.common()
+        ).as_dict(),
     )
 
 
@@ -447,9 +563,7 @@ register(
     Probe(
         "hessian_trace",
         "the Hessian's trace (Hutchinson or Hutch++) with its standard error",
-        lambda ctx, o: hessian_trace(
-            ctx.model, ctx.loss_fn, ctx.batch, samples=o.samples, method=o.method, seed=ctx.step, **ctx.common()
-        ).as_dict(),
+        _trace,
         HessianTraceOptions,
         quantities={"hessian_trace": lambda v: v["value"], "trace_stderr": lambda v: v["stderr"]},
         exported=("hessian_trace",),
@@ -481,8 +595,9 @@ register(
         views={"histogram": _density_histogram},
         check=lambda o: (
             None
-            if o.vectors > 0 and o.steps > 0
-            else f"vectors and steps must be positive; got {o.vectors} and {o.steps}"
+            if 0 < o.vectors <= 1000 and 0 < o.steps and o.vectors * o.steps <= MAX_PRODUCTS
+            else f"vectors and steps must be positive, vectors at most 1000 and vectors x steps (products) at most "
+            f"{MAX_PRODUCTS}; got {o.vectors} and {o.steps}"
         ),
     )
 )

@@ -82,12 +82,71 @@ def upgrade_model_settings(flat: dict) -> dict:
     return out
 
 
+ADAPTIVE = ("adam", "adamw")  # optim.name values whose 0.3 `sharpness` was of P^-1 H
+
+
 def upgrade_config(config: dict) -> dict:
-    """A run's saved config (a plain mapping, as ``config.yaml`` holds it) in the current layout."""
+    """A run's saved config (a plain mapping, as ``config.yaml`` holds it) in the current layout. Under Adam and
+    AdamW, 0.3's ``sharpness`` measured ``P^-1 H``: it is ``preconditioned_sharpness`` now (and its ``raw: true``,
+    the plain Hessian's beside it, is ``sharpness``)."""
     out = dict(config)
     for key, upgrade in (("model", upgrade_model_settings), ("probes", upgrade_probe_settings)):
         if isinstance(out.get(key), dict):
             out[key] = upgrade(out[key])
+    probes, optim = out.get("probes"), out.get("optim")
+    if not isinstance(probes, dict) or not isinstance(probes.get("sharpness", {}), dict):
+        return out
+    section = dict(probes.get("sharpness") or {})
+    raw = section.pop("raw", None)
+    if raw is None:
+        return out
+    probes = {**probes, "sharpness": section}
+    enabled = probes.get("enabled")
+    adaptive = isinstance(optim, dict) and optim.get("name") in ADAPTIVE
+    if adaptive and isinstance(enabled, list) and "sharpness" in enabled:
+        probes["enabled"] = [
+            n
+            for e in enabled
+            for n in (
+                ["preconditioned_sharpness", "sharpness"]
+                if e == "sharpness" and raw
+                else ["preconditioned_sharpness"]
+                if e == "sharpness"
+                else [e]
+            )
+        ]
+        probes["preconditioned_sharpness"] = section
+    out["probes"] = probes
+    return out
+
+
+def upgrade_records(records: list[dict]) -> list[dict]:
+    """A run's records in the current names: 0.3's ``sharpness`` record of ``P^-1 H`` (``"preconditioned": true``,
+    under Adam) is a ``preconditioned_sharpness`` record, and the plain Hessian's value it carried beside
+    (``raw_value``) a ``sharpness`` record of its own."""
+    out = []
+    for r in records:
+        v = r.get("values")
+        if (
+            r.get("kind") != "probe"
+            or r.get("probe") != "sharpness"
+            or not isinstance(v, dict)
+            or v.get("preconditioned") is not True
+        ):
+            out.append(r)
+            continue
+        rest = {k: x for k, x in v.items() if k not in ("raw_value", "raw_residual")}
+        out.append({**r, "probe": "preconditioned_sharpness", "values": rest})
+        if "raw_value" in v:
+            raw = {
+                **rest,
+                "value": v["raw_value"],
+                "residual": v.get("raw_residual"),
+                "preconditioned": False,
+                "threshold": None,
+                "preconditioned_threshold": v.get("threshold"),
+            }
+            out.append({**r, "values": raw, "cost": {}})
     return out
 
 

@@ -47,6 +47,7 @@ from landscape.probes.functional import Batch, Params, take
 BUILTIN_ORDER = (
     "gradient_sweep",
     "sharpness",
+    "preconditioned_sharpness",
     "curvature",
     "layer_sharpness",
     "hessian_trace",

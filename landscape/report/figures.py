@@ -308,10 +308,17 @@ def ics_curves(groups: dict[str, list[RunRecords]], title: str) -> bytes:
 @drawing
 def landscape_panels(groups: dict[str, list[RunRecords]], title: str, phase_at: float | None = None) -> bytes:
     """Figure 4: loss-variation band, gradient-predictiveness band (min-max over the eta grid),
-    effective beta-smoothness, and sharpness against the optimizer's stability threshold.
-    ``phase_at``: the step where the claims' early phase ends, drawn as a dotted line on a
-    log step axis (so the early probe steps are visible)."""
-    fig, axes = subplots(1, 4, figsize=(17, 3.5))
+    effective beta-smoothness, and sharpness against the optimizer's stability threshold: the raw
+    Hessian's and, where recorded, that of P^-1 H (Adam's preconditioned one) in panels of their own,
+    each with the thresholds that bound it. ``phase_at``: the step where the claims' early phase ends,
+    drawn as a dotted line on a log step axis (so the early probe steps are visible)."""
+    runs_all = [r for runs in groups.values() for r in runs]
+    kinds = [
+        (probe, key, thr, label)
+        for probe, key, thr, label in SHARPNESS_KINDS
+        if probe == "sharpness" or any(r.probe(probe) for r in runs_all)
+    ]
+    fig, axes = subplots(1, 3 + len(kinds), figsize=(4.25 * (3 + len(kinds)), 3.5))
     for net, runs in groups.items():
         for ax, key in ((axes[0], "losses"), (axes[1], "grad_changes")):
             pts = [(s, v) for s, v in probe_views(runs[0], "gradient_sweep", key) if v]
@@ -328,28 +335,13 @@ def landscape_panels(groups: dict[str, list[RunRecords]], title: str, phase_at: 
                 ax.plot(s, [min(v) for _, v in pts], color=color_of(net), lw=0.8)
                 ax.plot(s, [max(v) for _, v in pts], color=color_of(net), lw=0.8)
     plot_lines(axes[2], groups, series("gradient_sweep", "beta_eff"), logy=True)
-    plot_lines(axes[3], groups, series("sharpness", "sharpness"), logy=True)
-    preconditioned = any(
-        v for runs in groups.values() for run in runs for _, v in probe_views(run, "sharpness", "preconditioned")
-    )
-    thresholds = {}
-    for net, runs in groups.items():
-        for _, thr in series("sharpness", "sharpness_threshold")(runs[0]):
-            thresholds[thr] = net
-    for thr in thresholds:
-        axes[3].axhline(thr, color="k", ls="--", lw=1)
-        axes[3].annotate(
-            f"stability threshold {thr:.3g}", (0.02, thr), xycoords=("axes fraction", "data"), fontsize=7, va="bottom"
-        )
-    for ax, label in zip(
-        axes,
-        (
-            "loss L(w - eta g), min-max over eta",
-            "||grad L(w - eta g) - g||, min-max",
-            "effective beta-smoothness",
-            "top Hessian eigenvalue" + (" (Adam: of P^-1 H)" if preconditioned else ""),
-        ),
-    ):
+    labels = ["loss L(w - eta g), min-max over eta", "||grad L(w - eta g) - g||, min-max", "effective beta-smoothness"]
+    for ax, (probe, key, thr_key, label) in zip(axes[3:], kinds):
+        plot_lines(ax, groups, series(probe, key), logy=True)
+        thresholds = sorted({thr for runs in groups.values() for _, thr in series(probe, thr_key)(runs[0])})
+        threshold_lines(ax, thresholds)
+        labels.append(label)
+    for ax, label in zip(axes, labels):
         ax.set_xlabel("step" if phase_at is None else "step (log scale; dotted: end of the early phase)")
         ax.set_ylabel(label)
         if phase_at is not None and ax.has_data():  # an empty panel (no sharpness probe) stays as it is
@@ -363,6 +355,36 @@ def landscape_panels(groups: dict[str, list[RunRecords]], title: str, phase_at: 
             ax.legend(fontsize=8)
     fig.suptitle(text(title), y=1.03)
     return to_png(fig)
+
+
+# The two sharpnesses, each drawn in a panel of its own against the threshold that bounds it.
+SHARPNESS_KINDS = (
+    ("sharpness", "sharpness", "sharpness_threshold", "top eigenvalue of H (dashed: 2/lr-type threshold)"),
+    (
+        "preconditioned_sharpness",
+        "preconditioned_sharpness",
+        "preconditioned_threshold",
+        "top eigenvalue of P^-1 H (dashed: its threshold)",
+    ),
+)
+
+
+def threshold_lines(ax, thresholds: list[float]) -> None:
+    """Dashed stability thresholds, their values said in a corner of the panel (not on the curves)."""
+    for thr in thresholds:
+        ax.axhline(thr, color="k", ls="--", lw=1)
+    if thresholds:
+        said = "thresholds: " + ", ".join(f"{t:.3g}" for t in thresholds)
+        ax.text(
+            0.98,
+            0.02,
+            said,
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=7,
+            bbox={"facecolor": "white", "alpha": 0.8, "lw": 0},
+        )
 
 
 # ------------------------------------------------------------------ the paper's named layers
