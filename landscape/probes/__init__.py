@@ -22,9 +22,9 @@ from landscape.probes.hessian import (
     SharpnessResult,
     TraceResult,
     curvature,
-    preconditioned_sharpness,
     hessian_trace,
     layer_sharpness,
+    preconditioned_sharpness,
     sharpness,
     spectral_density,
 )

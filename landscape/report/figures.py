@@ -184,35 +184,42 @@ def diverged(groups: dict[str, list[RunRecords]]) -> bool:
     return any(r.state == "diverged" and r.status.get("diverged_step") for runs in groups.values() for r in runs)
 
 
-@drawing
 def training_curves(groups: dict[str, list[RunRecords]], title: str) -> bytes:
-    fig, axes = subplots(1, 4, figsize=(15, 3.3))
-    for ax, (kind, key, label) in zip(
-        axes,
+    """Train and test loss and accuracy over steps; a curve no run recorded (a loop without a test split) is left
+    out, not drawn empty."""
+    return _curves(
+        groups,
+        title,
         [
-            ("train", "loss", "train loss"),
-            ("train", "acc", "train accuracy"),
-            ("test", "loss", "test loss"),
-            ("test", "acc", "test accuracy"),
+            ("train", "loss", "train loss", False),
+            ("train", "acc", "train accuracy", False),
+            ("test", "loss", "test loss", False),
+            ("test", "acc", "test accuracy", False),
         ],
-    ):
-        plot_lines(ax, groups, metric_series(kind, key))
+    )
+
+
+def regression_curves(groups: dict[str, list[RunRecords]], title: str) -> bytes:
+    """Train and test loss (log scale) over steps, for runs without an accuracy."""
+    return _curves(
+        groups,
+        title,
+        [("train", "loss", "train loss (log scale)", True), ("test", "loss", "test loss (log scale)", True)],
+    )
+
+
+@drawing
+def _curves(groups: dict[str, list[RunRecords]], title: str, panels: list[tuple]) -> bytes:
+    runs = [r for rs in groups.values() for r in rs]
+    panels = [p for p in panels if any(metric_series(p[0], p[1])(r) for r in runs)] or panels[:1]
+    fig, axes = subplots(1, len(panels), figsize=(3.8 * len(panels) + 0.5, 3.3), squeeze=False)
+    for ax, (kind, key, label, logy) in zip(axes[0], panels):
+        plot_lines(ax, groups, metric_series(kind, key), logy=logy)
         ax.set_xlabel("step")
         ax.set_ylabel(label)
-    axes[0].legend(fontsize=8)
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=8)
     fig.suptitle(text(title) + ("  (dotted: step of divergence)" if diverged(groups) else ""), y=1.03)
-    return to_png(fig)
-
-
-@drawing
-def regression_curves(groups: dict[str, list[RunRecords]], title: str) -> bytes:
-    fig, axes = subplots(1, 2, figsize=(9, 3.3))
-    for ax, kind in zip(axes, ("train", "test")):
-        plot_lines(ax, groups, metric_series(kind, "loss"), logy=True)
-        ax.set_xlabel("step")
-        ax.set_ylabel(f"{kind} loss (log scale)")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(title, y=1.03)
     return to_png(fig)
 
 
@@ -251,42 +258,144 @@ def activation_ridges(groups: dict[str, list[RunRecords]], layer: str | int, tit
     return to_png(fig)
 
 
-def heatmap_axes(ax, net: str, groups: dict[str, list[RunRecords]]) -> None:
+MAX_LABELS = 40  # a heatmap labels at most this many rows (every k-th beyond): an 88-layer model stays readable
+MAX_HEIGHT = 11.0  # inches: a figure of many layers is squeezed, never 10,000 pixels tall
+
+
+def heatmap_axes(ax, net: str, groups: dict[str, list[RunRecords]], names: bool = False) -> None:
     """Labels of a layers-by-steps heatmap of one network."""
     ax.set_xlabel("step")
-    ax.set_ylabel("layer k (weight layers from the input)", fontsize=8)
-    ax.set_title(text(f"{label_of(net)} ({groups[net][0].name})"), fontsize=9)
+    ax.set_ylabel("layer" if names else "layer k (weight layers from the input)", fontsize=8)
+    name = groups[net][0].name
+    ax.set_title(text(label_of(net) if label_of(net) == name else f"{label_of(net)} ({name})"), fontsize=9)
     ax.tick_params(axis="x", labelrotation=90, labelsize=7)
-    ax.tick_params(axis="y", labelsize=7)
+    ax.tick_params(axis="y", labelsize=7 if names else 7, labelrotation=0)
+
+
+def row_labels(layers: list[str], names: bool) -> list[str]:
+    """A heatmap's row labels: the layers' names (or the paper's numbers k), every k-th when there are many."""
+    labels = [text(n) for n in layers] if names else [str(k) for k in range(1, len(layers) + 1)]
+    stride = -(-len(labels) // MAX_LABELS)
+    return [label if i % stride == 0 else "" for i, label in enumerate(labels)]
+
+
+def heatmap_height(rows: int, panels: int) -> float:
+    """Inches per panel row: a readable row per layer, the whole figure at most MAX_HEIGHT tall."""
+    return min(max(2.8, 0.14 * min(rows, MAX_LABELS) + 1.2), MAX_HEIGHT / max(panels, 1))
 
 
 @drawing
-def ics_heatmaps(groups: dict[str, list[RunRecords]], title: str) -> bytes:
-    """Layers against probe steps, per net: ||G - G'|| (log colour) and cos(G, G')."""
+def ics_heatmaps(groups: dict[str, list[RunRecords]], title: str, names: bool = False) -> bytes:
+    """Layers against probe steps, per net: ||G - G'|| (log colour) and cos(G, G'). Compared networks share one
+    colour scale per measure, so a colour means the same number in every panel. ``names``: label the rows with the
+    layers' names (a user's model) instead of the paper's layer numbers."""
     nets = [n for n in groups if groups[n][0].probe("ics_opti")]
     rows = max([len(probed_layers(groups[n][:1], "ics_opti")) for n in nets] or [1])
-    height = max(2.8, 0.14 * rows + 1.2)  # a readable row per layer (the 25-layer DLN's labels did not fit)
-    fig, axes = subplots(len(nets) or 1, 2, figsize=(12, height * max(len(nets), 1)), squeeze=False)
-    for row, net in zip(axes, nets):
+    fig, axes = subplots(
+        len(nets) or 1, 2, figsize=(12, heatmap_height(rows, len(nets)) * max(len(nets), 1)), squeeze=False
+    )
+    grids = {}
+    for net in nets:
         layers = probed_layers(groups[net][:1], "ics_opti")
-        for ax, key, cmap in zip(row, ("l2", "cosine"), ("mako", "vlag_r")):
+        for key in ("l2", "cosine"):
             recs = probe_series(groups[net][0], "ics_opti", "ics_l2" if key == "l2" else "ics_cos")
-            steps = [step for step, _ in recs]
             grid = np.array([[(v or {}).get(layer, np.nan) for _, v in recs] for layer in layers], dtype=float)
             if key == "l2":  # the first layer's G' = G exactly: blank, not log(0)
                 grid = np.log10(np.where(grid > 0, grid, np.nan))
-            limits = {"vmin": -1, "vmax": 1} if key == "cosine" else {}
+            grids[net, key] = (grid, [step for step, _ in recs], layers)
+    shared = {}
+    for key in ("l2", "cosine"):
+        values = np.concatenate([g[np.isfinite(g)] for (n, k), (g, _, _) in grids.items() if k == key] or [np.zeros(0)])
+        lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+        shared[key] = {"vmin": -1, "vmax": 1} if key == "cosine" else {"vmin": lo, "vmax": hi if hi > lo else lo + 1}
+    for row, net in zip(axes, nets):
+        for ax, key, cmap in zip(row, ("l2", "cosine"), ("mako", "vlag_r")):
+            grid, steps, layers = grids[net, key]
             sns.heatmap(
                 grid,
                 ax=ax,
                 cmap=cmap,
-                **limits,  # rows: layer k, counted over the recorded weight layers
+                **shared[key],
                 xticklabels=steps,
-                yticklabels=[str(k) for k in range(1, len(layers) + 1)],
+                yticklabels=row_labels(layers, names),
                 cbar_kws={"label": "log10 ||G - G'||" if key == "l2" else "cos(G, G')"},
             )
-            heatmap_axes(ax, net, groups)
-    fig.suptitle(title, y=1.01)
+            heatmap_axes(ax, net, groups, names)
+    fig.suptitle(text(title) + " (one colour scale per measure across networks)", y=1.01)
+    fig.tight_layout()
+    return to_png(fig)
+
+
+@drawing
+def layer_heatmaps(groups: dict[str, list[RunRecords]], probe: str, quantity: str, label: str, title: str) -> bytes:
+    """A per-layer quantity (log10) against probe steps, one panel per network, the rows its layers' names, one
+    colour scale for all (a user's model: per-layer sharpness, gradient norm)."""
+    nets = [n for n in groups if groups[n][0].probe(probe)]
+    grids = {}
+    for net in nets:
+        layers = probed_layers(groups[net][:1], probe)
+        recs = probe_series(groups[net][0], probe, quantity)
+        grid = np.array([[(v or {}).get(layer, np.nan) for _, v in recs] for layer in layers], dtype=float)
+        grids[net] = (np.log10(np.where(grid > 0, grid, np.nan)), [s for s, _ in recs], layers)
+    values = np.concatenate([g[np.isfinite(g)] for g, _, _ in grids.values()] or [np.zeros(0)])
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+    rows = max([len(layers) for _, _, layers in grids.values()] or [1])
+    fig, axes = subplots(
+        1, max(len(nets), 1), figsize=(6.5 * max(len(nets), 1), heatmap_height(rows, 1)), squeeze=False
+    )
+    for ax, net in zip(axes[0], nets):
+        grid, steps, layers = grids[net]
+        sns.heatmap(
+            grid,
+            ax=ax,
+            cmap="mako",
+            vmin=lo,
+            vmax=hi if hi > lo else lo + 1,
+            xticklabels=steps,
+            yticklabels=row_labels(layers, True),
+            cbar_kws={"label": f"log10 {label}"},
+        )
+        heatmap_axes(ax, net, groups, names=True)
+    fig.suptitle(text(title), y=1.02)
+    fig.tight_layout()
+    return to_png(fig)
+
+
+# Every other scalar a probe records, as a panel of the generic figure (runs outside an experiment).
+OTHER_QUANTITIES = (
+    ("curvature", "curvature", "g'Hg / g'g", True),
+    ("hessian_trace", "hessian_trace", "Hessian trace", False),
+    ("batch_sharpness", "batch_sharpness", "batch sharpness", True),
+    ("edge_eigenvalues", "edge_count", "eigenvalues above the line", False),
+    ("update_sweep", "update_beta_eff", "beta_eff along the update", True),
+    ("update_sweep", "alpha", "alpha (Cockpit)", False),
+    ("loss_slice", "slice_rise", "loss rise, random direction", True),
+    ("loss_slice", "slice_curvature", "curvature, random direction", False),
+    ("layer_grad_norm", "grad_first_over_last", "gradient norm, first / last layer", True),
+    ("activation_stats", "mean_shift", "activation shift (mean)", True),
+)
+
+
+def other_quantities(runs: list[RunRecords]) -> list[tuple]:
+    return [q for q in OTHER_QUANTITIES if any(series(q[0], q[1])(r) for r in runs)]
+
+
+@drawing
+def probe_panels(groups: dict[str, list[RunRecords]], title: str) -> bytes:
+    """Every other recorded scalar (curvature, trace, batch sharpness, ...) over training, a panel each."""
+    panels = other_quantities([r for runs in groups.values() for r in runs])
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, (probe, key, label, logy) in zip(axes.flat, panels):
+        plot_lines(ax, groups, series(probe, key), logy=logy)
+        ax.set_xlabel("step")
+        ax.set_ylabel(label, fontsize=8)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=8)
+    fig.suptitle(text(title), y=1.02)
     fig.tight_layout()
     return to_png(fig)
 

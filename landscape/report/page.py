@@ -114,23 +114,53 @@ def draw(figures: list, where: str, problems: list[str]) -> list[dict]:
 
 
 def generic_figures(runs: list[RunRecords]) -> list[Figure]:
-    """Runs outside any known experiment (a single `landscape train`, a Monitor in a user's loop)."""
+    """Runs outside any known experiment (a single `landscape train`, a Monitor in a user's loop): their training
+    curves and every probe they recorded, titled with the runs' names and their layers' names."""
     figs: list[Figure] = []
     groups = {r.name: [r] for r in runs}
+    names = ", ".join(r.name for r in runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
     if any(r.kind("train") for r in runs):
         classify = any("acc" in rec for r in runs for rec in r.kind("train"))
-        figs.append(Figure("Training curves", F.training_curves if classify else F.regression_curves, (groups, "runs")))
-    if any(r.probe("gradient_sweep") or r.probe("sharpness") for r in runs):
-        figs.append(Figure("Smoothness along the gradient", F.landscape_panels, (groups, "runs")))
+        figs.append(
+            Figure(f"Training curves: {names}", F.training_curves if classify else F.regression_curves, (groups, names))
+        )
+    if any(r.probe(p) for r in runs for p in ("gradient_sweep", "sharpness", "preconditioned_sharpness")):
+        figs.append(
+            Figure(f"Smoothness along the gradient and sharpness: {names}", F.landscape_panels, (groups, names))
+        )
+    if F.other_quantities(runs):
+        figs.append(Figure(f"Curvature and the other probes over training: {names}", F.probe_panels, (groups, names)))
     if any(r.probe("ics_opti") for r in runs):
-        figs.append(Figure("ICS_opti", F.ics_heatmaps, (groups, "runs")))
+        figs.append(Figure(f"ICS_opti per layer: {names}", F.ics_heatmaps, (groups, names, True)))
+    for probe, quantity, label in (
+        ("layer_sharpness", "layer_sharpness", "per-layer sharpness"),
+        ("layer_grad_norm", "layer_grad_norm", "gradient norm per layer"),
+    ):
+        if any(r.probe(probe) for r in runs):
+            figs.append(
+                Figure(
+                    f"{label[0].upper()}{label[1:]}: {names}", F.layer_heatmaps, (groups, probe, quantity, label, names)
+                )
+            )
+    if any(r.probe("spectral_density") for r in runs):
+        figs.append(Figure(f"Hessian spectral density: {names}", F.density_panels, (groups, names)))
     layer = F.middle_layer(runs)
     if layer:
-        figs.append(Figure(f"Activation distributions of {layer}", F.activation_ridges, (groups, layer, layer)))
+        figs.append(
+            Figure(f"Activation distributions of {layer}: {names}", F.activation_ridges, (groups, layer, layer))
+        )
     for r in runs:
         if F.run_slices(r):
             figs.append(Figure(f"Loss-landscape slices of {r.name} (landscape slice)", F.run_slice_panels, (r,)))
     return figs
+
+
+def heading(sections: list[dict], runs: list[RunRecords]) -> dict:
+    """The page's title: the paper's question where an experiment of it is reported, else the runs' own names."""
+    if any(s["experiment"] for s in sections):
+        return {"title": "landscape: how normalisation smooths the loss landscape", "paper": True}
+    names = ", ".join(r.name for r in runs[:3]) + (f" and {len(runs) - 3} more" if len(runs) > 3 else "")
+    return {"title": f"landscape report: {names}", "paper": False}
 
 
 def seed_trust(claims: list[dict]) -> dict:
@@ -260,6 +290,7 @@ def build_report(
     verdicts = {v: sum(c.get("verdict") == v for c in claims) for v in ("reproduced", "not reproduced", "inconclusive")}
     html = env.get_template("report.html").render(
         sections=sections,
+        heading=heading(sections, runs),
         claims=claims,
         holds=holds,
         trust=seed_trust(claims),

@@ -98,3 +98,83 @@ def test_a_model_without_a_loss_is_refused_before_the_first_update(tmp_path):
     cb = LandscapeHFCallback(tmp_path / "run", every(1), output_fn=lambda out: out.logits)  # logits.loss: no
     with pytest.raises(UserError, match=r"LandscapeHFCallback: the model.s output has no \.loss"):
         fit(tmp_path / "out", [cb])
+
+
+def tiny_gpt2():
+    """GPT-2 in miniature, from a config (no download): its lm_head ties the token embedding, as every HF LM does."""
+    cfg = transformers.GPT2Config(
+        vocab_size=64, n_positions=16, n_embd=16, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0
+    )
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(cfg)
+
+
+class Texts(torch.utils.data.Dataset):
+    def __init__(self, n=32, length=12):
+        self.ids = torch.randint(1, 64, (n, length), generator=torch.Generator().manual_seed(1))
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones_like(self.ids[i]), "labels": self.ids[i]}
+
+
+DEFAULT_PROBES = ("gradient_sweep", "ics_opti")  # Monitor's and the callback's default
+
+
+def test_a_tied_gpt2_trains_with_the_default_probes_through_monitor_with_its_own_loss(tmp_path):
+    from landscape.probes import Monitor
+    from landscape.results import read_run
+
+    model = tiny_gpt2()
+    assert model.lm_head.weight is model.transformer.wte.weight
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    data = Texts()
+    with Monitor(
+        tmp_path / "gpt2",
+        model,
+        opt,
+        None,
+        every(2),
+        probes=[*DEFAULT_PROBES, "sharpness", "preconditioned_sharpness"],
+        options={"sharpness": {"iters": 8}, "preconditioned_sharpness": {"iters": 8}},
+    ) as mon:
+        for step in range(1, 5):
+            batch = {k: torch.stack([data[i][k] for i in range(8 * (step - 1), 8 * step)]) for k in data[0]}
+            mon.before_forward(step)
+            out = model(**batch)  # the model computes its own loss from its labels
+            opt.zero_grad()
+            out.loss.backward()
+            mon.observe(step, batch, out.loss)  # a dict batch, the model's loss
+            opt.step()
+            mon.log_train(step, loss=out.loss.item())
+    run = read_run(tmp_path / "gpt2")
+    assert not run.problems and run.state == "done" and run.status["train_seconds"] > 0
+    ics = run.probe("ics_opti")
+    assert [r["step"] for r in ics] == [1, 2, 4] and "lm_head" not in ics[0]["values"]["layers"]
+    assert ics[0]["values"]["layers"][0] == "transformer.wte"
+    assert all(r["values"]["value"] > 0 for r in run.probe("sharpness"))
+
+
+def test_the_trainer_callback_with_default_probes_on_a_tied_gpt2(tmp_path):
+    from landscape.results import read_run
+
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=4,
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=2,
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    callback = LandscapeHFCallback(tmp_path / "gpt2", every(2))
+    transformers.Trainer(model=tiny_gpt2(), args=args, train_dataset=Texts(), callbacks=[callback]).train()
+    run = read_run(tmp_path / "gpt2")
+    assert not run.problems and {r["probe"] for r in run.kind("probe")} == set(DEFAULT_PROBES)
+    assert [r["step"] for r in run.kind("train")] == [2, 4]  # the Trainer's logged loss
