@@ -42,9 +42,11 @@ def test_the_readme_tensorboard_example_runs(tmp_path, monkeypatch):
     run_block("import torch\nfrom landscape.outputs import TensorBoard", tmp_path, monkeypatch)
     acc = EventAccumulator(str(tmp_path / "runs" / "mlp" / "tensorboard"))
     acc.Reload()
-    # Adam has no preconditioner before its first step: step 1's sharpness is recorded as null, not drawn
-    assert [e.step for e in acc.Scalars("landscape/sharpness")] == [5, 10, 15, 20]
-    assert "landscape/sharpness_threshold" in acc.Tags()["scalars"]
+    # sharpness is the raw Hessian's whatever the optimizer: recorded from step 1 (only preconditioned_sharpness
+    # waits for Adam's first step)
+    assert [e.step for e in acc.Scalars("landscape/sharpness")] == [1, 5, 10, 15, 20]
+    assert [e.step for e in acc.Scalars("landscape/preconditioned_sharpness")] == [5, 10, 15, 20]
+    assert "landscape/preconditioned_threshold" in acc.Tags()["scalars"]  # Adam's threshold bounds P^-1 H
 
 
 def test_the_docs_probe_entry_example_runs(tmp_path, monkeypatch, capsys):
@@ -57,3 +59,50 @@ def test_the_docs_probe_entry_example_runs(tmp_path, monkeypatch, capsys):
         registry.unregister("weight_norm")
     printed = capsys.readouterr().out
     assert printed.startswith("[(1, ") and "(5, " in printed and "(10, " in printed
+
+
+def test_the_your_model_language_model_recipe_runs(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    run_block("# a causal language model from Hugging Face", tmp_path, monkeypatch)
+    from landscape.results import read_run
+
+    run = read_run(tmp_path / "runs" / "gpt2")
+    assert not run.problems and run.state == "done"
+    assert {p for p, _ in probes_in(tmp_path / "runs" / "gpt2")} == {
+        "gradient_sweep",
+        "ics_opti",
+        "sharpness",
+        "preconditioned_sharpness",
+    }
+    assert run.probe("ics_opti")[0]["values"]["layers"][0] == "transformer.wte"
+
+
+def test_the_your_model_compile_recipe_runs(tmp_path, monkeypatch):
+    run_block("# torch.compile: train the compiled model", tmp_path, monkeypatch)
+    assert probes_in(tmp_path / "runs" / "compiled") == {
+        (p, s) for p in ("gradient_sweep", "sharpness") for s in (1, 5, 10)
+    }
+
+
+def test_the_your_model_accumulation_recipe_gives_the_whole_batchs_numbers(tmp_path, monkeypatch):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no loss passed: nothing to check, nothing to say
+        run_block("# gradient accumulation and clipping", tmp_path, monkeypatch)
+    assert probes_in(tmp_path / "runs" / "accumulate") == {("gradient_sweep", s) for s in (1, 5, 10)}
+
+
+def test_the_your_model_lightning_recipe_runs(tmp_path, monkeypatch):
+    pytest.importorskip("lightning")
+    run_block("# Lightning: the callback attaches", tmp_path, monkeypatch)
+    assert probes_in(tmp_path / "runs" / "lightning") == {
+        (p, s) for p in ("gradient_sweep", "ics_opti") for s in (1, 5, 10)
+    }
+
+
+def test_the_scale_page_example_runs_as_written(tmp_path, monkeypatch):
+    run_block("# the Monitor's keywords for scale", tmp_path, monkeypatch)
+    assert probes_in(tmp_path / "runs" / "scale") == {
+        (p, s) for p in ("sharpness", "gradient_sweep") for s in (1, 5, 10)
+    }
