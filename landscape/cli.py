@@ -351,7 +351,9 @@ def slice_(
     ),
     bn_batches: int = typer.Option(4, "--bn-batches", help="Batches recompute averages statistics over."),
     split: str = typer.Option("train", "--split", help="train | test."),
-    subset: int = typer.Option(1024, "--subset", help="Examples the loss is measured on (a seeded subset)."),
+    subset: int = typer.Option(
+        0, "--subset", help="Examples the loss is measured on (a seeded subset; default 1024, or all if fewer)."
+    ),
     batch_size: int = typer.Option(256, "--batch-size", help="Examples per forward pass."),
     seed: int = typer.Option(0, "--seed", help="Seeds the random directions and the subset."),
     ignore: str = typer.Option(

@@ -137,6 +137,60 @@ def _require_ray():
     return ray
 
 
+RAY_WAIT = 10.0  # seconds a cluster address may take to answer before the command ends in one line
+
+
+def check_ray_address(address: str) -> None:
+    """A cluster address that answers, checked with a bounded wait before ``ray.init`` (which would retry for
+    minutes): ``auto`` needs a cluster started on this machine (``ray start --head``); ``host:port`` (or
+    ``ray://host:port``) a port that accepts a connection within RAY_WAIT seconds."""
+    import socket
+    import tempfile
+
+    if address == "auto":
+        if os.environ.get("RAY_ADDRESS"):
+            return check_ray_address(os.environ["RAY_ADDRESS"])
+        if not (Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster").exists():
+            raise UserError(
+                "--address auto: no Ray cluster runs on this machine; start one with `ray start --head`, "
+                "or leave --address out for a private local instance"
+            )
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"--address {address!r} is not a Ray address: pass host:port (e.g. 127.0.0.1:6379) or auto")
+    try:
+        with socket.create_connection((host, int(port)), timeout=RAY_WAIT):
+            pass
+    except OSError as exc:
+        raise UserError(
+            f"--address {address}: nothing answers there within {RAY_WAIT:g} s ({exc.strerror or exc}); "
+            "start the cluster with `ray start --head`, or leave --address out"
+        ) from None
+
+
+def connect_ray(address: str | None, cpus: int | None = None, env: dict | None = None):
+    """Ray, joined to the cluster at ``address`` (checked first, see :func:`check_ray_address`) or a private local
+    instance with ``cpus`` CPUs."""
+    ray = _require_ray()
+    if ray.is_initialized():
+        return ray
+    kwargs = {"runtime_env": {"env_vars": env}} if env else {}
+    if address:
+        check_ray_address(address)
+        try:
+            ray.init(address=address, log_to_driver=False, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise UserError(
+                f"cannot join the Ray cluster at '{address}' ({str(exc).splitlines()[0]}); "
+                "start it with `ray start --head` or use --address auto"
+            ) from None
+    else:  # a private local instance, as documented, even when a cluster already runs on this machine
+        extra = {"num_cpus": cpus} if cpus else {}
+        ray.init(address="local", log_to_driver=False, include_dashboard=False, **extra, **kwargs)
+    return ray
+
+
 def train_one(cfg_dict: dict, runs_dir: str, data_dir: str | None, threads: int) -> dict:
     """The body of one Ray task (a plain function, so it can be tested without Ray)."""
     import torch
@@ -157,23 +211,10 @@ def mark_failed(runs_dir: Path, cfg: Config, error: str) -> None:
 
 
 def run_on_ray(todo: list[Config], runs_dir: Path, data_dir, launch: Launch, log: Log) -> dict[str, str]:
-    ray = _require_ray()
     runs_dir = Path(runs_dir).resolve()
     data_dir = str(Path(data_dir).resolve()) if data_dir else None
     env = {k: v for k, v in os.environ.items() if k == "LANDSCAPE_CACHE"}
-    if not ray.is_initialized():
-        kwargs = {"runtime_env": {"env_vars": env}} if env else {}
-        if launch.address:
-            try:
-                ray.init(address=launch.address, log_to_driver=False, **kwargs)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise UserError(
-                    f"cannot join the Ray cluster at '{launch.address}' ({str(exc).splitlines()[0]}); "
-                    "start it with `ray start --head` or use --address auto"
-                ) from None
-        else:
-            # a private local instance, as documented, even when a cluster already runs on this machine
-            ray.init(address="local", log_to_driver=False, include_dashboard=False, **kwargs)
+    ray = connect_ray(launch.address, env=env)
     if not todo:
         return {}
     threads = max(1, int(launch.cpus_per_run))

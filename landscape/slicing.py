@@ -7,14 +7,22 @@ every point is done, ``slice.json`` (the grid in order, with the point's own los
 directions are: Hessian eigenvalues, PCA variance explained and the trajectory's coordinates).
 A killed slice resumes from the points already on disk; a grid split over workers gives
 exactly the points of one process (each point depends only on the spec and directions).
+
+What the folder guarantees (docs/faults.md): one writer at a time (the parent holds the folder's lock,
+each worker its shard file's); a resume continues only the same spec on the same checkpoint (its
+sha256, whatever path it is reached by) and refuses one whose checkpoint changed; a torn last line is
+cut, a point line that is not one of the grid's is dropped (and recomputed); workers stop when their
+parent dies; ``--force`` removes only the slice's own files; nothing is written through a symbolic link.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import multiprocessing
-import shutil
+import os
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,12 +30,16 @@ from pathlib import Path
 import torch
 
 from landscape.errors import UserError, quote
-from landscape.files import atomic_write, read_text
+from landscape.files import LOCK_NAME, FolderLock, atomic_write, is_temporary, read_text, regular
 from landscape.probes import slices as S
 from landscape.probes.records import json_safe
+from landscape.probes.rundir import SLICE_NAMES
 
 MAX_POINTS = 40_000  # 200 x 200: beyond that a grid is a typo (a billion points is years of forwards)
 MAX_SUBSET = 1_000_000
+DEFAULT_SUBSET = 1024  # examples, or the whole split when it is smaller
+MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds
+SLICE_FILES = SLICE_NAMES
 
 
 @dataclass(frozen=True)
@@ -40,7 +52,7 @@ class SliceSpec:
     bn: str = "recompute"  # train | recompute | checkpoint
     bn_batches: int = 4  # batches the recompute mode's statistics are averaged over
     split: str = "train"
-    subset: int = 1024  # examples the loss is measured on (a seeded subset of the split)
+    subset: int = 0  # examples the loss is measured on (a seeded subset of the split); 0: 1024, or all if fewer
     batch_size: int = 256
     seed: int = 0
     ignore: str = "biasbn"
@@ -67,12 +79,18 @@ class SliceSpec:
             raise UserError(f"--bn must be one of {', '.join(S.BN_MODES)}; got {quote(self.bn)}")
         if self.split not in ("train", "test"):
             raise UserError(f"--split must be train or test; got {quote(self.split)}")
-        if not 1 <= self.subset <= MAX_SUBSET:
+        if not 0 <= self.subset <= MAX_SUBSET:
             raise UserError(f"--subset must be between 1 and {MAX_SUBSET:,} examples; got {self.subset}")
-        if self.batch_size < 1:
-            raise UserError(f"--batch-size must be positive; got {self.batch_size}")
-        if self.bn_batches < 1:
-            raise UserError(f"--bn-batches must be positive; got {self.bn_batches}")
+        if not 1 <= self.batch_size <= MAX_SUBSET:
+            raise UserError(f"--batch-size must be between 1 and {MAX_SUBSET:,}; got {self.batch_size}")
+        if not 1 <= self.bn_batches <= 10_000:
+            raise UserError(f"--bn-batches must be between 1 and 10,000; got {self.bn_batches}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UserError(
+                f"--seed must be between 0 and 2^63 - 1; got a number of {len(str(abs(self.seed)))} digits"
+                if abs(self.seed) > 10**20
+                else f"--seed must be between 0 and 2^63 - 1; got {self.seed}"
+            )
         if self.ignore not in S.IGNORE:
             raise UserError(f"--ignore must be one of {', '.join(S.IGNORE)}; got {quote(self.ignore)}")
         if self.directions == "pca" and len(self.trajectory) < 2:
@@ -106,6 +124,7 @@ class Loaded:
     prepare: object
     setup: object
     cfg: object
+    spec: SliceSpec  # with its subset resolved
 
 
 def _checkpoint(path: Path) -> dict:
@@ -138,34 +157,50 @@ def locate(target: str | Path) -> tuple[Path, Path]:
 def _weights_of(ckpt: dict, like: dict, path) -> dict:
     model = ckpt["model"]
     missing = [n for n in like if n not in model]
-    wrong = [n for n in like if n in model and tuple(model[n].shape) != tuple(like[n].shape)]
+    wrong = [
+        n
+        for n in like
+        if n in model and (not torch.is_tensor(model[n]) or tuple(model[n].shape) != tuple(like[n].shape))
+    ]
     if missing or wrong:
-        what = f"has no '{missing[0]}'" if missing else f"has '{wrong[0]}' of shape {tuple(model[wrong[0]].shape)}"
+        what = f"has no '{missing[0]}'" if missing else f"has '{wrong[0]}' of another shape or type"
         raise UserError(
             f"checkpoint {quote(str(path))} is of another model (it {what}); pass a checkpoint of this run's model"
         )
-    return {n: model[n].to(like[n]) for n in like}
+    out = {n: model[n].to(like[n]) for n in like}
+    bad = next((n for n, w in out.items() if not torch.isfinite(w).all()), None)
+    if bad is not None:
+        raise UserError(
+            f"checkpoint {quote(str(path))} has weights that are not finite ('{bad}': a diverged run); "
+            "a slice around them is not a landscape: pass another checkpoint"
+        )
+    return out
+
+
+def _buffers_of(ckpt: dict, model: torch.nn.Module, path, dev) -> dict:
+    """The checkpoint's buffers (BatchNorm's running statistics), checked against the model's."""
+    out = {}
+    for n, b in model.named_buffers():
+        saved = ckpt["model"].get(n)
+        if saved is None:
+            continue
+        if not torch.is_tensor(saved) or tuple(saved.shape) != tuple(b.shape):
+            raise UserError(
+                f"checkpoint {quote(str(path))} has buffer '{n}' of another shape or type than the "
+                "model's; pass a checkpoint of this run's model"
+            )
+        out[n] = saved.to(dev)
+    return out
 
 
 def load(run_dir: Path, ckpt_path: Path, spec: SliceSpec, data_dir, device: str | None) -> Loaded:
-    from landscape.config import from_dict
+    """The run's model at its checkpoint, and the slice's data, every check done; ``spec.subset`` 0 is resolved."""
     from landscape.data import load_data
     from landscape.losses import LOSSES
-    from landscape.runs import Run
     from landscape.train import _setup, resolve_device
 
     ckpt = _checkpoint(ckpt_path)
-    cfg = Run(run_dir).config()
-    if cfg is None and isinstance(ckpt.get("config"), dict):
-        try:
-            cfg = from_dict(ckpt["config"])
-        except (UserError, ValueError, TypeError):
-            cfg = None
-    if cfg is None:
-        raise UserError(
-            f"{quote(str(run_dir))} has no readable config.yaml (and the checkpoint no config); pass a run "
-            "made by landscape train or an experiment"
-        )
+    cfg = run_config(run_dir, ckpt)
     dev = resolve_device(device or cfg.device)
     splits = load_data(cfg.data, data_dir)
     setup = _setup(cfg, dev, splits, None)  # the model at its initialisation, from the config's seed
@@ -173,22 +208,49 @@ def load(run_dir: Path, ckpt_path: Path, spec: SliceSpec, data_dir, device: str 
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     like = {n: p.detach() for n, p in model.named_parameters() if n in names}
     weights = _weights_of(ckpt, like, ckpt_path)
-    buffer_names = [n for n, _ in model.named_buffers()]
-    buffers = {n: ckpt["model"][n].to(dev) for n in buffer_names if n in ckpt["model"]}
+    buffers = _buffers_of(ckpt, model, ckpt_path, dev)
     split = setup.train_split if spec.split == "train" else setup.test_batches.split
     n = len(split)
-    if spec.subset > n:
-        raise UserError(f"--subset {spec.subset} is more than the {spec.split} split's {n} examples; pass at most {n}")
-    idx = torch.randperm(n, generator=torch.Generator().manual_seed(spec.seed))[: spec.subset].sort().values
+    subset = spec.subset or min(DEFAULT_SUBSET, n)
+    if subset > n:
+        raise UserError(f"--subset {subset} is more than the {spec.split} split's {n} examples; pass at most {n}")
+    normalised = any(isinstance(m, S.NORM_TYPES) for m in model.modules())
+    if normalised and spec.bn in ("train", "recompute") and spec.batch_size < 2:
+        raise UserError(f"--bn {spec.bn} normalises each batch by its own statistics: pass --batch-size 2 or more")
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(spec.seed))[:subset].sort().values
     inputs, targets = (
         split.inputs[idx.to(split.inputs.device)].to(dev),
         split.targets[idx.to(split.targets.device)].to(dev),
     )
-    batches = [
-        (inputs[i : i + spec.batch_size], targets[i : i + spec.batch_size])
-        for i in range(0, spec.subset, spec.batch_size)
-    ]
-    return Loaded(model, LOSSES[cfg.loss], weights, buffers, batches, setup.test_batches.prepare, setup, cfg)
+    starts = list(range(0, subset, spec.batch_size))
+    if len(starts) > 1 and subset - starts[-1] == 1:  # a last batch of one example: BatchNorm cannot normalise it
+        starts.pop()
+    batches = [(inputs[a:b], targets[a:b]) for a, b in zip(starts, [*starts[1:], subset])]
+    resolved = SliceSpec(**{**asdict(spec), "subset": subset})
+    return Loaded(model, LOSSES[cfg.loss], weights, buffers, batches, setup.test_batches.prepare, setup, cfg, resolved)
+
+
+def run_config(run_dir: Path, ckpt: dict):
+    """The run's config (its probes' sections aside: a probe registered in the training process need not be in
+    this one, and a slice runs none), from config.yaml or the checkpoint."""
+    import yaml
+
+    from landscape.config import from_dict
+
+    for source in ("file", "checkpoint"):
+        try:
+            d = yaml.safe_load(read_text(run_dir / "config.yaml")) if source == "file" else ckpt.get("config")
+        except (OSError, yaml.YAMLError, RecursionError, ValueError):
+            continue
+        if isinstance(d, dict):
+            try:
+                return from_dict({k: v for k, v in d.items() if k != "probes"})
+            except (UserError, ValueError, TypeError):
+                continue
+    raise UserError(
+        f"{quote(str(run_dir))} has no readable config.yaml (and the checkpoint no config); pass a run "
+        "made by landscape train or an experiment"
+    )
 
 
 def build_directions(spec: SliceSpec, L: Loaded) -> tuple[list[dict], dict]:
@@ -220,7 +282,10 @@ def build_directions(spec: SliceSpec, L: Loaded) -> tuple[list[dict], dict]:
     for t in spec.trajectory:
         _, path = locate(t)
         trajectory.append(_weights_of(_checkpoint(path), L.weights, path))
-    plane = S.pca_plane([*trajectory, L.weights], spec.ignore)
+    try:
+        plane = S.pca_plane([*trajectory, L.weights], spec.ignore)
+    except ValueError as exc:  # a trajectory that does not move
+        raise UserError(f"--directions pca: {exc}; pass checkpoints from different steps of the run") from None
     return list(plane.directions[: spec.dims]), {"explained": list(plane.explained), "trajectory": plane.coords}
 
 
@@ -237,39 +302,84 @@ def shard_file(folder: Path, k: int, n: int) -> Path:
     return folder / f"points-{k}-of-{n}.jsonl"
 
 
-def done_points(folder: Path) -> dict[int, dict]:
-    """Every point on disk, from any shard file (a torn last line, from a kill, is ignored)."""
+def done_points(folder: Path, coords: list | None = None, problems: list | None = None) -> dict[int, dict]:
+    """Every usable point on disk, from any shard file: a line that is not JSON (a torn one, from a kill), or
+    whose point is not one of the grid's (an index out of range, coordinates off the grid, a loss that is not a
+    number >= 0, an accuracy outside [0, 1]) is left out, so its point is computed again; said in ``problems``.
+    Only regular files are read (a FIFO named like a shard would block)."""
     out = {}
     for f in sorted(folder.glob("points-*.jsonl")):
-        for line in f.read_text().splitlines():
+        if not regular(f) or f.is_symlink():
+            if problems is not None:
+                problems.append(f"{f.name} is not a regular file: not read")
+            continue
+        for number, line in enumerate(read_text(f).splitlines(), 1):
             try:
                 rec = json.loads(line)
-                out[int(rec["i"])] = rec
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, RecursionError):
+                continue  # a torn line, cut when the shard next appends
+            why = point_problem(rec, coords)
+            if why:
+                if problems is not None:
+                    problems.append(f"{f.name} line {number}: {why}")
                 continue
+            out[rec["i"]] = rec
     return out
 
 
-def run_shard(folder: str, data_dir, device, k: int, n: int, threads: int | None = None) -> int:
-    """Compute shard ``k`` of ``n`` of the slice in ``folder``; returns the points it computed."""
+def point_problem(rec, coords: list | None) -> str | None:
+    if not isinstance(rec, dict) or isinstance(rec.get("i"), bool) or not isinstance(rec.get("i"), int):
+        return "not a point"
+    i = rec["i"]
+    if coords is not None:
+        if not 0 <= i < len(coords):
+            return "an index outside the grid"
+        if not isinstance(rec.get("coords"), list) or [
+            float(c) for c in rec["coords"] if isinstance(c, (int, float))
+        ] != list(coords[i]):
+            return "coordinates that are not the grid's"
+    loss, acc = rec.get("loss"), rec.get("acc")
+    if loss is not None and (isinstance(loss, bool) or not isinstance(loss, (int, float)) or not loss >= 0):
+        return "a loss that is not a number >= 0"
+    if acc is not None and (isinstance(acc, bool) or not isinstance(acc, (int, float)) or not 0 <= acc <= 1):
+        return "an accuracy outside [0, 1]"
+    return None
+
+
+def _cut_torn_line(path: Path) -> None:
+    """A shard a kill left with half a line at its end: cut it, so the next point starts a line of its own."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def run_shard(
+    folder: str, data_dir, device, k: int, n: int, threads: int | None = None, parent: int | None = None
+) -> int:
+    """Compute shard ``k`` of ``n`` of the slice in ``folder``; returns the points it computed. A worker given its
+    ``parent``'s pid stops when the parent is gone (a killed ``landscape slice`` leaves no worker writing)."""
     if threads:
         torch.set_num_threads(threads)
     folder = Path(folder)
-    meta = json.loads(read_text(folder / "spec.json"))
+    meta = read_spec(folder)
     spec = SliceSpec(**{**meta["spec"], "trajectory": tuple(meta["spec"]["trajectory"])})
     L = load(Path(meta["run"]), Path(meta["checkpoint"]), spec, data_dir, device)
-    dirs = torch.load(
-        folder / "directions.pt", map_location=L.setup.model.parameters().__next__().device, weights_only=True
-    )
-    directions = [{k2: v.to(L.weights[k2]) for k2, v in d.items()} for d in dirs["directions"]]
-    origin = {k2: v.to(L.weights[k2]) for k2, v in dirs["origin"].items()}
+    directions, origin = read_directions(folder, L)
     coords = S.grid_coords(spec.dims, spec.grid, spec.lo, spec.hi)
-    done = done_points(folder)
-    todo = [i for i in S.shard(len(coords), k, n) if i not in done]
     bn_batches = [x for x, _ in L.batches[: spec.bn_batches]] if spec.bn == "recompute" else None
-    with open(shard_file(folder, k, n), "a") as f:
+    path = shard_file(folder, k, n)
+    with open(path, "a") as f:
+        hold(f)  # one writer per shard: a worker of a killed slice still finishing its point goes first
+        _cut_torn_line(path)
+        done = done_points(folder, coords)
+        todo = [i for i in S.shard(len(coords), k, n) if i not in done]
 
         def write(i, v):
+            if parent is not None and os.getppid() != parent:
+                os._exit(0)  # the slice that started this worker is gone: write nothing more
             f.write(json.dumps(json_safe({"i": i, "coords": list(coords[i]), "loss": v.loss, "acc": v.acc})) + "\n")
             f.flush()
 
@@ -290,8 +400,64 @@ def run_shard(folder: str, data_dir, device, k: int, n: int, threads: int | None
     return len(todo)
 
 
+def hold(f) -> None:
+    """An exclusive lock on an open file, waited for (released when the file is closed or the process ends)."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): shards are not guarded there
+        return
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+
+
 def _spawned(args):  # a worker process's entry
     return run_shard(*args)
+
+
+def _worker_start() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it ends the pool
+
+
+def read_spec(folder: Path) -> dict:
+    """A slice's ``spec.json``, checked: a damaged one is refused in one line."""
+    try:
+        meta = json.loads(read_text(folder / "spec.json"))
+    except (OSError, ValueError, RecursionError):
+        meta = None
+    spec = meta.get("spec") if isinstance(meta, dict) else None
+    if (
+        not isinstance(spec, dict)
+        or set(spec) != {f.name for f in SliceSpec.__dataclass_fields__.values()}
+        or not isinstance(meta.get("checkpoint"), str)
+        or not isinstance(meta.get("run"), str)
+    ):
+        raise UserError(f"slice {quote(str(folder))} has a damaged spec.json; pass --force to compute it again")
+    return meta
+
+
+def read_directions(folder: Path, L: Loaded) -> tuple[list[dict], dict]:
+    """A slice's ``directions.pt``, checked against the model: a damaged or another model's is refused."""
+    try:
+        saved = torch.load(folder / "directions.pt", map_location="cpu", weights_only=True)
+        directions = [{n: d[n].to(L.weights[n]) for n in L.weights} for d in saved["directions"]]
+        origin = {n: saved["origin"][n].to(L.weights[n]) for n in L.weights}
+        ok = all(v.shape == L.weights[n].shape for d in [*directions, origin] for n, v in d.items())
+        ok = ok and len(directions) == L.spec.dims
+    except Exception:  # noqa: BLE001 (unreadable, another layout, another model: all mean the same here)
+        ok = False
+    if not ok:
+        raise UserError(
+            f"slice {quote(str(folder))} has a damaged directions.pt, or another model's; pass --force "
+            "to compute it again"
+        )
+    return directions, origin
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 # ------------------------------------------------------------------ the command
@@ -301,22 +467,51 @@ def run_on_ray(folder: Path, data_dir, device, workers: int, address: str | None
     """One Ray task per shard (one CPU each), on the cluster at ``address`` (``auto``: the running one) or a
     private local instance. The shards append to files in ``folder``, so every node must see that path (one
     machine, or a shared filesystem); the merge reads them in grid order, as for local workers."""
-    from landscape.launch import _require_ray
+    from landscape.launch import connect_ray
 
-    ray = _require_ray()
-    if not ray.is_initialized():
-        try:
-            if address:
-                ray.init(address=address, log_to_driver=False)
-            else:
-                ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
-        except ConnectionError:
-            raise UserError(
-                f"no Ray cluster at --address {quote(address)}; start one with `ray start --head` "
-                "or leave --address out for a local instance"
-            ) from None
+    ray = connect_ray(address, workers)
     task = ray.remote(run_shard).options(num_cpus=1, max_retries=0)
     ray.get([task.remote(str(folder), data_dir, device, k, workers, 1) for k in range(workers)])
+
+
+def check_slice_name(name: str) -> None:
+    if (
+        not name
+        or "/" in name
+        or name.startswith(".")
+        or not name.isprintable()
+        or len(name.encode(errors="surrogateescape")) > 200
+    ):
+        raise UserError(f"--name {quote(name)} must be a plain, printable folder name of at most 200 bytes")
+
+
+def slice_folder(run_dir: Path, name: str) -> Path:
+    """``RUN/slices/NAME``, refused where a symbolic link would take the slice (or --force) outside the run."""
+    for p in (run_dir / "slices", run_dir / "slices" / name):
+        if p.is_symlink():
+            raise UserError(f"{quote(str(p))} is a symbolic link; landscape writes slices only into the run itself")
+        if p.exists() and not p.is_dir():
+            raise UserError(f"{quote(str(p))} is a file, not a folder; pass another --name")
+    return run_dir / "slices" / name
+
+
+def clear(folder: Path) -> None:
+    """``--force``: the slice's own files, and nothing else (a file of yours in the folder is refused first)."""
+    foreign = [
+        n
+        for n in os.listdir(folder)
+        if not (SLICE_FILES.match(n) or n == LOCK_NAME or is_temporary(n))
+        or (folder / n).is_symlink()
+        or (folder / n).is_dir()
+    ]
+    if foreign:
+        raise UserError(
+            f"--force removes only a slice's own files and {quote(str(folder))} holds "
+            f"{quote(foreign[0])}; move it, or pass another --name"
+        )
+    for n in os.listdir(folder):
+        if n != LOCK_NAME:
+            (folder / n).unlink()
 
 
 def slice_run(
@@ -332,7 +527,8 @@ def slice_run(
     address: str | None = None,
 ) -> Path:
     """Compute (or finish) a slice of a run; returns its ``slice.json``. ``launcher``: ``local`` (``workers``
-    processes on this machine) or ``ray`` (``workers`` Ray tasks, one shard each)."""
+    processes on this machine) or ``ray`` (``workers`` Ray tasks, one shard each). Everything is checked before
+    the slice's folder is touched."""
     spec.check()
     if not 1 <= workers <= 64:
         raise UserError(f"--workers must be between 1 and 64; got {workers}")
@@ -346,98 +542,129 @@ def slice_run(
         _require_ray()  # installed, before any file is written
     run_dir, ckpt_path = locate(target)
     name = name or spec.default_name()
-    if not name or "/" in name or name.startswith("."):
-        raise UserError(f"--name {quote(name)} must be a plain folder name")
-    folder = run_dir / "slices" / name
-    identity = json.loads(json.dumps({"spec": asdict(spec), "run": str(run_dir), "checkpoint": str(ckpt_path)}))
-    if (folder / "spec.json").exists() and not force:
-        try:
-            old = json.loads(read_text(folder / "spec.json"))
-        except ValueError:
-            old = None
-        if not old or {k: old.get(k) for k in ("spec", "checkpoint")} != {
-            k: identity[k] for k in ("spec", "checkpoint")
-        }:
-            raise UserError(
-                f"slice {quote(str(folder))} exists with other settings; pass --name for a new one or "
-                "--force to replace it"
-            )
+    check_slice_name(name)
+    folder = slice_folder(run_dir, name)
     for other in ([spec.to] if spec.to else []) + list(spec.trajectory):
         _checkpoint(locate(other)[1])  # the other points exist and are checkpoints, before any work
     t0 = time.perf_counter()
     L = load(run_dir, ckpt_path, spec, data_dir, device)  # every check before a file is written
-    resumed = (folder / "directions.pt").exists() and not force
-    if not resumed:
-        directions, meta = build_directions(spec, L)
-        origin = origin_of(spec, L, meta)
-        if force and folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(
-            folder / "directions.pt",
-            lambda p: torch.save(
-                {
-                    "directions": [{k: v.cpu() for k, v in d.items()} for d in directions],
-                    "origin": {k: v.cpu() for k, v in origin.items()},
-                },
-                p,
-            ),
+    spec = L.spec
+    fingerprint = sha256(ckpt_path)
+    identity = json.loads(
+        json.dumps(
+            {
+                "spec": asdict(spec),
+                "run": str(run_dir.resolve()),
+                "checkpoint": str(ckpt_path.resolve()),
+                "checkpoint_sha256": fingerprint,
+            }
         )
-        atomic_write(folder / "spec.json", json.dumps(json_safe({**identity, "about": meta}), indent=2))
+    )
+    if (folder / "spec.json").exists() and not force:
+        old = read_spec(folder)
+        if old["spec"] != identity["spec"]:
+            raise UserError(
+                f"slice {quote(str(folder))} exists with other settings; pass --name for a new one or "
+                "--force to replace it"
+            )
+        if old.get("checkpoint_sha256", fingerprint) != fingerprint:
+            raise UserError(
+                f"the checkpoint of slice {quote(str(folder))} changed since it began (the run trained on, "
+                "or was replaced); pass --force to slice the new one, or --name for a new slice"
+            )
     coords = S.grid_coords(spec.dims, spec.grid, spec.lo, spec.hi)
-    before = len(done_points(folder))
-    if before < len(coords):
-        log(
-            f"slice {name}: {len(coords) - before} of {len(coords)} points to compute"
-            f"{' (resumed)' if before else ''}, {workers} worker(s)"
-        )
-        if launcher == "ray":
-            run_on_ray(folder, data_dir, device, workers, address)
-        elif workers == 1:
-            run_shard(str(folder), data_dir, device, 0, 1)
+    if (folder / "slice.json").exists() and not force and len(done_points(folder, coords)) == len(coords):
+        return folder / "slice.json"  # finished: the same command again changes nothing
+    folder.mkdir(parents=True, exist_ok=True)
+    with FolderLock(folder, "slice"):
+        resumed = (folder / "directions.pt").exists() and not force
+        if resumed:
+            read_directions(folder, L)
         else:
-            threads = max(1, torch.get_num_threads() // workers)
-            ctx = multiprocessing.get_context("spawn")
-            with ctx.Pool(workers) as pool:
-                pool.map(_spawned, [(str(folder), data_dir, device, k, workers, threads) for k in range(workers)])
-    points = done_points(folder)
-    missing = [i for i in range(len(coords)) if i not in points]
-    if missing:
-        raise UserError(
-            f"slice {quote(str(folder))} is missing {len(missing)} points after its workers ended; run the "
-            "same command again to finish it"
-        )
-    meta = json.loads(read_text(folder / "spec.json"))
-    centre = S.evaluate_slice(
-        L.model,
-        L.loss_fn,
-        [{k: torch.zeros_like(v) for k, v in L.weights.items()}],
-        [(0.0,)],
-        L.batches,
-        bn=spec.bn,
-        origin=L.weights,
-        buffers=L.buffers,
-        prepare=L.prepare,
-        bn_batches=[x for x, _ in L.batches[: spec.bn_batches]],
-    )[0]
-    axis = [coords[i][0] for i in range(0, len(coords), spec.grid if spec.dims == 2 else 1)]
-    result = {
-        **meta,
-        "name": name,
-        "axis": axis,
-        "shape": [spec.grid] * spec.dims,
-        "loss": [points[i]["loss"] for i in range(len(coords))],
-        "acc": [points[i]["acc"] for i in range(len(coords))],
-        "centre": {
-            "loss": centre.loss,
-            "acc": centre.acc,
-            "coords": [1.0]
-            if spec.directions == "interpolate" and meta["about"].get("from") == "initialisation"
-            else [0.0] * spec.dims,
-        },
-        "seconds": time.perf_counter() - t0 if before == 0 else None,
-    }
-    return atomic_write(folder / "slice.json", json.dumps(json_safe(result), indent=2))
+            if force:
+                clear(folder)
+            directions, meta = build_directions(spec, L)
+            origin = origin_of(spec, L, meta)
+            atomic_write(
+                folder / "directions.pt",
+                lambda p: torch.save(
+                    {
+                        "directions": [{k: v.cpu() for k, v in d.items()} for d in directions],
+                        "origin": {k: v.cpu() for k, v in origin.items()},
+                    },
+                    p,
+                ),
+            )
+            atomic_write(folder / "spec.json", json.dumps(json_safe({**identity, "about": meta}), indent=2))
+        problems: list[str] = []
+        before = len(done_points(folder, coords, problems))
+        for problem in problems:
+            log(f"slice {name}: {problem} (left out: the point is computed again)")
+        if before < len(coords):
+            log(
+                f"slice {name}: {len(coords) - before} of {len(coords)} points to compute"
+                f"{' (resumed)' if before else ''}, {workers} worker(s)"
+            )
+            compute(folder, data_dir, device, workers, launcher, address)
+        points = done_points(folder, coords)
+        missing = [i for i in range(len(coords)) if i not in points]
+        if missing:
+            raise UserError(
+                f"slice {quote(str(folder))} is missing {len(missing)} points after its workers ended; run the "
+                "same command again to finish it"
+            )
+        meta = read_spec(folder)
+        centre = S.evaluate_slice(
+            L.model,
+            L.loss_fn,
+            [{k: torch.zeros_like(v) for k, v in L.weights.items()}],
+            [(0.0,)],
+            L.batches,
+            bn=spec.bn,
+            origin=L.weights,
+            buffers=L.buffers,
+            prepare=L.prepare,
+            bn_batches=[x for x, _ in L.batches[: spec.bn_batches]],
+        )[0]
+        axis = [coords[i][0] for i in range(0, len(coords), spec.grid if spec.dims == 2 else 1)]
+        result = {
+            **meta,
+            "name": name,
+            "axis": axis,
+            "shape": [spec.grid] * spec.dims,
+            "loss": [points[i]["loss"] for i in range(len(coords))],
+            "acc": [points[i]["acc"] for i in range(len(coords))],
+            "centre": {
+                "loss": centre.loss,
+                "acc": centre.acc,
+                "coords": [1.0]
+                if spec.directions == "interpolate" and meta.get("about", {}).get("from") == "initialisation"
+                else [0.0] * spec.dims,
+            },
+            "seconds": time.perf_counter() - t0 if before == 0 else None,
+        }
+        return atomic_write(folder / "slice.json", json.dumps(json_safe(result), indent=2))
+
+
+def compute(folder: Path, data_dir, device, workers: int, launcher: str, address: str | None) -> None:
+    """The slice's missing points: here, in ``workers`` processes, or as Ray tasks. Workers stop with this process
+    (Ctrl-C ends the pool; a killed parent leaves workers that stop at their next point)."""
+    if launcher == "ray":
+        run_on_ray(folder, data_dir, device, workers, address)
+    elif workers == 1:
+        run_shard(str(folder), data_dir, device, 0, 1)
+    else:
+        threads = max(1, torch.get_num_threads() // workers)
+        ctx = multiprocessing.get_context("spawn")
+        pool = ctx.Pool(workers, initializer=_worker_start)
+        try:
+            pool.map(
+                _spawned, [(str(folder), data_dir, device, k, workers, threads, os.getpid()) for k in range(workers)]
+            )
+            pool.close()
+        finally:
+            pool.terminate()
+            pool.join()
 
 
 def read_slices(run_dir: Path) -> list[dict]:

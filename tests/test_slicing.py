@@ -134,7 +134,7 @@ def test_hessian_and_pca_slices(run_dir, tmp_path):
         (["--grid", "1000000000", "--dims", "2"], "at most 40,000"),
         (["--range", "1:-1"], "a < b"),
         (["--range", "x"], "a:b"),
-        (["--subset", "0"], "--subset"),
+        (["--subset", "-1"], "--subset"),
         (["--subset", "100000"], "more than the train split"),
         (["--bn", "eval"], "--bn must be"),
         (["--directions", "interpolate", "--dims", "2"], "--dims 1"),

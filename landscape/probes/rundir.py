@@ -133,7 +133,7 @@ RUN_FILES = {
     "code.diff",
     LOCK_NAME,
 }
-RUN_FOLDERS = {"tensorboard", "wandb"}  # what outputs (landscape.outputs) write inside a run
+RUN_FOLDERS = {"tensorboard", "wandb", "slices"}  # what outputs (landscape.outputs) and landscape slice write in a run
 
 
 _OUTPUT_NAMES = {
@@ -142,10 +142,21 @@ _OUTPUT_NAMES = {
 }
 
 
+SLICE_NAMES = re.compile(r"^(spec\.json|directions\.pt|slice\.json|points-\d+-of-\d+\.jsonl|\.lock)$")
+
+
 def output_folder(folder: Path) -> bool:
-    """``folder`` holds only what our outputs (TensorBoard, W&B) write there: --force may remove it."""
+    """``folder`` holds only what landscape writes there (TensorBoard's and W&B's files, the slices of
+    ``landscape slice``): --force may remove it."""
     if not folder.is_dir() or folder.is_symlink():
         return False
+    if folder.name == "slices":  # RUN/slices/NAME/: slices of the run's weights, gone with them
+        return all(
+            (folder / n).is_dir()
+            and not (folder / n).is_symlink()
+            and all(SLICE_NAMES.match(f) or is_temporary(f) for f in os.listdir(folder / n))
+            for n in os.listdir(folder)
+        )
     pattern = _OUTPUT_NAMES.get(folder.name)
     return pattern is not None and all(pattern.match(n) for n in os.listdir(folder))
 
