@@ -12,21 +12,67 @@ import json
 import time
 from pathlib import Path
 
-from landscape.config import parse_override
+from landscape.config import parse_override, to_dict
 from landscape.errors import UserError
 from landscape.experiments import REGISTRY, Experiment, get, preset_keys
 from landscape.files import FolderLock, atomic_write
 from landscape.launch import Launch, Log, execute, say
 from landscape.planning import RunSpec, check_overrides, load_preset
+from landscape.probes import legacy
 from landscape.probes.records import json_safe
 from landscape.results import RunTable, final_test, final_train, read_run
 
 MAX_SEEDS = 1000  # a sanity bound: --seeds 1000000000 is a typo, not a plan
 
 
+# What every experiment's runs are named and compared by: a --set of them would mislabel every result.
+LABELS = ("optim.lr", "optim.name", "model.norm", "model.arch")
+IDENTITY = ("name", "seed", "data_seed", "noise_seed")  # refused by check_overrides, with their own message
+
+
 def plan(experiment: Experiment, preset: dict, seeds: list[int], overrides: list[dict] = ()) -> list[RunSpec]:
+    """The experiment's runs. A ``--set`` of what it varies between its runs (a width, a batch size, a learning
+    rate, the normalisation; found by planning without the overrides) or names its runs by is refused: every run
+    would take the same value while the results still say they differ."""
     check_overrides(list(overrides))
-    return experiment.plan(preset, seeds, list(overrides))
+    specs = experiment.plan(preset, seeds, list(overrides))
+    if overrides:
+        fixed = set(LABELS) | varied_keys(experiment.plan(preset, seeds, []))
+        touched = {k for o in overrides for k in leaf_keys(legacy.upgrade_config(o))}
+        clash = sorted(
+            k for k in touched if any(k == f or k.startswith(f + ".") or f.startswith(k + ".") for f in fixed)
+        )
+        if clash:
+            raise UserError(
+                f"--set {clash[0]}=... sets what {experiment.name} varies between its runs or names them "
+                "by (each run would take that value while the results still tell them apart); run "
+                "`landscape train` with it, or edit the preset"
+            )
+    return specs
+
+
+def leaf_keys(d: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        out += leaf_keys(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"]
+    return out
+
+
+def varied_keys(specs: list[RunSpec]) -> set[str]:
+    """Config keys whose values differ between runs of one architecture (seeds and names aside)."""
+    out: set[str] = set()
+    for arch in {s.arch for s in specs}:
+        flats = [dict(zip(leaf_keys(to_dict(s.cfg)), leaf_values(to_dict(s.cfg)))) for s in specs if s.arch == arch]
+        keys = set().union(*flats)
+        out |= {k for k in keys if len({repr(f.get(k)) for f in flats}) > 1 and k.split(".")[0] not in IDENTITY}
+    return out
+
+
+def leaf_values(d: dict) -> list:
+    out = []
+    for v in d.values():
+        out += leaf_values(v) if isinstance(v, dict) and v else [v]
+    return out
 
 
 def prepare(

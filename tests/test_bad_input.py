@@ -110,6 +110,15 @@ def world(tmp_path_factory):
     ]
     (w / "bomb.yaml").write_text("model:\n  norm: [" + ", ".join(levels) + "]\n")  # 9^9 leaves if expanded
     (w / "list.yaml").write_text("- 1\n- 2\n")
+    for name, config in (
+        ("depth-list", "- 1\n"),
+        ("depth-nolr", "model: {arch: vgg, vgg: {depth: 11}, norm: none}\n"),
+        ("depth-abc", "model: {arch: vgg, vgg: {depth: 11}, norm: none}\noptim: {lr: abc}\n"),
+        ("depth-string", "model: vgg\noptim: {lr: 0.1}\n"),
+    ):
+        (w / "depthcal" / name).mkdir(parents=True)
+        (w / "depthcal" / name / "config.yaml").write_text(config)
+        (w / "depthcal" / name / "status.json").write_text('{"status": "done", "step": 3}')
     (w / "bad.yaml").write_text("model: {norm: [batch\n")
     return w
 
@@ -240,6 +249,51 @@ CASES = {
         "different config",
     ),
     "reproduce bad device": (["reproduce", "--preset", "smoke", *E, "--device", "foo"], "unknown device"),
+    # an experiment's --set of what it varies would mislabel every result (issue 39)
+    "eos-gd set the lr it varies": (["eos-gd", "--preset", "smoke", *E, "--set", "optim.lr=0.3"], "varies"),
+    "width set the width it varies": (["width", "--preset", "smoke", *E, "--set", "model.vgg.width=0.5"], "varies"),
+    "width set 0.3's flat width": (["width", "--preset", "smoke", *E, "--set", "model.width=0.5"], "varies"),
+    "eos-sgd set its batch size": (["eos-sgd", "--preset", "smoke", *E, "--set", "data.batch_size=64"], "varies"),
+    "eos-adam set another optimizer": (["eos-adam", "--preset", "smoke", *E, "--set", "optim.name=sgd"], "varies"),
+    "smoothness set the norm": (["smoothness", "--preset", "smoke", *E, "--set", "model.norm=batch"], "varies"),
+    # probe options that would allocate terabytes or loop for hours
+    "slice probe of a million points": (["train", C, *R, "--set", "probes.loss_slice.points=1000000"], "points"),
+    "slice probe radius 1e300": (["train", C, *R, "--set", "probes.loss_slice.radius=1e300"], "radius"),
+    "a billion trace samples": (["train", C, *R, "--set", "probes.hessian_trace.samples=1000000000"], "samples"),
+    "a billion edge products": (
+        ["train", C, *R, "--set", "probes.edge_eigenvalues.max_products=1000000000"],
+        "max_products",
+    ),
+    "edge min above max": (
+        [
+            "train",
+            C,
+            *R,
+            "--set",
+            "probes.edge_eigenvalues.min_products=300",
+            "--set",
+            "probes.edge_eigenvalues.max_products=200",
+        ],
+        "min_products",
+    ),
+    "sharpness raw of 0.3": (["train", C, *R, "--set", "probes.sharpness.raw=true"], "preconditioned_sharpness"),
+    # depth calibration on runs that are not the depth experiment's
+    "calibration of runs without a depth": (["depth-calibration", "{w}/depthcal"], "not a depth calibration run"),
+    # report figures
+    "report figures into a run it reads": (
+        ["report", "{w}/runs", "-o", "{w}/r.html", "--figures", "{w}/runs/existing/figs"],
+        "which it reads",
+    ),
+    "report figures where -o is": (["report", "{w}/runs", "-o", "{w}/same", "--figures", "{w}/same"], "own -o"),
+    # Ray addresses: one line within a bounded wait, never a hang or a traceback
+    "ray address of a closed port": (
+        ["norms", "--preset", "smoke", *E, "--launcher", "ray", "--address", "127.0.0.1:9"],
+        "nothing answers there",
+    ),
+    "ray address malformed": (
+        ["norms", "--preset", "smoke", *E, "--launcher", "ray", "--address", "not an address"],
+        "is not a Ray address",
+    ),
     "reproduce missing data dir": (
         ["reproduce", "--preset", "smoke", *E, "--data-dir", "/nonexistent"],
         "does not exist",

@@ -267,7 +267,7 @@ def test_curvature_probes_never_change_training(tmp_path, optim, arch):
             "density_steps": 3,
             "sharpness": {"raw": True},
             "batch_sharpness": {"batches": 2, "batch_size": 8},
-            "edge_eigenvalues": {"max_products": 12, "batch": 16},
+            "edge_eigenvalues": {"max_products": 12, "min_products": 12, "batch": 16},
         },
     )
     recs_on = train_off_and_on(off, on, tmp_path)

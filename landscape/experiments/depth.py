@@ -37,6 +37,7 @@ calibrated preset is then evaluated on seeds never used before (``--first-seed 1
 from __future__ import annotations
 
 from landscape.claims import Claim, ratio
+from landscape.errors import UserError, quote
 from landscape.experiments import Experiment, Figure, register
 from landscape.names import NETS, label_of
 from landscape.planning import RunSpec, paired_run
@@ -66,11 +67,8 @@ def calibrate(runs, candidates=CANDIDATE_LRS) -> dict[str, tuple[float | None, s
     for run in runs:
         if run.state not in ("done", "diverged"):  # unfinished: not run yet, as far as the rule goes
             continue
-        cfg = run.config or {}
-        model, arch = cfg.get("model", {}), cfg.get("model", {}).get("arch")
-        depth = (model.get(arch) or {}).get("depth")
-        net = {v: k for k, v in NETS.items()}.get(model.get("norm"))
-        key = (variant(arch, depth), float(cfg.get("optim", {}).get("lr")))
+        arch, depth, net, lr = _calibration_facts(run)
+        key = (variant(arch, depth), lr)
         left.setdefault(key, {})[net] = run.state == "done" and run.status.get("left_plateau_step") is not None
     out = {}
     for v in sorted({v for v, _ in left}):
@@ -90,6 +88,29 @@ def calibrate(runs, candidates=CANDIDATE_LRS) -> dict[str, tuple[float | None, s
         else:
             out[v] = (candidates[0], "no candidate passed (" + "; ".join(failed) + "): keeps the first")
     return out
+
+
+def _calibration_facts(run) -> tuple[str, int, str, float]:
+    """(arch, depth, net, lr) of a calibration run from its config; a config that lacks them is refused in one line."""
+    cfg = run.config if isinstance(run.config, dict) else {}
+    model = cfg.get("model") if isinstance(cfg.get("model"), dict) else {}
+    optim = cfg.get("optim") if isinstance(cfg.get("optim"), dict) else {}
+    arch = model.get("arch")
+    depth = (model.get(arch) or {}).get("depth") if isinstance(model.get(arch), dict) else None
+    net = {v: k for k, v in NETS.items()}.get(model.get("norm"))
+    lr = optim.get("lr")
+    if (
+        arch not in ("vgg", "resnet")
+        or not isinstance(depth, int)
+        or net not in ("standard", "bn")
+        or isinstance(lr, bool)
+        or not isinstance(lr, (int, float))
+    ):
+        raise UserError(
+            f"run {quote(str(run.path))} is not a depth calibration run (its config has no usable "
+            "model.arch, depth, norm or optim.lr); pass the runs the depth experiment made"
+        )
+    return arch, depth, net, float(lr)
 
 
 def settings(preset: dict) -> dict:

@@ -36,7 +36,7 @@ from landscape.probes.functional import (
 )
 from landscape.probes.linalg import EigenResult, eigenvalues_above
 from landscape.probes.optimizer import UnreadableOptimizer, optimizer_facts, preconditioner, threshold_warning
-from landscape.probes.registry import Context, Probe, over, register
+from landscape.probes.registry import MAX_EXAMPLES, MAX_PRODUCTS, Context, Probe, over, register
 
 
 @dataclass
@@ -167,8 +167,9 @@ register(
         fixed_batch=lambda o: o.batches * o.batch_size,
         check=lambda o: (
             None
-            if o.batches > 0 and o.batch_size > 0
-            else f"batches and batch_size must be positive; got {o.batches} and {o.batch_size}"
+            if 0 < o.batches <= 1000 and 0 < o.batch_size <= MAX_EXAMPLES
+            else f"batches must be between 1 and 1000 and batch_size between 1 and {MAX_EXAMPLES:,}; got {o.batches} "
+            f"and {o.batch_size}"
         ),
     )
 )
@@ -215,11 +216,13 @@ def _edge(ctx: Context, o: EdgeEigenvaluesOptions) -> dict:
 def _edge_check(o: EdgeEigenvaluesOptions) -> str | None:
     if not 0 <= o.fraction < 100:  # 0: every positive eigenvalue (as many as max_products find)
         return f"fraction must be a share of the threshold in [0, 100); got {o.fraction}"
-    if o.block < 1 or o.max_products < o.block or not 0 < o.tol < 1 or o.batch < 0 or o.min_products < 0:
+    if not 1 <= o.block <= o.max_products <= MAX_PRODUCTS or not 0 <= o.min_products <= o.max_products:
         return (
-            f"need block >= 1, max_products >= block, tol in (0, 1) and batch >= 0; got {o.block}, "
-            f"{o.max_products}, {o.tol}, {o.batch}"
+            f"need 1 <= block <= max_products <= {MAX_PRODUCTS} and 0 <= min_products <= max_products; got block "
+            f"{o.block}, min_products {o.min_products}, max_products {o.max_products}"
         )
+    if not 0 < o.tol < 1 or not 0 <= o.batch <= MAX_EXAMPLES:
+        return f"need tol in (0, 1) and batch in [0, {MAX_EXAMPLES:,}]; got {o.tol} and {o.batch}"
     return None
 
 

@@ -30,7 +30,7 @@ from torch import nn
 from landscape.probes.functional import Batch, Params, batch_size, flat_hessian, resolve_layers, take, untouched
 from landscape.probes.linalg import flat, lanczos, rademacher, start_vector, tridiagonal, unflat
 from landscape.probes.optimizer import UnreadableOptimizer, optimizer_facts, preconditioner, threshold_warning
-from landscape.probes.registry import Context, Probe, finite_list, layer_list, over, register
+from landscape.probes.registry import MAX_PRODUCTS, Context, Probe, finite_list, layer_list, over, register
 
 
 @dataclass
@@ -317,7 +317,6 @@ def spectral_density(
 
 
 directional_curvature = curvature  # its name before 0.4
-MAX_PRODUCTS = 10_000  # Hessian-vector products a probe option may ask for at most (each is a backward pass)
 
 
 # ------------------------------------------------------------------ the probe entries

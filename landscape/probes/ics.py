@@ -32,7 +32,16 @@ from landscape.probes.functional import (
     resolve_layers,
     untouched,
 )
-from landscape.probes.registry import Context, NoOptions, Probe, layer_list, mean, mean_over_layers, register
+from landscape.probes.registry import (
+    MAX_EXAMPLES,
+    Context,
+    NoOptions,
+    Probe,
+    layer_list,
+    mean,
+    mean_over_layers,
+    register,
+)
 
 
 @dataclass
@@ -275,7 +284,9 @@ register(
         exported=("shift",),
         fixed_batch=lambda o: o.batch,
         views={"layers": layer_list, "histograms": _histograms},
-        check=lambda o: None if o.batch > 0 else f"batch must be positive; got {o.batch}",
+        check=lambda o: (
+            None if 0 < o.batch <= MAX_EXAMPLES else f"batch must be between 1 and {MAX_EXAMPLES:,}; got {o.batch}"
+        ),
     )
 )
 

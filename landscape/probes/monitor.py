@@ -402,6 +402,15 @@ class Monitor:
 
     def _measure(self, name: str, ctx: Context) -> dict:
         """One probe's values, evaluated under this Monitor's settings (HVP route, autocast, process group)."""
+        values = self._evaluate(name, ctx)
+        if not isinstance(values, dict):
+            raise TypeError(
+                f"probe {name} returned a {type(values).__name__}: a probe's measure returns a dict of "
+                "its values, e.g. {'value': 1.0}"
+            )
+        return values
+
+    def _evaluate(self, name: str, ctx: Context):
         with evaluation(**self._evaluation):
             if self.group is None:
                 return registry.get(name).measure(ctx, self.options[name])

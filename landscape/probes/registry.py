@@ -163,6 +163,9 @@ def get(name: str) -> Probe:
 # ------------------------------------------------------------------ what an entry may hold
 
 
+MAX_PRODUCTS = 10_000  # Hessian-vector products (or gradients) a probe's options may ask for at one step
+MAX_POINTS = 1_000  # points along a sweep or a line
+MAX_EXAMPLES = 1_000_000  # examples in a fixed probe batch
 OPTION_TYPES = (int, float, bool, str)  # and Literal[...] of them, and tuples of them: what a config file can say
 
 

@@ -53,7 +53,7 @@ from landscape.probes.functional import (
     untouched,
 )
 from landscape.probes.linalg import flat, lanczos, start_vector, unflat
-from landscape.probes.registry import Context, Probe, register, top
+from landscape.probes.registry import MAX_POINTS, Context, Probe, register, top
 
 BN_MODES = ("train", "recompute", "checkpoint")
 IGNORE = ("biasbn", "none")
@@ -635,10 +635,10 @@ def _loss_slice(ctx: Context, o: LossSliceOptions) -> dict:
 
 
 def _slice_check(o: LossSliceOptions) -> str | None:
-    if o.points < 3:
-        return f"points must be at least 3 (a quadratic is fitted to them); got {o.points}"
-    if not (o.radius > 0 and math.isfinite(o.radius)):
-        return f"radius must be a positive number; got {o.radius}"
+    if not 3 <= o.points <= MAX_POINTS:
+        return f"points must be between 3 (a quadratic is fitted to them) and {MAX_POINTS}; got {o.points}"
+    if not 0 < o.radius <= 1e3:
+        return f"radius must be a positive number of filter-normalised directions, at most 1000; got {o.radius}"
     return None
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from landscape.probes.functional import Batch, Objective, Params, current_params, dot, norm, untouched
-from landscape.probes.registry import Context, Probe, band, finite_list, number, numbers, register, top
+from landscape.probes.registry import MAX_POINTS, Context, Probe, band, finite_list, number, numbers, register, top
 
 DEFAULT_ETA_MULTIPLES = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)  # the paper's [0.5, 4] x lr
 
@@ -170,8 +170,8 @@ def _sweep(ctx: Context, o: GradientSweepOptions) -> dict:
 
 
 def _positive_etas(o: GradientSweepOptions) -> str | None:
-    if not o.etas or any(not (e > 0 and math.isfinite(e)) for e in o.etas):
-        return f"etas must be positive step sizes; got {list(o.etas)}"
+    if not 0 < len(o.etas) <= MAX_POINTS or any(not (e > 0 and math.isfinite(e)) for e in o.etas):
+        return f"etas must be positive step sizes, at most {MAX_POINTS} of them; got {list(o.etas)[:8]}"
     return None
 
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from landscape.probes.functional import Batch, Params, current_params
 from landscape.probes.optimizer import UnreadableOptimizer, check_readable, update_direction, update_warning
-from landscape.probes.registry import Context, Probe, band, register, top
+from landscape.probes.registry import MAX_POINTS, Context, Probe, band, register, top
 from landscape.probes.sweeps import direction_sweep
 
 
@@ -153,8 +153,8 @@ register(
         attach=update_warning,
         check=lambda o: (
             None
-            if o.scales and all(s > 0 and math.isfinite(s) for s in o.scales)
-            else f"scales must be positive multiples of the step; got {list(o.scales)}"
+            if 0 < len(o.scales) <= MAX_POINTS and all(s > 0 and math.isfinite(s) for s in o.scales)
+            else f"scales must be positive multiples of the step, at most {MAX_POINTS}; got {list(o.scales)[:8]}"
         ),
     )
 )

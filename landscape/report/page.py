@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -203,6 +204,10 @@ def build_report(
     # run or an experiment's folder, nor over a file it reads: checked before anything is read.
     inputs = [*run_dirs(paths), *(f.parent for f in summary_files(paths))]
     check_output(output, inputs, "report -o", holding=False)
+    if figures_dir is not None:  # the figures go beside what is read, never into it, nor where -o is
+        check_output(figures_dir, inputs, "--figures", holding=False)
+        if Path(figures_dir).resolve() == output.resolve():
+            raise UserError(f"--figures {quote(figures_dir)} is the report's own -o; pass another folder")
     if output.exists() and not regular(output):
         raise UserError(f"report output {quote(output)} exists and is not a regular file; pass another -o")
     runs = find_runs(paths)
@@ -309,10 +314,11 @@ def build_report(
             folder.mkdir(parents=True, exist_ok=True)
             for section in sections:
                 for i, fig in enumerate(f for f in section["figures"] if f.get("png") or f.get("svg")):
+                    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", section["anchor"])  # a user's experiment name: no path
                     if fig.get("png"):
-                        atomic_write(folder / f"{section['anchor']}-{i + 1}.png", fig["png"])
+                        atomic_write(folder / f"{stem}-{i + 1}.png", fig["png"])
                     else:
-                        atomic_write(folder / f"{section['anchor']}-{i + 1}.html", fig["svg"])
+                        atomic_write(folder / f"{stem}-{i + 1}.html", fig["svg"])
         except OSError as exc:
             raise UserError(
                 f"cannot write figures to {quote(folder)} ({exc.strerror or exc}); pass a writable "

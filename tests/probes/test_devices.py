@@ -127,7 +127,7 @@ def test_the_trainer_with_probes_keeps_to_the_models_device(tmp_path, monkeypatc
             "every": 2,
             "layers": ["type:Conv2d", "type:Linear"],
             "sharpness": {"iters": 4},
-            "edge_eigenvalues": {"max_products": 8},
+            "edge_eigenvalues": {"max_products": 8, "min_products": 8},
         },
     }
     path = tmp_path / "meta.yaml"

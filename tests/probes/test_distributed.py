@@ -44,7 +44,7 @@ OPTIONS = {
     "spectral_density": {"vectors": 1, "steps": 4},
     "layer_sharpness": {"iters": 4},
     "batch_sharpness": {"batches": 1},
-    "edge_eigenvalues": {"max_products": 8, "fraction": 0.0},
+    "edge_eigenvalues": {"max_products": 8, "min_products": 8, "fraction": 0.0},
     "loss_slice": {"points": 3},
 }
 LOCAL = {"activation_stats"}  # statistics of rank 0's own activations: not averaged (docs/scale.md)
