@@ -316,3 +316,22 @@ def test_ctrl_c_ends_a_two_worker_slice_with_its_workers(run_dir):
     while _alive(workers) and time.time() < deadline:
         time.sleep(0.5)
     assert not _alive(workers)
+
+
+def test_a_run_trained_with_a_registered_probe_is_sliced_from_a_fresh_process(tmp_path):
+    from landscape.probes import Probe, register, unregister
+    from landscape.probes.registry import NoOptions
+
+    register(Probe("weights_seen", "a probe only this process knows", lambda ctx, o: {"value": 1.0}, NoOptions))
+    try:
+        train(tiny_config(name="custom", steps=2, probes={"enabled": ["weights_seen"], "every": 1}), out=tmp_path)
+    finally:
+        unregister("weights_seen")
+    res = subprocess.run(
+        [sys.executable, "-m", "landscape", "slice", str(tmp_path / "custom"), *GRID, "--dims", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr

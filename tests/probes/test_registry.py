@@ -3,6 +3,7 @@ one); quantities never raise; register refuses what would break a config."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import sys
 from dataclasses import dataclass
@@ -120,3 +121,22 @@ def test_replace_puts_a_probe_in_a_built_ins_place_on_purpose():
     finally:
         register(builtin, replace=True)
     assert registry.get("curvature") is builtin
+
+
+def test_a_probe_that_returns_no_dict_is_said_in_one_line():
+    register(_probe("floaty"), replace=True)
+    registry.REGISTRY["floaty"] = dataclasses.replace(registry.REGISTRY["floaty"], measure=lambda ctx, o: 1.0)
+    try:
+        model = torch.nn.Linear(3, 2)
+        mon = Monitor(
+            lambda r: None,
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            torch.nn.functional.cross_entropy,
+            explicit([1]),
+            probes=["floaty"],
+        )
+        with pytest.raises(TypeError, match="probe floaty returned a float"):
+            mon.observe(1, (torch.randn(4, 3), torch.tensor([0, 1, 0, 1])))
+    finally:
+        unregister("floaty")
