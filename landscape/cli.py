@@ -153,11 +153,14 @@ def _print_claims(summary: dict) -> None:
             typer.echo(f"  run {name}: {run['status_text']}")
     for c in summary["claims"]:
         mean = "n/a" if c["mean"] is None else f"{c['mean']:.4g}"
+        mean = f"geometric mean {mean}" if c.get("transform") == "log" and c["mean"] is not None else mean
         ci = "" if not c.get("ci") else f" [95% CI {c['ci'][0]:.3g}, {c['ci'][1]:.3g}]"
         signs = f", {c['signs']['k']} of {c['signs']['n']} seeds on the claimed side" if c.get("signs") else ""
         kind = "" if c.get("headline", True) else "[diagnostic] "
+        adjusted = c.get("adjusted_verdict", c["verdict"])
+        holm = f"; after Holm over the family: {adjusted}" if adjusted != c["verdict"] else ""
         typer.echo(
-            f"  {c['verdict']:>15}: {kind}{c['claim']} ({c['quantity']} = {mean}{ci}{signs}; {c.get('why', '')})"
+            f"  {c['verdict']:>15}: {kind}{c['claim']} ({c['quantity']} = {mean}{ci}{signs}; {c.get('why', '')}{holm})"
         )
         if c.get("note"):
             typer.echo(f"  {'':>15}  note: {c['note']}")

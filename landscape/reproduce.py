@@ -21,6 +21,7 @@ from landscape.planning import RunSpec, check_overrides, load_preset
 from landscape.probes import legacy
 from landscape.probes.records import json_safe
 from landscape.results import RunTable, final_test, final_train, read_run
+from landscape.stats import adjust
 
 MAX_SEEDS = 1000  # a sanity bound: --seeds 1000000000 is a typo, not a plan
 
@@ -127,7 +128,7 @@ def summarise(experiment: Experiment, specs: list[RunSpec], out: Path, preset: d
         "preset": preset["name"],
         "seeds": seeds,
         "runs": rows,
-        "claims": [claim.judge(table) for claim in experiment.claims(preset)],
+        "claims": adjust([claim.judge(table) for claim in experiment.claims(preset)]),
     }
     target = Path(out) / experiment.name
     target.mkdir(parents=True, exist_ok=True)

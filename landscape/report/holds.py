@@ -92,18 +92,24 @@ def where(summaries: list[dict], experiments: dict | None = None) -> list[dict]:
                     "source": st.source,
                     "rows": rows[key],
                     "tally": tally(rows[key]),
-                    "held": sum(r.get("verdict") == "reproduced" for r in rows[key]),
+                    "held": sum(verdict_of(r) == "reproduced" for r in rows[key]),
                     "tested": len(rows[key]),
                 }
             )
     return out
 
 
+def verdict_of(c: dict) -> str:
+    """A claim's verdict as the tallies count it: after Holm's correction over its experiment's family (a
+    diagnostic keeps its own); a summary of an earlier release has only the raw one."""
+    return str(c.get("adjusted_verdict") or c.get("verdict") or "")
+
+
 def tally(rows: list[dict]) -> str:
     """ "reproduced in k of n settings", split by phase of training where claims are judged per phase."""
 
     def count(rs):
-        return f"{sum(r.get('verdict') == 'reproduced' for r in rs)} of {len(rs)}"
+        return f"{sum(verdict_of(r) == 'reproduced' for r in rs)} of {len(rs)}"
 
     phases = {p: [r for r in rows if str(r.get("id", "")).endswith("." + p)] for p in ("early", "later")}
     if not any(phases.values()):
@@ -131,7 +137,7 @@ def markdown(groups: list[dict], num) -> str:
             signs = f"{c['signs']['k']} of {c['signs']['n']}" if c.get("signs") else "-"
             lines.append(
                 f"| {cell(c['experiment'])} | {cell(c['claim'])} | {num(c.get('mean'))} "
-                f"({cell(c.get('direction', ''))} {num(c.get('threshold'))}) | {signs} | {cell(c['verdict'])} |"
+                f"({cell(c.get('direction', ''))} {num(c.get('threshold'))}) | {signs} | {cell(verdict_of(c))} |"
             )
         lines.append("")
     return "\n".join(lines)

@@ -14,9 +14,10 @@ def claims_markdown(
     paths: list[str | Path], diagnostics: bool = False, experiments: dict | None = None, grouped: bool = False
 ) -> str:
     """The claims of every experiment summary under ``paths`` as a Markdown table (the README's
-    tables come from this): value (mean over seeds), 95% interval, one-sided bound, sign count,
-    verdict and why. Diagnostics are left out unless asked for. ``experiments``: the registry, whose
-    order the table follows."""
+    tables come from this): the value as tested (a ratio's geometric mean over seeds, a difference's mean), its 95%
+    interval, the bound on the claimed side, the sign count, the verdict and why, and the verdict after Holm's
+    correction over the experiment's headline claims. Diagnostics are left out unless asked for. ``experiments``:
+    the registry, whose order the table follows."""
     paths = [Path(p) for p in paths]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
@@ -37,10 +38,12 @@ def claims_markdown(
             )
         return markdown(groups, number_text)
     rows = [
-        "| experiment | claim | quantity | value | 95% CI | one-sided bound | seeds on the claimed side | verdict |",
-        "|---|---|---|---|---|---|---|---|",
+        "| experiment | claim | quantity | value | 95% CI | bound (97.5%) | seeds on the claimed side | verdict "
+        "| verdict, Holm over the family |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for _, d in summaries:
+        family = sum(c["headline"] for c in d["claims"])
         for c in d["claims"]:
             if not (c["headline"] or diagnostics):
                 continue
@@ -53,11 +56,12 @@ def claims_markdown(
             )
             signs = f"{c['signs']['k']} of {c['signs']['n']}" if c["signs"] else "-"
             verdict = c["verdict"] + (f" ({c['why']})" if c["why"] else "")
+            adjusted = c["adjusted_verdict"] + (f" (of {family})" if c["headline"] else " (a diagnostic: not in it)")
+            value = ("geometric mean " if c["transform"] == "log" else "") + number_text(c["mean"])
             rows.append(
                 f"| {cell(str(d.get('experiment')))} | {cell(c['claim'])} | {cell(c['quantity'])} "
-                f"({c['direction']} {number_text(c['threshold'])}) | {number_text(c['mean'])} | {ci} | {bound} | "
-                f"{signs} | "
-                f"{cell(verdict)} |"
+                f"({c['direction']} {number_text(c['threshold'])}) | {value} | {ci} | {bound} | {signs} | "
+                f"{cell(verdict)} | {cell(adjusted)} |"
             )
     return "\n".join(rows) + "\n"
 

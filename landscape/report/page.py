@@ -293,6 +293,10 @@ def build_report(
     env = Environment(loader=PackageLoader("landscape.report", "templates"), autoescape=select_autoescape(["html"]))
     env.filters["num"] = number_text
     verdicts = {v: sum(c.get("verdict") == v for c in claims) for v in ("reproduced", "not reproduced", "inconclusive")}
+    adjusted = {
+        v: sum(c.get("adjusted_verdict", c.get("verdict")) == v for c in claims)
+        for v in ("reproduced", "not reproduced", "inconclusive")
+    }
     html = env.get_template("report.html").render(
         sections=sections,
         heading=heading(sections, runs),
@@ -302,6 +306,7 @@ def build_report(
         envs=environments(runs),
         problems=problems,
         verdicts=verdicts,
+        adjusted=adjusted,
         n_runs=len(runs),
         sources=[str(p) for p in paths],
         generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"),

@@ -3,9 +3,11 @@ the paths given, each claim row with every field in the type the readers expect.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from landscape.runs import read_json
+from landscape.stats import adjust, judge
 
 
 def summary_files(paths: list[Path]) -> list[Path]:
@@ -28,7 +30,9 @@ def _summary(path: Path) -> dict | None:
     if d is None or not isinstance(d.get("runs", {}), dict):
         return None
     claims = d.get("claims", [])
-    d["claims"] = [_claim(c) for c in claims if isinstance(c, dict)] if isinstance(claims, list) else []
+    d["claims"] = (
+        adjust([_claim(rejudge(c)) for c in claims if isinstance(c, dict)]) if isinstance(claims, list) else []
+    )
     d["seeds"] = (
         [x for x in d["seeds"] if isinstance(x, int) and not isinstance(x, bool)]
         if isinstance(d.get("seeds"), list)
@@ -39,6 +43,22 @@ def _summary(path: Path) -> dict | None:
             d.pop(key, None)
     d["experiment"] = d.get("experiment") or path.parent.name
     return d
+
+
+def rejudge(c: dict) -> dict:
+    """A claim judged again from its per-seed values by today's rule (landscape.stats), so a summary written by an
+    earlier release prints the statistic it is tested by; one without usable values is left as it is."""
+    per_seed, threshold = c.get("per_seed"), c.get("threshold")
+    if not isinstance(per_seed, dict) or isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        return c
+    values = [v if isinstance(v, (int, float)) and not isinstance(v, bool) else None for v in per_seed.values()]
+    direction = c.get("direction") if c.get("direction") in ("above", "below") else "above"
+    transform = c.get("transform") if c.get("transform") in ("log", "none") else "none"
+    try:
+        judged = judge([math.nan if v is None else v for v in values], float(threshold), direction, transform)
+    except ValueError:
+        return c
+    return {**c, **judged}
 
 
 def _claim(c: dict) -> dict:
@@ -64,6 +84,21 @@ def _claim(c: dict) -> dict:
         "threshold": number(c.get("threshold")),
         "bound": number(c.get("bound")),
         "signs": signs if ok_signs else None,
-        "seeds_needed": number(c.get("seeds_needed")),
+        "seeds_needed": seeds_needed(c.get("seeds_needed")),
+        "p_two": number(c.get("p_two")),
         "headline": c.get("headline") is not False,
     }
+
+
+def seeds_needed(x) -> list | None:
+    """A claim's seed estimate as ``[low, high]`` (either end may be None: beyond the estimate); one number, as
+    earlier releases wrote it, is both ends."""
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return [x, x]
+    if (
+        isinstance(x, list)
+        and len(x) == 2
+        and all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in x)
+    ):
+        return x
+    return None

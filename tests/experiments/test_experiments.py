@@ -158,7 +158,7 @@ def test_seed_aggregation_matches_a_hand_computation():
     assert mean_ci([3.0])["ci"] is None and mean_ci([None, float("nan")])["mean"] is None
 
 
-def test_the_one_sided_test_and_sign_count_match_a_hand_computation():
+def test_the_test_and_sign_count_match_a_hand_computation():
     # d = values - 1 = [0.5, 1.0, 2.0, -0.5]: mean 0.75, sd = sqrt(((-.25)^2+.25^2+1.25^2+1.25^2)/3)
     values = [1.5, 2.0, 3.0, 0.5]
     sd = ((0.0625 + 0.0625 + 1.5625 + 1.5625) / 3) ** 0.5
@@ -167,10 +167,13 @@ def test_the_one_sided_test_and_sign_count_match_a_hand_computation():
     from scipy import stats
 
     assert r["p_value"] == pytest.approx(stats.t.sf(t, 3), rel=1e-12)
+    assert r["p_two"] == pytest.approx(2 * stats.t.sf(t, 3), rel=1e-12)
     assert r["signs"] == {"k": 3, "n": 4}
-    assert r["bound"] == pytest.approx(1.0 + 0.75 - stats.t.ppf(0.95, 3) * sd / 2, rel=1e-12)
+    half = stats.t.ppf(0.975, 3) * sd / 2
+    assert r["ci"] == pytest.approx([1.75 - half, 1.75 + half], rel=1e-12)
+    assert r["bound"] == pytest.approx(1.75 - half, rel=1e-12)  # the interval's end: the test is the interval
     assert r["effect"]["d_z"] == pytest.approx(0.75 / sd, rel=1e-12)
-    assert r["verdict"] == "inconclusive" and "too few seeds" in r["why"]  # t = 1.10, p = 0.18
+    assert r["verdict"] == "inconclusive" and "seeds would decide it" in r["why"]  # t = 1.10, p = 0.18
     # "below" claims mirror "above" ones; log-ratio claims are tested on log(values)
     assert judge([0.5, 0.4, 0.6], 1.0, "below")["verdict"] == "reproduced"
     logged = judge([2.0, 4.0, 8.0], 1.0, "above", "log")
@@ -183,10 +186,55 @@ def test_the_one_sided_test_and_sign_count_match_a_hand_computation():
     assert judge([None, float("nan")], 1.0)["verdict"] == "inconclusive"
 
 
+def test_a_ratio_prints_its_geometric_mean_and_log_scale_interval_never_a_negative_one():
+    from scipy import stats
+
+    values = [0.3, 0.4, 0.35, 0.3, 5.0]  # an arithmetic mean of 1.27 "above 1"; the geometric mean is 0.58
+    r = judge(values, 1.0, "above", "log")
+    logs = np.log(values)
+    half = stats.t.ppf(0.975, 4) * logs.std(ddof=1) / np.sqrt(5)
+    assert r["mean"] == pytest.approx(np.exp(logs.mean()), rel=1e-12)
+    assert r["ci"] == pytest.approx([np.exp(logs.mean() - half), np.exp(logs.mean() + half)], rel=1e-12)
+    assert r["ci"][0] > 0 and r["verdict"] == "inconclusive" and r["ci"][0] < 1 < r["ci"][1]
+    # a long-tailed ratio like the cpu DLN loss band (once 1.871e4 [-6.4e3, 4.38e4]): a positive interval
+    band = judge([1.2e4, 2.9e4, 3.1e3, 4.6e4, 1.1e4], 1.0, "above", "log")
+    assert band["ci"][0] > 1 and band["verdict"] == "reproduced"
+    # reproduced exactly where the 95% interval excludes the threshold: never one that holds it
+    for sample in ([1.5, 1.3, 0.9, 1.4, 1.05], [1.223, 1.4, 1.0, 1.3, 1.2], [1.2, 1.25, 1.22, 1.3, 1.15]):
+        edge = judge(sample, 1.0, "above", "log")
+        assert (edge["ci"][0] > 1) == (edge["verdict"] == "reproduced")
+
+
+def test_a_diverged_seed_is_counted_on_its_side_not_dropped():
+    r = judge([float("inf"), 3.0, 2.5], 1.0, "above", "log")  # was "reproduced with 2 seeds, p = 0.029"
+    assert r["n"] == 3 and r["diverged"] == 1 and r["signs"] == {"k": 3, "n": 3}
+    assert r["verdict"] == "inconclusive" and "sign test" in r["why"] and r["p_value"] == pytest.approx(1 / 8)
+    against = judge([0.0, 3.0, 2.5, 2.0, 4.0], 1.0, "above", "log")  # a diverged BN run: standard / BN = 0
+    assert against["diverged"] == 1 and against["signs"] == {"k": 4, "n": 5} and against["verdict"] == "inconclusive"
+    six = judge([float("inf")] * 3 + [2.0, 3.0, 4.0], 1.0, "above", "log")
+    assert six["verdict"] == "reproduced" and six["p_value"] == pytest.approx(1 / 64)
+
+
+def test_holm_over_a_family_matches_a_literal_step_down():
+    from landscape.stats import adjust, holm
+
+    p = [0.001, 0.04, 0.012, 0.03, None, 0.2]
+    # sorted: 0.001 (<= .05/5), 0.012 (<= .05/4 = .0125), 0.03 (> .05/3): stop
+    assert holm(p) == [True, False, True, False, None, False]
+    claims = [{"verdict": "reproduced", "p_two": x, "headline": True} for x in (0.001, 0.04)] + [
+        {"verdict": "reproduced", "p_two": 0.03, "headline": False}
+    ]
+    out = adjust(claims)
+    assert [c["adjusted_verdict"] for c in out] == ["reproduced", "inconclusive", "reproduced"]
+
+
 def test_the_seed_estimate_matches_a_known_power_table():
-    # paired t, one-sided alpha 0.05, power 0.8: d_z = 1 needs 8 pairs, d_z = 0.5 needs 27 (Cohen 1988)
-    assert seeds_needed(1.0, 1.0) == 8 and seeds_needed(0.5, 1.0) == 27
+    # paired t, two-sided alpha 0.05, power 0.8: d_z = 1 needs 10 pairs, d_z = 0.5 needs 34 (Cohen 1988)
+    assert seeds_needed(1.0, 1.0) == 10 and seeds_needed(0.5, 1.0) == 34
     assert seeds_needed(0.0, 1.0) is None
+    from landscape.stats import seeds_range
+
+    assert seeds_range([0.5, 1.0], 1.0) == [10, 34] and seeds_range([-0.2, 1.0], 1.0) == [10, None]
 
 
 def test_diverged_and_failed_runs_are_results_not_crashes(tmp_path, monkeypatch):
