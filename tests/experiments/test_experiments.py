@@ -221,11 +221,11 @@ def test_holm_over_a_family_matches_a_literal_step_down():
     p = [0.001, 0.04, 0.012, 0.03, None, 0.2]
     # sorted: 0.001 (<= .05/5), 0.012 (<= .05/4 = .0125), 0.03 (> .05/3): stop
     assert holm(p) == [True, False, True, False, None, False]
-    claims = [{"verdict": "reproduced", "p_two": x, "headline": True} for x in (0.001, 0.04)] + [
+    claims = [{"verdict": "reproduced", "p_two": x, "headline": True} for x in (0.001, 0.04, 0.045)] + [
         {"verdict": "reproduced", "p_two": 0.03, "headline": False}
     ]
-    out = adjust(claims)
-    assert [c["adjusted_verdict"] for c in out] == ["reproduced", "inconclusive", "reproduced"]
+    out = adjust(claims)  # 0.04 > 0.05 / 2: the step-down stops; the diagnostic is not in the family
+    assert [c["adjusted_verdict"] for c in out] == ["reproduced", "inconclusive", "inconclusive", "reproduced"]
 
 
 def test_the_seed_estimate_matches_a_known_power_table():
