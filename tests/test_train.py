@@ -188,6 +188,38 @@ def test_probes_never_change_training(tmp_path, norm):
     assert stats[0]["values"]["shift"] is None and stats[1]["values"]["shift"]
 
 
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_the_mechanism_probes_never_change_training(tmp_path, norm):
+    """Section 4's probes, the activation-space Hessian and the effective learning rate, every 2 steps: bitwise the
+    same weights and train records as probes off; on the network without BN the theorem probes say why they are
+    empty."""
+    base = dict(steps=6, model={"norm": norm}, optim={"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4})
+    names = ["activation_hessian", "bn_gradient", "bn_curvature", "effective_lr"]
+    on = tiny_config(
+        name="on",
+        **base,
+        probes={
+            "enabled": names,
+            "every": 2,
+            "layers": ["type:Conv2d", "type:Linear"],
+            "activation_hessian": {"iters": 3, "layers": ["type:Conv2d"]},
+        },
+    )
+    recs = train_off_and_on(tiny_config(name="off", **base), on, tmp_path)
+    plain = [r for r in recs if r["kind"] != "probe"]
+    assert without_timing(plain) == without_timing(read_metrics(tmp_path / "off" / "metrics.jsonl"))
+    probes = [r for r in recs if r["kind"] == "probe"]
+    assert {(r["step"], r["probe"]) for r in probes} == {(s, p) for s in (1, 2, 4, 6) for p in names}
+    gradient = next(r["values"] for r in probes if r["probe"] == "bn_gradient")
+    scale = next(r["values"] for r in probes if r["probe"] == "effective_lr")
+    if norm == "batch":
+        assert gradient["layers"] and max(gradient["identity_error"].values()) < 1e-4
+        assert sum(scale["invariant"].values()) == len(gradient["layers"])  # each conv before a BN
+    else:
+        assert gradient["layers"] == [] and "no BatchNorm layer" in gradient["note"]
+        assert not any(scale["invariant"].values())
+
+
 def test_probe_records_survive_resume(tmp_path, monkeypatch):
     cfg = tiny_config(
         steps=12,

@@ -12,6 +12,7 @@ module; ``Monitor`` schedules any registered probe, and ``register(Probe(...))``
 """
 
 # Import order: the probe modules register their entries as they load.
+from landscape.probes.activations import ActivationHessianResult, activation_hessian
 from landscape.probes.edge import BatchSharpnessResult, EigenResult, batch_sharpness, edge_eigenvalues
 from landscape.probes.functional import evaluation, resolve_layers
 from landscape.probes.gradients import LayerGradNormResult, layer_grad_norm
@@ -32,9 +33,11 @@ from landscape.probes.ics import ActivationStats, IcsResult, activation_stats, d
 from landscape.probes.monitor import Monitor
 from landscape.probes.optimizer import UnreadableOptimizer, preconditioner, stability_threshold, update_direction
 from landscape.probes.registry import Context, NoOptions, Probe, quantity, register, unregister
+from landscape.probes.scale import EffectiveLrResult, effective_lr
 from landscape.probes.schedules import every, explicit, log_spaced, mixed
 from landscape.probes.slices import loss_slice
 from landscape.probes.sweeps import DEFAULT_ETA_MULTIPLES, SweepResult, gradient_sweep
+from landscape.probes.theory import BnCurvatureResult, BnGradientResult, bn_curvature, bn_gradient
 from landscape.probes.update import update_sweep
 
 directional_curvature = curvature  # 0.3's names, read until 0.5
@@ -57,6 +60,10 @@ __all__ = [
     "distribution_shift",
     "layer_grad_norm",  # the gradient's norm per layer
     "loss_slice",  # the loss along a filter-normalised random direction
+    "activation_hessian",  # per layer, the Hessian with respect to its output: gradient norm, curvature, top eigenvalue
+    "bn_gradient",  # Theorem 4.1's terms at each BatchNorm layer
+    "bn_curvature",  # Theorem 4.2's terms at each BatchNorm layer
+    "effective_lr",  # per layer: weight norm, the update's angle, the effective lr, scale invariance
     # their results
     "SweepResult",
     "SharpnessResult",
@@ -69,6 +76,10 @@ __all__ = [
     "IcsResult",
     "ActivationStats",
     "LayerGradNormResult",
+    "ActivationHessianResult",
+    "BnGradientResult",
+    "BnCurvatureResult",
+    "EffectiveLrResult",
     # running probes in a training loop, on a schedule
     "Monitor",
     "every",

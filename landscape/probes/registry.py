@@ -23,8 +23,8 @@ An entry says everything the rest of landscape needs of a probe:
 - ``check(options)``: what is wrong with a set of options, or None.
 
 Each probe lives in one module with its function, options and entry (``sweeps``, ``hessian``,
-``edge``, ``ics``, ``update``, ``slices``, ``gradients``); adding one is a module that calls
-:func:`register` (docs/probes.md).
+``edge``, ``ics``, ``update``, ``slices``, ``gradients``, ``activations``, ``theory``, ``scale``); adding one
+is a module that calls :func:`register` (docs/probes.md).
 """
 
 from __future__ import annotations
@@ -59,6 +59,10 @@ BUILTIN_ORDER = (
     "update_sweep",
     "batch_sharpness",
     "edge_eigenvalues",
+    "activation_hessian",
+    "bn_gradient",
+    "bn_curvature",
+    "effective_lr",
 )
 
 
