@@ -30,6 +30,7 @@ from landscape.models import (
     IMAGE_ARCHS,
     INITS,
     NOISE_FORMS,
+    NORM_POSITIONS,
     RESNET_DEPTHS,
     VGG_DEPTHS,
 )
@@ -87,8 +88,9 @@ class DataConfig:
     # images of any size, grayscale or colour, in --data-dir) | synthetic (generated images, for tests) |
     # gaussian (DLN regression)
     dataset: Literal[DATASETS] = "cifar10"
-    image_size: Annotated[int, Range(32, 1024)] = (
-        32  # side images are resized to (not CIFAR-10): MNIST's 28x28 become 32x32 for VGG's 5 poolings
+    image_size: Annotated[int, Range(8, 1024)] = (
+        32  # side images are resized to (not CIFAR-10): MNIST's 28x28 become 32x32 for VGG's 5 poolings (VGG, ResNet:
+        # at least 32)
     )
     batch_size: Size = 128  # examples per step; 0 = the whole training set (full-batch gradient descent)
     augment: bool = False  # random crop with 4-pixel padding + horizontal flip (off in the paper)
@@ -159,7 +161,10 @@ class MlpConfig:
     """``model.mlp``: a fully connected network on flattened images (Cohen et al.'s fc nets)."""
 
     widths: tuple[Annotated[int, Range(1, 10**6)], ...] = (200, 200)  # hidden widths (Cohen et al.'s: 200, 200)
-    activation: Literal[tuple(ACTIVATIONS)] = "tanh"  # tanh | relu | elu
+    activation: Literal[tuple(ACTIVATIONS)] = "tanh"  # tanh | relu | elu | sigmoid
+    norm_position: Literal[NORM_POSITIONS] = (
+        "after"  # after: linear -> activation -> norm (Cohen et al.'s fc-*-bn) | before: linear -> norm -> activation
+    )
 
 
 @dataclass(frozen=True)
@@ -181,13 +186,15 @@ class ModelConfig:
     )
     norm: Literal[ALL_NORMS] = (
         # vgg, dln: none | batch | noisy_batch | l1 | l2 | linf (conv -> norm -> ReLU); vit: none | layer | rms | batch
-        # | dyt; mlp, resnet: none | batch
+        # | dyt; mlp: none | batch | noisy_batch; resnet: none | batch
         "none"
     )
     init: Literal[INITS] = (
-        "xavier"  # xavier (Glorot uniform, the paper) | kaiming | torch_default | fixup (resnet with norm none: Fixup)
+        # xavier (Glorot uniform, the paper) | kaiming | lecun_normal (Gaussian, variance 1/fan-in) | torch_default |
+        # fixup (resnet with norm none: Fixup)
+        "xavier"
     )
-    noise: NoiseConfig = field(default_factory=NoiseConfig)  # vgg, dln with norm noisy_batch
+    noise: NoiseConfig = field(default_factory=NoiseConfig)  # vgg, dln, mlp with norm noisy_batch
     vgg: VggConfig = field(default_factory=VggConfig)
     dln: DlnConfig = field(default_factory=DlnConfig)
     vit: VitConfig = field(default_factory=VitConfig)
@@ -263,6 +270,7 @@ class Config:
     data_seed: Seed = 0  # batch order and augmentation; equal across compared runs pairs them
     noise_seed: Seed = 0  # noisy-BN noise
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
+    threads: Annotated[int, Range(0, 4096)] = 0  # CPU threads for the run (0: PyTorch's default; 1 suits tiny models)
     loss: Literal[tuple(LOSSES)] = (
         # cross_entropy | square_onehot (half ||f(x) - onehot(y)||^2, mean over samples: Cohen et al.'s square loss) |
         # sum_squares (sum over samples of ||f(x) - y||^2) | mean_squares (its mean over samples) | mse (mean over
@@ -493,6 +501,10 @@ def validate(cfg: Config) -> None:
         side = 32 if d.dataset in ("cifar10", "synthetic") else d.image_size
         if side % m.vit.patch:
             raise UserError(f"model.vit.patch must divide the image size {side}; got {m.vit.patch}")
+    if m.arch in ("vgg", "resnet") and d.dataset not in ("cifar10", "synthetic") and d.image_size < 32:
+        raise UserError(
+            f"model.arch={m.arch} needs data.image_size of at least 32 (it pools to 1x1); got {d.image_size}"
+        )
     image = d.dataset != "gaussian"
     if image != (m.arch in IMAGE_ARCHS):
         raise UserError(

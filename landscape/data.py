@@ -541,10 +541,10 @@ def split_problem(name: str, split: Split | None, image: bool) -> str | None:
     if len(x) != len(y):
         return f"its {name} split has {len(x)} inputs but {len(y)} labels"
     if image:
-        if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] not in (1, 3) or min(x.shape[-2:]) < 32:
+        if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] not in (1, 3) or min(x.shape[-2:]) < 8:
             return (
                 f"its {name} images have shape {tuple(x.shape)[1:]} ({x.dtype}); expected uint8 (1 or 3, H, W), "
-                "H and W >= 32"
+                "H and W >= 8"
             )
         if y.dim() != 1 or y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             return f"its {name} labels are not one integer per image"

@@ -240,7 +240,11 @@ def train(
         # Dropout and any other draw from the global generators come from a stream seeded by the run's
         # config (a resume restores the checkpoint's state), never from whatever the process did before;
         # fork_rng leaves the caller's generators as they were.
-        with _sigterm_interrupts(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with (
+            _sigterm_interrupts(),
+            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+            _threads(cfg.threads),
+        ):
             start = setup.checkpoint["step"] if setup.checkpoint is not None else 0
             log = Fanout(run.log, build_outputs(cfg.outputs, run.path, cfg.name, start))  # TensorBoard, W&B
             torch.manual_seed(run_seed(cfg))
@@ -259,6 +263,19 @@ def train(
         raise
     finally:
         run.release()
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    """``n`` CPU threads for the run (0: as they are), the caller's count restored after. A model as small as
+    Ioffe and Szegedy's MLP trains 10x faster on one thread than on two that wait for each other."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def run_seed(cfg: Config) -> int:

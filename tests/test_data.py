@@ -193,7 +193,7 @@ def test_hidden_folders_are_not_classes_and_links_must_stay_inside_the_tree(tmp_
         ([-7, 1], None, "labels run from -7"),
         ([10**12, 1], None, "labels run from 1 to 1000000000000"),
         ([0, 1, 2], None, "2 inputs but 3 labels"),
-        ([0, 1], (2, 3, 8, 8), "H and W >= 32"),
+        ([0, 1], (2, 3, 4, 4), "H and W >= 8"),
     ],
 )
 def test_loaded_data_with_bad_labels_or_shapes_is_refused_where_it_is_loaded(labels, inputs, message):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from landscape.models.dln import DeepLinear
-from landscape.models.mlp import ACTIVATIONS, MLP, MLP_NORMS
+from landscape.models.mlp import ACTIVATIONS, MLP, MLP_NORMS, NORM_POSITIONS
 from landscape.models.norms import NOISE_FORMS, NORMS, LpNorm, NoisyBatchNorm, make_norm
 from landscape.models.resnet import RESNET_DEPTHS, RESNET_NORMS, ResNet, fixup_init
 from landscape.models.vgg import HEADS, VGG, VGG_FEATURES
@@ -24,7 +24,7 @@ ARCH_NORMS = {
 }  # after each conv (the original ResNet), or none
 IMAGE_ARCHS = ("vgg", "vit", "mlp", "resnet")  # the archs that take images (dln takes vectors)
 ALL_NORMS = tuple(dict.fromkeys(n for norms in ARCH_NORMS.values() for n in norms))
-INITS = ("xavier", "kaiming", "torch_default", "fixup")  # fixup: the unnormalised ResNet only
+INITS = ("xavier", "kaiming", "lecun_normal", "torch_default", "fixup")  # fixup: the unnormalised ResNet only
 VGG_DEPTHS = tuple(VGG_FEATURES)
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "RESNET_DEPTHS",
     "IMAGE_ARCHS",
     "ACTIVATIONS",
+    "NORM_POSITIONS",
     "HEADS",
     "NOISE_FORMS",
     "VGG",
@@ -53,7 +54,9 @@ __all__ = [
 def initialize(model: nn.Module, scheme: str) -> None:
     """Re-initialise conv and linear weights: ``xavier`` (Glorot uniform, biases 0; the paper; the ViT's
     attention and MLP projections and patch embedding too),
-    ``kaiming`` (He normal for ReLU, fan-in, biases 0), ``torch_default`` (left as built) or ``fixup``
+    ``kaiming`` (He normal for ReLU, fan-in, biases 0), ``lecun_normal`` (Gaussian, variance 1 / fan-in, biases 0:
+    the "small random Gaussian values" of Ioffe and Szegedy's MNIST network, scaled as LeCun et al. 1998),
+    ``torch_default`` (left as built) or ``fixup``
     (an unnormalised ResNet: He normal, then Fixup's scaling of each residual branch, :func:`fixup_init`).
     Normalisation layers keep gamma = 1, beta = 0."""
     if scheme == "torch_default":
@@ -70,6 +73,8 @@ def initialize(model: nn.Module, scheme: str) -> None:
                 nn.init.xavier_uniform_(m.weight)
             elif scheme == "kaiming":
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            elif scheme == "lecun_normal":
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="linear")  # std 1 / sqrt(fan_in)
             else:
                 raise ValueError(f"unknown init '{scheme}'")
             if m.bias is not None:
@@ -107,7 +112,17 @@ def build_model(
                 v.attention,
             )
         elif cfg.arch == "mlp":
-            model = MLP(in_dim * image_size * image_size, tuple(cfg.mlp.widths), out_dim, cfg.mlp.activation, cfg.norm)
+            m = cfg.mlp
+            model = MLP(
+                in_dim * image_size * image_size,
+                tuple(m.widths),
+                out_dim,
+                m.activation,
+                cfg.norm,
+                m.norm_position,
+                noise,
+                noise_seed,
+            )
         elif cfg.arch == "resnet":
             model = ResNet(cfg.resnet.depth, cfg.norm, out_dim, in_dim, fixup=cfg.init == "fixup")
         elif cfg.arch == "dln":

@@ -40,6 +40,7 @@ from landscape.probes.registry import (
     layer_list,
     mean,
     mean_over_layers,
+    numbers,
     register,
 )
 
@@ -110,6 +111,7 @@ def ics_opti(
 
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+UNIT_QUANTILES = (0.15, 0.5, 0.85)  # per unit: the percentiles of Ioffe and Szegedy's Figure 1(b, c)
 MAX_QUANTILE_ELEMENTS = 1 << 22  # torch.quantile's input limit is 2**24; subsample evenly above this
 
 
@@ -166,6 +168,7 @@ def activation_stats(
     where: str = "input",
     bins: int = 50,
     sketch: int = 128,
+    units: int = 0,
     eval_mode: bool = False,
     params: Params | None = None,
     buffers: Params | None = None,
@@ -177,8 +180,12 @@ def activation_stats(
     ``layers`` are module names (default: every module that owns parameters). Per layer:
     mean, std, min, max, the quantiles in ``QUANTILES``, a ``bins``-bin histogram over
     [min, max], and a ``sketch`` of evenly spaced quantiles used by :func:`distribution_shift`.
+    ``units`` > 0 adds, for each of the layer's first ``units`` units (channels, dimension 1), the quantiles in
+    ``UNIT_QUANTILES`` of that unit's values over the batch (and positions): ``units: {"0.15": [per unit], ...}``.
     ``batch`` may be ``(inputs, targets)`` or just the inputs.
     """
+    if units < 0:
+        raise ValueError(f"units must be 0 or a positive number of units; got {units}")
     if where not in ("input", "output"):
         raise ValueError(f"where must be 'input' or 'output', got {where!r}")
     inputs = batch[0] if isinstance(batch, tuple) and len(batch) == 2 else batch  # a mapping: keyword arguments
@@ -208,8 +215,17 @@ def activation_stats(
     return ActivationStats(
         where=where,
         layers=seen,  # out_proj is used through its weights) are left out
-        stats={n: _summarise(captured[n], bins, sketch) for n in seen},
+        stats={n: {**_summarise(captured[n], bins, sketch), **_units(captured[n], units)} for n in seen},
     )
+
+
+def _units(x: torch.Tensor, units: int) -> dict:
+    """The ``UNIT_QUANTILES`` of each of the first ``units`` units (dimension 1) over everything else."""
+    if units == 0 or x.dim() < 2:
+        return {}
+    per_unit = x.detach().transpose(0, 1)[:units].reshape(min(units, x.shape[1]), -1).double()
+    q = torch.quantile(per_unit, torch.tensor(UNIT_QUANTILES, dtype=torch.float64, device=x.device), dim=1)
+    return {"units": {str(level): row.tolist() for level, row in zip(UNIT_QUANTILES, q)}}
 
 
 def distribution_shift(before: ActivationStats | dict, after: ActivationStats | dict) -> dict[str, dict]:
@@ -240,18 +256,40 @@ def distribution_shift(before: ActivationStats | dict, after: ActivationStats | 
 @dataclass(frozen=True)
 class ActivationStatsOptions:
     batch: int = 256  # size of the fixed training batch measured every time (the same for paired runs)
+    layers: tuple[str, ...] = ()  # module names or type:Class (e.g. type:Sigmoid); empty: the Monitor's layers
+    units: int = 0  # N > 0: also the 15th, 50th and 85th percentiles of each of a layer's first N units
 
 
 def _activation_stats(ctx: Context, o: ActivationStatsOptions) -> dict:
     batch = ctx.fixed_batch if ctx.fixed_batch is not None else ctx.batch
     layers = None if ctx.layers is None or isinstance(ctx.layers, dict) else list(ctx.layers)
     stats = activation_stats(
-        ctx.model, batch, layers, eval_mode=ctx.eval_mode, buffers=ctx.buffers, rng=ctx.rng
+        ctx.model,
+        batch,
+        list(o.layers) or layers,
+        units=o.units,
+        eval_mode=ctx.eval_mode,
+        buffers=ctx.buffers,
+        rng=ctx.rng,
     ).as_dict()
     previous = ctx.state.get("previous")
     stats["shift"] = distribution_shift(previous, stats) if previous is not None else None
     ctx.state["previous"] = {"stats": stats["stats"]}
     return stats
+
+
+MAX_UNITS = 100_000  # units whose own percentiles one record may hold
+
+
+def _units_view(v: dict) -> dict[str, dict[str, list[float | None]]]:
+    """Each layer's per-unit percentiles, ``{layer: {"0.15": [per unit], "0.5": [...], "0.85": [...]}}`` (layers
+    recorded without them left out)."""
+    out = {}
+    for layer, s in v["stats"].items():
+        units = s.get("units") if isinstance(s, dict) else None
+        if isinstance(units, dict) and all(isinstance(row, list) for row in units.values()):
+            out[str(layer)] = {str(level): numbers(row) for level, row in units.items()}
+    return out
 
 
 def _histograms(v: dict) -> dict[str, dict]:
@@ -283,9 +321,12 @@ register(
         },
         exported=("shift",),
         fixed_batch=lambda o: o.batch,
-        views={"layers": layer_list, "histograms": _histograms},
+        views={"layers": layer_list, "histograms": _histograms, "units": _units_view},
         check=lambda o: (
-            None if 0 < o.batch <= MAX_EXAMPLES else f"batch must be between 1 and {MAX_EXAMPLES:,}; got {o.batch}"
+            None
+            if 0 < o.batch <= MAX_EXAMPLES and 0 <= o.units <= MAX_UNITS
+            else f"batch must be between 1 and {MAX_EXAMPLES:,} and units between 0 and {MAX_UNITS:,}; got "
+            f"{o.batch} and {o.units}"
         ),
     )
 )

@@ -161,17 +161,44 @@ class GradientSweepOptions:
         DEFAULT_ETA_MULTIPLES  # step sizes, as multiples of the optimizer's lr (the paper's [0.5, 4] x lr)
     )
     absolute: bool = False  # true: etas are absolute step sizes instead
+    # true: etas are step sizes relative to the weights, each step's norm that fraction of the weights' norm:
+    # eta_k = etas[k] ||w|| / ||g||. Under BatchNorm a layer's loss ignores its weights' scale, so the same
+    # fraction is the same effective step whatever the weights' norm (matched effective step size)
+    relative: bool = False
 
 
 def _sweep(ctx: Context, o: GradientSweepOptions) -> dict:
+    if o.relative:
+        return relative_sweep(ctx, o)
     etas = list(o.etas) if o.absolute else [m * ctx.lr for m in o.etas]
     values = gradient_sweep(ctx.model, ctx.loss_fn, ctx.batch, etas, **ctx.reuse(), **ctx.common()).as_dict()
     return {**values, "lr": ctx.lr, "eta_multiples": None if o.absolute else list(o.etas)}
 
 
+def relative_sweep(ctx: Context, o: GradientSweepOptions) -> dict:
+    """The sweep at steps relative to the weights (``relative=True``): ``eta_k = etas[k] ||w|| / ||g||``, ``w`` the
+    parameters the probes step along and ``g`` the step's gradient of them (one pass if the step's is not
+    reusable)."""
+    w = current_params(ctx.model)  # the parameters every probe differentiates
+    reuse = ctx.reuse()
+    if reuse:
+        g = reuse["grad"]
+    else:
+        with untouched(ctx.model, ctx.eval_mode):
+            f = Objective.of(ctx.model, ctx.loss_fn, ctx.batch, ctx.buffers, ctx.rng, ctx.output_fn)
+            g = f.value_and_grad(w)[1]
+    names = [n for n in w if n in g]
+    w_norm, g_norm = float(norm(w, names)), float(norm(g, names))
+    etas = [e * w_norm / g_norm if g_norm > 0 else 0.0 for e in o.etas]
+    values = gradient_sweep(ctx.model, ctx.loss_fn, ctx.batch, etas, **reuse, **ctx.common()).as_dict()
+    return {**values, "lr": ctx.lr, "eta_multiples": None, "relative_steps": list(o.etas), "weight_norm": w_norm}
+
+
 def _positive_etas(o: GradientSweepOptions) -> str | None:
     if not 0 < len(o.etas) <= MAX_POINTS or any(not (e > 0 and math.isfinite(e)) for e in o.etas):
         return f"etas must be positive step sizes, at most {MAX_POINTS} of them; got {list(o.etas)[:8]}"
+    if o.absolute and o.relative:
+        return "absolute and relative cannot both be true: etas are absolute step sizes, or fractions of ||w||"
     return None
 
 

@@ -90,3 +90,24 @@ def test_distribution_shift_is_exact_for_a_translation():
     exact = wasserstein_distance(x.numpy().ravel(), (2 * x + 0.5).numpy().ravel())
     assert shift["wasserstein"] == pytest.approx(exact, rel=0.05)  # sketch of 128 quantiles
     assert distribution_shift(a, a)["1"] == {"mean_change": 0.0, "std_change": 0.0, "wasserstein": 0.0}
+
+
+def test_per_unit_percentiles_are_numpys_of_each_units_values():
+    """Ioffe and Szegedy's Figure 1(b, c): the 15th, 50th and 85th percentiles of one unit's input over the batch."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from landscape.probes import activation_stats
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.Sigmoid(), nn.Flatten(), nn.Linear(3 * 4, 2), nn.Sigmoid()).double()
+    x = torch.randn(7, 2, 4, 4, dtype=torch.float64)
+    r = activation_stats(model, x, ["type:Sigmoid"], units=2)
+    conv_out = model[0](x).detach().numpy()  # (7, 3, 2, 2): the units are channels, positions part of the batch
+    for unit in range(2):
+        values = conv_out[:, unit].reshape(-1)
+        for level in (0.15, 0.5, 0.85):
+            assert r.stats["1"]["units"][str(level)][unit] == np.percentile(values, 100 * level)
+    assert len(r.stats["4"]["units"]["0.5"]) == 2
+    assert "units" not in activation_stats(model, x, ["type:Sigmoid"]).stats["1"]  # records as before by default

@@ -81,3 +81,39 @@ def test_scale_free_companions_on_a_quadratic_are_exact():
         is None
     )
     assert registry.quantity("gradient_sweep", {"grad_change": [0.1]}, "rel_grad_change") is None
+
+
+def test_relative_steps_are_fractions_of_the_weights_norm():
+    """gradient_sweep with relative=True: each step's norm is etas[k] x ||w||, and the sweep is the plain sweep at
+    those absolute steps."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from landscape.probes import Monitor, every, gradient_sweep
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3)).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
+    records = []
+    monitor = Monitor(
+        records.append,
+        model,
+        opt,
+        F.cross_entropy,
+        every(1),
+        probes=["gradient_sweep"],
+        options={"gradient_sweep": {"etas": [0.01, 0.03], "relative": True}},
+    )
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    monitor.observe(1, (x, y), loss)
+    monitor.close()
+    v = records[0]["values"]
+    w = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    g = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    assert v["weight_norm"] == pytest.approx(float(w.norm()), rel=1e-12)
+    assert [e * float(g.norm()) for e in v["etas"]] == pytest.approx([0.01 * float(w.norm()), 0.03 * float(w.norm())])
+    plain = gradient_sweep(model, F.cross_entropy, (x, y), v["etas"])
+    assert v["losses"] == pytest.approx(plain.losses, rel=1e-12)
