@@ -405,17 +405,33 @@ def _merge(base: Any, updates: Any, prefix: str) -> Any:
     changes = {}
     for key, value in updates.items():
         if key not in hints:
-            valid = ", ".join(sorted(field_paths(base, prefix)))
-            raise UserError(
-                f"unknown config key '{prefix}{key if isinstance(key, str) else short(key)}'"[:200]
-                + f"; valid keys: {valid}"
-            )
+            raise UserError(_unknown_key(base, prefix, key))
         current = getattr(base, key)
         if dataclasses.is_dataclass(current):
             changes[key] = _merge(current, value, f"{prefix}{key}.")
         else:
             changes[key] = _coerce(value, hints[key], f"{prefix}{key}")
     return dataclasses.replace(base, **changes)
+
+
+def _unknown_key(base: Any, prefix: str, key: Any) -> str:
+    """One line for an unknown key: the closest valid keys first (``step`` -> ``steps``), then where to find them
+    all; a section short enough to read is listed whole."""
+    import difflib
+
+    name = f"{prefix}{key}" if isinstance(key, str) else f"{prefix}{short(key)}"
+    valid = sorted(field_paths(base, prefix))
+    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.6)
+    if isinstance(key, str):  # the same or a close name under another section ("lr": "optim.lr")
+        near = set(difflib.get_close_matches(key, [v.rsplit(".", 1)[-1] for v in valid], n=3, cutoff=0.75))
+        close += sorted((v for v in valid if v.rsplit(".", 1)[-1] in near), key=lambda v: (v.count("."), v))
+    close = list(dict.fromkeys(close))
+    head = f"unknown config key '{name}'"[:200]
+    if close:
+        return f"{head}; did you mean {' or '.join(repr(c) for c in close[:3])}? (landscape keys lists every key)"
+    if len(valid) <= 12:
+        return f"{head}; valid keys: {', '.join(valid)}"
+    return f"{head}; {len(valid)} keys are valid here: landscape keys lists them"
 
 
 def parse_override(text: str) -> dict:
@@ -501,6 +517,11 @@ def validate(cfg: Config) -> None:
         side = 32 if d.dataset in ("cifar10", "synthetic") else d.image_size
         if side % m.vit.patch:
             raise UserError(f"model.vit.patch must divide the image size {side}; got {m.vit.patch}")
+    if d.dataset in ("cifar10", "synthetic") and d.image_size != 32:
+        raise UserError(
+            f"data.image_size resizes the other data sets; {d.dataset}'s images are 32x32 as they are "
+            f"(got {d.image_size}): leave it at 32"
+        )
     if m.arch in ("vgg", "resnet") and d.dataset not in ("cifar10", "synthetic") and d.image_size < 32:
         raise UserError(
             f"model.arch={m.arch} needs data.image_size of at least 32 (it pools to 1x1); got {d.image_size}"

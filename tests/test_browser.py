@@ -66,7 +66,7 @@ def test_report_renders_in_chromium(tmp_path):
         page.on("request", lambda r: requests.append(r.url))
         response = page.goto(page_path.as_uri(), wait_until="load")
         assert response is None or response.ok
-        assert page.title() == "landscape report"
+        assert page.title() == "landscape report: browser"  # a page of runs outside the paper is titled by them
         sizes = page.eval_on_selector_all(
             "figure img",
             "els => els.map(e => [e.naturalWidth, e.getBoundingClientRect().width, e.getBoundingClientRect().height])",

@@ -147,3 +147,23 @@ def test_a_diverged_run_prints_its_summary_line_and_exits_0(tmp_path):
     res = runner.invoke(app, ["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path), "--no-progress"])
     assert res.exit_code == 0, res.output
     assert "boom: diverged at step" in res.output and "first non-finite loss at step" in res.output
+
+
+def test_a_first_command_that_fails_before_any_run_leaves_no_folder(tmp_path, monkeypatch):
+    """No data and no internet: the experiment ends in one line and its --out does not stay behind holding only a
+    lock; a folder that existed before, or holds anything, is left as it was."""
+    import landscape.data
+    from landscape.errors import UserError
+
+    def no_data(*args, **kwargs):
+        raise UserError("CIFAR-10 not found and the download failed; pass --data-dir")
+
+    monkeypatch.setattr(landscape.data, "load_data", no_data)
+    out = tmp_path / "first"
+    r = invoke("train-compare", "--preset", "smoke", "--out", out)
+    assert r.exit_code == 2 and "download failed" in r.output
+    assert not out.exists()
+    kept = tmp_path / "kept"
+    (kept / "notes").mkdir(parents=True)
+    r = invoke("train-compare", "--preset", "smoke", "--out", kept)
+    assert r.exit_code == 2 and (kept / "notes").is_dir()

@@ -43,9 +43,11 @@ def test_int_accepted_for_float_but_not_the_reverse():
     [
         (
             "optim.lrr=0.1",
-            "unknown config key 'optim.lrr'; valid keys: optim.betas, optim.eps, optim.lr, optim.momentum",
+            "unknown config key 'optim.lrr'; did you mean 'optim.lr'",
         ),
-        ("bogus=1", "unknown config key 'bogus'"),
+        ("bogus=1", "keys are valid here: landscape keys lists them"),  # nothing close: where to find them
+        ("step=5", "did you mean 'steps'"),
+        ("lr=0.1", "did you mean 'optim.lr'"),
         ("steps=many", "'steps' expects an integer"),
         ("data.augment=3", "'data.augment' expects true or false"),
         ("model.norm=group", "'model.norm' must be one of none, batch"),

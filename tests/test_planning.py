@@ -54,3 +54,22 @@ def test_the_paper_dln_has_the_appendix_init_and_data_scale():
     assert A.var().item() == pytest.approx(1.0, rel=0.35) and y.pow(2).sum(1).mean().item() == pytest.approx(
         (A.pow(2).sum() * 1.0).item(), rel=0.1
     )
+
+
+def test_the_eta_weighs_each_remaining_run_by_its_steps_and_its_kinds_pace():
+    """8 slow VGG runs then 8 fast DLN runs: the estimate after the first VGG run counts the VGG runs at their pace
+    and says the DLN runs are not yet timed, instead of spreading one average over all of them."""
+    from landscape.launch import _kind, eta
+    from landscape.planning import dln_run, load_preset, vgg_run
+
+    preset = load_preset("quick", __import__("landscape.experiments", fromlist=["preset_keys"]).preset_keys())
+    vgg = [vgg_run(preset, net, 0.1, s) for net in ("standard", "bn") for s in range(4)]
+    dln = [dln_run(preset, net, s) for net in ("standard", "bn") for s in range(4)]
+    todo = [r.cfg for r in vgg + dln]
+    assert eta(todo, {}) == ""
+    pace = {_kind(todo[0]): 0.1}  # the standard VGG: 100 s per 1,000 steps
+    assert eta(todo[1:], pace) == ", about 5 min left for 3 runs and 12 runs of kinds not yet timed"
+    pace[_kind(todo[4])] = 0.12
+    pace[_kind(todo[8])] = 0.002
+    pace[_kind(todo[12])] = 0.003
+    assert eta(todo[5:], pace) == f", about {(3 * 120 + 4 * 6 + 4 * 9) / 60:.0f} min left for 11 runs"

@@ -22,6 +22,27 @@ def test_env_json_records_what_a_bitwise_rerun_needs(tmp_path):
     assert env["data_sha256"] == fingerprint(splits["train"], splits["test"])
     assert env["threads"] == torch.get_num_threads() and env["cpu_capability"]
     assert env["memory_format"] == "contiguous" and env["numpy"]
+    assert env["cpu_model"] and env["libraries"]["onednn"] and isinstance(env["env_vars"], dict)
+    if torch.backends.mkldnn.is_available():
+        assert env["onednn_isa"]  # e.g. "Intel AVX2", "Intel AVX-512 with Intel AMX"
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch without oneDNN")
+def test_the_isa_onednn_dispatches_to_is_read_not_assumed():
+    """Capping oneDNN's instruction set changes a run's bits while ATen's cpu_capability stays the same: env.json
+    records what oneDNN itself reports."""
+    import subprocess
+    import sys
+
+    code = "from landscape.probes.provenance import onednn_isa; print(onednn_isa())"
+    capped = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "ONEDNN_MAX_CPU_ISA": "SSE41"},
+        timeout=120,
+    )
+    assert capped.stdout.strip() == "Intel SSE4.1"
 
 
 def test_half_made_run_folders_from_a_full_disk_are_taken_up_again(tmp_path):

@@ -197,3 +197,39 @@ def test_the_slices_experiment_slices_its_runs_once_and_judges_its_claims(tmp_pa
     again = run_experiment("slices", "smoke", 1, tmp_path, log=logs.append)
     assert not any("points to compute" in line for line in logs)  # finished slices are not recomputed
     assert again["claims"] == summary["claims"]
+
+
+def test_a_slice_finds_the_data_its_run_was_trained_from(tmp_path):
+    """No --data-dir: the run's env.json names the folder it was trained from; another data set under --data-dir is
+    refused by its fingerprint (never sliced on data the run did not see)."""
+    from tests.conftest import make_image_tree
+
+    make_image_tree(tmp_path / "data", per_class=3)
+    make_image_tree(tmp_path / "other", per_class=3, seed=1)
+    cfg = tiny_config(steps=4, model={"norm": "batch"}, data={"dataset": "cifar10", "batch_size": 8})
+    train(cfg, out=tmp_path / "runs", data_dir=tmp_path / "data")
+    run = tmp_path / "runs" / "tiny"
+    res = runner.invoke(app, ["slice", str(run), "--dims", "1", "--grid", "3", "--subset", "16", "--batch-size", "8"])
+    assert res.exit_code == 0, res.output
+    assert "the folder the run was trained from" in res.output
+    res = runner.invoke(
+        app,
+        [
+            "slice",
+            str(run),
+            "--dims",
+            "1",
+            "--grid",
+            "3",
+            "--subset",
+            "16",
+            "--batch-size",
+            "8",
+            "--name",
+            "x",
+            "--data-dir",
+            str(tmp_path / "other"),
+        ],
+    )
+    assert res.exit_code == 2 and "not those it was trained on" in res.output
+    assert not (run / "slices" / "x").exists()

@@ -281,6 +281,7 @@ def test_curvature_probes_never_change_training(tmp_path, optim, arch):
                 "gradient_sweep",
                 "ics_opti",
                 "sharpness",
+                "preconditioned_sharpness",
                 "curvature",
                 "layer_sharpness",
                 "hessian_trace",
@@ -297,7 +298,7 @@ def test_curvature_probes_never_change_training(tmp_path, optim, arch):
             "trace_method": "hutch++",
             "density_vectors": 2,
             "density_steps": 3,
-            "sharpness": {"raw": True},
+            "preconditioned_sharpness": {"iters": 4, "warm_start": True},
             "batch_sharpness": {"batches": 2, "batch_size": 8},
             "edge_eigenvalues": {"max_products": 12, "min_products": 12, "batch": 16},
         },
@@ -307,12 +308,15 @@ def test_curvature_probes_never_change_training(tmp_path, optim, arch):
         read_metrics(tmp_path / "off" / "metrics.jsonl")
     )
     sharp = [r["values"] for r in recs_on if r.get("probe") == "sharpness"]
+    pre = [r["values"] for r in recs_on if r.get("probe") == "preconditioned_sharpness"]
+    assert all(s["value"] is not None and not s["preconditioned"] for s in sharp)  # H needs no optimizer state
     if optim["name"] == "adamw":  # Adam: no preconditioner before the first step, then P^-1 H against 38/lr
-        assert sharp[0]["value"] is None and sharp[1]["preconditioned"]
-        assert sharp[1]["threshold"] == pytest.approx(38 / 0.003)
-    flags = [s["warm_start"] for s in sharp if s.get("value") is not None]  # the first measurement has no predecessor
-    assert len(flags) >= 3 and flags[0] is False and all(flags[1:])
-    assert all(("raw_value" in s) == (optim["name"] == "adamw") for s in sharp if s.get("value") is not None)
+        assert pre[0]["value"] is None and pre[1]["preconditioned"]
+        assert pre[1]["threshold"] == pytest.approx(38 / 0.003)
+        assert sharp[1]["threshold"] is None and sharp[1]["preconditioned_threshold"] == pytest.approx(38 / 0.003)
+    for records in (sharp, pre):
+        flags = [s["warm_start"] for s in records if s.get("value") is not None]  # the first has no predecessor
+        assert len(flags) >= 3 and flags[0] is False and all(flags[1:])
     edge = [
         r["values"] for r in recs_on if r.get("probe") == "edge_eigenvalues" and r["values"].get("values") is not None
     ]
@@ -354,7 +358,7 @@ def test_the_square_loss_to_one_hot_labels_is_cohen_et_als_and_trains_an_mlp(tmp
         probes={
             "enabled": ["sharpness", "batch_sharpness"],
             "every": 3,
-            "sharpness": {"iters": 5, "batch": 64, "raw": True},
+            "sharpness": {"iters": 5, "batch": 64},
             "batch_sharpness": {"batches": 2, "batch_size": 16},
         },
     )
@@ -362,5 +366,37 @@ def test_the_square_loss_to_one_hot_labels_is_cohen_et_als_and_trains_an_mlp(tmp
     recs = read_metrics(tmp_path / "tiny" / "metrics.jsonl")
     assert status["status"] == "done" and "acc" in [r for r in recs if r["kind"] == "train"][0]
     sharp = [r["values"] for r in recs if r.get("probe") == "sharpness"]
-    assert sharp[0]["examples"] == 64 and "raw_value" not in sharp[0]  # SGD: no preconditioner, no raw twin
+    assert sharp[0]["examples"] == 64 and not sharp[0]["preconditioned"] and sharp[0]["threshold"] == 2 / 0.05
     assert [len(r["values"]["per_batch"]) for r in recs if r.get("probe") == "batch_sharpness"] == [2, 2, 2]
+
+
+def test_a_finished_run_resumed_with_more_steps_continues_to_them(tmp_path):
+    """landscape train --resume --set steps=N: the run continues from its last checkpoint and ends with the weights
+    of a run made that long; fewer steps, a diverged run, or log-spaced probe steps that would move are refused."""
+    from landscape.errors import UserError
+
+    probes = {"enabled": ["gradient_sweep"], "schedule": "every", "every": 2}
+    short = tiny_config(name="grow", steps=6, probes=probes, log={"train_every": 2, "eval_every": 2})
+    long = tiny_config(name="grow", steps=10, probes=probes, log={"train_every": 2, "eval_every": 2})
+    train(short, out=tmp_path / "a")
+    with pytest.raises(UserError, match="different config"):  # an experiment's resume never extends
+        train(long, out=tmp_path / "a", resume=True)
+    status = train(long, out=tmp_path / "a", resume=True, extend=True)
+    assert status["status"] == "done" and status["step"] == 10
+    train(long, out=tmp_path / "b")
+    a = torch.load(tmp_path / "a" / "grow" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "grow" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    probe_steps = [r["step"] for r in read_metrics(tmp_path / "a" / "grow" / "metrics.jsonl") if r["kind"] == "probe"]
+    assert probe_steps == [1, 2, 4, 6, 8, 10]
+    with pytest.raises(UserError, match="not fewer"):
+        train(short, out=tmp_path / "a", resume=True, extend=True)
+    logged = tiny_config(name="logs", steps=6, probes={**probes, "schedule": "mixed", "points": 3})
+    train(logged, out=tmp_path / "c")
+    with pytest.raises(UserError, match="log-spaced"):
+        train(
+            tiny_config(name="logs", steps=9, probes={**probes, "schedule": "mixed", "points": 3}),
+            out=tmp_path / "c",
+            resume=True,
+            extend=True,
+        )

@@ -232,13 +232,14 @@ def figures(t) -> list[Figure]:
 EXPERIMENT = register(
     Experiment(
         about=(
-            "Where the internal-covariate-shift story began. Ioffe and Szegedy trained this small sigmoid network on "
-            "MNIST with and without BatchNorm and showed (a) faster, higher test accuracy with BN and (b, c) that a "
-            "sigmoid's input distribution, summarised by its 15th, 50th and 85th percentiles, wanders during "
-            "training without BN and stays put with it; they concluded that BN helps by reducing this shift. "
-            "Santurkar et al.'s twist runs the same network with noise injected after BN, which makes the "
-            "distributions wander again: if the network still trains faster than the standard one, stable "
-            "distributions were not why BN helps. The last panel measures the landscape on the same runs."
+            "What to look for: where the internal-covariate-shift story began. Ioffe and Szegedy trained this "
+            "small sigmoid network on MNIST with and without BatchNorm and showed (a) faster, higher test "
+            "accuracy with BN and (b, c) that a sigmoid's input distribution, summarised by its 15th, 50th and "
+            "85th percentiles, wanders during training without BN and stays put with it; they concluded that BN "
+            "helps by reducing this shift. Santurkar et al.'s twist runs the same network with noise injected "
+            "after BN, which makes the distributions wander again: if the network still trains faster than the "
+            "standard one, stable distributions were not why BN helps. The last panel measures the landscape on "
+            "the same runs."
         ),
         name="ioffe-mnist",
         title="Ioffe and Szegedy's MNIST experiment (2015, Figure 1), with noisy BN",

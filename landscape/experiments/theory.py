@@ -216,16 +216,16 @@ def figures(t) -> list[Figure]:
 EXPERIMENT = register(
     Experiment(
         about=(
-            "How BatchNorm could smooth the landscape, measured where the paper proves it. Theorem 4.1: BN's backward "
-            "pass multiplies the gradient arriving at its output by gamma/sigma and removes two of its directions "
-            "(its mean and its component along the normalised input), so the gradient at BN's input is smaller; the "
-            "first panel shows by how much, and whether the scale gamma^2/sigma^2 or the projections do the work. "
-            "Theorem 4.2: the same for curvature along the gradient, with BN's own second derivative added. The "
-            "activation panels compare the same conv outputs in the standard and BN networks at matched steps. The "
-            "last panel is BN's scale invariance: the loss ignores the scale of the weights before a BN layer, so "
-            "what SGD changes is their direction, at an effective learning rate lr/||w||^2 that falls as the weights "
-            "grow; the gradient sweep here steps a fixed fraction of ||w|| so both networks move equally far in that "
-            "sense."
+            "What to look for: how BatchNorm could smooth the landscape, measured where the paper proves it. "
+            "Theorem 4.1: BN's backward pass multiplies the gradient arriving at its output by gamma/sigma and "
+            "removes two of its directions (its mean and its component along the normalised input), so the "
+            "gradient at BN's input is smaller; the first panel shows by how much, and whether the scale "
+            "gamma^2/sigma^2 or the projections do the work. Theorem 4.2: the same for curvature along the "
+            "gradient, with BN's own second derivative added. The activation panels compare the same conv outputs"
+            " in the standard and BN networks at matched steps. The last panel is BN's scale invariance: the loss"
+            " ignores the scale of the weights before a BN layer, so what SGD changes is their direction, at an "
+            "effective learning rate lr/||w||^2 that falls as the weights grow; the gradient sweep here steps a "
+            "fixed fraction of ||w|| so both networks move equally far in that sense."
         ),
         name="theory",
         title="The mechanism: Section 4's theorems, activation-space curvature and the effective learning rate",

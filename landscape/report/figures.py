@@ -9,12 +9,12 @@ style and context managers and an rc context that is restored afterwards.
 
 from __future__ import annotations
 
+import colorsys
 import functools
 import importlib
 import io
 import math
 import warnings
-import zlib
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,15 +94,19 @@ class Figure:
     args: tuple = ()
 
 
+_OTHERS: dict[str, int] = {}  # names outside the paper's network kinds, in the order a report first draws them
+
+
 def color_of(net: str) -> tuple:
-    """A fixed colour per network kind (the same in every figure); other names (runs outside
-    experiments) get one of the remaining colours by a stable hash of the name, the same in every process."""
-    palette = _palette()
+    """A fixed colour per network kind (the same in every figure); other names (runs outside experiments) get the
+    bright palette's colours in the order they are first drawn, so two runs never share a colour or fade into two
+    dark greys (the same name keeps its colour in every figure of a report)."""
     kinds = list(NETS)
     if net in kinds:
-        return palette[kinds.index(net)]
-    rest = palette[len(kinds) :]
-    return rest[zlib.crc32(net.encode(errors="surrogateescape")) % len(rest)]
+        return _palette()[kinds.index(net)]
+    bright = [c for c in sns.color_palette("bright", 10) if colorsys.rgb_to_hls(*c)[2] > 0.5]  # not its grey
+    index = _OTHERS.setdefault(net, len(_OTHERS))
+    return bright[index % len(bright)]
 
 
 def text(label: str) -> str:
@@ -230,10 +234,12 @@ def middle_layer(runs: list[RunRecords]) -> str | None:
 
 @drawing
 def activation_ridges(groups: dict[str, list[RunRecords]], layer: str | int, title: str, max_steps: int = 8) -> bytes:
-    """Per net, the histogram of the layer's input at each probe step, stacked (a ridge plot).
+    """Per net, the histogram of the layer's input at each probe step, stacked (a ridge plot), every panel on one x
+    scale (the union of their ranges) so that compared networks' distributions compare.
     ``layer``: a module name, or the paper's layer number k, found in each run's own records."""
     nets = list(groups)
     fig, axes = subplots(1, len(nets), figsize=(3.6 * len(nets), 4.2), squeeze=False)
+    spans: list[float] = []
     for ax, net in zip(axes[0], nets):
         run = groups[net][0]
         name = layer_name(run, "activation_stats", layer) if isinstance(layer, int) else layer
@@ -246,6 +252,7 @@ def activation_ridges(groups: dict[str, list[RunRecords]], layer: str | int, tit
             if not h["counts"]:
                 continue
             edges, counts = np.array(h["edges"]), np.array(h["counts"], dtype=float)
+            spans += [float(edges.min()), float(edges.max())]
             centers = (edges[:-1] + edges[1:]) / 2
             dens = counts / max(counts.max(), 1) * 0.9
             ax.fill_between(centers, i, i + dens, color=color_of(net), alpha=0.55, linewidth=0.6, edgecolor="k")
@@ -254,7 +261,11 @@ def activation_ridges(groups: dict[str, list[RunRecords]], layer: str | int, tit
         ax.set_ylabel("step")
         ax.set_xlabel(text(f"input of {name}" if not isinstance(layer, int) else f"input of layer {layer} ({name})"))
         ax.set_title(text(label_of(net) + f" ({run.name})"), fontsize=9)
-    fig.suptitle(text(title), y=1.02)
+    finite_spans = [x for x in spans if math.isfinite(x)]
+    if finite_spans and max(finite_spans) > min(finite_spans):
+        for ax in axes[0]:
+            ax.set_xlim(min(finite_spans), max(finite_spans))
+    fig.suptitle(text(title) + (" (one x scale)" if len(nets) > 1 else ""), y=1.02)
     return to_png(fig)
 
 

@@ -65,8 +65,8 @@ def test_callback_records_probes_and_leaves_training_bitwise_unchanged(tmp_path)
     cb = LandscapeHFCallback(
         tmp_path / "run",
         every(2),
-        probes=("gradient_sweep", "ics_opti", "sharpness"),
-        sharpness_iters=4,
+        probes=("gradient_sweep", "ics_opti", "sharpness", "preconditioned_sharpness"),
+        options={"sharpness": {"iters": 4}, "preconditioned_sharpness": {"iters": 4}},
         layers=["bert.encoder.layer.0", "bert.encoder.layer.1", "classifier"],
     )
     probed = fit(tmp_path / "b", [cb])
@@ -74,13 +74,17 @@ def test_callback_records_probes_and_leaves_training_bitwise_unchanged(tmp_path)
         assert torch.equal(a, b), n
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = {(r["probe"], r["step"]) for r in records}
-    assert steps == {(p, s) for p in ("gradient_sweep", "ics_opti", "sharpness") for s in (1, 2, 4, 6)}
+    probes = ("gradient_sweep", "ics_opti", "sharpness", "preconditioned_sharpness")
+    assert steps == {(p, s) for p in probes for s in (1, 2, 4, 6)}
     sweep = [r for r in records if r["probe"] == "gradient_sweep"]
     assert all(r["values"]["beta_eff"] > 0 and len(r["values"]["losses"]) == 8 for r in sweep)
     ics = [r for r in records if r["probe"] == "ics_opti"][0]["values"]
     assert ics["layers"] == ["bert.encoder.layer.0", "bert.encoder.layer.1", "classifier"]
-    sharp = [r for r in records if r["probe"] == "sharpness"][0]["values"]
-    assert sharp["preconditioned"] is True and sharp["optimizer"] == "AdamW"
+    raw = [r for r in records if r["probe"] == "sharpness"][0]["values"]
+    pre = [r for r in records if r["probe"] == "preconditioned_sharpness"][0]["values"]
+    assert raw["preconditioned"] is False and pre["preconditioned"] is True
+    assert raw["optimizer"] == pre["optimizer"] == "AdamW"
+    assert raw["threshold"] is None and pre["threshold"] > 0  # Adam's 38/lr is P^-1 H's threshold, not H's
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "done"
 
 

@@ -311,7 +311,7 @@ def test_a_deep_models_default_layers_are_grouped_into_named_blocks():
         ({"options": {"sharpness": {"tol": -1}}}, ValueError, "tol must be in"),
         ({"options": {"gradient_sweep": {"etas": [-1.0]}}}, ValueError, "etas must be positive"),
         ({"options": {"gradient_sweep": {"etas": []}}}, ValueError, "etas must be positive"),
-        ({"options": {"loss_slice": {"points": 1}}}, ValueError, "points must be at least 3"),
+        ({"options": {"loss_slice": {"points": 1}}}, ValueError, "points must be between 3"),
         ({"options": {"hessian_trace": {"method": "bogus"}}}, ValueError, "one of hutchinson, hutch\\+\\+"),
         ({"options": {"sharpnes": {"iters": 3}}}, ValueError, "which is no probe"),
         ({"options": {"sharpness": {"nope": 3}}}, ValueError, "has no option 'nope'"),

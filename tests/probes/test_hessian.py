@@ -169,8 +169,8 @@ def test_monitor_records_preconditioned_sharpness_against_adams_threshold_and_wa
         opt,
         CE,
         explicit([1, 3, 4]),
-        probes=["sharpness", "curvature"],
-        options={"sharpness": {"iters": 50, "tol": 1e-6, "warm_start": True}},
+        probes=["preconditioned_sharpness", "curvature"],
+        options={"preconditioned_sharpness": {"iters": 50, "tol": 1e-6, "warm_start": True}},
     )
     for step in range(1, 5):
         mon.before_forward(step)
@@ -181,7 +181,7 @@ def test_monitor_records_preconditioned_sharpness_against_adams_threshold_and_wa
         if step == 3:
             expected = sharpness(model, CE, batch, iters=300, tol=1e-10, preconditioner=preconditioner(opt, model))
         opt.step()
-    sharp = [r for r in records if r["probe"] == "sharpness"]
+    sharp = [r for r in records if r["probe"] == "preconditioned_sharpness"]
     assert sharp[0]["values"]["value"] is None and "before its first step" in sharp[0]["values"]["note"]
     assert sharp[1]["values"]["preconditioned"] and sharp[1]["values"]["threshold"] == pytest.approx(38 / 0.01)
     assert sharp[1]["values"]["value"] == pytest.approx(expected.value, rel=1e-5)

@@ -3,6 +3,7 @@ import os
 import re
 import subprocess
 import sys
+from html import escape
 
 import pytest
 import torch
@@ -131,8 +132,8 @@ def test_a_single_run_and_a_monitor_run_make_a_report(tmp_path):
     page = build_report([tmp_path / "solo", tmp_path / "mine"], tmp_path / "r.html", REGISTRY).read_text()
     assert 'id="runs"' in page and "Figure not drawn" not in page and "Problems reading records" not in page
     assert "<td>solo</td>" in page and "<td>mine</td>" in page
-    for caption in ("Training curves", "Smoothness along the gradient", "ICS_opti"):
-        assert f"<figcaption>{caption}</figcaption>" in page
+    for caption in ("Training curves", "Smoothness along the gradient and sharpness", "ICS_opti per layer"):
+        assert f"<figcaption>{caption}: solo, mine</figcaption>" in page  # titled with the runs they draw
 
 
 def test_report_cli_and_bad_input(results, tmp_path):
@@ -218,7 +219,8 @@ def test_records_of_the_wrong_shape_are_listed_with_file_and_line_and_the_rest_i
         "summary.json: unreadable, or not a summary",
     ):
         assert line in html, line
-    assert "<figcaption>Smoothness along the gradient</figcaption>" in html and "Figure not drawn" not in html
+    assert "<figcaption>Smoothness along the gradient and sharpness: good, lists, types</figcaption>" in html
+    assert "Figure not drawn" not in html
 
 
 def test_every_figure_of_every_experiment_draws_on_the_smoke_preset(smoke):
@@ -226,7 +228,7 @@ def test_every_figure_of_every_experiment_draws_on_the_smoke_preset(smoke):
     assert set(summaries) == set(REGISTRY)
     assert "Problems reading records" not in html and "Figure not drawn" not in html
     for experiment in REGISTRY.values():
-        assert f'id="{experiment.anchor}"' in html and experiment.title in html
+        assert f'id="{experiment.anchor}"' in html and escape(experiment.title) in html
 
 
 def test_the_report_groups_runs_by_the_summary_not_by_configs(smoke, tmp_path):
@@ -306,8 +308,9 @@ def test_report_figures_folder_writes_each_figure_and_refuses_a_file(results, tm
 def test_where_groups_claims_by_the_statement_they_test_whatever_their_verdict(tmp_path):
     from landscape.report.holds import where
 
-    def claim(cid, verdict):
+    def claim(cid, verdict, statement=None):
         return {
+            "statement": statement,
             "id": cid,
             "claim": cid,
             "verdict": verdict,
@@ -322,15 +325,15 @@ def test_where_groups_claims_by_the_statement_they_test_whatever_their_verdict(t
         {
             "experiment": "width",
             "claims": [
-                claim("width.w1.beta_eff.early", "not reproduced"),
-                claim("width.w1.beta_eff.later", "reproduced"),
+                claim("width.w1.beta_eff.early", "not reproduced", "smoother"),
+                claim("width.w1.beta_eff.later", "reproduced", "smoother"),
             ],
         },
         {
             "experiment": "depth",
             "claims": [
-                claim("depth.yang.vgg_bn_grows", "inconclusive"),
-                claim("depth.pyhessian.resnet20.trace", "reproduced"),
+                claim("depth.yang.vgg_bn_grows", "inconclusive", "yang"),
+                claim("depth.pyhessian.resnet20.trace", "reproduced", "pyhessian"),
             ],
         },
         {"experiment": "norms", "claims": [claim("norms.l1", "reproduced")]},
@@ -365,3 +368,48 @@ def test_the_slices_section_has_a_hoverable_svg_with_one_titled_cell_per_point(s
     cells = re.findall(r"<rect [^>]*><title>\(([-\d.e]+), ([-\d.e]+)\): (loss [\d.e+-]+|not finite)", block.group(1))
     assert cells and len(cells) % 9 == 0  # the smoke preset's 3 x 3 grid, per network
     assert "<script" not in block.group(1)
+
+
+def test_the_environment_table_groups_runs_by_the_keys_that_decide_their_bits():
+    """docs/results.md tells users to compare the bitwise keys: the report shows exactly those (cpu_capability,
+    onednn_isa and data_sha256 among them), one row per combination."""
+    from landscape.probes.provenance import BITWISE_KEYS
+    from landscape.report.page import ENV_COLUMNS, environments
+    from landscape.results import RunRecords
+
+    def run(name, isa):
+        env = {k: f"{k}-value" for k in BITWISE_KEYS} | {"onednn_isa": isa, "data_sha256": "ab" * 32}
+        return RunRecords(name=name, path=None, config={}, status={}, records=[], env=env)
+
+    rows = environments([run("a", "Intel AVX2"), run("b", "Intel AVX2"), run("c", "Intel AVX-512")])
+    assert [r["runs"] for r in rows] == [["a", "b"], ["c"]]
+    assert {"cpu_capability", "onednn_isa", "data_sha256"} <= set(ENV_COLUMNS)
+    assert rows[0]["values"][ENV_COLUMNS.index("data_sha256")] == "ab" * 6
+    assert rows[0]["values"][ENV_COLUMNS.index("host")] == "(not recorded)"
+
+
+def test_runs_outside_the_papers_kinds_get_distinct_bright_colours():
+    """Two of a user's runs in one report: two different, clearly coloured lines (not navy and dark grey)."""
+    import colorsys
+
+    a, b = F.color_of("user-run-a"), F.color_of("user-run-b")
+    assert a != b and F.color_of("user-run-a") == a
+    assert all(colorsys.rgb_to_hls(*c)[1] > 0.25 and colorsys.rgb_to_hls(*c)[2] > 0.5 for c in (a, b))
+
+
+def test_an_experiment_folder_alone_is_reported_with_the_runs_beside_it(smoke_results, tmp_path):
+    """`landscape report results/quick/train-compare`: the summary names its runs, read from results/quick/runs;
+    a summary none of whose runs can be found ends in one line (exit 2), never in a page of empty panels."""
+    import shutil
+
+    out, summaries, _ = smoke_results
+    runner = CliRunner()
+    res = runner.invoke(app, ["report", str(out / "train-compare"), "-o", str(tmp_path / "r.html")])
+    assert res.exit_code == 0, res.output
+    page = (tmp_path / "r.html").read_text()
+    assert all(f"<td>{name}</td>" in page for name in summaries["train-compare"]["runs"])
+    alone = tmp_path / "alone" / "train-compare"
+    shutil.copytree(out / "train-compare", alone)
+    bad = runner.invoke(app, ["report", str(alone), "-o", str(tmp_path / "s.html")])
+    assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and "holds runs/" in bad.stderr
+    assert not (tmp_path / "s.html").exists()
