@@ -82,7 +82,9 @@ def train(
     out: str = typer.Option("runs", "--out", help="Parent folder of run directories."),
     device: Optional[str] = typer.Option(None, "--device", help="auto (CUDA when present) | cpu | cuda | cuda:N."),
     name: Optional[str] = typer.Option(None, "--name", help="Run name (default: the config's name, else file name)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run from its last checkpoint."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run from its last checkpoint (to more steps: --set steps=N)."
+    ),
     force: bool = typer.Option(False, "--force", help="Delete an existing run of the same name and start again."),
     progress: Optional[bool] = typer.Option(
         None, "--progress/--no-progress", help="Show a progress bar (default: when the output is a terminal)."
@@ -108,7 +110,9 @@ def train(
     cfg = load_config(config, overrides, base=Config(name=Path(config).stem))
     if name is not None:  # taken as written (not as YAML, which would fold "a\nb" into "a b")
         cfg = build_config([{"name": name}], base=cfg)
-    status = run_training(cfg, out=out, data_dir=data_dir, resume=resume, force=force, progress=_progress(progress))
+    status = run_training(
+        cfg, out=out, data_dir=data_dir, resume=resume, force=force, progress=_progress(progress), extend=resume
+    )
     typer.echo(f"{describe(cfg.name, status)} -> {Path(out) / cfg.name}")
 
 
@@ -294,6 +298,35 @@ def claims(
     typer.echo(claims_markdown(paths, diagnostics, REGISTRY, grouped=where), nl=False)
 
 
+@app.command()
+@user_errors
+def keys(
+    prefix: str = typer.Argument("", help="Only the keys starting with this, e.g. optim or probes.sharpness."),
+):
+    """List every config key (what --set and config files take), its type and its default."""
+    from landscape.config import Config, field_paths
+
+    default = Config()
+    found = {k: t for k, t in field_paths(default).items() if k.startswith(prefix)}
+    if not found:
+        raise UserError(f"no config key starts with {quote(prefix)}; run landscape keys to list them all")
+    for key, tp in found.items():
+        value = default
+        for part in key.split("."):
+            value = getattr(value, part)
+        typer.echo(f"{key}  {_type_name(tp)}  (default {value!r})")
+
+
+def _type_name(tp) -> str:
+    import typing
+
+    if typing.get_origin(tp) is typing.Annotated:
+        tp = typing.get_args(tp)[0]
+    if typing.get_origin(tp) is typing.Literal:
+        return " | ".join(map(str, typing.get_args(tp)))
+    return getattr(tp, "__name__", str(tp))
+
+
 @app.command("depth-calibration")
 @user_errors
 def depth_calibration(
@@ -376,6 +409,7 @@ def slice_(
     workers: int = typer.Option(
         1, "--workers", help="Shards the grid is split over: local worker processes, or Ray tasks with --launcher ray."
     ),
+    progress: Progress = None,
     launcher: str = typer.Option(
         "local", "--launcher", help="local | ray (one task per shard; every node must see the run's folder)."
     ),
@@ -409,7 +443,17 @@ def slice_(
         tuple(trajectory or ()),
     )
     path = slice_run(
-        target, spec, name, data_dir, device, workers, force, log=typer.echo, launcher=launcher, address=address
+        target,
+        spec,
+        name,
+        data_dir,
+        device,
+        workers,
+        force,
+        log=typer.echo,
+        launcher=launcher,
+        address=address,
+        progress=_progress(progress),
     )
     typer.echo(f"slice -> {path}")
 

@@ -12,6 +12,7 @@ For Ray, every node needs ``landscape`` installed (``pip install -e .[ray]``) an
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -94,15 +95,17 @@ def run_locally(todo: list[Config], runs_dir: Path, data_dir, launch: Launch, lo
     from landscape.train import train
 
     cache: dict[tuple, dict] = {}
-    statuses, seconds = {}, []
+    statuses: dict[str, str] = {}
+    pace: dict[str, float] = {}  # seconds per step, by kind of run (see _kind), as measured here
     for i, cfg in enumerate(todo, 1):
         left = len(todo) - i + 1
-        eta = f", about {_duration(sum(seconds) / len(seconds) * left)} left at this pace" if seconds else ""
-        log(f"[{i}/{len(todo)} to train] {cfg.name}: training ({left} of {len(todo)} runs left{eta})")
+        ahead = eta(todo[i - 1 :], pace)
+        log(f"[{i}/{len(todo)} to train] {cfg.name}: training ({left} of {len(todo)} runs left{ahead})")
         d = cfg.data
         key = (d.dataset, d.synthetic_size, d.gaussian_samples, d.gaussian_dim, d.gaussian_seed, d.image_size)
         if key not in cache:
             cache[key] = load_data(d, data_dir)
+        start = _done_steps(runs_dir / cfg.name)
         t0 = time.perf_counter()
         try:
             statuses[cfg.name] = train(
@@ -114,12 +117,55 @@ def run_locally(todo: list[Config], runs_dir: Path, data_dir, launch: Launch, lo
             statuses[cfg.name] = "failed"
             log(f"[{i}/{len(todo)} to train] {cfg.name}: failed ({type(exc).__name__}: {exc})")
             continue
-        seconds.append(time.perf_counter() - t0)
-        log(
-            f"[{i}/{len(todo)} to train] {cfg.name}: {read_run(runs_dir / cfg.name).describe_status()} "
-            f"in {seconds[-1]:.0f} s"
-        )
+        took = time.perf_counter() - t0
+        steps = max(1, _done_steps(runs_dir / cfg.name) - start)
+        pace[_kind(cfg)] = took / steps
+        log(f"[{i}/{len(todo)} to train] {cfg.name}: {read_run(runs_dir / cfg.name).describe_status()} in {took:.0f} s")
     return statuses
+
+
+def _kind(cfg: Config) -> str:
+    """What decides a run's cost per step: the model, the batch, the data, the probes and their schedule, the
+    threads. Runs of one kind (the seeds and learning rates of one network) share a measured pace."""
+    m, p = cfg.model, cfg.probes
+    arch_section = getattr(m, m.arch, None)
+    return repr(
+        (
+            m.arch,
+            m.norm,
+            arch_section,
+            cfg.data.batch_size,
+            cfg.data.dataset,
+            p.enabled,
+            p.schedule,
+            p.every,
+            p.points,
+            cfg.steps,
+            cfg.threads,
+        )
+    )
+
+
+def _done_steps(path: Path) -> int:
+    """The step a run folder's status says it reached (0 for none)."""
+    try:
+        step = json.loads((path / "status.json").read_text()).get("step", 0)
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return step if isinstance(step, int) and step > 0 else 0
+
+
+def eta(remaining: list[Config], pace: dict[str, float]) -> str:
+    """ ", about T left" from each remaining run's steps and the measured pace of its kind; runs of a kind not yet
+    measured are counted, not guessed (nothing is said before any run was timed)."""
+    if not pace:
+        return ""
+    known = [cfg.steps * pace[_kind(cfg)] for cfg in remaining if _kind(cfg) in pace]
+    unknown = len(remaining) - len(known)
+    if not known:
+        return f", {unknown} runs of kinds not yet timed"
+    more = f" and {unknown} runs of kinds not yet timed" if unknown else ""
+    return f", about {_duration(sum(known))} left for {len(known)} runs{more}"
 
 
 def _duration(s: float) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from landscape.config import parse_override, to_dict
 from landscape.errors import UserError
 from landscape.experiments import REGISTRY, Experiment, get, preset_keys
-from landscape.files import FolderLock, atomic_write
+from landscape.files import LOCK_NAME, FolderLock, atomic_write
 from landscape.launch import Launch, Log, execute, say
 from landscape.planning import RunSpec, check_overrides, load_preset
 from landscape.probes import legacy
@@ -161,18 +161,35 @@ def run_experiments(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' is a file; pass a folder")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    with FolderLock(out, "results folder"):  # one writer per results folder
-        execute([s for specs in plans.values() for s in specs], out, data_dir, device, launch, log)
-        for name, specs in plans.items():
-            if get(name).after is not None:
-                get(name).after(preset, specs, out / "runs", data_dir, device, log)
-        summaries = {}
-        for name, specs in plans.items():
-            summaries[name] = summarise(get(name), specs, out, preset, seed_list)
-            if on_summary:
-                on_summary(summaries[name])
+    try:
+        with FolderLock(out, "results folder"):  # one writer per results folder
+            execute([s for specs in plans.values() for s in specs], out, data_dir, device, launch, log)
+            for name, specs in plans.items():
+                if get(name).after is not None:
+                    get(name).after(preset, specs, out / "runs", data_dir, device, log)
+            summaries = {}
+            for name, specs in plans.items():
+                summaries[name] = summarise(get(name), specs, out, preset, seed_list)
+                if on_summary:
+                    on_summary(summaries[name])
+    except BaseException:
+        if created:
+            remove_if_unused(out)
+        raise
     return summaries
+
+
+def remove_if_unused(folder: Path) -> None:
+    """A results folder this command made and that holds nothing but its lock and empty folders (a first command
+    that stopped before any run, e.g. without data) is removed, so a failed first try leaves nothing behind."""
+    entries = [p for p in folder.rglob("*")]
+    if any(p.is_file() and p.name != LOCK_NAME or p.is_symlink() for p in entries):
+        return
+    for p in sorted(entries, key=lambda p: len(p.parts), reverse=True):
+        p.unlink() if p.is_file() else p.rmdir()
+    folder.rmdir()
 
 
 def run_experiment(

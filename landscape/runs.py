@@ -50,9 +50,17 @@ class Run(RunDir):
 
     # -- lifecycle
     @classmethod
-    def check(cls, path: str | Path, cfg: Config | None = None, resume: bool = False, force: bool = False) -> str:
-        """What opening ``path`` would do, without touching it: ``"new"``, ``"resume"`` or
-        ``"replace"`` (``force`` on an existing run); anything else is refused here.
+    def check(
+        cls,
+        path: str | Path,
+        cfg: Config | None = None,
+        resume: bool = False,
+        force: bool = False,
+        extend: bool = False,
+    ) -> str:
+        """What opening ``path`` would do, without touching it: ``"new"``, ``"resume"``, ``"extend"`` (``extend``:
+        a run resumed to more steps than it was made with, nothing else changed) or ``"replace"`` (``force`` on an
+        existing run); anything else is refused here.
 
         ``cfg=None`` checks a run written by ``Monitor`` (``monitor.yaml`` instead of ``config.yaml``)."""
         if cfg is None:
@@ -69,6 +77,8 @@ class Run(RunDir):
                     "pass another --out or name, or --force to overwrite it"
                 )
             if _comparable(to_dict(saved)) != _comparable(to_dict(cfg)):
+                if extend and _comparable({**to_dict(saved), "steps": cfg.steps}) == _comparable(to_dict(cfg)):
+                    return cls(path)._extension(saved, cfg)
                 diff = _first_difference(to_dict(saved), to_dict(cfg))
                 raise UserError(
                     f"run '{path}' was made with a different config ({diff}); "
@@ -77,14 +87,34 @@ class Run(RunDir):
             return "resume"
         raise UserError(f"run '{path}' already exists; pass --resume to continue it or --force to overwrite it")
 
+    def _extension(self, saved: Config, cfg: Config) -> str:
+        """``"extend"`` when a run may continue to ``cfg.steps`` (more than it was made with), else one line why not:
+        what it recorded so far must stay what a run of the new length records there."""
+        if cfg.steps < saved.steps:
+            raise UserError(
+                f"run '{self.path}' was made for {saved.steps} steps; --resume continues it to more steps, not fewer"
+            )
+        state = self.status().get("status")
+        if state == "diverged":
+            raise UserError(f"run '{self.path}' diverged: it cannot continue to {cfg.steps} steps")
+        p = saved.probes
+        if p.enabled and p.schedule in ("log", "mixed"):
+            raise UserError(
+                f"run '{self.path}' probes on log-spaced steps placed over its {saved.steps} steps "
+                f"(probes.schedule={p.schedule}); {cfg.steps} steps would place them elsewhere: train a new run"
+            )
+        return "extend"
+
     @classmethod
-    def open(cls, path: str | Path, cfg: Config, resume: bool = False, force: bool = False) -> Run:
-        """Create a fresh run, reopen one to resume, or (``force``) replace one; refuse anything
-        else. The run is locked against other writers until :meth:`release` or the process ends."""
-        cls.check(path, cfg, resume, force)  # refuse before creating anything
+    def open(
+        cls, path: str | Path, cfg: Config, resume: bool = False, force: bool = False, extend: bool = False
+    ) -> Run:
+        """Create a fresh run, reopen one to resume (``extend``: to more steps), or (``force``) replace one; refuse
+        anything else. The run is locked against other writers until :meth:`release` or the process ends."""
+        cls.check(path, cfg, resume, force, extend)  # refuse before creating anything
         run = cls(path)
         run._lock_folder()
-        mode = cls.check(path, cfg, resume, force)  # again, now that no one else can write it
+        mode = cls.check(path, cfg, resume, force, extend)  # again, now that no one else can write it
         run._clean(mode)
         if mode != "resume":
             atomic_write(run.path / "config.yaml", dump_yaml(cfg))

@@ -17,12 +17,14 @@ parent dies; ``--force`` removes only the slice's own files; nothing is written 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -193,6 +195,21 @@ def _buffers_of(ckpt: dict, model: torch.nn.Module, path, dev) -> dict:
     return out
 
 
+def trained_from(run_dir: Path) -> str | None:
+    """The data folder a run was trained from (its env.json's ``data_dir``), if it still exists; the slice checks
+    that its data are the run's own (their fingerprint) as for any --data-dir."""
+    found = _env(run_dir).get("data_dir")
+    return found if isinstance(found, str) and Path(found).is_dir() else None
+
+
+def _env(run_dir: Path) -> dict:
+    try:
+        env = json.loads((run_dir / "env.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return env if isinstance(env, dict) else {}
+
+
 def load(run_dir: Path, ckpt_path: Path, spec: SliceSpec, data_dir, device: str | None) -> Loaded:
     """The run's model at its checkpoint, and the slice's data, every check done; ``spec.subset`` 0 is resolved."""
     from landscape.data import load_data
@@ -204,6 +221,12 @@ def load(run_dir: Path, ckpt_path: Path, spec: SliceSpec, data_dir, device: str 
     dev = resolve_device(device or cfg.device)
     splits = load_data(cfg.data, data_dir)
     setup = _setup(cfg, dev, splits, None)  # the model at its initialisation, from the config's seed
+    trained_on = _env(run_dir).get("data_sha256")
+    if isinstance(trained_on, str) and setup.data_sha256 and setup.data_sha256 != trained_on:
+        raise UserError(
+            f"the data loaded for {quote(str(run_dir))} are not those it was trained on (fingerprint "
+            f"{setup.data_sha256[:12]}, the run's {trained_on[:12]}); pass --data-dir to the run's own data"
+        )
     model = setup.model
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     like = {n: p.detach() for n, p in model.named_parameters() if n in names}
@@ -525,6 +548,7 @@ def slice_run(
     log=print,
     launcher: str = "local",
     address: str | None = None,
+    progress: bool = False,
 ) -> Path:
     """Compute (or finish) a slice of a run; returns its ``slice.json``. ``launcher``: ``local`` (``workers``
     processes on this machine) or ``ray`` (``workers`` Ray tasks, one shard each). Everything is checked before
@@ -546,6 +570,11 @@ def slice_run(
     folder = slice_folder(run_dir, name)
     for other in ([spec.to] if spec.to else []) + list(spec.trajectory):
         _checkpoint(locate(other)[1])  # the other points exist and are checkpoints, before any work
+    if data_dir is None and (remembered := trained_from(run_dir)) is not None:
+        data_dir = remembered
+        log(
+            f"slice {name}: data from {quote(data_dir)}, the folder the run was trained from (--data-dir picks another)"
+        )
     t0 = time.perf_counter()
     L = load(run_dir, ckpt_path, spec, data_dir, device)  # every check before a file is written
     spec = L.spec
@@ -605,7 +634,8 @@ def slice_run(
                 f"slice {name}: {len(coords) - before} of {len(coords)} points to compute"
                 f"{' (resumed)' if before else ''}, {workers} worker(s)"
             )
-            compute(folder, data_dir, device, workers, launcher, address)
+            with _points_bar(folder, coords, name, progress):
+                compute(folder, data_dir, device, workers, launcher, address)
         points = done_points(folder, coords)
         missing = [i for i in range(len(coords)) if i not in points]
         if missing:
@@ -644,6 +674,33 @@ def slice_run(
             "seconds": time.perf_counter() - t0 if before == 0 else None,
         }
         return atomic_write(folder / "slice.json", json.dumps(json_safe(result), indent=2))
+
+
+@contextlib.contextmanager
+def _points_bar(folder: Path, coords: list, name: str, enabled: bool):
+    """A progress bar of the slice's finished points (read from its shard files every second, whoever writes them:
+    this process, its workers or Ray tasks)."""
+    if not enabled:
+        yield
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    stop = threading.Event()
+    with Progress(TextColumn(f"slice {name}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
+        task = bar.add_task(name, total=len(coords), completed=len(done_points(folder, coords)))
+
+        def poll():
+            while not stop.wait(1.0):
+                bar.update(task, completed=len(done_points(folder, coords)))
+
+        watcher = threading.Thread(target=poll, daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            watcher.join()
+            bar.update(task, completed=len(done_points(folder, coords)))
 
 
 def compute(folder: Path, data_dir, device, workers: int, launcher: str, address: str | None) -> None:

@@ -216,24 +216,26 @@ def train(
     force: bool = False,
     progress: bool = False,
     splits: dict[str, Split] | None = None,
+    extend: bool = False,
 ) -> dict:
     """Train one run into ``out/cfg.name``; returns its final status record.
 
     Everything that can be checked (the run directory, the data, the model and probe options)
     is checked before the run directory is touched. ``splits`` lets callers (experiments,
     tests) pass data already in memory. A run that is already finished is not trained again
-    when resumed.
+    when resumed; with ``extend`` (``landscape train --resume`` with a larger ``steps``) it continues from its last
+    checkpoint to the new step count (its weights then equal those of a run made that long).
     """
     device = resolve_device(cfg.device)
     path = Path(out) / cfg.name
-    mode = Run.check(path, cfg, resume=resume, force=force)
+    mode = Run.check(path, cfg, resume=resume, force=force, extend=extend)
     if mode == "resume" and Run(path).status().get("status") in FINISHED:
         return Run(path).status()
     if splits is None:
         splits = load_data(cfg.data, data_dir)
-    checkpoint = Run(path).load_checkpoint(device) if mode == "resume" else None
+    checkpoint = Run(path).load_checkpoint(device) if mode in ("resume", "extend") else None
     setup = _setup(cfg, device, splits, checkpoint)
-    run = Run.open(path, cfg, resume=resume, force=force)
+    run = Run.open(path, cfg, resume=resume, force=force, extend=extend)
     if run.removed:
         print(f"removed the old run '{path}' ({', '.join(run.removed)})", flush=True)
     try:
@@ -249,7 +251,7 @@ def train(
             log = Fanout(run.log, build_outputs(cfg.outputs, run.path, cfg.name, start))  # TensorBoard, W&B
             torch.manual_seed(run_seed(cfg))
             try:
-                return _train(cfg, run, log, device, progress, setup)
+                return _train(cfg, run, log, device, progress, setup, data_dir)
             finally:
                 log.close()
     except KeyboardInterrupt:
@@ -432,7 +434,13 @@ def _setup(cfg: Config, device: torch.device, splits: dict[str, Split], checkpoi
 
 
 def _train(
-    cfg: Config, run: Run, log: Callable[[dict], None], device: torch.device, progress: bool, setup: Setup
+    cfg: Config,
+    run: Run,
+    log: Callable[[dict], None],
+    device: torch.device,
+    progress: bool,
+    setup: Setup,
+    data_dir: str | Path | None = None,
 ) -> dict:
     classify, train_split, batches, test_batches = setup.classify, setup.train_split, setup.batches, setup.test_batches
     is_image, model, optimizer = setup.is_image, setup.model, setup.optimizer
@@ -454,6 +462,7 @@ def _train(
     run.write_env(
         device,
         data_sha256=setup.data_sha256,
+        data_dir=str(Path(data_dir).expanduser().resolve()) if data_dir is not None else None,  # for landscape slice
         memory_format="channels_last" if device.type == "cuda" and is_image else "contiguous",
     )
     run.set_status("running", start)
@@ -516,8 +525,9 @@ def _train(
                         "elapsed_s": now - t_start,
                     }
                 )
+                acc = rec.get("acc")
                 bar.update(
-                    task, loss=f"{rec['loss']:.3f}", acc=f"{rec.get('acc', float('nan')):.3f}", speed=f"{speed:,.0f}"
+                    task, loss=f"{rec['loss']:.3f}", acc="-" if acc is None else f"{acc:.3f}", speed=f"{speed:,.0f}"
                 )
                 if nonfinite is not None:
                     status, diverged_step = "diverged", nonfinite

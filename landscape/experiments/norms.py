@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from landscape.claims import Claim, diff, final_test_acc, median_probe, ratio
 from landscape.experiments import Experiment, Figure, register
 from landscape.names import label_of
@@ -75,7 +77,7 @@ EXPERIMENT = register(
     Experiment(
         about=(
             "What to look for: each l_p normalisation should train about as well as BN (final accuracy) and lower "
-            "beta_eff, the loss band and the gradient change against the standard network (bars on a log scale), "
+            "beta_eff, the loss band and the gradient change against the standard network (a dot per seed, log axis), "
             "although its activations are not Gaussian."
         ),
         name="norms",
@@ -94,7 +96,8 @@ EXPERIMENT = register(
 
 @F.drawing
 def summary_bars(groups: dict[str, list[RunRecords]], title: str) -> bytes:
-    """Per net: median beta_eff, loss band and max gradient change over probe steps (log scale)."""
+    """Per net: median beta_eff, loss band and max gradient change over probe steps, one dot per seed and a line at
+    their geometric mean (dots on a log axis: no bar whose length would depend on where the axis starts)."""
     rows = []
     for net, runs in groups.items():
         for run in runs:
@@ -107,21 +110,21 @@ def summary_bars(groups: dict[str, list[RunRecords]], title: str) -> bytes:
                     ),
                 )
             )
-    fig, axes = F.subplots(1, 3, figsize=(12, 3))
+    nets_all = list(dict.fromkeys(r[0] for r in rows))
+    fig, axes = F.subplots(1, 3, figsize=(3.2 + 1.1 * len(nets_all) * 3, 3.4))
     for ax, i, label in zip(axes, (1, 2, 3), ("loss band", "gradient change", "beta_eff")):
-        nets = [r[0] for r in rows if r[i] is not None]
-        vals = [r[i] for r in rows if r[i] is not None]
-        if vals:
-            F.sns.barplot(
-                x=[label_of(n) for n in nets],
-                y=vals,
-                ax=ax,
-                hue=[label_of(n) for n in nets],
-                palette=[F.color_of(n) for n in dict.fromkeys(nets)],
-                legend=False,
-            )
-            ax.set_yscale("log")
-        ax.set_ylabel(f"median {label}")
-        ax.tick_params(axis="x", labelrotation=20)
-    fig.suptitle(title, y=1.04)
+        for x, net in enumerate(nets_all):
+            vals = [r[i] for r in rows if r[0] == net and r[i] is not None and r[i] > 0]
+            if not vals:
+                continue
+            offsets = [0.0] if len(vals) == 1 else [-0.15 + 0.3 * k / (len(vals) - 1) for k in range(len(vals))]
+            ax.scatter([x + o for o in offsets], vals, color=F.color_of(net), s=28, zorder=3)
+            centre = math.exp(sum(math.log(v) for v in vals) / len(vals))
+            ax.hlines(centre, x - 0.3, x + 0.3, color="0.15", lw=1.5, zorder=4)
+        ax.set_xticks(range(len(nets_all)), [F.text(label_of(n)) for n in nets_all], rotation=30, ha="right")
+        ax.set_xlim(-0.6, len(nets_all) - 0.4)
+        ax.set_yscale("log")
+        ax.set_ylabel(f"median {label} (log)")
+    fig.suptitle(F.text(title) + " (one dot per seed, a line at their geometric mean)", y=1.04)
+    fig.tight_layout()
     return F.to_png(fig)

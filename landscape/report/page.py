@@ -19,6 +19,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from landscape.errors import UserError, quote
 from landscape.files import atomic_write, check_output, regular
+from landscape.probes.provenance import BITWISE_KEYS
 from landscape.report import figures as F
 from landscape.report.figures import Figure
 from landscape.report.holds import where
@@ -75,25 +76,33 @@ def run_rows(runs: list[RunRecords]) -> list[dict]:
     return rows
 
 
+ENV_COLUMNS = (*BITWISE_KEYS, "torchvision", "cpu_model", "host")  # what decides the bits first, then context
+
+
 def environments(runs: list[RunRecords]) -> list[dict]:
-    seen, out = set(), []
+    """The runs grouped by the keys that decide their bits (docs/results.md: compare these to re-run a table bit for
+    bit), one row per group: ``{"values": [...ENV_COLUMNS], "runs": [names]}``. A run written before a key existed
+    shows it as absent."""
+    groups: dict[tuple, dict] = {}
     for r in runs:
         env = r.env or {}
-        key = tuple(str(env.get(k)) for k in ("torch", "torchvision", "python", "device", "device_name", "git_commit"))
-        if env and key not in seen:
-            seen.add(key)
-            out.append(
-                {
-                    "runs": [
-                        x.name
-                        for x in runs
-                        if (x.env or {}).get("git_commit") == env.get("git_commit")
-                        and (x.env or {}).get("device") == env.get("device")
-                    ],
-                    **env,
-                }
-            )
-    return out
+        if not env:
+            continue
+        values = [_env_text(env, k) for k in ENV_COLUMNS]
+        key = tuple(values[: len(BITWISE_KEYS)])
+        groups.setdefault(key, {"values": values, "runs": []})["runs"].append(r.name)
+    return list(groups.values())
+
+
+def _env_text(env: dict, key: str) -> str:
+    if key not in env:
+        return "(not recorded)"
+    value = env[key]
+    if key == "data_sha256" and isinstance(value, str):
+        return value[:12]
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    return str(value)
 
 
 def draw(figures: list, where: str, problems: list[str]) -> list[dict]:
@@ -177,6 +186,32 @@ def seed_trust(claims: list[dict]) -> dict:
     return {"single": len(single), "several": len(several), "seeds": seeds, "against": against, "decided": decided}
 
 
+def runs_beside(summaries: list, runs: list[RunRecords]) -> list[RunRecords]:
+    """An experiment folder passed alone (``results/quick/train-compare``): its summary names its runs, which an
+    experiment writes beside it (``results/quick/runs``); they are read from there. A summary none of whose runs can
+    be found ends in one line, never in a report of empty panels."""
+    have = {r.name for r in runs}
+    extra: dict[str, RunRecords] = {}
+    for f, summary in summaries:
+        if not summary or not isinstance(summary.get("runs"), dict) or not summary["runs"]:
+            continue
+        wanted = [n for n in summary["runs"] if n not in have]
+        if not wanted:
+            continue
+        beside = Path(f).parent.parent / "runs"
+        if beside.is_dir():
+            for r in find_runs([beside]):
+                if r.name in wanted and r.name not in extra:
+                    extra[r.name] = r
+        if not any(n in have or n in extra for n in summary["runs"]):
+            example = next(iter(summary["runs"]))
+            raise UserError(
+                f"none of the runs of {quote(str(f))} (e.g. {quote(example)}) is under the paths given or in "
+                f"{quote(str(beside))}; pass the experiment's results folder (its --out), which holds runs/"
+            )
+    return list(extra.values())
+
+
 def build_report(
     paths: list[str | Path], output: str | Path, experiments: dict | None = None, figures_dir: str | Path | None = None
 ) -> Path:
@@ -212,6 +247,7 @@ def build_report(
         raise UserError(f"report output {quote(output)} exists and is not a regular file; pass another -o")
     runs = find_runs(paths)
     summaries = find_summaries(paths)
+    runs += runs_beside(summaries, runs)
     if not runs and not summaries:
         raise UserError(
             f"no runs or experiment summaries under {', '.join(map(str, paths))}; "
@@ -304,6 +340,7 @@ def build_report(
         holds=holds,
         trust=seed_trust(claims),
         envs=environments(runs),
+        env_columns=ENV_COLUMNS,
         problems=problems,
         verdicts=verdicts,
         adjusted=adjusted,
