@@ -421,8 +421,16 @@ def _unknown_key(base: Any, prefix: str, key: Any) -> str:
 
     name = f"{prefix}{key}" if isinstance(key, str) else f"{prefix}{short(key)}"
     valid = sorted(field_paths(base, prefix))
-    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.6)
-    if isinstance(key, str):  # the same or a close name under another section ("lr": "optim.lr")
+    close = []
+    if isinstance(key, str):  # a sibling of a similar name ("step": "steps"), judged on the names alone
+        depth = name.count(".")  # keys and sections at the unknown key's depth ("probes.sharpnes": a section)
+        here = {
+            ".".join(v.split(".")[: depth + 1]).rsplit(".", 1)[-1]: ".".join(v.split(".")[: depth + 1])
+            for v in valid
+            if v.count(".") >= depth
+        }
+        close = [here[k] for k in difflib.get_close_matches(key, list(here), n=3, cutoff=0.6)]
+        # the same or a close name under another section ("lr": "optim.lr")
         near = set(difflib.get_close_matches(key, [v.rsplit(".", 1)[-1] for v in valid], n=3, cutoff=0.75))
         close += sorted((v for v in valid if v.rsplit(".", 1)[-1] in near), key=lambda v: (v.count("."), v))
     close = list(dict.fromkeys(close))

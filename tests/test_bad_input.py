@@ -132,7 +132,7 @@ CASES = {
     "config not YAML": (["train", "{w}/bad.yaml", *R], "not valid YAML"),
     "config a list": (["train", "{w}/list.yaml", *R], "must hold a mapping"),
     "YAML alias bomb": (["train", "{w}/bomb.yaml", *R], "model.norm"),
-    "unknown key": (["train", C, *R, "--set", "optim.nope=1"], "did you mean 'optim.name'"),
+    "unknown key": (["train", C, *R, "--set", "optim.lrr=1"], "did you mean 'optim.lr'"),
     "set without =": (["train", C, *R, "--set", "optim.lr"], "key=value"),
     "wrong type": (["train", C, *R, "--set", "optim.lr=abc"], "expects a number"),
     "lr NaN": (["train", C, *R, "--set", "optim.lr=.nan"], "finite"),
@@ -242,7 +242,7 @@ CASES = {
     "negative first seed": (["smoothness", "--preset", "smoke", "--first-seed", "-3", *E], "--first-seed"),
     "set name on an experiment": (["ics-distrib", "--preset", "smoke", *E, "--set", "name=x"], "--set name"),
     "set seed on an experiment": (["ics-distrib", "--preset", "smoke", *E, "--set", "seed=3"], "--set seed"),
-    "experiment unknown key": (["smoothness", "--preset", "smoke", *E, "--set", "optim.nope=1"], "landscape keys"),
+    "experiment unknown key": (["smoothness", "--preset", "smoke", *E, "--set", "optim.nope=1"], "valid keys: optim"),
     "experiment NaN lr": (["ics-distrib", "--preset", "smoke", *E, "--set", "optim.lr=.nan"], "finite"),
     "experiment another config": (
         ["ics-distrib", "--preset", "smoke", *E, "--set", "optim.momentum=0.5"],

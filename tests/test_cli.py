@@ -79,7 +79,7 @@ def test_train_on_an_image_tree_with_overrides(tmp_path):
     [
         (["train", "missing.yaml"], "not found"),
         (["train", "{cfg}", "--set", "optim.lr=abc"], "expects a number"),
-        (["train", "{cfg}", "--set", "optim.nope=1"], "valid keys"),
+        (["train", "{cfg}", "--set", "optim.nope=1"], "unknown config key 'optim.nope'; valid keys"),
         (["train", "{cfg}", "--set", "steps=-3"], "must be positive"),
         (["train", "{cfg}", "--device", "quantum"], "unknown device"),
         (["train", "{cfg}", "--set", "data.dataset=cifar10", "--data-dir", "{tmp}/nope"], "does not exist"),

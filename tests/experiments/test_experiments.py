@@ -99,7 +99,7 @@ def test_overrides_apply_to_every_run_and_bad_ones_stop_before_work(tmp_path):
     assert all(s.cfg.optim.momentum == 0.9 for s in specs)
     with pytest.raises(UserError, match="unknown preset"):
         run_experiment("norms", "huge", 1, tmp_path)
-    with pytest.raises(UserError, match="valid keys"):
+    with pytest.raises(UserError, match="unknown config key .optim.nope.; valid keys"):
         run_experiment("norms", "smoke", 1, tmp_path, overrides=["optim.nope=1"])
     with pytest.raises(UserError, match="between 1 and"):
         run_experiment("norms", "smoke", 0, tmp_path)
