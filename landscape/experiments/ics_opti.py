@@ -26,6 +26,11 @@ def vgg_cos_standard_minus_bn(t):
     return diff(_cos(t, "vgg", "standard"), _cos(t, "vgg", "bn"))
 
 
+def vgg_l2_bn_over_standard(t):
+    l2 = median_probe("ics_opti", "mean_l2")
+    return ratio(t.per_seed(l2, "vgg", "bn"), t.per_seed(l2, "vgg", "standard"))
+
+
 def dln_standard_cos(t):
     return _cos(t, "dln", "standard")
 
@@ -46,6 +51,15 @@ def claims(preset: dict) -> list[Claim]:
             "median cos(G, G') standard - BN (>= -0.05: BN's cosine is not clearly higher)",
             vgg_cos_standard_minus_bn,
             -0.05,
+            layers=LAYERS,
+        ),
+        Claim(  # declared 2026-12-06, before any l2 value was read (docs/calibration.md, claim history)
+            "fig3.vgg_bn_not_less_ics_l2",
+            "for VGG, ICS_opti is similar or larger with BN (the l2 distance the paper plots beside the cosine)",
+            "median ||G - G'||, BN / standard (>= 0.95: BN's distance is not clearly smaller)",
+            vgg_l2_bn_over_standard,
+            0.95,
+            transform="log",
             layers=LAYERS,
         ),
         Claim(
