@@ -1,6 +1,7 @@
 """The GPU check: one prepared command that proves the CUDA path and times it, for the minutes a GPU is lent.
 
-    tar xJf cifar10-jpeg.tar.xz -C /tmp && python benchmarks/gpu_check.py --data-dir /tmp/cifar10 --out OUT
+    mkdir -p /tmp/cifar10 && tar xJf cifar10-jpeg.tar.xz -C /tmp/cifar10
+    python benchmarks/gpu_check.py --data-dir /tmp/cifar10 --out OUT
     python benchmarks/gpu_check.py --dry-run --out OUT      # anywhere, on the CPU, at tiny size (a test runs it)
 
 Five sections, each within its own share of the time (about 8 minutes in all on one H100); a section that fails
