@@ -98,7 +98,7 @@ def _env_text(env: dict, key: str) -> str:
     if key not in env:
         return "(not recorded)"
     value = env[key]
-    if key == "data_sha256" and isinstance(value, str):
+    if key in ("data_sha256", "git_commit") and isinstance(value, str):
         return value[:12]
     if isinstance(value, dict):
         return ", ".join(f"{k} {v}" for k, v in value.items())
