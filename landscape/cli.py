@@ -31,7 +31,7 @@ DATA_HELP = (
 )
 PRESET_HELP = (
     "smoke (seconds, generated data) | quick (2-core CPU, about 18 min for reproduce, 1 seed) | "
-    "cpu (the quick protocol with 5 seeds, <= 90 min) | paper (the paper's protocol, GPU)."
+    "cpu (the quick protocol with 5 seeds, 57 min measured on 2 cores) | paper (the paper's protocol, GPU)."
 )
 LAUNCHER_HELP = "local (this process, one run after another) | ray (one Ray task per run)."
 ADDRESS_HELP = "Ray cluster address (host:port), or auto to join a running one; none starts a local instance."
