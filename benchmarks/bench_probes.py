@@ -39,6 +39,25 @@ def step_gradient(model, batch) -> tuple[torch.Tensor, dict]:
     return loss.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}
 
 
+def theory_probes(model, batch, repeats: int) -> None:
+    """4. Section 4's probes on the BN VGG, each against the plain passes it needs (one forward-backward for
+    bn_gradient; per BN layer three HVPs for bn_curvature; per conv output a Lanczos run for activation_hessian)."""
+    from landscape.probes import activation_hessian, bn_curvature, bn_gradient
+    from landscape.probes.theory import batch_norm_layers
+
+    layers = batch_norm_layers(model)
+    one = timeit(lambda: plain_passes(model, batch, 1), repeats)
+    t_grad = timeit(lambda: bn_gradient(model, CE, batch), repeats)
+    t_curv = timeit(lambda: bn_curvature(model, CE, batch), max(1, repeats // 2))
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    r = activation_hessian(model, CE, batch, convs, iters=10, tol=0.05)
+    t_act = timeit(lambda: activation_hessian(model, CE, batch, convs, iters=10, tol=0.05), max(1, repeats // 2))
+    print(f"4. Section 4's probes on VGG-11 + BN ({len(layers)} BN layers, {len(convs)} conv outputs): one plain pass")
+    print(f"   {one * 1e3:.0f} ms; bn_gradient {t_grad * 1e3:.0f} ms, ratio {t_grad / one:.2f} (one pass needed)")
+    print(f"   bn_curvature {t_curv * 1e3:.0f} ms, ratio {t_curv / one:.1f} (3 HVPs per layer: {3 * len(layers)})")
+    print(f"   activation_hessian (iters 10, tol 0.05) {t_act:.2f} s, ratio {t_act / one:.1f} ({r.cost})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=None)
@@ -53,6 +72,7 @@ def main() -> None:
     ap.add_argument("--points", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--skip-pyhessian", action="store_true")
+    ap.add_argument("--theory", action="store_true", help="only section 4: the theory probes against plain passes")
     args = ap.parse_args()
     torch.manual_seed(0)
     split = training_split(args.data_dir)
@@ -69,6 +89,8 @@ def main() -> None:
     )
     what = f"VGG-11 x{args.width} + BN" if vgg else "the ViT (dim 64, depth 4, patch 4) + LayerNorm"
     model.train()
+    if args.theory:
+        return theory_probes(model, batch, args.repeats) if vgg else None
     K = args.points
     etas = [0.05 * (i + 1) for i in range(K)]
     loss, grad = step_gradient(model, batch)
@@ -94,6 +116,8 @@ def main() -> None:
     print(f"   reusing the step's gradient: {ics_reuse * 1e3:.0f} ms, ratio {ics_reuse / base_l:.3f}")
     print(f"   computing it too:            {ics_fresh * 1e3:.0f} ms, ratio {ics_fresh / base_l:.3f}")
 
+    if vgg:
+        theory_probes(model, batch, args.repeats)
     if not vgg:
         return
     # 3: sharpness on the VGG without BatchNorm (PyHessian switches to eval mode; same function here)
