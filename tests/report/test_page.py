@@ -3,7 +3,7 @@ import os
 import re
 import subprocess
 import sys
-from html import escape
+from markupsafe import escape  # what the page template escapes with
 
 import pytest
 import torch
@@ -228,7 +228,7 @@ def test_every_figure_of_every_experiment_draws_on_the_smoke_preset(smoke):
     assert set(summaries) == set(REGISTRY)
     assert "Problems reading records" not in html and "Figure not drawn" not in html
     for experiment in REGISTRY.values():
-        assert f'id="{experiment.anchor}"' in html and escape(experiment.title) in html
+        assert f'id="{experiment.anchor}"' in html and str(escape(experiment.title)) in html
 
 
 def test_the_report_groups_runs_by_the_summary_not_by_configs(smoke, tmp_path):
