@@ -3,10 +3,10 @@ import os
 import re
 import subprocess
 import sys
-from markupsafe import escape  # what the page template escapes with
 
 import pytest
 import torch
+from markupsafe import escape  # what the page template escapes with
 from typer.testing import CliRunner
 
 from landscape.cli import app
