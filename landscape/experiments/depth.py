@@ -337,7 +337,12 @@ def depth_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], title: str
         ("Hessian trace", series("hessian_trace", "hessian_trace"), True),
         ("beta_eff", series("gradient_sweep", "beta_eff"), True),
     )
-    fig, axes = F.subplots(len(rows), len(panels) + 1, figsize=(4 * (len(panels) + 1), 2.8 * len(rows)), squeeze=False)
+    fig, axes = F.subplots(
+        len(rows),
+        len(panels) + 1,
+        figsize=(F.panel_width(len(panels) + 1) * (len(panels) + 1), 2.8 * len(rows)),
+        squeeze=False,
+    )
     for row, (label, groups) in zip(axes, rows):
         for ax, (name, fn, logy) in zip(row, panels):
             F.plot_lines(ax, groups, fn, logy=logy)

@@ -134,11 +134,11 @@ def figures(t) -> list[Figure]:
 EXPERIMENT = register(
     Experiment(
         about=(
-            "What to look for: noisy BN (noise injected after every BatchNorm, changing every step) trains almost as "
-            "well as BN and better than the standard network, while its layers' inputs are the least stable of the "
-            "three: the shift panel (Wasserstein-1 distance between consecutive measurements on a fixed batch) should "
-            "be highest for noisy BN. If both hold, unstable input distributions (ICS_distrib) do not stop BN from "
-            "helping."
+            "What to look for: the paper reports that noisy BN (noise injected after every BatchNorm, changing every "
+            "step) trains almost as well as BN and better than the standard network, while its layers' inputs are the "
+            "least stable of the three: in the shift panel (Wasserstein-1 distance between consecutive measurements on "
+            "a fixed batch) noisy BN would be highest. If both hold, unstable input distributions (ICS_distrib) do not "
+            "stop BN from helping; the line below says which held here."
         ),
         name="ics-distrib",
         title="Figure 2: noisy BatchNorm and ICS_distrib",

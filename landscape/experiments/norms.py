@@ -76,9 +76,9 @@ def figures(t) -> list[Figure]:
 EXPERIMENT = register(
     Experiment(
         about=(
-            "What to look for: each l_p normalisation should train about as well as BN (final accuracy) and lower "
-            "beta_eff, the loss band and the gradient change against the standard network (a dot per seed, log axis), "
-            "although its activations are not Gaussian."
+            "What to look for: the paper's appendix has each l_p normalisation train about as well as BN (final "
+            "accuracy) and lower beta_eff, the loss band and the gradient change against the standard network (a dot "
+            "per seed, log axis), although its activations are not Gaussian; the line below says which held here."
         ),
         name="norms",
         title="Appendix: l_p normalisations",

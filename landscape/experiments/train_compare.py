@@ -73,8 +73,9 @@ def figures(t) -> list[Figure]:
 EXPERIMENT = register(
     Experiment(
         about=(
-            "What to look for: with BatchNorm the training loss falls sooner and the test accuracy ends higher, at lr "
-            "0.1 and more so at lr 0.5, where the standard network may never leave the initial loss plateau (ln 10 for "
+            "What to look for: in the paper, with BatchNorm the training loss falls sooner and the test accuracy ends "
+            "higher, at lr 0.1 and more so at lr 0.5, where the standard network may never leave the initial loss "
+            "plateau (ln 10 for "
             "ten classes) or diverge (a dotted line marks where). The activation panels stack the histogram of one "
             "layer's input at each probe step: the paper's point is that they look only slightly different with and "
             "without BN."

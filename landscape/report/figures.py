@@ -121,9 +121,21 @@ def downsample(steps, values):
     return [steps[i] for i in idx], [values[i] for i in idx]
 
 
+# The report's page shows a figure at most this wide (1,172 px at 96 dpi: main's 1,220 px less its padding); a
+# wider figure is shrunk to it, and its text with it, so a grid of panels shares this width instead.
+DPI = 96
+REPORT_WIDTH_IN = 12.2
+
+
+def panel_width(columns: int, most: float = 4.0) -> float:
+    """Inches per panel for ``columns`` panels side by side, so that the row fits the report's width (its
+    labels then read at their size, not shrunk below it)."""
+    return min(most, (REPORT_WIDTH_IN - 0.4) / max(columns, 1))
+
+
 def to_png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
     return buf.getvalue()
 
 
@@ -438,7 +450,14 @@ def landscape_panels(groups: dict[str, list[RunRecords]], title: str, phase_at: 
         for probe, key, thr, label in SHARPNESS_KINDS
         if probe == "sharpness" or any(r.probe(probe) for r in runs_all)
     ]
-    fig, axes = subplots(1, 3 + len(kinds), figsize=(4.25 * (3 + len(kinds)), 3.5))
+    n = 3 + len(kinds)
+    cols = math.ceil(n / math.ceil(n / 3))  # at most three panels a row: 4 panels are 2 x 2, 5 are 3 + 2
+    rows = math.ceil(n / cols)
+    fig, grid = subplots(rows, cols, figsize=(panel_width(cols, most=5.8) * cols, 3.5 * rows), squeeze=False)
+    axes = list(grid.flat)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    axes = axes[:n]
     for net, runs in groups.items():
         for ax, key in ((axes[0], "losses"), (axes[1], "grad_changes")):
             pts = [(s, v) for s, v in probe_views(runs[0], "gradient_sweep", key) if v]
@@ -462,49 +481,39 @@ def landscape_panels(groups: dict[str, list[RunRecords]], title: str, phase_at: 
         threshold_lines(ax, thresholds)
         labels.append(label)
     for ax, label in zip(axes, labels):
-        ax.set_xlabel("step" if phase_at is None else "step (log scale; dotted: end of the early phase)")
+        ax.set_xlabel("step" if phase_at is None else "step (log; dotted: early phase ends)")
         ax.set_ylabel(label)
         if phase_at is not None and ax.has_data():  # an empty panel (no sharpness probe) stays as it is
             ax.set_xscale("log")
             ax.axvline(phase_at, color="0.4", ls=":", lw=1)
     for ax in axes[:2]:
         ax.set_yscale("log")
-    fig.subplots_adjust(wspace=0.35)  # room for each panel's y label beside its neighbour's ticks
     for ax in (axes[0], axes[2]):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    fig.suptitle(text(title), y=1.03)
+    fig.suptitle(text(title))
+    fig.tight_layout()  # room for each panel's labels beside its neighbours' ticks
     return to_png(fig)
 
 
 # The two sharpnesses, each drawn in a panel of its own against the threshold that bounds it.
 SHARPNESS_KINDS = (
-    ("sharpness", "sharpness", "sharpness_threshold", "top eigenvalue of H (dashed: 2/lr-type threshold)"),
+    ("sharpness", "sharpness", "sharpness_threshold", "top eigenvalue of H"),
     (
         "preconditioned_sharpness",
         "preconditioned_sharpness",
         "preconditioned_threshold",
-        "top eigenvalue of P^-1 H (dashed: its threshold)",
+        "top eigenvalue of P^-1 H",
     ),
 )
 
 
 def threshold_lines(ax, thresholds: list[float]) -> None:
-    """Dashed stability thresholds, their values said in a corner of the panel (not on the curves)."""
+    """Dashed stability thresholds, their values said in the panel's title (above the axes, never on a curve)."""
     for thr in thresholds:
         ax.axhline(thr, color="k", ls="--", lw=1)
     if thresholds:
-        said = "thresholds: " + ", ".join(f"{t:.3g}" for t in thresholds)
-        ax.text(
-            0.98,
-            0.02,
-            said,
-            transform=ax.transAxes,
-            ha="right",
-            va="bottom",
-            fontsize=7,
-            bbox={"facecolor": "white", "alpha": 0.8, "lw": 0},
-        )
+        ax.set_title("dashed: threshold " + ", ".join(f"{t:.3g}" for t in thresholds), fontsize=8, loc="right")
 
 
 # ------------------------------------------------------------------ the paper's named layers
@@ -543,7 +552,9 @@ def layer_name(run: RunRecords, probe: str, k: int) -> str | None:
 def row_panels(rows: list[tuple[str, dict[str, list[RunRecords]]]], panels, title: str, ones=()) -> bytes:
     """A grid: one row per setting (label, runs by network), one column per ``(name, series, logy)``
     panel; ``ones`` are the columns that get a reference line at 1."""
-    fig, axes = subplots(len(rows), len(panels), figsize=(4 * len(panels), 2.8 * len(rows)), squeeze=False)
+    fig, axes = subplots(
+        len(rows), len(panels), figsize=(panel_width(len(panels)) * len(panels), 2.8 * len(rows)), squeeze=False
+    )
     for row, (label, groups) in zip(axes, rows):
         for ax, (name, fn, logy) in zip(row, panels):
             plot_lines(ax, groups, fn, logy=logy)

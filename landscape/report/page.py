@@ -212,6 +212,20 @@ def runs_beside(summaries: list, runs: list[RunRecords]) -> list[RunRecords]:
     return list(extra.values())
 
 
+VERDICTS = ("reproduced", "not reproduced", "inconclusive")
+
+
+def section_tally(claims: list[dict]) -> str | None:
+    """What the section's headline claims found, from their verdicts after Holm (what the figures' prose is read
+    against): the paper's expectations in the section's words, its results in this line."""
+    headline = [c for c in claims if c.get("headline")]
+    if not headline:
+        return None
+    counts = {v: sum(c.get("adjusted_verdict", c.get("verdict")) == v for c in headline) for v in VERDICTS}
+    said = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
+    return f"Found here, over its {len(headline)} headline claim{'s' * (len(headline) > 1)} (after Holm): {said}."
+
+
 def build_report(
     paths: list[str | Path], output: str | Path, experiments: dict | None = None, figures_dir: str | Path | None = None
 ) -> Path:
@@ -276,6 +290,7 @@ def build_report(
             figures = []
         title, anchor = (experiment.title, experiment.anchor) if experiment else (name, f"exp-{name}")
         about = experiment.about if experiment else ""
+        section_claims = summary.get("claims", [])
         exp_runs = list(table.records.values())
         sections.append(
             {
@@ -286,7 +301,8 @@ def build_report(
                 "about": about,
                 "preset": summary.get("preset"),
                 "seeds": summary.get("seeds"),
-                "claims": summary.get("claims", []),
+                "claims": section_claims,
+                "tally": section_tally(section_claims),
                 "figures": draw(figures, str(f), problems),
                 "runs": run_rows(exp_runs),
                 "absent": [n for n in rows if n not in by_name],
@@ -306,6 +322,7 @@ def build_report(
                 "title": "Runs",
                 "experiment": None,
                 "claims": [],
+                "tally": None,
                 "figures": draw(figures, "runs", problems),
                 "runs": run_rows(rest),
                 "absent": [],
@@ -328,11 +345,8 @@ def build_report(
     problems += [f"{r.path}: {p}" for r in runs for p in r.problems]
     env = Environment(loader=PackageLoader("landscape.report", "templates"), autoescape=select_autoescape(["html"]))
     env.filters["num"] = number_text
-    verdicts = {v: sum(c.get("verdict") == v for c in claims) for v in ("reproduced", "not reproduced", "inconclusive")}
-    adjusted = {
-        v: sum(c.get("adjusted_verdict", c.get("verdict")) == v for c in claims)
-        for v in ("reproduced", "not reproduced", "inconclusive")
-    }
+    verdicts = {v: sum(c.get("verdict") == v for c in claims) for v in VERDICTS}
+    adjusted = {v: sum(c.get("adjusted_verdict", c.get("verdict")) == v for c in claims) for v in VERDICTS}
     html = env.get_template("report.html").render(
         sections=sections,
         heading=heading(sections, runs),

@@ -94,3 +94,68 @@ def test_characters_the_font_lacks_are_said_once_not_warned_per_glyph(recwarn):
     cjk_font = any("CJK" in f.name for f in font_manager.fontManager.ttflist)
     assert F.MISSING_GLYPHS or cjk_font  # collected, unless this machine has a font that draws them
     F.MISSING_GLYPHS.clear()
+
+
+TO_PNG = F.to_png
+
+
+def displayed_sizes(fig) -> tuple[int, float]:
+    """The PNG's width in pixels and its smallest text's height in pixels as the report's page shows it (a figure
+    wider than the page is shrunk to its width, its text with it)."""
+    import io
+
+    import matplotlib.text
+    from PIL import Image
+
+    png = TO_PNG(fig)
+    width = Image.open(io.BytesIO(png)).size[0]
+    shown = min(1.0, F.REPORT_WIDTH_IN * F.DPI / width)
+    sizes = [t.get_fontsize() for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text()]
+    return width, min(sizes) * F.DPI / 72 * shown
+
+
+def test_the_dln_regime_grid_fits_the_page_so_its_tick_labels_are_read_at_their_size():
+    from landscape.experiments.dln_regimes import series
+
+    records = [{"kind": "train", "step": s, "loss": 2.0 / s, "acc": None} for s in (1, 10, 100, 1000)] + [
+        {"kind": "probe", "probe": "gradient_sweep", "step": s, "values": {"beta_eff": 3.0 + s}} for s in (1, 10)
+    ]
+    rows = [
+        (f"{n} samples, {loss}", {"standard": [run("s", records)], "bn": [run("b", records)]})
+        for n in (100, 1000)
+        for loss in ("sum", "mean")
+    ]
+    panels = (
+        ("sharpness / threshold", series("sharpness", "over_threshold"), True),
+        ("cos(G, G')", series("ics_opti", "mean_cos"), False),
+        ("beta_eff", series("gradient_sweep", "beta_eff"), True),
+        ("train loss", F.metric_series("train", "loss"), True),
+    )
+    fig = F.drawing(F.row_panels)(rows, panels, "regimes")
+    width, smallest = displayed_sizes(fig)
+    assert width <= F.REPORT_WIDTH_IN * F.DPI and smallest >= 10, (width, smallest)
+
+
+def test_figure_4_fits_the_page_and_says_its_thresholds_above_the_axes_not_on_the_curves(monkeypatch):
+    def probe(name, step, values):
+        return {"kind": "probe", "probe": name, "step": step, "values": values}
+
+    records = []
+    for s in (1, 10, 100):
+        records += [
+            probe("gradient_sweep", s, {"losses": [2.0, 2.1], "grad_changes": [0.1, 0.3], "beta_eff": 4.0}),
+            probe("sharpness", s, {"value": 3.0 * s, "threshold": 20.0}),
+            probe("preconditioned_sharpness", s, {"value": 5.0 * s, "threshold": 38.0}),
+        ]
+    drawn = []
+    monkeypatch.setattr(F, "to_png", lambda fig: drawn.append(fig) or b"")
+    F.landscape_panels({"standard": [run("s", records)], "bn": [run("b", records)]}, "Figure 4")
+    (fig,) = drawn
+    width, smallest = displayed_sizes(fig)
+    assert width <= F.REPORT_WIDTH_IN * F.DPI and smallest >= 10, (width, smallest)
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(shown) == 5
+    said = [ax.get_title(loc="right") for ax in shown]
+    assert said[3:] == ["dashed: threshold 20", "dashed: threshold 38"] and not any(said[:3])
+    inside = [t.get_text() for ax in shown for t in ax.texts]
+    assert not any("dashed" in t or "threshold" in t for t in inside)

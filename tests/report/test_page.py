@@ -413,3 +413,23 @@ def test_an_experiment_folder_alone_is_reported_with_the_runs_beside_it(smoke_re
     bad = runner.invoke(app, ["report", str(alone), "-o", str(tmp_path / "s.html")])
     assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and "holds runs/" in bad.stderr
     assert not (tmp_path / "s.html").exists()
+
+
+def test_each_section_says_what_its_headline_claims_found_after_holm(results, html):
+    """The sections' prose gives the paper's expectations; what was found here is one line counted from the
+    summary's adjusted verdicts, so a section's words cannot contradict its claim rows."""
+    for name, experiment in REGISTRY.items():
+        claims = json.loads((results / name / "summary.json").read_text())["claims"]
+        headline = [c for c in claims if c["headline"]]
+        section = html[html.index(f'<section id="{experiment.anchor}">') :]
+        section = section[: section.index("</section>")]
+        if not headline:
+            assert 'class="summary tally"' not in section, name
+            continue
+        counts = {}
+        for c in headline:
+            v = c.get("adjusted_verdict", c["verdict"])
+            counts[v] = counts.get(v, 0) + 1
+        said = ", ".join(f"{counts[v]} {v}" for v in ("reproduced", "not reproduced", "inconclusive") if v in counts)
+        assert f"over its {len(headline)} headline claim" in section and f"(after Holm): {said}." in section, name
+        assert section.count("<th>after Holm</th>") == 1, name
