@@ -288,6 +288,7 @@ def test_curvature_probes_never_change_training(tmp_path, optim, arch):
                 "spectral_density",
                 "loss_slice",
                 "update_sweep",
+                "critical_sharpness",
                 "batch_sharpness",
                 "edge_eigenvalues",
             ],
@@ -321,6 +322,9 @@ def test_curvature_probes_never_change_training(tmp_path, optim, arch):
         r["values"] for r in recs_on if r.get("probe") == "edge_eigenvalues" and r["values"].get("values") is not None
     ]
     assert edge and [e["warm"] for e in edge][1:] == [True] * (len(edge) - 1)
+    critical = [r for r in recs_on if r.get("probe") == "critical_sharpness"]
+    assert len(critical) >= 3 and all(c["cost"]["forward"] <= 10 and c["cost"]["backward"] == 0 for c in critical)
+    assert all(c["values"]["critical_sharpness"] is not None or c["values"].get("note") for c in critical)
 
 
 def test_a_run_with_dropout_is_a_pure_function_of_its_config(tmp_path):

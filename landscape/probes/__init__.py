@@ -38,7 +38,7 @@ from landscape.probes.schedules import every, explicit, log_spaced, mixed
 from landscape.probes.slices import loss_slice
 from landscape.probes.sweeps import DEFAULT_ETA_MULTIPLES, SweepResult, gradient_sweep
 from landscape.probes.theory import BnCurvatureResult, BnGradientResult, bn_curvature, bn_gradient
-from landscape.probes.update import update_sweep
+from landscape.probes.update import critical_sharpness, update_sweep
 
 directional_curvature = curvature  # 0.3's names, read until 0.5
 hessian_eigenvalues_above = edge_eigenvalues
@@ -47,6 +47,7 @@ __all__ = [
     # the probes: one function per probe, named for it
     "gradient_sweep",  # loss variation, gradient predictiveness, beta_eff along the gradient (Figure 4)
     "update_sweep",  # the same along the optimizer's own next update, and Cockpit's alpha
+    "critical_sharpness",  # 2 / eta_c: the lr at which the next update stops lowering the loss (forward passes only)
     "sharpness",  # the top eigenvalue of the Hessian H
     "preconditioned_sharpness",  # the top eigenvalue of P^-1 H, P the optimizer's preconditioner (Adam's)
     "curvature",  # g'Hg / g'g

@@ -337,6 +337,13 @@ class Objective:
             i += g.numel()
         return flat[0].to(value.dtype), out
 
+    def value(self, params: Params) -> torch.Tensor:
+        """``L(params)`` by one forward pass, no graph (averaged over the ranks under a process group)."""
+        self.cost.forward += 1
+        with torch.no_grad():
+            value = self(params).detach()
+        return average_over_ranks(value.reshape(1).to(torch.float64)).reshape(()) if process_group() else value
+
     def value_and_grad(self, params: Params) -> tuple[torch.Tensor, Params]:
         self.cost.forward += 1
         self.cost.backward += 1

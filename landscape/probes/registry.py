@@ -57,6 +57,7 @@ BUILTIN_ORDER = (
     "ics_opti",
     "layer_grad_norm",
     "update_sweep",
+    "critical_sharpness",
     "batch_sharpness",
     "edge_eigenvalues",
     "activation_hessian",

@@ -16,6 +16,17 @@ Definitions, at weights ``w`` with the gradient ``p.grad`` the optimizer is abou
   A concave fit is recorded as -1, as Cockpit does (the step still goes downhill). Cockpit weights
   the four observations by their variance over the batch's examples; here they are weighted
   equally (the probe sees the batch's loss, not its per-example losses).
+- critical sharpness (Kalra et al. 2026, arXiv 2601.16979): ``lambda_c = 2 / eta_c``, where ``eta_c`` is
+  the smallest learning rate at which the step along the optimizer's update direction stops
+  decreasing the batch loss. With ``u`` the update at the optimizer's learning rate ``lr`` and
+  ``phi(s) = L(w + s u) - L(w)``, ``s_c`` is the smallest ``s > 0`` with ``phi(s) >= 0`` and
+  ``eta_c = s_c lr``; found by forward passes only (no gradient, no Hessian-vector product): a
+  bracket by doubling or halving ``s`` from 1 (the step itself), then false position on
+  ``phi(s) / s``, which is linear in ``s`` on a quadratic, so that a quadratic's root is exact
+  after one interpolation. On a quadratic, ``lambda_c = d'Hd / (-g'd)`` with ``d = u / lr``: for
+  plain SGD ``g'Hg / g'g``, the curvature along the gradient, at most the top eigenvalue. The
+  step about to be taken raises the batch loss exactly when ``lambda_c > 2 / lr``
+  (``over_threshold = 1 / s_c > 1``), whatever the optimizer.
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from landscape.probes.functional import Batch, Params, current_params
+from landscape.probes.functional import Batch, Objective, Params, current_params, norm, untouched
 from landscape.probes.optimizer import UnreadableOptimizer, check_readable, update_direction, update_warning
 from landscape.probes.registry import MAX_POINTS, Context, Probe, band, register, top
 from landscape.probes.sweeps import direction_sweep
@@ -110,6 +121,134 @@ def update_sweep(
     }
 
 
+def critical_search(phi: Callable[[float], float], max_evals: int, rtol: float) -> dict:
+    """The smallest ``s > 0`` where ``phi`` (``phi(0) = 0``, falling at 0) comes back to 0, in at most
+    ``max_evals`` calls: a bracket from ``s = 1`` by doubling (``phi(1) < 0``) or halving (``phi(1) >= 0``),
+    then Illinois false position on ``psi(s) = phi(s) / s`` until two successive estimates agree to ``rtol``.
+    A non-finite ``phi`` (the loss overflowed) counts as a rise. Returns the estimate (None where no
+    bracket was found within the budget, with the side it lies on), the bracket and the calls made."""
+    calls = 0
+
+    def psi(s: float) -> float:
+        nonlocal calls
+        calls += 1
+        v = phi(s)
+        return v / s if math.isfinite(v) else math.inf
+
+    lo = hi = None
+    p_lo = p_hi = math.nan
+    s, p = 1.0, psi(1.0)
+    if p < 0:
+        lo, p_lo = s, p
+        while calls < max_evals:
+            s *= 2
+            p = psi(s)
+            if p >= 0:
+                hi, p_hi = s, p
+                break
+            lo, p_lo = s, p
+        if hi is None:
+            return {"s": None, "below": None, "above": lo, "bracket": None, "calls": calls, "converged": False}
+    else:
+        hi, p_hi = s, p
+        while calls < max_evals:
+            s /= 2
+            p = psi(s)
+            if p < 0:
+                lo, p_lo = s, p
+                break
+            hi, p_hi = s, p
+        if lo is None:
+            return {"s": None, "below": hi, "above": None, "bracket": None, "calls": calls, "converged": False}
+
+    def estimate() -> float:
+        if not math.isfinite(p_hi):  # the loss overflowed at hi: bisect (geometrically) until it does not
+            return math.sqrt(lo * hi)
+        return lo - p_lo * (hi - lo) / (p_hi - p_lo)
+
+    est, converged, stale = estimate(), False, None
+    while calls < max_evals and not converged:
+        s = est
+        p = psi(s)
+        if p < 0:
+            lo, p_lo = s, p
+            if stale == "lo" and math.isfinite(p_hi):
+                p_hi /= 2  # Illinois: the end that stayed twice counts half
+            stale = "lo"
+        else:
+            hi, p_hi = s, p
+            if stale == "hi":
+                p_lo /= 2
+            stale = "hi"
+        new = estimate()
+        converged = abs(new - est) <= rtol * new or p == 0
+        est = new
+    return {"s": est, "below": None, "above": None, "bracket": [lo, hi], "calls": calls, "converged": converged}
+
+
+def critical_sharpness(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable,
+    batch: Batch,
+    max_forward: int = 10,
+    rtol: float = 0.01,
+    *,
+    eval_mode: bool = False,
+    buffers: Params | None = None,
+    rng: dict | None = None,
+    output_fn: Callable | None = None,
+) -> dict:
+    """Critical sharpness ``2 / eta_c`` along the optimizer's next update (module docstring) from at
+    most ``max_forward`` forward passes, ``L(w)`` included; no gradient beyond the one the optimizer
+    already holds. None where the budget found no step at which the loss stops falling (then
+    ``bound``: the critical sharpness is below it) or where the loss rises at every step tried
+    (``bound``: above it, or the update does not descend)."""
+    u = update_direction(optimizer, model)
+    lr = float(optimizer.param_groups[0]["lr"])
+    lrs = {float(g["lr"]) for g in optimizer.param_groups}
+    with untouched(model, eval_mode):
+        f = Objective.of(model, loss_fn, batch, buffers, rng, output_fn)
+        w = current_params(model)
+        base = float(f.value(w))
+
+        def phi(s: float) -> float:
+            return float(f.value({n: w[n] + s * u[n].to(w[n].dtype) for n in w})) - base
+
+        r = critical_search(phi, max_forward - 1, rtol)
+    s_c = r["s"]
+    out = {
+        "critical_sharpness": 2 / (s_c * lr) if s_c and lr > 0 else None,
+        "critical_multiple": s_c,  # s_c: the multiple of the next step at which the loss stops falling
+        "over_threshold": 1 / s_c if s_c else None,  # lambda_c / (2 / lr): above 1 the next step raises the loss
+        "threshold": 2 / lr if lr > 0 else None,
+        "lr": lr,
+        "loss": base,
+        "bracket": r["bracket"],
+        "converged": r["converged"],
+        "update_norm": float(norm(u)),
+        "optimizer": type(optimizer).__name__,
+        "cost": f.cost.as_dict(),
+    }
+    if len(lrs) > 1:
+        out["critical_sharpness"] = None
+        out["note"] = (
+            f"the optimizer's parameter groups have different learning rates ({sorted(lrs)}): over_threshold "
+            "(1 / s_c) is read against each group's own step; lambda_c has no single lr to be stated in"
+        )
+    if s_c is None:
+        if r["above"] is not None:
+            out["bound"] = {"below": 2 / (r["above"] * lr)} if lr > 0 else None
+            out["note"] = f"the loss still falls at {r['above']:g} x the step: critical sharpness below the bound"
+        else:
+            out["bound"] = {"above": 2 / (r["below"] * lr)} if lr > 0 else None
+            out["note"] = (
+                f"the loss rises even at {r['below']:g} x the step: critical sharpness above the bound, or the "
+                "update does not descend on this batch"
+            )
+    return out
+
+
 # ------------------------------------------------------------------ the probe entry
 
 
@@ -155,6 +294,43 @@ register(
             None
             if 0 < len(o.scales) <= MAX_POINTS and all(s > 0 and math.isfinite(s) for s in o.scales)
             else f"scales must be positive multiples of the step, at most {MAX_POINTS}; got {list(o.scales)[:8]}"
+        ),
+    )
+)
+
+
+@dataclass(frozen=True)
+class CriticalSharpnessOptions:
+    max_forward: int = 10  # forward passes at most, L(w) included (Kalra et al.: fewer than 10)
+    rtol: float = 0.01  # stop when two successive estimates of the critical step agree to this
+
+
+def _critical_sharpness(ctx: Context, o: CriticalSharpnessOptions) -> dict:
+    try:
+        check_readable(ctx.optimizer)
+    except UnreadableOptimizer as exc:
+        return {"critical_sharpness": None, "note": str(exc), "optimizer": type(ctx.optimizer).__name__}
+    return critical_sharpness(ctx.model, ctx.optimizer, ctx.loss_fn, ctx.batch, o.max_forward, o.rtol, **ctx.common())
+
+
+register(
+    Probe(
+        "critical_sharpness",
+        "2 / eta_c, eta_c the smallest learning rate at which the step along the optimizer's update stops "
+        "decreasing the batch loss (Kalra et al. 2026): a handful of forward passes, no Hessian-vector product",
+        _critical_sharpness,
+        CriticalSharpnessOptions,
+        quantities={
+            "critical_sharpness": lambda v: v["critical_sharpness"],
+            "critical_threshold": lambda v: v.get("threshold"),
+            "critical_over_threshold": lambda v: v.get("over_threshold"),
+        },
+        exported=("critical_sharpness", "critical_over_threshold"),
+        attach=update_warning,
+        check=lambda o: (
+            None
+            if 3 <= o.max_forward <= 100 and 0 < o.rtol < 1
+            else f"max_forward must be 3 to 100 and rtol in (0, 1); got {o.max_forward}, {o.rtol}"
         ),
     )
 )
