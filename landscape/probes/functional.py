@@ -113,8 +113,23 @@ def split_inputs(inputs: Any) -> tuple[tuple, dict]:
 
 def current_params(model: nn.Module) -> Params:
     """The parameters probes differentiate (trainable; the optimizer's own under a Monitor), by name, detached
-    (views of the live weights, never written)."""
-    return {n: p.detach() for n, p in _trainable(model).items()}
+    (views of the live weights, never written); under FSDP2, this rank's shard of each."""
+    return {n: local(p.detach()) for n, p in _trainable(model).items()}
+
+
+def is_dtensor(t: Any) -> bool:
+    """A ``torch.distributed.tensor.DTensor`` (FSDP2's sharded parameters, their gradients and optimizer state)."""
+    return type(t).__name__ == "DTensor" and hasattr(t, "to_local")
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a DTensor (a view of its storage); any other tensor as it is."""
+    return t.to_local() if is_dtensor(t) else t
+
+
+def sharded(model: nn.Module) -> bool:
+    """Whether the model's parameters are sharded over ranks (FSDP2's ``fully_shard``: DTensor parameters)."""
+    return any(is_dtensor(p) for p in model.parameters())
 
 
 def current_buffers(model: nn.Module) -> Params:
@@ -167,11 +182,17 @@ _HVP_MODE: contextvars.ContextVar[str] = contextvars.ContextVar("landscape_hvp_m
 _AUTOCAST: contextvars.ContextVar[dict | None] = contextvars.ContextVar("landscape_autocast", default=None)
 _GROUP: contextvars.ContextVar[Any] = contextvars.ContextVar("landscape_process_group", default=None)
 _TRAINABLE: contextvars.ContextVar[frozenset | None] = contextvars.ContextVar("landscape_trainable", default=None)
+# Under FSDP2 every vector a probe holds is this rank's shard: inner products are summed over the ranks.
+_SHARDED: contextvars.ContextVar[bool] = contextvars.ContextVar("landscape_sharded", default=False)
 
 
 @contextlib.contextmanager
 def evaluation(
-    hvp: str | None = None, autocast: dict | None = None, group: Any = None, trainable: frozenset | None = None
+    hvp: str | None = None,
+    autocast: dict | None = None,
+    group: Any = None,
+    trainable: frozenset | None = None,
+    sharded: bool | None = None,
 ):
     """Settings for every probe evaluated inside: ``hvp`` (``auto``: exact, by double backward, falling back
     to finite differences where a kernel has no double backward; ``exact``; ``finite_difference``),
@@ -180,13 +201,21 @@ def evaluation(
     (a ``torch.distributed`` process group, or ``True`` for the default one: losses, gradients and
     Hessian-vector products averaged over its ranks, so a probe means what it means on one process
     holding the global batch). ``trainable``: the names of the parameters probes differentiate and step along
-    (default: every parameter with ``requires_grad``; a Monitor passes its optimizer's). Unset arguments keep the
-    enclosing setting."""
+    (default: every parameter with ``requires_grad``; a Monitor passes its optimizer's). ``sharded``: the model is
+    sharded over the ranks of ``group`` (FSDP2): every vector is this rank's shard, inner products are summed over
+    the ranks, and the objective runs the sharded module itself (:class:`ShardedObjective`). Unset arguments keep
+    the enclosing setting."""
     if hvp is not None and hvp not in HVP_MODES:
         raise ValueError(f"hvp must be one of {', '.join(HVP_MODES)}; got {hvp!r}")
     tokens = [
         (var, var.set(value))
-        for var, value in ((_HVP_MODE, hvp), (_AUTOCAST, autocast), (_GROUP, group), (_TRAINABLE, trainable))
+        for var, value in (
+            (_HVP_MODE, hvp),
+            (_AUTOCAST, autocast),
+            (_GROUP, group),
+            (_TRAINABLE, trainable),
+            (_SHARDED, sharded),
+        )
         if value is not None
     ]
     try:
@@ -212,6 +241,11 @@ def average_over_ranks(t: torch.Tensor, group: Any = None) -> torch.Tensor:
     out = t.detach().clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM, group=g)
     return out / dist.get_world_size(g)
+
+
+def over_shards(t: torch.Tensor) -> torch.Tensor:
+    """A sum over this rank's shard of vectors completed over the ranks under FSDP2 (``t`` itself otherwise)."""
+    return sum_over_ranks(t) if _SHARDED.get() else t
 
 
 def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
@@ -290,6 +324,8 @@ class Objective:
     ) -> Objective:
         inputs, targets = batch_parts(batch)
         args, kwargs = split_inputs(inputs)
+        if cls is Objective and _SHARDED.get():
+            cls = ShardedObjective
         return cls(
             model,
             loss_fn,
@@ -416,6 +452,99 @@ class Objective:
         return torch.func.jvp(torch.func.grad(self), (params,), (v,))[1]
 
 
+class ShardedObjective(Objective):
+    """``L(params)`` of an FSDP2 model, whose parameters are DTensors sharded over the ranks: ``params`` are this
+    rank's shards. Each evaluation writes them into the live shards, runs the sharded module itself (its own
+    all-gathers in the forward and reduce-scatter of the gradient, averaged over the ranks as training does),
+    reads this rank's shard of the gradient, and puts back the weights, ``.grad`` and buffers exactly as they
+    were (copies of this rank's shards only: no parameter-sized vector is ever gathered on a rank). The loss is
+    averaged over the ranks, so with equal shares of the global batch every value is the one a single process
+    holding that batch computes. FSDP's all-gathered parameters are not leaves a second backward can reach, so
+    Hessian-vector products are central differences of two gradients (:func:`fd_step`)."""
+
+    def _run(self, params: Params, backward: bool) -> tuple[torch.Tensor, Params | None]:
+        live = {n: p for n, p in self.model.named_parameters() if n in params}
+        weights = {n: local(p.detach()).clone() for n, p in live.items()}
+        grads = {n: p.grad for n, p in live.items()}
+        kept = {n: b.detach().clone() for n, b in self.model.named_buffers()}
+        try:
+            with torch.no_grad():
+                for n, p in live.items():
+                    local(p.detach()).copy_(params[n])
+                for n, b in self.model.named_buffers():
+                    if n in self.buffers:
+                        b.copy_(self.buffers[n])
+            for p in live.values():
+                p.grad = None
+            set_rng_state(self.rng)
+            with torch.set_grad_enabled(backward), forward_context():
+                out = self.model(*self.args, **self.kwargs)
+                if self.loss_fn is None:
+                    value = model_loss(out)
+                else:
+                    out = self.output_fn(out)
+                    if _AUTOCAST.get() and torch.is_tensor(out) and out.is_floating_point():
+                        out = out.float()
+                    value = self.loss_fn(out, self.targets)
+            got = None
+            if backward:
+                value.backward()
+                got = {
+                    n: local(p.grad).detach().clone() if p.grad is not None else torch.zeros_like(params[n])
+                    for n, p in live.items()
+                }
+        finally:
+            with torch.no_grad():
+                for n, p in live.items():
+                    local(p.detach()).copy_(weights[n])
+                for n, b in self.model.named_buffers():
+                    b.copy_(kept[n])
+            for n, p in live.items():
+                p.grad = grads[n]
+        value = average_over_ranks(value.detach().reshape(1).to(torch.float64)).reshape(())
+        return value, got
+
+    def __call__(self, params: Params) -> torch.Tensor:
+        return self._run(params, backward=False)[0]
+
+    def value(self, params: Params) -> torch.Tensor:
+        self.cost.forward += 1
+        return self._run(params, backward=False)[0]
+
+    def value_and_grad(self, params: Params) -> tuple[torch.Tensor, Params]:
+        self.cost.forward += 1
+        self.cost.backward += 1
+        return self._run(params, backward=True)
+
+    def grad_of(self, names: Sequence[str], params: Params) -> Params:
+        grads = self.value_and_grad(params)[1]
+        return {n: grads[n] for n in names}
+
+    def hessian_operator(self, params: Params) -> tuple[torch.Tensor, Params, Callable[[Params], Params]]:
+        if _HVP_MODE.get() == "exact":
+            raise ValueError(
+                "hvp='exact' under FSDP2: its all-gathered parameters have no second backward; use hvp='auto' or "
+                "'finite_difference' (central differences of two gradients, error analysis in docs/scale.md)"
+            )
+        value, grads = self.value_and_grad(params)
+        names = list(params)
+
+        def hvp(v: Params) -> Params:
+            self.cost.hvp += 1
+            self.cost.fd_hvp += 1
+            h = fd_step(params, v)
+            if h == 0:
+                return {n: torch.zeros_like(v[n]) for n in names}
+            plus = self.value_and_grad({n: params[n] + h * v[n] for n in names})[1]
+            minus = self.value_and_grad({n: params[n] - h * v[n] for n in names})[1]
+            return {n: (plus[n] - minus[n]) / (2 * h) for n in names}
+
+        return value, grads, hvp
+
+    def hvp(self, params: Params, v: Params) -> Params:
+        return self.hessian_operator(params)[2](v)
+
+
 def _no_double_backward(exc: RuntimeError) -> bool:
     """A kernel without a second derivative (the error PyTorch raises at the double backward)."""
     text = str(exc)
@@ -523,12 +652,13 @@ def default_groups(layers: list[tuple[str, list[str]]], limit: int = MAX_DEFAULT
 
 
 def expand_layer_names(model: nn.Module, names: Iterable[str]) -> list[str]:
-    """Module names, where ``"type:Conv2d"`` stands for every module of that class (in order)."""
+    """Module names, where ``"type:Conv2d"`` stands for every module of that class (in order); a wrapper class made
+    from it (FSDP2's ``FSDPConv2d``, a subclass) is that class too."""
     out: list[str] = []
     for name in names:
         if name.startswith("type:"):
             cls = name[len("type:") :]
-            matches = [n for n, m in model.named_modules() if type(m).__name__ == cls]
+            matches = [n for n, m in model.named_modules() if type(m).__name__ == cls or _made_from(type(m), cls)]
             if not matches:
                 raise KeyError(f"no module of type '{cls}' in {type(model).__name__}")
             out += [n for n in matches if n not in out]
@@ -537,13 +667,24 @@ def expand_layer_names(model: nn.Module, names: Iterable[str]) -> list[str]:
     return out
 
 
+def _made_from(kind: type, cls: str) -> bool:
+    """Whether ``kind`` is FSDP2's class made from one named ``cls`` (``FSDPLinear`` from ``Linear``)."""
+    return kind.__name__ == f"FSDP{cls}" and any(base.__name__ == cls for base in kind.__mro__[1:])
+
+
 def _owning(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
 
 
 def dot(a: Params, b: Params, names: Iterable[str] | None = None) -> torch.Tensor:
+    """The inner product over ``names`` in float64 (under FSDP2, of the whole vectors: shards summed over ranks)."""
     names = list(a) if names is None else names
-    return sum((a[n].double() * b[n].double()).sum() for n in names)
+    local_sum = sum((a[n].double() * b[n].double()).sum() for n in names)
+    if not _SHARDED.get():
+        return local_sum
+    if not torch.is_tensor(local_sum):
+        local_sum = torch.zeros((), dtype=torch.float64)
+    return sum_over_ranks(local_sum)
 
 
 def norm(a: Params, names: Iterable[str] | None = None) -> torch.Tensor:

@@ -76,5 +76,6 @@ register(
         },
         exported=("layer_grad_norm", "grad_first_over_last"),
         views={"layers": layer_list},
+        sharded=True,
     )
 )

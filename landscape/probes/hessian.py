@@ -27,7 +27,16 @@ from typing import Literal
 import torch
 from torch import nn
 
-from landscape.probes.functional import Batch, Params, batch_size, flat_hessian, resolve_layers, take, untouched
+from landscape.probes.functional import (
+    Batch,
+    Params,
+    batch_size,
+    flat_hessian,
+    over_shards,
+    resolve_layers,
+    take,
+    untouched,
+)
 from landscape.probes.linalg import flat, lanczos, rademacher, start_vector, tridiagonal, unflat
 from landscape.probes.optimizer import UnreadableOptimizer, optimizer_facts, preconditioner, threshold_warning
 from landscape.probes.registry import MAX_PRODUCTS, Context, Probe, finite_list, layer_list, over, register
@@ -132,8 +141,8 @@ def curvature(
     with untouched(model, eval_mode):
         H = flat_hessian(model, loss_fn, batch, params, buffers, rng, output_fn)
         g = flat(H.grad, H.names)
-        gg = float(g.double() @ g.double())
-        value = float(g.double() @ H(g).double()) / gg if gg > 0 else math.nan
+        gg = float(over_shards(g.double() @ g.double()))
+        value = float(over_shards(g.double() @ H(g).double())) / gg if gg > 0 else math.nan
         return CurvatureResult(value=value, grad_norm=math.sqrt(gg), cost=H.objective.cost.as_dict())
 
 
@@ -503,6 +512,7 @@ register(
         exported=("curvature",),
         check=_batches_check,
         fixed_batch=lambda o: o.batch or None,
+        sharded=True,
     )
 )
 

@@ -44,6 +44,7 @@ from landscape.probes.functional import (
     norm,
     resolve_layers,
     rng_state,
+    sharded,
     snapshot_buffers,
     untouched,
 )
@@ -137,6 +138,21 @@ def clean_layers(layers):
             label: [clean(n) for n in ([names] if isinstance(names, str) else names)] for label, names in layers.items()
         }
     return [clean(n) for n in layers]
+
+
+def refuse_unsharded(probes: Sequence[str], group: Any) -> None:
+    """Under FSDP2, only the probes tested on sharded vectors run (each entry's ``sharded``); others are refused."""
+    if group is None:
+        raise ValueError(
+            "the model's parameters are sharded (FSDP2) but torch.distributed is not initialised or distributed=False: "
+            "construct the Monitor on every rank after init_process_group, with distributed left on"
+        )
+    refused = [p for p in probes if not registry.get(p).sharded]
+    if refused:
+        able = ", ".join(n for n in registry.names() if registry.get(n).sharded)
+        raise ValueError(
+            f"probes {', '.join(refused)} do not yet run on a model sharded by FSDP2; the ones that do: {able}"
+        )
 
 
 class GradWatch:
@@ -267,6 +283,9 @@ class Monitor:
             self.group, self.rank = probe_group(self.timeout), rank()
             agree(self.group, self.settings(), self.schedule)
         self._evaluation["group"] = self.group
+        if sharded(model):  # FSDP2: every vector a probe holds is this rank's shard
+            refuse_unsharded(self.probes, self.group)
+            self._evaluation["sharded"] = True
         self.run = None
         if self.rank != 0:  # only rank 0 writes
             out, outputs = (lambda record: None), None

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from landscape.probes.functional import local
 from landscape.probes.linalg import Params
 
 
@@ -112,7 +113,8 @@ def update_direction(optimizer: torch.optim.Optimizer, model: nn.Module) -> Para
     for n, p in model.named_parameters():  # parameters the optimizer does not hold do not move
         if p.requires_grad and n not in out:
             out[n] = torch.zeros_like(p)
-    return {n: out[n] for n, p in model.named_parameters() if p.requires_grad}
+    # under FSDP2 (DTensor parameters, gradients and state): this rank's shard of the update
+    return {n: local(out[n]) for n, p in model.named_parameters() if p.requires_grad}
 
 
 def _decoupled(optimizer, group) -> bool:

@@ -125,6 +125,7 @@ class Probe:
     attach: Callable[[torch.optim.Optimizer, Any], str | None] | None = None
     fixed_batch: Callable[[Any], int | None] | None = None
     check: Callable[[Any], str | None] | None = None  # options -> what is wrong with them, or None
+    sharded: bool = False  # measured right under FSDP2 (sharded vectors, inner products over ranks): tested
 
 
 @dataclass(frozen=True)

@@ -242,5 +242,6 @@ register(
         exported=("loss", "loss_band", "grad_change", "beta_eff", "grad_norm", "rel_loss_departure", "rel_grad_change"),
         views={"losses": lambda v: finite_list(v["losses"]), "grad_changes": lambda v: finite_list(v["grad_change"])},
         check=_positive_etas,
+        sharded=True,
     )
 )

@@ -295,6 +295,7 @@ register(
             if 0 < len(o.scales) <= MAX_POINTS and all(s > 0 and math.isfinite(s) for s in o.scales)
             else f"scales must be positive multiples of the step, at most {MAX_POINTS}; got {list(o.scales)[:8]}"
         ),
+        sharded=True,
     )
 )
 
@@ -332,5 +333,6 @@ register(
             if 3 <= o.max_forward <= 100 and 0 < o.rtol < 1
             else f"max_forward must be 3 to 100 and rtol in (0, 1); got {o.max_forward}, {o.rtol}"
         ),
+        sharded=True,
     )
 )

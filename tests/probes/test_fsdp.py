@@ -1,0 +1,132 @@
+"""Probes under FSDP2 (``torch.distributed.fsdp.fully_shard``): two processes on the gloo backend (CPU), float64.
+
+Each rank holds half of a 16-example global batch and its shard (rows of every weight) of the parameters. The
+probes that run on a sharded model (each entry's ``sharded``) keep every vector sharded, sum inner products over
+the ranks and evaluate the sharded module itself; their values must equal those one process records on the global
+batch with the unsharded model (relative 1e-7 where both are exact; curvature's Hessian-vector product is a
+central difference under FSDP2, exact by double backward on one process: 1e-6). Training with probes on ends
+bitwise where it ends with probes off on every rank; only rank 0 writes; a probe that does not run sharded is
+refused on every rank with one line.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from landscape.probes.monitor import Monitor
+from landscape.probes.schedules import every
+from tests.probes.test_distributed import _close, _init, _port
+
+pytest.importorskip("torch.distributed.fsdp")
+
+STEPS = 3
+PROBES = ["gradient_sweep", "update_sweep", "critical_sharpness", "curvature", "layer_grad_norm"]
+LOOSER = {"curvature": 1e-6}  # a central difference (FSDP2) against double backward (one process)
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4), nn.Tanh(), nn.Linear(4, 4)).double()
+
+
+def _data():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(16, 6, generator=g, dtype=torch.float64), torch.randint(0, 4, (16,), generator=g)
+
+
+def _shard(model):
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def _train(model, x, y, probes):
+    records = []
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    monitor = Monitor(
+        records.append,
+        model,
+        opt,
+        nn.functional.cross_entropy,
+        every(1),
+        probes=probes,
+        step_hook=False,
+        layers=["type:Linear"],
+    )
+    for step in range(1, STEPS + 1):
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        monitor.observe(step, (x, y), loss)
+        opt.step()
+        monitor.after_step()
+    monitor.close()
+    return records
+
+
+def _local(model):
+    return {n: (p.to_local() if hasattr(p, "to_local") else p).detach().clone() for n, p in model.named_parameters()}
+
+
+def _worker(rank, port, folder):
+    dist = _init(rank, port)
+    out = {}
+    try:
+        x, y = _data()
+        half = slice(8 * rank, 8 * rank + 8)
+        on = _shard(_model())
+        out["records"] = _train(on, x[half], y[half], PROBES)
+        off = _shard(_model())
+        _train(off, x[half], y[half], [])
+        w_on, w_off = _local(on), _local(off)
+        out["bitwise"] = all(torch.equal(w_on[n], w_off[n]) for n in w_on)
+        out["shard_rows"] = {n: tuple(v.shape) for n, v in w_on.items()}
+        try:
+            _train(_shard(_model()), x[half], y[half], ["sharpness"])
+            out["refused"] = None
+        except ValueError as exc:
+            out["refused"] = str(exc)
+        torch.save(out, os.path.join(folder, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def fsdp_results(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fsdp")
+    mp.spawn(_worker, args=(_port(), str(folder)), nprocs=2, join=True)
+    return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+def test_each_sharded_probe_under_fsdp2_equals_one_process_on_the_global_batch(fsdp_results):
+    x, y = _data()
+    reference = _train(_model(), x, y, PROBES)
+    sharded = fsdp_results[0]["records"]
+    assert fsdp_results[1]["records"] == []  # only rank 0 writes
+    assert [(r["probe"], r["step"]) for r in sharded] == [(r["probe"], r["step"]) for r in reference]
+    bad = [
+        (r["probe"], r["step"], r["values"], s["values"])
+        for r, s in zip(sharded, reference)
+        if not _close(r["values"], s["values"], LOOSER.get(r["probe"], 1e-7))
+    ]
+    assert not bad, bad[0]
+    assert fsdp_results[0]["shard_rows"]["0.weight"] == (4, 6)  # each rank held half of every weight's rows
+
+
+def test_probes_never_change_fsdp2_training_on_any_rank(fsdp_results):
+    assert all(r["bitwise"] for r in fsdp_results)
+
+
+def test_a_probe_that_does_not_run_sharded_is_refused_on_every_rank(fsdp_results):
+    for r in fsdp_results:
+        assert r["refused"] is not None and "sharpness" in r["refused"] and "\n" not in r["refused"]
+        assert "critical_sharpness" in r["refused"]  # the ones that do are named
