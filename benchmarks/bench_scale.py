@@ -3,10 +3,13 @@
 1. The finite-difference Hessian-vector product (two gradients) against the exact one (a backward
    through a retained graph), per product, on VGG-11 and on the ViT (written-out attention: both
    routes; fused ``sdpa`` attention: finite differences only, its CPU kernel has no double backward).
-2. Probes under DistributedDataParallel: the sharpness and gradient-sweep probes on 2 processes
-   (gloo, one thread each, half the global batch per rank) against 1 process with 2 threads on the
-   whole global batch. On a 2-core CPU this checks that the probes scale correctly (the same work
-   split in two plus the all-reduces), not a speed-up: a GPU per rank is where DDP pays.
+2. Probes under DistributedDataParallel and under FSDP2 (``fully_shard`` on every conv and linear layer
+   and the root): the sharpness, gradient-sweep and critical-sharpness probes on 2 processes (gloo, one
+   thread each, half the global batch per rank) against 1 process with 2 threads on the whole global
+   batch, and a training step (forward, backward, SGD step) in each setting as the yardstick. On a 2-core
+   CPU this checks that the probes scale correctly (the same work split in two plus the collectives),
+   not a speed-up: a GPU per rank is where sharding pays. Under FSDP2 every Hessian-vector product is a
+   central difference of two gradients (its all-gathered parameters have no second backward).
 
     python benchmarks/bench_scale.py [--data-dir DATA] [--repeats 5]
 
@@ -80,8 +83,18 @@ def _port() -> int:
 def _probe_time(model, batch, repeats: int) -> dict:
     """Median seconds of one probe call (the whole observe: under DDP, its all-reduces included)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    out = {}
-    for probe, opts in (("sharpness", {"iters": 10, "tol": 0.0}), ("gradient_sweep", {})):
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        CE(model(batch[0]), batch[1]).backward()
+
+    out = {"training step (no optimizer update)": timeit(train_step, repeats)}
+    train_step()  # a gradient in p.grad for the probes that read the optimizer's update
+    for probe, opts in (
+        ("sharpness", {"iters": 10, "tol": 0.0}),
+        ("gradient_sweep", {}),
+        ("critical_sharpness", {}),
+    ):
         monitor = Monitor(
             lambda rec: None, model, opt, CE, every(1), probes=[probe], options={probe: opts}, step_hook=False
         )
@@ -90,7 +103,16 @@ def _probe_time(model, batch, repeats: int) -> dict:
     return out
 
 
-def _rank(rank: int, port: int, batch, repeats: int, queue) -> None:
+def _fsdp(model):
+    from torch.distributed.fsdp import fully_shard
+
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            fully_shard(m)
+    return fully_shard(model)
+
+
+def _rank(rank: int, port: int, batch, repeats: int, queue, kind: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -99,7 +121,8 @@ def _rank(rank: int, port: int, batch, repeats: int, queue) -> None:
     torch.set_num_threads(1)
     half = len(batch[1]) // 2
     local = (batch[0][rank * half : (rank + 1) * half], batch[1][rank * half : (rank + 1) * half])
-    model = DDP(model_of("vgg", vgg=VggConfig(width=0.25)))
+    model = model_of("vgg", vgg=VggConfig(width=0.25))
+    model = DDP(model) if kind == "ddp" else _fsdp(model)
     times = _probe_time(model, local, repeats)
     if rank == 0:
         queue.put(times)
@@ -111,34 +134,41 @@ def part2(split, repeats: int) -> None:
     torch.set_num_threads(2)
     one = _probe_time(model_of("vgg", vgg=VggConfig(width=0.25)), batch, repeats)
     ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
-    procs = [ctx.Process(target=_rank, args=(r, _port_holder[0], batch, repeats, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    two = queue.get()
-    for p in procs:
-        p.join()
+    two = {}
+    for kind in ("ddp", "fsdp"):
+        queue = ctx.SimpleQueue()
+        port = _port()
+        procs = [ctx.Process(target=_rank, args=(r, port, batch, repeats, queue, kind)) for r in range(2)]
+        for p in procs:
+            p.start()
+        two[kind] = queue.get()
+        for p in procs:
+            p.join()
     print(
-        "| probe (VGG-11 width 0.25, global batch 128) | 1 process, 2 threads (s) | 2 DDP processes, 1 thread "
-        "each (s) | ratio |"
+        "| probe (VGG-11 width 0.25, global batch 128) | 1 process, 2 threads (s) | 2 DDP processes (s) | "
+        "2 FSDP2 processes (s) | DDP / 1 | FSDP2 / 1 | FSDP2 probe / FSDP2 training step |"
     )
-    print("|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
+    step = "training step (no optimizer update)"
     for probe in one:
-        print(f"| {probe} | {one[probe]:.3f} | {two[probe]:.3f} | {two[probe] / one[probe]:.2f}x |")
+        d, f = two["ddp"][probe], two["fsdp"][probe]
+        print(
+            f"| {probe} | {one[probe]:.3f} | {d:.3f} | {f:.3f} | {d / one[probe]:.2f}x | {f / one[probe]:.2f}x | "
+            f"{f / two['fsdp'][step]:.1f}x |"
+        )
 
-
-_port_holder = [0]
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--distributed-only", action="store_true", help="part 2 only (DDP and FSDP2 against 1 process)")
     a = ap.parse_args()
     split = training_split(a.data_dir)
-    _port_holder[0] = _port()
     t0 = time.perf_counter()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads\n")
-    part1(split, a.repeats)
-    print()
+    if not a.distributed_only:
+        part1(split, a.repeats)
+        print()
     part2(split, a.repeats)
     print(f"\n{time.perf_counter() - t0:.0f} s in all")

@@ -243,6 +243,11 @@ def average_over_ranks(t: torch.Tensor, group: Any = None) -> torch.Tensor:
     return out / dist.get_world_size(g)
 
 
+def sharded_vectors() -> bool:
+    """Whether the vectors probes hold are shards of longer ones (FSDP2, :func:`evaluation`'s ``sharded``)."""
+    return _SHARDED.get()
+
+
 def over_shards(t: torch.Tensor) -> torch.Tensor:
     """A sum over this rank's shard of vectors completed over the ranks under FSDP2 (``t`` itself otherwise)."""
     return sum_over_ranks(t) if _SHARDED.get() else t

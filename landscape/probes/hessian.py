@@ -34,6 +34,7 @@ from landscape.probes.functional import (
     flat_hessian,
     over_shards,
     resolve_layers,
+    sharded_vectors,
     take,
     untouched,
 )
@@ -103,7 +104,8 @@ def sharpness(
             direction = flat(H.grad, H.names) * (scale if scale is not None else 1)
         else:
             direction = None
-        ritz = lanczos(matvec, start_vector(H.n, seed, H.like, direction), iters, tol)[2]
+        allsum = over_shards if sharded_vectors() else None  # FSDP2: each vector is this rank's shard
+        ritz = lanczos(matvec, start_vector(H.n, seed, H.like, direction, allsum=allsum), iters, tol, allsum)[2]
         f = H.objective
         return SharpnessResult(
             value=ritz.value,
@@ -459,6 +461,7 @@ register(
         check=_sharpness_check,
         views=_SHARPNESS_VIEWS,
         fixed_batch=lambda o: o.batch or None,
+        sharded=True,
     )
 )
 

@@ -58,14 +58,23 @@ def tridiagonal(alphas: list[float], betas: list[float]) -> torch.Tensor:
 
 
 def lanczos(
-    matvec: Callable[[torch.Tensor], torch.Tensor], q: torch.Tensor, steps: int, tol: float | None = None
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    q: torch.Tensor,
+    steps: int,
+    tol: float | None = None,
+    allsum: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[list[float], list[float], Ritz]:
     """Lanczos with full reorthogonalisation on a symmetric operator, from the unit vector ``q``.
 
     Runs ``steps`` products, or stops early when ``tol`` is given and the top Ritz value's
     residual (a bound on its error) is below ``tol`` times its magnitude, or when the Krylov
-    space is exhausted. Returns the tridiagonal's ``alphas`` and ``betas`` and the top Ritz pair."""
-    n_max = min(steps, q.numel())
+    space is exhausted. Returns the tridiagonal's ``alphas`` and ``betas`` and the top Ritz pair.
+
+    ``allsum``: where each vector is one part of a longer one held across processes (a sharded model), the
+    sum over the parts of a local inner product; every inner product and norm is completed by it."""
+    red = allsum or (lambda t: t)
+    total = q.numel() if allsum is None else int(red(torch.tensor(float(q.numel()), dtype=torch.float64)))
+    n_max = min(steps, total)
     # The basis twice: as separate vectors for the products and the recurrence (fresh, aligned
     # tensors: the same floating-point results as always), and as the rows of one matrix, grown
     # by doubling, to reorthogonalise against without stacking the list at every step (that
@@ -77,12 +86,12 @@ def lanczos(
     evecs = None
     for _ in range(n_max):
         hq = matvec(basis[-1])
-        alpha = torch.dot(hq, basis[-1])
+        alpha = red(torch.dot(hq, basis[-1]))
         hq = hq - alpha * basis[-1] - (betas[-1] * basis[-2] if betas else 0)
         B = Q[: len(basis)]
         for _ in range(2):  # full reorthogonalisation, twice is enough (Kahan)
-            hq = hq - B.T @ (B @ hq)
-        beta = float(hq.norm())
+            hq = hq - B.T @ red(B @ hq)
+        beta = float(hq.norm()) if allsum is None else float(red(torch.dot(hq, hq)).sqrt())
         if not (math.isfinite(float(alpha)) and math.isfinite(beta)):  # diverged weights: no eigenvalue
             return alphas, betas, Ritz(math.nan, math.nan, False, None, len(alphas))
         alphas.append(float(alpha))
@@ -105,21 +114,32 @@ def lanczos(
     vector = None
     if evecs is not None:
         y = Q[: len(alphas)].T @ evecs[:, -1].to(dtype=q.dtype, device=q.device)
-        vector = y / y.norm() if y.norm() > 0 else None
+        y_norm = y.norm() if allsum is None else red(torch.dot(y, y)).sqrt()
+        vector = y / y_norm if y_norm > 0 else None
     return alphas, betas, Ritz(value, residual, converged, vector, len(alphas))
 
 
 def start_vector(
-    n: int, seed: int, like: torch.Tensor, direction: torch.Tensor | None = None, noise: float = 0.3
+    n: int,
+    seed: int,
+    like: torch.Tensor,
+    direction: torch.Tensor | None = None,
+    noise: float = 0.3,
+    allsum: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """A unit start vector: ``direction`` (normalised) plus ``noise`` times a seeded random unit
-    vector, so every eigenvector stays reachable; just the random vector without a direction."""
+    vector, so every eigenvector stays reachable; just the random vector without a direction.
+    ``allsum``: as in :func:`lanczos`, for a vector held in parts (each part draws its own, from ``seed``)."""
+
+    def norm(v: torch.Tensor) -> torch.Tensor:
+        return v.norm() if allsum is None else allsum(torch.dot(v.double(), v.double())).sqrt().to(v.dtype)
+
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(n, generator=gen, dtype=torch.float64)
-    q = (q / q.norm()).to(device=like.device, dtype=like.dtype)
-    if direction is not None and direction.norm() > 0 and torch.isfinite(direction).all():
-        q = direction.to(dtype=like.dtype) / direction.norm() + noise * q
-    return q / q.norm()
+    q = (q / norm(q)).to(device=like.device, dtype=like.dtype)
+    if direction is not None and norm(direction) > 0 and torch.isfinite(direction).all():
+        q = direction.to(dtype=like.dtype) / norm(direction) + noise * q
+    return q / norm(q)
 
 
 def rademacher(n: int, k: int, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:

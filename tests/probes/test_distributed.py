@@ -35,6 +35,7 @@ PROBES = [
     "ics_opti",
     "layer_grad_norm",
     "update_sweep",
+    "critical_sharpness",
     "batch_sharpness",
     "edge_eigenvalues",
 ]
