@@ -191,8 +191,9 @@ def layer_sharpness(
 
             before = f.cost.hvp
             like = w[names[0]]
-            q = start_vector(sum(w[n].numel() for n in names), seed, like, flat(grad, names))
-            ritz = lanczos(matvec, q, iters, tol)[2]
+            allsum = over_shards if sharded_vectors() else None  # FSDP2: each vector is this rank's shard
+            q = start_vector(sum(w[n].numel() for n in names), seed, like, flat(grad, names), allsum=allsum)
+            ritz = lanczos(matvec, q, iters, tol, allsum)[2]
             values[label], residual[label], hvps[label] = ritz.value, ritz.residual, f.cost.hvp - before
         return LayerSharpnessResult(
             layers=[label for label, _ in groups], values=values, residual=residual, hvps=hvps, cost=f.cost.as_dict()
@@ -483,6 +484,7 @@ register(
         check=_sharpness_check,
         views=_SHARPNESS_VIEWS,
         fixed_batch=lambda o: o.batch or None,
+        sharded=True,
     )
 )
 
@@ -538,6 +540,7 @@ register(
         exported=("layer_sharpness",),
         views={"layers": layer_list},
         check=_lanczos_check,
+        sharded=True,
     )
 )
 

@@ -72,7 +72,7 @@ def preconditioner(optimizer: torch.optim.Optimizer, model: nn.Module) -> Params
                 raise UnreadableOptimizer("Adam has no preconditioner before its first step")
             step = float(state["step"])
             v = state["max_exp_avg_sq"] if group.get("amsgrad") else state["exp_avg_sq"]
-            out[by_param[p]] = (v / (1 - beta2**step)).sqrt() + eps
+            out[by_param[p]] = local((v / (1 - beta2**step)).sqrt() + eps)  # FSDP2: this rank's shard
     return out
 
 
