@@ -79,13 +79,15 @@ ATTENTIONS = ("explicit", "sdpa")
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0, kind: str = "explicit"):
+    """Multi-head self-attention; ``causal``: each position attends to itself and the positions before it."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, kind: str = "explicit", causal: bool = False):
         super().__init__()
         if dim % heads:
             raise ValueError(f"width {dim} is not divisible by {heads} heads")
         if kind not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}; got {kind!r}")
-        self.heads, self.kind, self.p = heads, kind, dropout
+        self.heads, self.kind, self.p, self.causal = heads, kind, dropout, causal
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.drop = nn.Dropout(dropout)
@@ -94,17 +96,31 @@ class Attention(nn.Module):
         n, t, d = x.shape
         q, k, v = self.qkv(x).reshape(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         if self.kind == "sdpa":
-            out = nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=self.p if self.training else 0.0)
+            out = nn.functional.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.p if self.training else 0.0, is_causal=self.causal
+            )
             return self.proj(out.transpose(1, 2).reshape(n, t, d))
         attn = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.heads)
+        if self.causal:
+            later = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
+            attn = attn.masked_fill(later, float("-inf"))
         attn = self.drop(attn.softmax(-1))
         return self.proj((attn @ v).transpose(1, 2).reshape(n, t, d))
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, norm: str, dropout: float, attention: str = "explicit"):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_ratio: float,
+        norm: str,
+        dropout: float,
+        attention: str = "explicit",
+        causal: bool = False,
+    ):
         super().__init__()
-        self.norm1, self.attn = vit_norm(norm, dim), Attention(dim, heads, dropout, attention)
+        self.norm1, self.attn = vit_norm(norm, dim), Attention(dim, heads, dropout, attention, causal)
         self.norm2 = vit_norm(norm, dim)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(

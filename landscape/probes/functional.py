@@ -467,7 +467,14 @@ class ShardedObjective(Objective):
     holding that batch computes. FSDP's all-gathered parameters are not leaves a second backward can reach, so
     Hessian-vector products are central differences of two gradients (:func:`fd_step`)."""
 
+    def _reshard(self) -> None:
+        """Every FSDP unit back to its sharded parameters (a forward without a backward leaves the root's gathered)."""
+        for m in self.model.modules():
+            if type(m).__name__.startswith("FSDP") and callable(getattr(m, "reshard", None)):
+                m.reshard()
+
     def _run(self, params: Params, backward: bool) -> tuple[torch.Tensor, Params | None]:
+        self._reshard()
         live = {n: p for n, p in self.model.named_parameters() if n in params}
         weights = {n: local(p.detach()).clone() for n, p in live.items()}
         grads = {n: p.grad for n, p in live.items()}
@@ -499,6 +506,7 @@ class ShardedObjective(Objective):
                     for n, p in live.items()
                 }
         finally:
+            self._reshard()
             with torch.no_grad():
                 for n, p in live.items():
                     local(p.detach()).copy_(weights[n])
