@@ -90,6 +90,7 @@ def _probe_time(model, batch, repeats: int) -> dict:
 
     out = {"training step (no optimizer update)": timeit(train_step, repeats)}
     train_step()  # a gradient in p.grad for the probes that read the optimizer's update
+    peak = {"training": _peak_rss_mb()}
     for probe, opts in (
         ("sharpness", {"iters": 10, "tol": 0.0}),
         ("gradient_sweep", {}),
@@ -99,8 +100,18 @@ def _probe_time(model, batch, repeats: int) -> dict:
             lambda rec: None, model, opt, CE, every(1), probes=[probe], options={probe: opts}, step_hook=False
         )
         out[probe] = timeit(lambda: monitor.observe(1, batch), repeats)
+        peak[probe] = _peak_rss_mb()
         monitor.close()
+    out["peak"] = peak
     return out
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (monotonic: read after training, then after each probe,
+    it says how far each probe raised the peak beyond training's; the CPU has no per-region allocator peak)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _fsdp(model):
@@ -150,12 +161,20 @@ def part2(split, repeats: int) -> None:
     )
     print("|---|---|---|---|---|---|---|")
     step = "training step (no optimizer update)"
-    for probe in one:
+    for probe in [k for k in one if k != "peak"]:
         d, f = two["ddp"][probe], two["fsdp"][probe]
         print(
             f"| {probe} | {one[probe]:.3f} | {d:.3f} | {f:.3f} | {d / one[probe]:.2f}x | {f / one[probe]:.2f}x | "
             f"{f / two['fsdp'][step]:.1f}x |"
         )
+    print(
+        "\nPeak resident memory of rank 0 (MB, the whole process: Python and torch included), after the training "
+        "steps and after each probe in turn:\n"
+    )
+    print("| setting | after training | " + " | ".join(f"after {p}" for p in one["peak"] if p != "training") + " |")
+    print("|---|---|" + "---|" * (len(one["peak"]) - 1))
+    for name, times in (("1 process", one), ("DDP x 2", two["ddp"]), ("FSDP2 x 2", two["fsdp"])):
+        print(f"| {name} | " + " | ".join(f"{v:.0f}" for v in times["peak"].values()) + " |")
 
 
 if __name__ == "__main__":

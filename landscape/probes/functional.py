@@ -253,6 +253,40 @@ def over_shards(t: torch.Tensor) -> torch.Tensor:
     return sum_over_ranks(t) if _SHARDED.get() else t
 
 
+def shard_draws(model: nn.Module, names: Sequence[str], k: int, gen: torch.Generator, kind: str) -> torch.Tensor:
+    """``k`` seeded random vectors over the parameters ``names`` of an FSDP2 model, as the rows of a matrix of this
+    rank's shards: each parameter's full-size draw (``rademacher`` +-1 or ``normal``), vector by vector and parameter
+    by parameter in order, cut into the ranks' row chunks as FSDP2's ``Shard(0)`` cuts it, this rank's kept. One
+    parameter is drawn at a time, never a model-sized vector; one process making the same draws and concatenating
+    them holds the whole vectors (what the tests compare against)."""
+    import torch.distributed as dist
+
+    group = process_group()
+    g = None if group is True else group
+    rank, world = dist.get_rank(g), dist.get_world_size(g)
+    live = dict(model.named_parameters())
+    rows = []
+    for _ in range(k):
+        parts = []
+        for n in names:
+            p = live[n]
+            if kind == "rademacher":
+                full = torch.randint(0, 2, tuple(p.shape), generator=gen, dtype=torch.int8).double() * 2 - 1
+            else:
+                full = torch.randn(tuple(p.shape), generator=gen, dtype=torch.float64)
+            pieces = list(torch.chunk(full, world, dim=0)) if full.dim() else [full]
+            mine = pieces[rank] if rank < len(pieces) else full[:0]
+            mine_local = local(p.detach())
+            if tuple(mine.shape) != tuple(mine_local.shape):
+                raise ValueError(
+                    f"parameter {n} is sharded as {tuple(mine_local.shape)} on rank {rank}, not in FSDP2's row chunks "
+                    f"of {tuple(p.shape)}: random probe vectors cannot be drawn to match one process"
+                )
+            parts.append(mine.reshape(-1).to(mine_local.device, mine_local.dtype))
+        rows.append(torch.cat(parts))
+    return torch.stack(rows)
+
+
 def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
     """``t`` summed over the ranks of the probes' process group (``t`` itself without one)."""
     group = process_group()

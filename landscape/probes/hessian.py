@@ -34,6 +34,7 @@ from landscape.probes.functional import (
     flat_hessian,
     over_shards,
     resolve_layers,
+    shard_draws,
     sharded_vectors,
     take,
     untouched,
@@ -246,18 +247,28 @@ def hessian_trace(
         H = flat_hessian(model, loss_fn, batch, params, buffers, rng, output_fn)
         like, n, f = H.like, H.n, H.objective
         gen = torch.Generator().manual_seed(seed)
+        shards = sharded_vectors()  # FSDP2: each vector this rank's shard, drawn to match one process's
+
+        def draw(k: int) -> torch.Tensor:
+            return shard_draws(model, H.names, k, gen, "rademacher").to(like) if shards else rademacher(n, k, gen, like)
+
         exact = 0.0
         if method == "hutch++":
             k = samples // 3
-            S = rademacher(n, k, gen, like)
-            Q, _ = torch.linalg.qr(torch.stack([H(s) for s in S]).T.double())
+            S = draw(k)
+            Y = torch.stack([H(s) for s in S]).T.double()
+            if shards:  # QR of a matrix held in row blocks: Cholesky of its Gram matrix (CholeskyQR)
+                R = torch.linalg.cholesky(over_shards(Y.T @ Y)).T
+                Q = torch.linalg.solve_triangular(R, Y, upper=True, left=False)
+            else:
+                Q, _ = torch.linalg.qr(Y)
             Q = Q.to(like.dtype)
-            exact = sum(float(q.double() @ H(q).double()) for q in Q.T)
-            G = rademacher(n, samples - 2 * k, gen, like)
-            G = G - (G @ Q) @ Q.T
+            exact = sum(float(over_shards(q.double() @ H(q).double())) for q in Q.T)
+            G = draw(samples - 2 * k)
+            G = G - over_shards(G @ Q) @ Q.T
         else:
-            G = rademacher(n, samples, gen, like)
-        quad = torch.tensor([float(z.double() @ H(z).double()) for z in G], dtype=torch.float64)
+            G = draw(samples)
+        quad = torch.tensor([float(over_shards(z.double() @ H(z).double())) for z in G], dtype=torch.float64)
         return TraceResult(
             value=exact + float(quad.mean()),
             stderr=float(quad.std() / math.sqrt(len(quad))),
@@ -302,8 +313,14 @@ def spectral_density(
         H = flat_hessian(model, loss_fn, batch, params, buffers, rng, output_fn)
         f = H.objective
         nodes, weights = [], []
+        shards = sharded_vectors()  # FSDP2: each vector this rank's shard, drawn to match one process's
         for i in range(vectors):
-            alphas, betas, _ = lanczos(H, start_vector(H.n, seed + i, H.like), steps)
+            if shards:
+                q = shard_draws(model, H.names, 1, torch.Generator().manual_seed(seed + i), "normal")[0]
+                q = (q / over_shards(q @ q).sqrt()).to(H.like)
+                alphas, betas, _ = lanczos(H, q, steps, allsum=over_shards)
+            else:
+                alphas, betas, _ = lanczos(H, start_vector(H.n, seed + i, H.like), steps)
             if not alphas or not all(math.isfinite(a) for a in alphas):
                 continue
             evals, evecs = torch.linalg.eigh(tridiagonal(alphas, betas))
@@ -583,6 +600,7 @@ register(
         quantities={"hessian_trace": lambda v: v["value"], "trace_stderr": lambda v: v["stderr"]},
         exported=("hessian_trace",),
         check=_trace_check,
+        sharded=True,
     )
 )
 
@@ -614,5 +632,6 @@ register(
             else f"vectors and steps must be positive, vectors at most 1000 and vectors x steps (products) at most "
             f"{MAX_PRODUCTS}; got {o.vectors} and {o.steps}"
         ),
+        sharded=True,
     )
 )

@@ -78,7 +78,7 @@ OPTIMIZERS = {
 }
 
 
-def _train(model, x, y, probes, optim="sgd"):
+def _train(model, x, y, probes, optim="sgd", options=None, steps=STEPS):
     records = []
     opt = OPTIMIZERS[optim](model.parameters())
     monitor = Monitor(
@@ -88,11 +88,11 @@ def _train(model, x, y, probes, optim="sgd"):
         nn.functional.cross_entropy,
         every(1),
         probes=probes,
-        options={k: v for k, v in OPTIONS.items() if k in probes},
+        options=options or {k: v for k, v in OPTIONS.items() if k in probes},
         step_hook=False,
         layers=["type:Linear"],
     )
-    for step in range(1, STEPS + 1):
+    for step in range(1, steps + 1):
         opt.zero_grad(set_to_none=True)
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
@@ -101,6 +101,28 @@ def _train(model, x, y, probes, optim="sgd"):
         monitor.after_step()
     monitor.close()
     return records
+
+
+# Probes with random vectors: under FSDP2 each parameter's draw is cut into the ranks' row chunks, so one process
+# making the same draws holds the same vectors; compared with a literal computation on the exact Hessian.
+RANDOM = ("hessian_trace", "spectral_density")
+RANDOM_OPTIONS = {
+    method: {"hessian_trace": {"samples": 6, "method": method}, "spectral_density": {"vectors": 2, "steps": 6}}
+    for method in ("hutchinson", "hutch++")
+}
+
+
+def _draws(model, k, gen, kind):
+    rows = []
+    for _ in range(k):
+        parts = []
+        for p in model.parameters():
+            if kind == "rademacher":
+                parts.append(torch.randint(0, 2, tuple(p.shape), generator=gen, dtype=torch.int8).double() * 2 - 1)
+            else:
+                parts.append(torch.randn(tuple(p.shape), generator=gen, dtype=torch.float64))
+        rows.append(torch.cat([t.reshape(-1) for t in parts]))
+    return torch.stack(rows)
 
 
 def _local(model):
@@ -122,8 +144,12 @@ def _worker(rank, port, folder):
             w_on, w_off = _local(on), _local(off)
             out["bitwise"][optim] = all(torch.equal(w_on[n], w_off[n]) for n in w_on)
         out["shard_rows"] = {n: tuple(v.shape) for n, v in w_on.items()}
+        out["random"] = {
+            method: _train(_shard(_model()), x[half], y[half], list(RANDOM), options=RANDOM_OPTIONS[method], steps=1)
+            for method in RANDOM_OPTIONS
+        }
         try:
-            _train(_shard(_model()), x[half], y[half], ["hessian_trace"])
+            _train(_shard(_model()), x[half], y[half], ["edge_eigenvalues"])
             out["refused"] = None
         except ValueError as exc:
             out["refused"] = str(exc)
@@ -161,5 +187,35 @@ def test_probes_never_change_fsdp2_training_on_any_rank(fsdp_results):
 
 def test_a_probe_that_does_not_run_sharded_is_refused_on_every_rank(fsdp_results):
     for r in fsdp_results:
-        assert r["refused"] is not None and "hessian_trace" in r["refused"] and "\n" not in r["refused"]
+        assert r["refused"] is not None and "edge_eigenvalues" in r["refused"] and "\n" not in r["refused"]
         assert "critical_sharpness" in r["refused"]  # the ones that do are named
+
+
+@pytest.mark.parametrize("method", list(RANDOM_OPTIONS))
+def test_trace_and_density_under_fsdp2_equal_a_literal_computation_with_the_same_vectors(fsdp_results, method):
+    from landscape.probes.linalg import lanczos, tridiagonal
+    from tests.probes.reference import full_hessian
+
+    x, y = _data()
+    model = _model()
+    H, _, _, _ = full_hessian(model, (x, y))
+    records = {r["probe"]: r["values"] for r in fsdp_results[0]["random"][method]}
+    gen = torch.Generator().manual_seed(1)  # the probes' seed is the step
+    if method == "hutchinson":
+        Z = _draws(model, 6, gen, "rademacher")
+        expected = float(torch.stack([z @ H @ z for z in Z]).mean())
+    else:
+        S = _draws(model, 2, gen, "rademacher")
+        Q, _ = torch.linalg.qr(H @ S.T)
+        G = _draws(model, 2, gen, "rademacher")
+        G = G - (G @ Q) @ Q.T
+        expected = float(torch.trace(Q.T @ H @ Q)) + float(torch.stack([g @ H @ g for g in G]).mean())
+    assert records["hessian_trace"]["value"] == pytest.approx(expected, rel=1e-6)
+    for i, (nodes, weights) in enumerate(
+        zip(records["spectral_density"]["nodes"], records["spectral_density"]["weights"])
+    ):
+        q = _draws(model, 1, torch.Generator().manual_seed(1 + i), "normal")[0]
+        alphas, betas, _ = lanczos(lambda v: H @ v, q / q.norm(), 6)
+        evals, evecs = torch.linalg.eigh(tridiagonal(alphas, betas))
+        assert nodes == pytest.approx(evals.tolist(), rel=1e-6, abs=1e-9)
+        assert weights == pytest.approx((evecs[0] ** 2).tolist(), rel=1e-5, abs=1e-9)
