@@ -31,6 +31,9 @@ from landscape.probes.functional import (
     dot,
     flat_hessian,
     group_size,
+    over_shards,
+    shard_draws,
+    sharded_vectors,
     take,
     untouched,
 )
@@ -114,9 +117,19 @@ def edge_eigenvalues(
     with untouched(model, eval_mode):
         H = flat_hessian(model, loss_fn, batch, params, buffers, rng, output_fn)
         matvec = H.preconditioned(preconditioner)[0]
+        allsum, draw, n = None, None, H.n
+        if sharded_vectors():  # FSDP2: each vector this rank's shard; random columns cut from per-parameter draws
+            gen = torch.Generator().manual_seed(seed)
+            allsum, n = over_shards, int(over_shards(torch.tensor(float(H.n), dtype=torch.float64)))
+
+            def draw(k: int) -> torch.Tensor:
+                if k == 0:
+                    return torch.zeros(H.n, 0, dtype=torch.float64)
+                return shard_draws(model, H.names, k, gen, "normal").T
+
         r = eigenvalues_above(
             matvec,
-            H.n,
+            n,
             line,
             block=block,
             max_products=max_products,
@@ -125,6 +138,8 @@ def edge_eigenvalues(
             min_products=min_products,
             seed=seed,
             like=H.like,
+            allsum=allsum,
+            draw=draw,
         )
         r.cost = H.objective.cost.as_dict()
         return r
@@ -242,5 +257,6 @@ register(
         attach=threshold_warning,
         fixed_batch=lambda o: o.batch or None,
         check=_edge_check,
+        sharded=True,
     )
 )

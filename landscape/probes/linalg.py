@@ -165,13 +165,22 @@ class EigenResult:
         return {k: v for k, v in asdict(self).items() if k != "vectors"}
 
 
-def orthonormal_against(X: torch.Tensor, V: torch.Tensor | None) -> torch.Tensor:
+def orthonormal_against(
+    X: torch.Tensor, V: torch.Tensor | None, allsum: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> torch.Tensor:
     """The columns of ``X`` made orthonormal and orthogonal to ``V``'s (twice: Kahan), in float64; dependent
-    columns dropped."""
+    columns dropped. ``allsum`` (as in :func:`lanczos`: columns held in row blocks across processes): the Gram
+    matrices are summed over the blocks, and the QR is Cholesky-free: ``X`` times the inverse square root of its
+    Gram matrix's kept eigenpairs."""
     X = X.double()
     for _ in range(2):
         if V is not None and V.shape[1]:
-            X = X - V @ (V.T @ X)
+            X = X - V @ (V.T @ X if allsum is None else allsum(V.T @ X))
+        if allsum is not None:
+            s, U = torch.linalg.eigh(allsum(X.T @ X))
+            keep = s > 1e-20 * max(float(s.max()) if len(s) else 0.0, 1.0)
+            X = X @ (U[:, keep] / s[keep].sqrt())
+            continue
         Q, R = torch.linalg.qr(X)
         d = R.diagonal().abs().tolist()  # k numbers: the one synchronisation of a block
         X = Q[:, [i for i, r in enumerate(d) if r > 1e-10 * max([1.0, *d])]]
@@ -190,6 +199,8 @@ def eigenvalues_above(
     seed: int = 0,
     min_products: int = 20,
     like: torch.Tensor | None = None,
+    allsum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    draw: Callable[[int], torch.Tensor] | None = None,
 ) -> EigenResult:
     """Every eigenvalue of the symmetric operator ``matvec`` (on length-``n`` vectors) above ``line``.
 
@@ -200,19 +211,30 @@ def eigenvalues_above(
     line than the block holds (so the block has room for one more: were another eigenvalue above
     the line, the block's extra direction would be finding it); the block doubles when it is full.
     ``start`` (columns: e.g. the previous call's ``vectors``) fills the first block, the rest is random
-    (seeded, never the global RNG)."""
+    (seeded, never the global RNG).
+
+    For vectors held in row blocks across processes (a sharded model): ``allsum`` completes every inner product
+    (as in :func:`lanczos`), ``n`` is the whole length and ``draw(k)`` gives ``k`` random columns of this block."""
     like = like if like is not None else torch.zeros(1)
     dev = like.device  # the Krylov basis lives on the model's device (float64); only the random draws start on the CPU
     gen = torch.Generator().manual_seed(seed)  # seeded on the CPU: the same vectors on every device and rank
+    red = allsum or (lambda t: t)
+
+    def randn(k: int) -> torch.Tensor:
+        if draw is not None:
+            return draw(k).to(dev, torch.float64)
+        return torch.randn(n, k, generator=gen, dtype=torch.float64).to(dev)
+
+    rows = n if draw is None else randn(0).shape[0]  # this process's part of each vector
     cols = (
         []
         if start is None
-        else [start.to(dev, torch.float64)[:, i] for i in range(start.shape[1]) if start.shape[0] == n]
+        else [start.to(dev, torch.float64)[:, i] for i in range(start.shape[1]) if start.shape[0] == rows]
     )
     k = max(block, len(cols) + 1)
-    random = torch.randn(n, max(k - len(cols), 1), generator=gen, dtype=torch.float64).to(dev)
+    random = randn(max(k - len(cols), 1))
     X = torch.stack(cols, 1) if cols else random[:, :0]
-    X = orthonormal_against(torch.cat([X, random], 1)[:, :k], None)
+    X = orthonormal_against(torch.cat([X, random], 1)[:, :k], None, allsum)
 
     def apply(B: torch.Tensor) -> torch.Tensor:
         return torch.stack([matvec(B[:, j].to(dtype=like.dtype)).double() for j in range(B.shape[1])], 1)
@@ -221,11 +243,12 @@ def eigenvalues_above(
     products = X.shape[1]
     values, residuals, ritz, converged = [], [], None, False
     while True:
-        T = V.T @ W
+        T = red(V.T @ W)
         evals, evecs = torch.linalg.eigh((T + T.T) / 2)
         order = evals.argsort(descending=True)
         evals, evecs = evals[order], evecs[:, order]
-        res = (W @ evecs - (V @ evecs) * evals).norm(dim=0)
+        gap = W @ evecs - (V @ evecs) * evals
+        res = gap.norm(dim=0) if allsum is None else red((gap * gap).sum(0)).sqrt()
         above = int((evals >= line).sum())
         done_above = all(res[i] <= tol * abs(evals[i]) for i in range(above))
         if above < len(evals):  # the largest Ritz value below the line must have converged too
@@ -249,11 +272,12 @@ def eigenvalues_above(
             torch.cat(
                 [
                     W[:, -X.shape[1] :],
-                    torch.randn(n, max(0, k - X.shape[1]), generator=gen, dtype=torch.float64).to(dev),
+                    randn(max(0, k - X.shape[1])),
                 ],
                 1,
             ),
             V,
+            allsum,
         )
         nxt = nxt[:, : min(k, max(max_products - products, 0), n - V.shape[1])]
         if nxt.shape[1] == 0:
