@@ -69,6 +69,11 @@ def check_attach(model, optimizer, loss_fn, schedule, hvp, autocast, output_fn, 
     params = list(model.named_parameters())
     if not params:
         raise ValueError("the model has no parameters: the probes measure its loss as a function of them")
+    if any(type(m).__name__ == "FullyShardedDataParallel" for m in model.modules()):
+        raise ValueError(
+            "the model is wrapped in FSDP1 (FullyShardedDataParallel), whose flattened parameters the probes cannot "
+            "read right: shard it with FSDP2's torch.distributed.fsdp.fully_shard instead (docs/scale.md)"
+        )
     if REFUSE_META and any(p.is_meta for _, p in params):
         raise ValueError("the model's parameters are on the meta device (not materialised): move it to cpu or cuda")
     trainable = [(n, p) for n, p in params if p.requires_grad]

@@ -228,3 +228,20 @@ def test_trace_and_density_under_fsdp2_equal_a_literal_computation_with_the_same
         evals, evecs = torch.linalg.eigh(tridiagonal(alphas, betas))
         assert nodes == pytest.approx(evals.tolist(), rel=1e-6, abs=1e-9)
         assert weights == pytest.approx((evecs[0] ** 2).tolist(), rel=1e-5, abs=1e-9)
+
+
+def test_an_fsdp1_model_is_refused_in_one_line():
+    """FSDP1 flattens parameters into FlatParameters: probes would read the wrong vectors, so the Monitor refuses.
+    FSDP1 cannot be built on a CPU-only machine ("FSDP needs a non-CPU accelerator device"), so a module of its
+    class name stands in for it (the check reads the class name, so that importing FSDP1 is never needed)."""
+
+    class FullyShardedDataParallel(nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    model = FullyShardedDataParallel(_model())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="FSDP1") as exc:
+        Monitor(lambda r: None, model, opt, nn.functional.cross_entropy, every(1), probes=["gradient_sweep"])
+    assert "\n" not in str(exc.value) and "fully_shard" in str(exc.value)
