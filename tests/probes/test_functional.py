@@ -202,3 +202,28 @@ def test_probes_under_bf16_autocast_are_within_two_percent_of_float32():
     pairs += list(zip(full["loss_slice"]["values"]["losses"], half["loss_slice"]["values"]["losses"]))
     assert all(abs(a - b) <= 0.02 * abs(a) for a, b in pairs), pairs
     assert any(a != b for a, b in pairs)  # autocast really ran: bf16 rounding shows somewhere
+
+
+def test_finite_differences_calibrate_their_step_where_the_whole_weights_step_is_far_too_large(monkeypatch):
+    """A small GPT in float32: its top eigenvector lives in the embeddings (std 0.02), where a step sized for the
+    whole ||w|| sees a loss far from quadratic. With the step checked against a quarter of itself the
+    finite-difference sharpness equals the exact one to 1e-3 and says its error; the one unchecked difference at
+    the starting step (FD_SHRINKS = 0) is more than 5% off."""
+    import landscape.probes.functional as functional
+    from landscape.models.gpt import GPT, next_token_loss
+    from landscape.probes import sharpness
+
+    torch.manual_seed(0)
+    model = GPT(context=16, dim=32, depth=1, heads=2)
+    tokens = torch.randint(0, 256, (8, 17), generator=torch.Generator().manual_seed(0))
+    batch = (tokens[:, :-1], tokens[:, 1:])
+    with evaluation(hvp="exact"):
+        exact = sharpness(model, next_token_loss, batch, iters=60, tol=1e-8)
+    with evaluation(hvp="finite_difference"):
+        fd = sharpness(model, next_token_loss, batch, iters=60, tol=1e-8)
+    assert fd.value == pytest.approx(exact.value, rel=1e-3)
+    assert fd.cost["fd_error"] <= functional.FD_TOLERANCE and fd.cost["fd_shrink"] < 1
+    monkeypatch.setattr(functional, "FD_SHRINKS", 0)
+    with evaluation(hvp="finite_difference"):
+        unchecked = sharpness(model, next_token_loss, batch, iters=60, tol=1e-8)
+    assert abs(unchecked.value - exact.value) > 0.05 * exact.value
