@@ -47,3 +47,13 @@ def test_a_docs_table_is_what_its_command_prints_from_the_committed_inputs(page,
     assert res.exit_code == 0, res.output
     assert table, f"{page}: no table after `{command}`"
     assert res.stdout.strip() == table.strip(), f"{page}: `{command}` prints another table than the page shows"
+
+
+def test_every_test_file_the_docs_name_exists():
+    """The docs point readers at tests as evidence: a moved test file leaves a dead pointer (four did, once)."""
+    named = {
+        path
+        for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+        for path in re.findall(r"tests/[A-Za-z0-9_/]+\.py", page.read_text())
+    }
+    assert named and not [p for p in sorted(named) if not (ROOT / p).is_file()]
