@@ -37,6 +37,7 @@ from landscape.probes.errors import one_line
 from landscape.probes.functional import (
     HVP_MODES,
     Batch,
+    InaccurateProducts,
     Objective,
     batch_parts,
     current_params,
@@ -425,8 +426,13 @@ class Monitor:
         return False
 
     def _measure(self, name: str, ctx: Context) -> dict:
-        """One probe's values, evaluated under this Monitor's settings (HVP route, autocast, process group)."""
-        values = self._evaluate(name, ctx)
+        """One probe's values, evaluated under this Monitor's settings (HVP route, autocast, process group). A probe
+        whose finite-difference products did not converge records its refusal (a note, no values) and training
+        goes on."""
+        try:
+            values = self._evaluate(name, ctx)
+        except InaccurateProducts as exc:
+            return {"note": str(exc), "refused": "inaccurate finite-difference products"}
         if not isinstance(values, dict):
             raise TypeError(
                 f"probe {name} returned a {type(values).__name__}: a probe's measure returns a dict of "

@@ -227,3 +227,38 @@ def test_finite_differences_calibrate_their_step_where_the_whole_weights_step_is
     with evaluation(hvp="finite_difference"):
         unchecked = sharpness(model, next_token_loss, batch, iters=60, tol=1e-8)
     assert abs(unchecked.value - exact.value) > 0.05 * exact.value
+
+
+def test_finite_differences_that_do_not_converge_are_refused_not_returned(monkeypatch):
+    """Allowed one shrink only, the tiny GPT's differences disagree by more than FD_REFUSE: the function raises in
+    one line, and under a Monitor the probe records its refusal (a note, no value) while training goes on."""
+    import landscape.probes.functional as functional
+    from landscape.models.gpt import GPT, next_token_loss
+    from landscape.probes import sharpness
+
+    torch.manual_seed(0)
+    model = GPT(context=16, dim=32, depth=1, heads=2)
+    tokens = torch.randint(0, 256, (8, 17), generator=torch.Generator().manual_seed(0))
+    batch = (tokens[:, :-1], tokens[:, 1:])
+    monkeypatch.setattr(functional, "FD_SHRINKS", 1)
+    with evaluation(hvp="finite_difference"), pytest.raises(functional.InaccurateProducts) as exc:
+        sharpness(model, next_token_loss, batch, iters=10)
+    assert "\n" not in str(exc.value) and "float64" in str(exc.value)
+    out = []
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = Monitor(
+        out.append,
+        model,
+        opt,
+        next_token_loss,
+        every(1),
+        probes=["sharpness"],
+        hvp="finite_difference",
+        step_hook=False,
+    )
+    loss = next_token_loss(model(batch[0]), batch[1])
+    loss.backward()
+    monitor.observe(1, batch, loss)
+    monitor.close()
+    (record,) = out
+    assert record["values"]["refused"] and "do not converge" in record["values"]["note"]
