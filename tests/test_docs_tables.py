@@ -57,3 +57,19 @@ def test_every_test_file_the_docs_name_exists():
         for path in re.findall(r"tests/[A-Za-z0-9_/]+\.py", page.read_text())
     }
     assert named and not [p for p in sorted(named) if not (ROOT / p).is_file()]
+
+
+def test_the_language_model_table_is_its_commands_output_on_the_committed_records(tmp_path):
+    """docs/scale.md's recipe table: what `python -m landscape.recipes.lm figure` prints from docs/data/lm-*."""
+    from contextlib import redirect_stdout
+    from io import StringIO
+
+    from landscape.recipes.lm import main
+
+    out = StringIO()
+    with redirect_stdout(out):
+        main(
+            ["figure", str(DOCS / "data" / "lm-one"), str(DOCS / "data" / "lm-fsdp"), "--png", str(tmp_path / "f.png")]
+        )
+    table = out.getvalue().strip()
+    assert table.count("\n") == 3 and table in (DOCS / "scale.md").read_text()

@@ -182,7 +182,8 @@ def figure(folders: list[Path], png: Path) -> None:
         ax.set_xlabel("step")
         kind = f"FSDP2, {about['processes']} processes" if about["fsdp"] else "1 process"
         ax.set_title(f"{kind}: lr {lr:g}, batch {about['batch']} x {about['context']} tokens", fontsize=9)
-        ax.legend(fontsize=7)
+        if col == 0:  # the legend where the loss panel below has room (the loss falls from its top left)
+            axes[1][0].legend(*ax.get_legend_handles_labels(), fontsize=7, loc="upper right")
         loss = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
         loss = [(r["step"], r["loss"]) for r in loss if r.get("kind") == "train"]
         axes[1][col].plot([s for s, _ in loss], [v for _, v in loss], color="k")
