@@ -1,15 +1,16 @@
 """Probes at scale, against baselines measured in the same run.
 
-1. The finite-difference Hessian-vector product (two gradients) against the exact one (a backward
-   through a retained graph), per product, on VGG-11 and on the ViT (written-out attention: both
-   routes; fused ``sdpa`` attention: finite differences only, its CPU kernel has no double backward).
-2. Probes under DistributedDataParallel and under FSDP2 (``fully_shard`` on every conv and linear layer
-   and the root): the sharpness, gradient-sweep and critical-sharpness probes on 2 processes (gloo, one
-   thread each, half the global batch per rank) against 1 process with 2 threads on the whole global
-   batch, and a training step (forward, backward, SGD step) in each setting as the yardstick. On a 2-core
-   CPU this checks that the probes scale correctly (the same work split in two plus the collectives),
-   not a speed-up: a GPU per rank is where sharding pays. Under FSDP2 every Hessian-vector product is a
-   central difference of two gradients (its all-gathered parameters have no second backward).
+1. The checked finite-difference Hessian-vector product (at least four gradients: the difference at h and at
+   h/4, docs/scale.md) against the exact one (a backward through a retained graph), per product and in
+   accuracy on a random direction, on VGG-11 (ReLU, BatchNorm), the ViT (written-out attention) and the
+   language-model recipe's GPT, all float32; "refused" where the differences do not converge.
+2. Probes under DistributedDataParallel and under FSDP2 (the recipe's GPT, ``fully_shard`` on each block and
+   the root): the sharpness, gradient-sweep and critical-sharpness probes on 2 processes (gloo, one thread
+   each, half the global batch per rank) against 1 process with 2 threads on the whole global batch, and a
+   training step (forward, backward) in each setting as the yardstick, with each setting's peak resident
+   memory. On a 2-core CPU this checks that the probes scale correctly (the same work split in two plus the
+   collectives), not a speed-up: a GPU per rank is where sharding pays. Under FSDP2 every Hessian-vector
+   product is a checked central difference (its all-gathered parameters have no second backward).
 
     python benchmarks/bench_scale.py [--data-dir DATA] [--repeats 5]
 
@@ -19,6 +20,7 @@ Times are medians of ``--repeats``; nothing here asserts a time.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import socket
 import time
@@ -27,12 +29,14 @@ import torch
 import torch.multiprocessing as mp
 from common import timeit, training_split
 
-from landscape.config import ModelConfig, VggConfig, VitConfig
+from landscape.config import ModelConfig, VggConfig
 from landscape.data import Batches
 from landscape.models import build_model
-from landscape.probes.functional import Objective, current_params, evaluation
+from landscape.models.gpt import GPT, next_token_loss
+from landscape.probes.functional import InaccurateProducts, Objective, current_params, evaluation, norm
 from landscape.probes.monitor import Monitor
 from landscape.probes.schedules import every
+from landscape.recipes.lm import corpus, global_batch, shard
 
 CE = torch.nn.functional.cross_entropy
 
@@ -42,13 +46,25 @@ def _vector(w):
     return {n: torch.randn(p.shape, generator=g) for n, p in w.items()}
 
 
-def hvp_cost(model, batch, route: str, repeats: int) -> float:
-    """Seconds per Hessian-vector product (the operator's set-up excluded), over 4 products."""
-    w, f = current_params(model), Objective.of(model, CE, batch)
+def hvp_cost(model, batch, route: str, repeats: int, loss=CE) -> tuple[float, dict | None]:
+    """Seconds per Hessian-vector product (the operator's set-up excluded), over 4 products, and the product
+    itself; (nan, None) where the finite differences are refused (they did not converge)."""
+    w, f = current_params(model), Objective.of(model, loss, batch)
     v = _vector(w)
     with evaluation(hvp=route):
         op = f.hessian_operator(w)[2]
-        return timeit(lambda: [op(v) for _ in range(4)], repeats) / 4
+        try:
+            product = op(v)
+        except InaccurateProducts:
+            return math.nan, None
+        return timeit(lambda: [op(v) for _ in range(4)], repeats) / 4, product
+
+
+def gpt_and_batch(size: int):
+    """The language-model recipe's GPT and a global batch of ``size`` sequences of its text."""
+    torch.manual_seed(0)
+    tokens, _ = corpus()
+    return GPT(), global_batch(tokens, size, 64, 0, 1)
 
 
 def model_of(arch: str, **kw):
@@ -57,21 +73,26 @@ def model_of(arch: str, **kw):
 
 def part1(split, repeats: int) -> None:
     batch = Batches(split, 128, seed=0)(0)
+    gpt, text = gpt_and_batch(16)
     rows = [
-        ("VGG-11 (width 0.25), batch 128", model_of("vgg", vgg=VggConfig(width=0.25)), ("exact", "finite_difference")),
-        ("ViT (written-out attention)", model_of("vit"), ("exact", "finite_difference")),
-        ("ViT (sdpa attention)", model_of("vit", vit=VitConfig(attention="sdpa")), ("finite_difference",)),
+        ("VGG-11 (width 0.25, BN), batch 128", model_of("vgg", vgg=VggConfig(width=0.25)), batch, CE),
+        ("ViT (written-out attention), batch 128", model_of("vit"), batch, CE),
+        ("the recipe's GPT, 16 x 64 tokens", gpt, text, next_token_loss),
     ]
-    base = None
-    print("| model | route | s per HVP | / exact HVP on the same model |")
-    print("|---|---|---|---|")
-    for name, model, routes in rows:
+    print(
+        "| model (float32) | s per exact HVP | s per checked FD HVP | FD / exact | FD's relative error "
+        "against exact (random v) |"
+    )
+    print("|---|---|---|---|---|")
+    for name, model, b, loss in rows:
         model.train()
-        for route in routes:
-            t = hvp_cost(model, batch, route, repeats)
-            if route == "exact":
-                base = t
-            print(f"| {name} | {route} | {t:.4f} | {t / base:.2f}x |")
+        t_exact, exact = hvp_cost(model, b, "exact", repeats, loss)
+        t_fd, fd = hvp_cost(model, b, "finite_difference", repeats, loss)
+        if fd is None:
+            print(f"| {name} | {t_exact:.4f} | refused: did not converge | - | - |")
+            continue
+        err = float(norm({n: fd[n] - exact[n] for n in fd})) / float(norm(exact))
+        print(f"| {name} | {t_exact:.4f} | {t_fd:.4f} | {t_fd / t_exact:.2f}x | {err:.1e} |")
 
 
 def _port() -> int:
@@ -86,18 +107,25 @@ def _probe_time(model, batch, repeats: int) -> dict:
 
     def train_step():
         opt.zero_grad(set_to_none=True)
-        CE(model(batch[0]), batch[1]).backward()
+        next_token_loss(model(batch[0]), batch[1]).backward()
 
     out = {"training step (no optimizer update)": timeit(train_step, repeats)}
     train_step()  # a gradient in p.grad for the probes that read the optimizer's update
     peak = {"training": _peak_rss_mb()}
     for probe, opts in (
-        ("sharpness", {"iters": 10, "tol": 0.0}),
+        ("sharpness", {"iters": 10, "tol": 1e-12}),
         ("gradient_sweep", {}),
         ("critical_sharpness", {}),
     ):
         monitor = Monitor(
-            lambda rec: None, model, opt, CE, every(1), probes=[probe], options={probe: opts}, step_hook=False
+            lambda rec: None,
+            model,
+            opt,
+            next_token_loss,
+            every(1),
+            probes=[probe],
+            options={probe: opts},
+            step_hook=False,
         )
         out[probe] = timeit(lambda: monitor.observe(1, batch), repeats)
         peak[probe] = _peak_rss_mb()
@@ -114,15 +142,6 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _fsdp(model):
-    from torch.distributed.fsdp import fully_shard
-
-    for m in model.modules():
-        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
-            fully_shard(m)
-    return fully_shard(model)
-
-
 def _rank(rank: int, port: int, batch, repeats: int, queue, kind: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -132,18 +151,18 @@ def _rank(rank: int, port: int, batch, repeats: int, queue, kind: str) -> None:
     torch.set_num_threads(1)
     half = len(batch[1]) // 2
     local = (batch[0][rank * half : (rank + 1) * half], batch[1][rank * half : (rank + 1) * half])
-    model = model_of("vgg", vgg=VggConfig(width=0.25))
-    model = DDP(model) if kind == "ddp" else _fsdp(model)
+    model = gpt_and_batch(1)[0]  # the same initial weights as the single process
+    model = DDP(model) if kind == "ddp" else shard(model)
     times = _probe_time(model, local, repeats)
     if rank == 0:
         queue.put(times)
     dist.destroy_process_group()
 
 
-def part2(split, repeats: int) -> None:
-    batch = Batches(split, 128, seed=0)(0)
+def part2(repeats: int) -> None:
+    model, batch = gpt_and_batch(32)
     torch.set_num_threads(2)
-    one = _probe_time(model_of("vgg", vgg=VggConfig(width=0.25)), batch, repeats)
+    one = _probe_time(model, batch, repeats)
     ctx = mp.get_context("spawn")
     two = {}
     for kind in ("ddp", "fsdp"):
@@ -156,7 +175,7 @@ def part2(split, repeats: int) -> None:
         for p in procs:
             p.join()
     print(
-        "| probe (VGG-11 width 0.25, global batch 128) | 1 process, 2 threads (s) | 2 DDP processes (s) | "
+        "| probe (the recipe's GPT, global batch 32 x 64 tokens) | 1 process, 2 threads (s) | 2 DDP processes (s) | "
         "2 FSDP2 processes (s) | DDP / 1 | FSDP2 / 1 | FSDP2 probe / FSDP2 training step |"
     )
     print("|---|---|---|---|---|---|---|")
@@ -189,5 +208,5 @@ if __name__ == "__main__":
     if not a.distributed_only:
         part1(split, a.repeats)
         print()
-    part2(split, a.repeats)
+    part2(a.repeats)
     print(f"\n{time.perf_counter() - t0:.0f} s in all")

@@ -267,6 +267,13 @@ def train(
         run.release()
 
 
+def _channels_last(cfg: Config, device: torch.device, is_image: bool) -> bool:
+    """Whether the run's convolutions take channels-last tensors (``memory_format``: auto means on CUDA only)."""
+    return is_image and (
+        cfg.memory_format == "channels_last" or (cfg.memory_format == "auto" and device.type == "cuda")
+    )
+
+
 @contextlib.contextmanager
 def _threads(n: int):
     """``n`` CPU threads for the run (0: as they are), the caller's count restored after. A model as small as
@@ -385,8 +392,8 @@ def _setup(cfg: Config, device: torch.device, splits: dict[str, Split], checkpoi
             resolve_layers(model, list(cfg.probes.layers))
         except KeyError as exc:
             raise UserError(f"probes.layers: {exc.args[0]}") from None
-    if device.type == "cuda" and is_image:
-        model = model.to(memory_format=torch.channels_last)  # faster convolutions with cuDNN
+    if _channels_last(cfg, device, is_image):
+        model = model.to(memory_format=torch.channels_last)  # faster convolutions with cuDNN, and with oneDNN
     optimizer = build_optimizer(
         model,
         cfg.optim.name,
@@ -463,8 +470,9 @@ def _train(
         device,
         data_sha256=setup.data_sha256,
         data_dir=str(Path(data_dir).expanduser().resolve()) if data_dir is not None else None,  # for landscape slice
-        memory_format="channels_last" if device.type == "cuda" and is_image else "contiguous",
+        memory_format="channels_last" if _channels_last(cfg, device, is_image) else "contiguous",
     )
+    channels_last = _channels_last(cfg, device, is_image)
     run.set_status("running", start)
 
     def save_checkpoint(step: int) -> None:
@@ -489,7 +497,7 @@ def _train(
         model.train()
         for step in range(start + 1, cfg.steps + 1):
             x, y = batches(step - 1)
-            if device.type == "cuda" and is_image:
+            if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             if monitor is not None:
                 monitor.before_forward(step)  # probe steps only: snapshot buffers and RNG

@@ -404,3 +404,17 @@ def test_a_finished_run_resumed_with_more_steps_continues_to_them(tmp_path):
             resume=True,
             extend=True,
         )
+
+
+def test_channels_last_on_the_cpu_is_asked_for_recorded_and_probes_leave_it_unchanged(tmp_path):
+    """memory_format: channels_last takes channels-last convolutions on the CPU too (auto keeps them contiguous
+    there, the committed records' kernels): env.json says which ran, and probes still change nothing."""
+    base = dict(steps=4, model={"norm": "batch"}, optim={"lr": 0.05}, memory_format="channels_last")
+    off = tiny_config(name="off", **base)
+    on = tiny_config(name="on", **base, probes={"enabled": ["gradient_sweep", "sharpness"], "every": 2})
+    train_off_and_on(off, on, tmp_path)
+    env = json.loads((tmp_path / "on" / "env.json").read_text())
+    assert env["memory_format"] == "channels_last"
+    auto = tiny_config(name="auto", steps=2)
+    train(auto, out=tmp_path)
+    assert json.loads((tmp_path / "auto" / "env.json").read_text())["memory_format"] == "contiguous"
