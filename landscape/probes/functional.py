@@ -367,7 +367,9 @@ class FiniteDifference:
     the Richardson extrapolation ``(16 D(h/4) - D(h)) / 15`` of the best pair (its truncation error O(h^4)); later
     products start from the step reached, so each costs four gradients where its pair agrees at once. The cost
     records the shrink reached (``fd_shrink``, of the starting step) and the largest disagreement of an accepted pair
-    (``fd_error``: a bound-like estimate of a product's relative error). Where no pair agrees to ``FD_REFUSE``
+    (``fd_error``: an estimate of a product's error relative to the operator's scale, the largest ``||Hv|| / ||v||``
+    seen; a direction of almost no curvature is all rounding relative to its own tiny product, and accurate
+    relative to that scale, which is what Lanczos and the estimators need). Where no pair agrees to ``FD_REFUSE``
     (truncation and rounding leave no step between them: torchvision's ResNet-18 in float32 with BatchNorm in train
     mode, 81% apart at best, the products 1,377 against an exact 752), :class:`InaccurateProducts` is raised: the
     probe refuses rather than return a wrong number."""
@@ -375,6 +377,7 @@ class FiniteDifference:
     def __init__(self, grad: Callable[[Params], Params], params: Params, cost: Cost):
         self.grad, self.params, self.cost = grad, params, cost
         self.shrink, self.worst = 1.0, 0.0
+        self.largest = 0.0  # the largest ||Hv|| / ||v|| seen: the operator's scale, which errors are measured against
 
     def _difference(self, v: Params, h: float) -> Params:
         w = self.params
@@ -389,9 +392,12 @@ class FiniteDifference:
         shrink = self.shrink
         larger = self._difference(v, h * shrink)
         best, best_error, best_shrink = None, math.inf, shrink
+        v_norm = float(norm(v))
         for _ in range(FD_SHRINKS):
             smaller = self._difference(v, h * shrink / 4)
-            size = float(norm(smaller))
+            # against the operator's scale: a direction of almost no curvature (Hv ~ 0, late in a Krylov space) has
+            # a product that is all rounding relative to itself, and accurate relative to ||H||
+            size = max(float(norm(smaller)), self.largest * v_norm)
             error = float(norm({n: smaller[n] - larger[n] for n in smaller})) / size if size > 0 else 0.0
             if not math.isfinite(error):
                 break
@@ -410,6 +416,8 @@ class FiniteDifference:
                 "(model.double()), or with exact products (a model with a double backward, hvp='exact')"
             )
         self.shrink = best_shrink
+        if v_norm > 0:
+            self.largest = max(self.largest, float(norm(best)) / v_norm)
         self.worst = max(self.worst, best_error) if math.isfinite(best_error) else math.nan
         self.cost.fd_shrink, self.cost.fd_error = self.shrink, self.worst
         return best
