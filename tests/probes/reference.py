@@ -85,9 +85,10 @@ class Quadratic(nn.Module):
         return self.w
 
 
-def full_hessian(model, batch):
-    """The Hessian of the batch loss in every parameter, by autograd on a flat vector (the slow,
-    obvious way); also the gradient, the parameter names and shapes."""
+def full_hessian(model, batch, loss_fn=None):
+    """The Hessian of the batch loss (``loss_fn``, cross-entropy by default) in every parameter, by autograd on a
+    flat vector (the slow, obvious way); also the gradient, the parameter names and shapes."""
+    loss_fn = loss_fn or CE
     names = [n for n, _ in model.named_parameters()]
     shapes = [p.shape for p in model.parameters()]
     w0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
@@ -99,7 +100,7 @@ def full_hessian(model, batch):
             params[n] = v[i : i + k].view(s)
             i += k
         buffers = {n: b.clone() for n, b in model.named_buffers()}
-        return CE(torch.func.functional_call(model, (params, buffers), (batch[0],)), batch[1])
+        return loss_fn(torch.func.functional_call(model, (params, buffers), (batch[0],)), batch[1])
 
     w = w0.clone().requires_grad_()
     g = torch.autograd.grad(loss_of_flat(w), w)[0]

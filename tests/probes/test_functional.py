@@ -204,19 +204,26 @@ def test_probes_under_bf16_autocast_are_within_two_percent_of_float32():
     assert any(a != b for a, b in pairs)  # autocast really ran: bf16 rounding shows somewhere
 
 
+def tiny_gpt():
+    """A one-block GPT (float32) and a batch of 8 random 16-token sequences with their next tokens."""
+    from landscape.models.gpt import GPT
+
+    torch.manual_seed(0)
+    model = GPT(context=16, dim=32, depth=1, heads=2)
+    tokens = torch.randint(0, 256, (8, 17), generator=torch.Generator().manual_seed(0))
+    return model, (tokens[:, :-1], tokens[:, 1:])
+
+
 def test_finite_differences_calibrate_their_step_where_the_whole_weights_step_is_far_too_large(monkeypatch):
     """A small GPT in float32: its top eigenvector lives in the embeddings (std 0.02), where a step sized for the
     whole ||w|| sees a loss far from quadratic. With the step checked against a quarter of itself the
     finite-difference sharpness equals the exact one to 1e-3 and says its error; the one unchecked difference at
     the starting step (FD_SHRINKS = 0) is more than 5% off."""
     import landscape.probes.functional as functional
-    from landscape.models.gpt import GPT, next_token_loss
+    from landscape.models.gpt import next_token_loss
     from landscape.probes import sharpness
 
-    torch.manual_seed(0)
-    model = GPT(context=16, dim=32, depth=1, heads=2)
-    tokens = torch.randint(0, 256, (8, 17), generator=torch.Generator().manual_seed(0))
-    batch = (tokens[:, :-1], tokens[:, 1:])
+    model, batch = tiny_gpt()
     with evaluation(hvp="exact"):
         exact = sharpness(model, next_token_loss, batch, iters=60, tol=1e-8)
     with evaluation(hvp="finite_difference"):
@@ -233,13 +240,10 @@ def test_finite_differences_that_do_not_converge_are_refused_not_returned(monkey
     """Allowed one shrink only, the tiny GPT's differences disagree by more than FD_REFUSE: the function raises in
     one line, and under a Monitor the probe records its refusal (a note, no value) while training goes on."""
     import landscape.probes.functional as functional
-    from landscape.models.gpt import GPT, next_token_loss
+    from landscape.models.gpt import next_token_loss
     from landscape.probes import sharpness
 
-    torch.manual_seed(0)
-    model = GPT(context=16, dim=32, depth=1, heads=2)
-    tokens = torch.randint(0, 256, (8, 17), generator=torch.Generator().manual_seed(0))
-    batch = (tokens[:, :-1], tokens[:, 1:])
+    model, batch = tiny_gpt()
     monkeypatch.setattr(functional, "FD_SHRINKS", 1)
     with evaluation(hvp="finite_difference"), pytest.raises(functional.InaccurateProducts) as exc:
         sharpness(model, next_token_loss, batch, iters=10)

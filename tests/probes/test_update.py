@@ -69,21 +69,6 @@ def linear_regression(seed=0):
     return model, (torch.randn(32, 5, generator=g, dtype=F64), torch.randn(32, 3, generator=g, dtype=F64))
 
 
-def hessian_of(model, batch, loss_fn):
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for p in model.parameters()]
-    w0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-    def loss_of(v):
-        params, i = {}, 0
-        for n, s in zip(names, shapes):
-            params[n] = v[i : i + math.prod(s)].view(s)
-            i += math.prod(s)
-        return loss_fn(torch.func.functional_call(model, params, (batch[0],)), batch[1])
-
-    return torch.autograd.functional.hessian(loss_of, w0)
-
-
 def step_and_grad(model, batch, loss_fn, opt, steps=3):
     """A few real steps (so momentum and Adam's moments are not empty), then the gradient of the next."""
     for _ in range(steps):
@@ -133,7 +118,7 @@ def test_critical_sharpness_on_a_quadratic_is_the_curvature_along_the_update(mak
     before = full_state(model, opt)
     r = critical_sharpness(model, opt, MSE, batch, max_forward=10, rtol=1e-6)
     assert_same(before, full_state(model, opt))
-    H = hessian_of(model, batch, MSE)
+    H = full_hessian(model, batch, MSE)[0]
     d = torch.cat([v.reshape(-1) for v in update_direction(opt, model).values()]) / lr
     g = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
     expected = float(d @ H @ d / -(g @ d))
