@@ -271,9 +271,9 @@ class Config:
     noise_seed: Seed = 0  # noisy-BN noise
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
     threads: Annotated[int, Range(0, 4096)] = 0  # CPU threads for the run (0: PyTorch's default; 1 suits tiny models)
-    # auto: channels-last convolutions on CUDA, contiguous on the CPU (the committed records' kernels) |
-    # channels_last: also on the CPU (VGG-11 x0.25 trains 1.56x faster on this AVX2 CPU; other kernels, so other
-    # last bits and, through chaotic training, other records than the committed tables) | contiguous: everywhere
+    # auto: channels-last tensors wherever the model has a convolution, on the CPU too (VGG-11 x0.25 trains 1.56x
+    # faster on an AVX2 CPU); a resumed run keeps the format it started in | channels_last: every image model |
+    # contiguous: everywhere (release 0.3's CPU kernels: its records' last bits, and so its trajectories)
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
     loss: Literal[tuple(LOSSES)] = (
         # cross_entropy | square_onehot (half ||f(x) - onehot(y)||^2, mean over samples: Cohen et al.'s square loss) |

@@ -11,6 +11,7 @@ per ``log.train_every`` steps.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import signal
 import time
@@ -234,7 +235,8 @@ def train(
     if splits is None:
         splits = load_data(cfg.data, data_dir)
     checkpoint = Run(path).load_checkpoint(device) if mode in ("resume", "extend") else None
-    setup = _setup(cfg, device, splits, checkpoint)
+    recorded = _recorded_memory_format(path) if checkpoint is not None else None
+    setup = _setup(cfg, device, splits, checkpoint, recorded)
     run = Run.open(path, cfg, resume=resume, force=force, extend=extend)
     if run.removed:
         print(f"removed the old run '{path}' ({', '.join(run.removed)})", flush=True)
@@ -267,11 +269,18 @@ def train(
         run.release()
 
 
-def _channels_last(cfg: Config, device: torch.device, is_image: bool) -> bool:
-    """Whether the run's convolutions take channels-last tensors (``memory_format``: auto means on CUDA only)."""
-    return is_image and (
-        cfg.memory_format == "channels_last" or (cfg.memory_format == "auto" and device.type == "cuda")
-    )
+def _channels_last(cfg: Config, model: nn.Module, is_image: bool, resumed_from: str | None = None) -> bool:
+    """Whether the run's convolutions take channels-last tensors. ``memory_format: auto`` means wherever the model
+    has a convolution, on the CPU too (oneDNN's channels-last kernels: a VGG step in 0.64x the time here,
+    docs/benchmarks.md); a resumed run keeps the format its ``env.json`` recorded, so a run's kernels never
+    change midway (runs made before auto meant this were contiguous on the CPU)."""
+    if not is_image:
+        return False
+    if cfg.memory_format == "auto" and resumed_from in ("channels_last", "contiguous"):
+        return resumed_from == "channels_last"
+    if cfg.memory_format == "auto":
+        return any(isinstance(m, nn.Conv2d) for m in model.modules())
+    return cfg.memory_format == "channels_last"
 
 
 @contextlib.contextmanager
@@ -316,6 +325,7 @@ class Setup:
     optimizer: torch.optim.Optimizer
     checkpoint: dict | None  # to resume from (already loaded into model and optimizer)
     data_sha256: str = ""  # of the splits in host memory, before any copy to the device
+    channels_last: bool = False  # the convolutions' memory format (config key memory_format)
 
 
 CHECKPOINT_KEYS = ("step", "model", "optimizer", "meter", "rng", "left_plateau_step", "monitor")
@@ -370,7 +380,22 @@ def checkpoint_problem(checkpoint, cfg: Config, optimizer: torch.optim.Optimizer
     return None
 
 
-def _setup(cfg: Config, device: torch.device, splits: dict[str, Split], checkpoint: dict | None = None) -> Setup:
+def _recorded_memory_format(path: Path) -> str | None:
+    """The memory format a run being resumed was trained in (its ``env.json``), None where it was not recorded."""
+    try:
+        env = json.loads((path / "env.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return env.get("memory_format") if isinstance(env, dict) else None
+
+
+def _setup(
+    cfg: Config,
+    device: torch.device,
+    splits: dict[str, Split],
+    checkpoint: dict | None = None,
+    recorded_memory_format: str | None = None,
+) -> Setup:
     d = cfg.data
     classify = cfg.loss in CLASSIFICATION
     train_split, test_split = splits["train"].subset(d.train_subset), splits["test"].subset(d.test_subset)
@@ -392,7 +417,8 @@ def _setup(cfg: Config, device: torch.device, splits: dict[str, Split], checkpoi
             resolve_layers(model, list(cfg.probes.layers))
         except KeyError as exc:
             raise UserError(f"probes.layers: {exc.args[0]}") from None
-    if _channels_last(cfg, device, is_image):
+    channels_last = _channels_last(cfg, model, is_image, recorded_memory_format)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)  # faster convolutions with cuDNN, and with oneDNN
     optimizer = build_optimizer(
         model,
@@ -437,6 +463,7 @@ def _setup(cfg: Config, device: torch.device, splits: dict[str, Split], checkpoi
         optimizer,
         checkpoint,
         fingerprint(train_split, test_split),
+        channels_last,
     )
 
 
@@ -450,7 +477,7 @@ def _train(
     data_dir: str | Path | None = None,
 ) -> dict:
     classify, train_split, batches, test_batches = setup.classify, setup.train_split, setup.batches, setup.test_batches
-    is_image, model, optimizer = setup.is_image, setup.model, setup.optimizer
+    model, optimizer = setup.model, setup.optimizer
     loss_fn = LOSSES[cfg.loss]
     meter = TrainMeter(device, classify)
     plateau = math.log(setup.out_dim) - PLATEAU_MARGIN if classify else None
@@ -470,9 +497,9 @@ def _train(
         device,
         data_sha256=setup.data_sha256,
         data_dir=str(Path(data_dir).expanduser().resolve()) if data_dir is not None else None,  # for landscape slice
-        memory_format="channels_last" if _channels_last(cfg, device, is_image) else "contiguous",
+        memory_format="channels_last" if setup.channels_last else "contiguous",
     )
-    channels_last = _channels_last(cfg, device, is_image)
+    channels_last = setup.channels_last
     run.set_status("running", start)
 
     def save_checkpoint(step: int) -> None:

@@ -406,15 +406,32 @@ def test_a_finished_run_resumed_with_more_steps_continues_to_them(tmp_path):
         )
 
 
-def test_channels_last_on_the_cpu_is_asked_for_recorded_and_probes_leave_it_unchanged(tmp_path):
-    """memory_format: channels_last takes channels-last convolutions on the CPU too (auto keeps them contiguous
-    there, the committed records' kernels): env.json says which ran, and probes still change nothing."""
-    base = dict(steps=4, model={"norm": "batch"}, optim={"lr": 0.05}, memory_format="channels_last")
+def test_channels_last_on_the_cpu_is_the_default_recorded_and_probes_leave_it_unchanged(tmp_path):
+    """memory_format auto takes channels-last convolutions wherever the model has one, on the CPU too (oneDNN's
+    fast path); env.json says which ran; probes still change nothing; contiguous is kept where asked for, and
+    on a model without convolutions."""
+    base = dict(steps=4, model={"norm": "batch"}, optim={"lr": 0.05})
     off = tiny_config(name="off", **base)
     on = tiny_config(name="on", **base, probes={"enabled": ["gradient_sweep", "sharpness"], "every": 2})
     train_off_and_on(off, on, tmp_path)
-    env = json.loads((tmp_path / "on" / "env.json").read_text())
-    assert env["memory_format"] == "channels_last"
-    auto = tiny_config(name="auto", steps=2)
-    train(auto, out=tmp_path)
-    assert json.loads((tmp_path / "auto" / "env.json").read_text())["memory_format"] == "contiguous"
+    assert json.loads((tmp_path / "on" / "env.json").read_text())["memory_format"] == "channels_last"
+    train(tiny_config(name="contiguous", steps=2, memory_format="contiguous"), out=tmp_path)
+    assert json.loads((tmp_path / "contiguous" / "env.json").read_text())["memory_format"] == "contiguous"
+    mlp = tiny_config(name="mlp", steps=2, model={"arch": "mlp", "mlp": {"widths": [8]}})
+    train(mlp, out=tmp_path)
+    assert json.loads((tmp_path / "mlp" / "env.json").read_text())["memory_format"] == "contiguous"
+
+
+def test_a_resumed_run_keeps_the_memory_format_it_started_in(tmp_path):
+    """A run started when auto meant contiguous on the CPU (release 0.3) continues contiguous: its kernels never
+    change midway, so extending it gives the weights of one contiguous run of the new length."""
+    short = tiny_config(name="r", steps=4, memory_format="contiguous")
+    train(short, out=tmp_path)
+    config_path = tmp_path / "r" / "config.yaml"
+    config_path.write_text(config_path.read_text().replace("memory_format: contiguous", "memory_format: auto"))
+    train(tiny_config(name="r", steps=8), out=tmp_path, resume=True, extend=True)
+    assert json.loads((tmp_path / "r" / "env.json").read_text())["memory_format"] == "contiguous"
+    train(tiny_config(name="straight", steps=8, memory_format="contiguous"), out=tmp_path)
+    a = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
