@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -425,3 +426,57 @@ def test_depth_calibration_rule_picks_the_first_rate_at_which_both_networks_leav
     assert got["vgg11"][0] == 0.1 and got["vgg19"][0] == 0.05 and got["vgg16"][0] is None and got["vgg13"][0] is None
     assert got["resnet20"][0] == 0.1 and "no candidate passed" in got["resnet20"][1]
     assert "standard stuck" in got["vgg19"][1]
+
+
+def _literal_holm(p_values: list[float], alpha: float) -> list[bool]:
+    """Holm (1979) as adjusted p-values: p_adj(i) = max over j <= i of min(1, (m - j) p(j)), 0-indexed, sorted."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    m, running, out = len(p_values), 0.0, [False] * len(p_values)
+    for j, i in enumerate(order):
+        running = max(running, min(1.0, (m - j) * p_values[i]))
+        out[i] = running <= alpha
+    return out
+
+
+def test_holm_on_the_committed_cpu_p_values_equals_a_literal_computation():
+    """The cpu preset's five-seed table (seeds 17-21) as committed before its records were lost: its printed
+    one-sided p-values, 27 headline claims. An inconclusive row printed no p; under that release's rule its
+    one-sided p exceeded 0.05 both ways, so it sorts after every decisive one and its value cannot change a
+    rejection (checked with two stand-ins)."""
+    from landscape.stats import LEVEL, adjust, holm
+
+    rows = json.loads((Path(__file__).parents[1] / "data" / "cpu-table-a5772ae.json").read_text())["rows"]
+    assert len(rows) == 27 and sum(r["p_one_sided"] is not None for r in rows) == 23
+    dropped_by_holm = {
+        ("smoothness", "DLN: the loss-variation band is narrower with BN"),
+        ("smoothness", "DLN: the gradient changes less along the gradient with BN"),
+        ("smoothness", "DLN: effective beta-smoothness is lower with BN"),
+        ("norms", "l1 normalisation trains as well as BN (within 3 points) or better"),
+        ("norms", "l2 normalisation trains as well as BN (within 3 points) or better"),
+        ("norms", "linf normalisation smooths the landscape (beta_eff lower than standard)"),
+    }
+    for stand_in in (0.051, 1.0):
+        # as the audit read the table: one family of 27, the one-sided p at 5%
+        p = [r["p_one_sided"] if r["p_one_sided"] is not None else stand_in for r in rows]
+        kept = holm(p, LEVEL)
+        assert kept == _literal_holm(p, LEVEL)
+        decisive = [r for r in rows if r["p_one_sided"] is not None]
+        assert sum(kept) == 17 and len(decisive) == 23
+        assert {(r["experiment"], r["claim"]) for r, k in zip(rows, kept) if r in decisive and not k} == dropped_by_holm
+        # as this release declares it: each experiment's headline claims one family, two-sided p, a decisive raw
+        # verdict where the one-sided p is below 2.5%
+        survived = set()
+        for experiment in {r["experiment"] for r in rows}:
+            family = [r for r in rows if r["experiment"] == experiment]
+            claims = [
+                {
+                    "verdict": r["verdict"] if (r["p_one_sided"] or 1.0) < LEVEL / 2 else "inconclusive",
+                    "p_two": min(1.0, 2 * (r["p_one_sided"] if r["p_one_sided"] is not None else stand_in)),
+                }
+                for r in family
+            ]
+            literal = _literal_holm([c["p_two"] for c in claims], LEVEL)
+            adjusted = [c["adjusted_verdict"] for c in adjust(claims)]
+            assert adjusted == [c["verdict"] if keep else "inconclusive" for c, keep in zip(claims, literal)]
+            survived |= {(r["experiment"], r["claim"]) for r, a in zip(family, adjusted) if a != "inconclusive"}
+        assert len(survived) == 17 and not survived & dropped_by_holm
