@@ -245,3 +245,47 @@ def test_an_fsdp1_model_is_refused_in_one_line():
     with pytest.raises(ValueError, match="FSDP1") as exc:
         Monitor(lambda r: None, model, opt, nn.functional.cross_entropy, every(1), probes=["gradient_sweep"])
     assert "\n" not in str(exc.value) and "fully_shard" in str(exc.value)
+
+
+def _failing_worker(rank, port, folder):
+    from landscape.probes.distributed import ProbeFailure
+
+    _init(rank, port)
+    model = _model()
+    _shard(model)
+    x, y = _data()
+    x, y = x[8 * rank : 8 * rank + 8], y[8 * rank : 8 * rank + 8]
+    calls = [0]
+
+    def loss_fn(out, target):
+        calls[0] += 1
+        if rank == 1 and calls[0] > 3:  # rank 1 fails inside its first probe, between FSDP2's collectives
+            raise RuntimeError("rank 1 ran out of memory")
+        return nn.functional.cross_entropy(out, target)
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = Monitor(lambda r: None, model, opt, loss_fn, every(1), probes=["sharpness"], step_hook=False, timeout=10)
+    message = None
+    try:
+        for step in range(1, 3):
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            monitor.observe(step, (x, y), loss)
+            opt.step()
+    except ProbeFailure as exc:
+        message = str(exc)
+    except RuntimeError as exc:
+        message = "own: " + str(exc)
+    with open(os.path.join(folder, f"rank{rank}.txt"), "w") as f:
+        f.write(message or "")
+    os._exit(0)  # the group is broken: leave without its teardown
+
+
+def test_a_rank_failing_mid_probe_under_fsdp2_ends_the_other_with_one_line(tmp_path):
+    """A rank that fails inside a probe leaves the other waiting in one of FSDP2's all-gathers or in the probe's
+    own all-reduce: it ends with one line naming the probe and step, not a hang or a traceback."""
+    mp.spawn(_failing_worker, args=(_port(), str(tmp_path)), nprocs=2, join=True)
+    own, other = (tmp_path / "rank1.txt").read_text(), (tmp_path / "rank0.txt").read_text()
+    assert own == "own: rank 1 ran out of memory"
+    assert other.startswith("probe sharpness at step 1 on rank 0: another rank failed or left") and "\n" not in other
