@@ -125,11 +125,23 @@ def main() -> None:
     ap.add_argument("--runs", nargs="+", default=["vgg-standard-lr0.1-s0", "vgg-bn-lr0.1-s0"])
     ap.add_argument("--json", default=None, help="write the numbers to this file")
     ap.add_argument("--label", default="", help="a name for this release in the output")
+    ap.add_argument(
+        "--memory-format",
+        choices=["auto", "channels_last", "contiguous"],
+        default=None,
+        help="the runs' memory_format (releases from 0.4 on; default: the release's own default)",
+    )
     args = ap.parse_args()
     import landscape
     from landscape.data import load_data
 
     specs = run_specs(args.preset, args.runs)
+    if args.memory_format is not None:
+        import dataclasses
+
+        specs = [
+            dataclasses.replace(s, cfg=dataclasses.replace(s.cfg, memory_format=args.memory_format)) for s in specs
+        ]
     t0 = time.perf_counter()
     splits = load_data(specs[0].cfg.data, args.data_dir)
     load = time.perf_counter() - t0
@@ -138,7 +150,8 @@ def main() -> None:
     label = args.label or getattr(landscape, "__version__", "?")
     print(
         f"landscape {label} ({Path(landscape.__file__).parent}), torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; data set loaded once in {load:.1f} s\n"
+        f"{torch.get_num_threads()} threads, memory_format {args.memory_format or 'as the release defaults'}; "
+        f"data set loaded once in {load:.1f} s\n"
     )
     print("| phase | " + " | ".join(results) + " |")
     print("|---|" + "---:|" * len(results))
