@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from landscape.errors import UserError
-from landscape.probes.functional import Objective, current_params, resolve_layers, untouched
+from landscape.probes.functional import Objective, current_params, evaluation, local, resolve_layers, sharded, untouched
 
 
 def check_probeable(
@@ -30,9 +30,15 @@ def check_probeable(
         except KeyError as exc:
             raise UserError(f"{who}: layers: {exc.args[0]}") from None
     try:
-        leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
-        with untouched(model), torch.enable_grad():
-            value = Objective.of(model, loss_fn, batch, output_fn=output_fn)(leaves)
+        if sharded(model):  # FSDP2: every rank runs the sharded module together (its all-gathers), on its shards
+            shards = {n: local(p.detach()).clone() for n, p in params.items()}
+            with untouched(model), evaluation(sharded=True):
+                value, _ = Objective.of(model, loss_fn, batch, output_fn=output_fn).value_and_grad(shards)
+            value = value.requires_grad_()  # the gradient came back: the loss depends on the parameters
+        else:
+            leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
+            with untouched(model), torch.enable_grad():
+                value = Objective.of(model, loss_fn, batch, output_fn=output_fn)(leaves)
     except UserError:
         raise
     except Exception as exc:

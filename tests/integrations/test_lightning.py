@@ -224,3 +224,97 @@ def test_under_ddp_every_rank_probes_only_rank_0_writes_and_training_is_unchange
     for (n, a), (_, b) in zip(plain.state_dict().items(), probed.state_dict().items()):
         assert torch.equal(a, b), n
     assert not torch.equal(plain.net[0].weight, Module().net[0].weight)  # the trained weights came back
+
+
+class ShardedModule(pl.LightningModule):
+    """An MLP sharded by FSDP2 (``fully_shard`` per layer and at the root) in ``configure_model``, as Lightning's
+    ModelParallelStrategy asks."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 4))
+
+    def configure_model(self):
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = self.device_mesh["data_parallel"]
+        for layer in self.net:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer, mesh=mesh)
+        fully_shard(self.net, mesh=mesh)
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _sharded_data():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(4 * BATCH, 12, generator=g), torch.randint(0, 4, (4 * BATCH,), generator=g)
+
+
+def _fsdp2_worker(rank, port, folder, probed):
+    import os
+
+    from lightning.pytorch.strategies import ModelParallelStrategy
+    from torch.distributed.tensor import DTensor
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank)
+    )
+    torch.set_num_threads(1)
+    module = ShardedModule()
+    callbacks = []
+    if probed:
+        probes = ("gradient_sweep", "sharpness")
+        callbacks = [LandscapeCallback(f"{folder}/run", every(2), probes=probes, sharpness_iters=3)]
+    strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1, process_group_backend="gloo")
+    x, y = _sharded_data()
+    mine = torch.utils.data.TensorDataset(x[rank::2], y[rank::2])  # every other example: global batches in order
+    data = torch.utils.data.DataLoader(mine, batch_size=BATCH // 2, shuffle=False)
+    pl.Trainer(
+        max_steps=4,
+        accelerator="cpu",
+        devices=2,
+        strategy=strategy,
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        use_distributed_sampler=False,
+        default_root_dir=folder,
+    ).fit(module, data)
+    weights = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in module.state_dict().items()}
+    torch.save(weights, f"{folder}/weights-{int(probed)}-rank{rank}.pt")
+
+
+def test_under_lightnings_fsdp2_strategy_every_rank_probes_only_rank_0_writes_and_training_is_unchanged(tmp_path):
+    """ModelParallelStrategy (FSDP2, ``fully_shard`` in ``configure_model``) on 2 CPU processes (gloo): the callback
+    attaches on both ranks and probes the sharded module, one set of records is written, the weights on both ranks
+    equal a fit without the callback, and the probed loss is the global batch's."""
+    import torch.multiprocessing as mp
+
+    from tests.probes.test_distributed import _port
+
+    mp.spawn(_fsdp2_worker, args=(_port(), str(tmp_path), False), nprocs=2, join=True)
+    mp.spawn(_fsdp2_worker, args=(_port(), str(tmp_path), True), nprocs=2, join=True)
+    for rank in (0, 1):
+        plain = torch.load(tmp_path / f"weights-0-rank{rank}.pt", weights_only=True)
+        probed = torch.load(tmp_path / f"weights-1-rank{rank}.pt", weights_only=True)
+        assert plain.keys() == probed.keys() and all(torch.equal(plain[k], probed[k]) for k in plain)
+    assert not torch.equal(plain["net.0.weight"], ShardedModule().net[0].weight.detach())  # it trained
+    got = probe_records(tmp_path / "run")
+    assert [(s, p) for s, p, _ in got] == [(s, p) for s in (1, 2, 4) for p in ("gradient_sweep", "sharpness")]
+    # rank r reads every other example, so step 1's global batch is the first 16: the probed loss is its loss
+    x, y = _sharded_data()
+    first = F.cross_entropy(ShardedModule()(x[:BATCH]), y[:BATCH]).item()
+    assert got[0][2]["loss"] == pytest.approx(first, rel=1e-6)
+    assert got[1][2]["value"] > 0 and len(list(tmp_path.glob("**/metrics.jsonl"))) == 1
