@@ -30,7 +30,7 @@ DATA_HELP = (
     "Without it, the official archive is downloaded into ~/.cache/landscape (LANDSCAPE_CACHE)."
 )
 PRESET_HELP = (
-    "smoke (seconds, generated data) | quick (2-core CPU, about 18 min for reproduce, 1 seed) | "
+    "smoke (seconds, generated data) | quick (2-core CPU, 15-25 min for reproduce, 1 seed) | "
     "cpu (the quick protocol with 5 seeds, 57 min measured on 2 cores) | paper (the paper's protocol, GPU)."
 )
 LAUNCHER_HELP = "local (this process, one run after another) | ray (one Ray task per run)."
