@@ -7,8 +7,8 @@
 2. Probes under DistributedDataParallel and under FSDP2 (the recipe's GPT, ``fully_shard`` on each block and
    the root): the sharpness, gradient-sweep and critical-sharpness probes on 2 processes (gloo, one thread
    each, half the global batch per rank) against 1 process with 2 threads on the whole global batch, and a
-   training step (forward, backward) in each setting as the yardstick, with each setting's peak resident
-   memory. On a 2-core CPU this checks that the probes scale correctly (the same work split in two plus the
+   training step (forward, backward) in each setting as the yardstick, with the peak memory each call
+   allocates on rank 0 (the profiler's memory records: the CPU has no allocator peak counter). On a 2-core CPU this checks that the probes scale correctly (the same work split in two plus the
    collectives), not a speed-up: a GPU per rank is where sharding pays. Under FSDP2 every Hessian-vector
    product is a checked central difference (its all-gathered parameters have no second backward).
 
@@ -101,8 +101,12 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
+PROBES = (("sharpness", {"iters": 10, "tol": 1e-12}), ("gradient_sweep", {}), ("critical_sharpness", {}))
+
+
 def _probe_time(model, batch, repeats: int) -> dict:
-    """Median seconds of one probe call (the whole observe: under DDP, its all-reduces included)."""
+    """Median seconds of one probe call (the whole observe: under DDP, its all-reduces included), and the peak
+    memory each region allocates (:func:`region_peak_mb`)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
 
     def train_step():
@@ -110,13 +114,8 @@ def _probe_time(model, batch, repeats: int) -> dict:
         next_token_loss(model(batch[0]), batch[1]).backward()
 
     out = {"training step (no optimizer update)": timeit(train_step, repeats)}
-    train_step()  # a gradient in p.grad for the probes that read the optimizer's update
-    peak = {"training": _peak_rss_mb()}
-    for probe, opts in (
-        ("sharpness", {"iters": 10, "tol": 1e-12}),
-        ("gradient_sweep", {}),
-        ("critical_sharpness", {}),
-    ):
+    peak = {"training": region_peak_mb(train_step)}  # leaves a gradient in p.grad, which the update probes read
+    for probe, opts in PROBES:
         monitor = Monitor(
             lambda rec: None,
             model,
@@ -128,18 +127,25 @@ def _probe_time(model, batch, repeats: int) -> dict:
             step_hook=False,
         )
         out[probe] = timeit(lambda: monitor.observe(1, batch), repeats)
-        peak[probe] = _peak_rss_mb()
+        peak[probe] = region_peak_mb(lambda: monitor.observe(1, batch))
         monitor.close()
     out["peak"] = peak
     return out
 
 
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MB (monotonic: read after training, then after each probe,
-    it says how far each probe raised the peak beyond training's; the CPU has no per-region allocator peak)."""
-    import resource
+def region_peak_mb(fn) -> float:
+    """The most memory ``fn`` holds at once beyond what was allocated before it, in MB: the CPU has no allocator
+    peak counter (CUDA's max_memory_allocated), so the profiler's memory records are replayed, every operator's
+    allocations net of its frees in the order they ran (a peak inside one operator is seen as its net)."""
+    from torch.profiler import ProfilerActivity, profile
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    live = peak = 0
+    for e in sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start):
+        live += e.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak / 2**20
 
 
 def _rank(rank: int, port: int, batch, repeats: int, queue, kind: str) -> None:
@@ -187,13 +193,18 @@ def part2(repeats: int) -> None:
             f"{f / two['fsdp'][step]:.1f}x |"
         )
     print(
-        "\nPeak resident memory of rank 0 (MB, the whole process: Python and torch included), after the training "
-        "steps and after each probe in turn:\n"
+        "\nPeak memory allocated by one call on rank 0 (MB, beyond what was held before it; the profiler's memory "
+        "records replayed), and each probe's over the training step's:\n"
     )
-    print("| setting | after training | " + " | ".join(f"after {p}" for p in one["peak"] if p != "training") + " |")
-    print("|---|---|" + "---|" * (len(one["peak"]) - 1))
+    probes = [p for p, _ in PROBES]
+    print(
+        "| setting | training step | " + " | ".join(probes) + " | " + " | ".join(f"{p} / step" for p in probes) + " |"
+    )
+    print("|---|---|" + "---|" * (2 * len(probes)))
     for name, times in (("1 process", one), ("DDP x 2", two["ddp"]), ("FSDP2 x 2", two["fsdp"])):
-        print(f"| {name} | " + " | ".join(f"{v:.0f}" for v in times["peak"].values()) + " |")
+        peak = times["peak"]
+        cells = [f"{peak[p]:.1f}" for p in probes] + [f"{peak[p] / peak['training']:.2f}x" for p in probes]
+        print(f"| {name} | {peak['training']:.1f} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
