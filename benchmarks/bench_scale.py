@@ -8,8 +8,9 @@
    the root): the sharpness, gradient-sweep and critical-sharpness probes on 2 processes (gloo, one thread
    each, half the global batch per rank) against 1 process with 2 threads on the whole global batch, and a
    training step (forward, backward) in each setting as the yardstick, with the peak memory each call
-   allocates on rank 0 (the profiler's memory records: the CPU has no allocator peak counter). On a 2-core CPU this checks that the probes scale correctly (the same work split in two plus the
-   collectives), not a speed-up: a GPU per rank is where sharding pays. Under FSDP2 every Hessian-vector
+   allocates on rank 0 (the profiler's memory records: the CPU has no allocator peak counter). On a 2-core
+   CPU this checks that the probes scale correctly (the same work split in two plus the collectives), not a
+   speed-up: a GPU per rank is where sharding pays. Under FSDP2 every Hessian-vector
    product is a checked central difference (its all-gathered parameters have no second backward).
 
     python benchmarks/bench_scale.py [--data-dir DATA] [--repeats 5]
