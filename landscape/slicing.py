@@ -169,7 +169,7 @@ def _weights_of(ckpt: dict, like: dict, path) -> dict:
         raise UserError(
             f"checkpoint {quote(str(path))} is of another model (it {what}); pass a checkpoint of this run's model"
         )
-    out = {n: model[n].to(like[n]) for n in like}
+    out = {n: model[n].to(like[n]).contiguous() for n in like}  # a channels-last run's weights: see load()
     bad = next((n for n, w in out.items() if not torch.isfinite(w).all()), None)
     if bad is not None:
         raise UserError(
@@ -227,7 +227,10 @@ def load(run_dir: Path, ckpt_path: Path, spec: SliceSpec, data_dir, device: str 
             f"the data loaded for {quote(str(run_dir))} are not those it was trained on (fingerprint "
             f"{setup.data_sha256[:12]}, the run's {trained_on[:12]}); pass --data-dir to the run's own data"
         )
-    model = setup.model
+    # contiguous tensors: a point's loss is then bitwise the same however the grid is split over workers or Ray
+    # tasks (oneDNN's channels-last convolutions, the trainer's CPU default, differ in the last bits between a
+    # process and its workers); the weights are the checkpoint's either way
+    model = setup.model.to(memory_format=torch.contiguous_format)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     like = {n: p.detach() for n, p in model.named_parameters() if n in names}
     weights = _weights_of(ckpt, like, ckpt_path)
@@ -461,8 +464,8 @@ def read_directions(folder: Path, L: Loaded) -> tuple[list[dict], dict]:
     """A slice's ``directions.pt``, checked against the model: a damaged or another model's is refused."""
     try:
         saved = torch.load(folder / "directions.pt", map_location="cpu", weights_only=True)
-        directions = [{n: d[n].to(L.weights[n]) for n in L.weights} for d in saved["directions"]]
-        origin = {n: saved["origin"][n].to(L.weights[n]) for n in L.weights}
+        directions = [{n: d[n].to(L.weights[n]).contiguous() for n in L.weights} for d in saved["directions"]]
+        origin = {n: saved["origin"][n].to(L.weights[n]).contiguous() for n in L.weights}
         ok = all(v.shape == L.weights[n].shape for d in [*directions, origin] for n, v in d.items())
         ok = ok and len(directions) == L.spec.dims
     except Exception:  # noqa: BLE001 (unreadable, another layout, another model: all mean the same here)
