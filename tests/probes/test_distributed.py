@@ -222,14 +222,12 @@ def test_ranks_that_disagree_on_the_schedule_are_refused_on_every_rank(ddp_resul
         assert "\n" not in r["disagree"]
 
 
-def _failing_worker(rank, port, folder):
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
+def run_until_a_rank_fails(rank, folder, net, x, y, **monitor_options):
+    """Train ``net`` on this rank's batch with sharpness probed every step while rank 1's loss raises inside its
+    first probe; write what each rank ended with (the probe's one line, or ``own:`` and its own error) to
+    ``folder/rank{rank}.txt`` and leave without the broken group's teardown."""
     from landscape.probes.distributed import ProbeFailure
 
-    _init(rank, port)
-    model = _models()["mlp"]
-    x, y = _data("mlp")
     calls = [0]
 
     def loss_fn(out, target):
@@ -238,16 +236,15 @@ def _failing_worker(rank, port, folder):
             raise RuntimeError("rank 1 ran out of memory")
         return nn.functional.cross_entropy(out, target)
 
-    net = DDP(model)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    monitor = Monitor(lambda r: None, net, opt, loss_fn, every(1), probes=["sharpness"], timeout=10)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    monitor = Monitor(lambda r: None, net, opt, loss_fn, every(1), probes=["sharpness"], timeout=10, **monitor_options)
     message = None
     try:
         for step in range(1, 3):
             opt.zero_grad()
-            loss = loss_fn(net(x[8 * rank : 8 * rank + 8]), y[8 * rank : 8 * rank + 8])
+            loss = loss_fn(net(x), y)
             loss.backward()
-            monitor.observe(step, (x[8 * rank : 8 * rank + 8], y[8 * rank : 8 * rank + 8]), loss)
+            monitor.observe(step, (x, y), loss)
             opt.step()
     except ProbeFailure as exc:
         message = str(exc)
@@ -256,6 +253,14 @@ def _failing_worker(rank, port, folder):
     with open(os.path.join(folder, f"rank{rank}.txt"), "w") as f:
         f.write(message or "")
     os._exit(0)  # the group is broken: leave without its teardown
+
+
+def _failing_worker(rank, port, folder):
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    _init(rank, port)
+    x, y = _data("mlp")
+    run_until_a_rank_fails(rank, folder, DDP(_models()["mlp"]), x[8 * rank : 8 * rank + 8], y[8 * rank : 8 * rank + 8])
 
 
 def test_a_rank_failing_mid_probe_ends_the_other_with_one_line(tmp_path):

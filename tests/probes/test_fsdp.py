@@ -20,7 +20,7 @@ from torch import nn
 
 from landscape.probes.monitor import Monitor
 from landscape.probes.schedules import every
-from tests.probes.test_distributed import _close, _init, _port
+from tests.probes.test_distributed import _close, _init, _port, run_until_a_rank_fails
 
 pytest.importorskip("torch.distributed.fsdp")
 
@@ -248,38 +248,11 @@ def test_an_fsdp1_model_is_refused_in_one_line():
 
 
 def _failing_worker(rank, port, folder):
-    from landscape.probes.distributed import ProbeFailure
-
     _init(rank, port)
     model = _model()
     _shard(model)
     x, y = _data()
-    x, y = x[8 * rank : 8 * rank + 8], y[8 * rank : 8 * rank + 8]
-    calls = [0]
-
-    def loss_fn(out, target):
-        calls[0] += 1
-        if rank == 1 and calls[0] > 3:  # rank 1 fails inside its first probe, between FSDP2's collectives
-            raise RuntimeError("rank 1 ran out of memory")
-        return nn.functional.cross_entropy(out, target)
-
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    monitor = Monitor(lambda r: None, model, opt, loss_fn, every(1), probes=["sharpness"], step_hook=False, timeout=10)
-    message = None
-    try:
-        for step in range(1, 3):
-            opt.zero_grad()
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            monitor.observe(step, (x, y), loss)
-            opt.step()
-    except ProbeFailure as exc:
-        message = str(exc)
-    except RuntimeError as exc:
-        message = "own: " + str(exc)
-    with open(os.path.join(folder, f"rank{rank}.txt"), "w") as f:
-        f.write(message or "")
-    os._exit(0)  # the group is broken: leave without its teardown
+    run_until_a_rank_fails(rank, folder, model, x[8 * rank : 8 * rank + 8], y[8 * rank : 8 * rank + 8], step_hook=False)
 
 
 def test_a_rank_failing_mid_probe_under_fsdp2_ends_the_other_with_one_line(tmp_path):
