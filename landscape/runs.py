@@ -15,6 +15,7 @@ drops records written after it, so the records equal those of an uninterrupted r
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import torch
@@ -37,6 +38,15 @@ from landscape.probes.rundir import (  # noqa: F401 (the same)
     read_metrics,
     run_contents,
 )
+
+
+def read_env(run_dir: Path) -> dict:
+    """A run's ``env.json`` as a mapping; empty where it is missing or unreadable (an older or damaged run)."""
+    try:
+        env = json.loads((Path(run_dir) / "env.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return env if isinstance(env, dict) else {}
 
 
 class Run(RunDir):

@@ -36,6 +36,7 @@ from landscape.files import LOCK_NAME, FolderLock, atomic_write, is_temporary, r
 from landscape.probes import slices as S
 from landscape.probes.records import json_safe
 from landscape.probes.rundir import SLICE_NAMES
+from landscape.runs import read_env
 
 MAX_POINTS = 40_000  # 200 x 200: beyond that a grid is a typo (a billion points is years of forwards)
 MAX_SUBSET = 1_000_000
@@ -198,16 +199,8 @@ def _buffers_of(ckpt: dict, model: torch.nn.Module, path, dev) -> dict:
 def trained_from(run_dir: Path) -> str | None:
     """The data folder a run was trained from (its env.json's ``data_dir``), if it still exists; the slice checks
     that its data are the run's own (their fingerprint) as for any --data-dir."""
-    found = _env(run_dir).get("data_dir")
+    found = read_env(run_dir).get("data_dir")
     return found if isinstance(found, str) and Path(found).is_dir() else None
-
-
-def _env(run_dir: Path) -> dict:
-    try:
-        env = json.loads((run_dir / "env.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return env if isinstance(env, dict) else {}
 
 
 def load(run_dir: Path, ckpt_path: Path, spec: SliceSpec, data_dir, device: str | None) -> Loaded:
@@ -221,7 +214,7 @@ def load(run_dir: Path, ckpt_path: Path, spec: SliceSpec, data_dir, device: str 
     dev = resolve_device(device or cfg.device)
     splits = load_data(cfg.data, data_dir)
     setup = _setup(cfg, dev, splits, None)  # the model at its initialisation, from the config's seed
-    trained_on = _env(run_dir).get("data_sha256")
+    trained_on = read_env(run_dir).get("data_sha256")
     if isinstance(trained_on, str) and setup.data_sha256 and setup.data_sha256 != trained_on:
         raise UserError(
             f"the data loaded for {quote(str(run_dir))} are not those it was trained on (fingerprint "

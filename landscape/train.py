@@ -11,7 +11,6 @@ per ``log.train_every`` steps.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import time
@@ -41,7 +40,7 @@ from landscape.optimizers import build_optimizer
 from landscape.outputs import Fanout, build_outputs
 from landscape.probes import Monitor, registry, resolve_layers, schedules
 from landscape.probes.functional import rng_state, set_rng_state
-from landscape.runs import FINISHED, Run, describe_status
+from landscape.runs import FINISHED, Run, describe_status, read_env
 
 PLATEAU_MARGIN = 0.1  # nats below ln(num_classes): a train loss under it has left the initial plateau
 
@@ -235,7 +234,7 @@ def train(
     if splits is None:
         splits = load_data(cfg.data, data_dir)
     checkpoint = Run(path).load_checkpoint(device) if mode in ("resume", "extend") else None
-    recorded = _recorded_memory_format(path) if checkpoint is not None else None
+    recorded = read_env(path).get("memory_format") if checkpoint is not None else None
     setup = _setup(cfg, device, splits, checkpoint, recorded)
     run = Run.open(path, cfg, resume=resume, force=force, extend=extend)
     if run.removed:
@@ -378,15 +377,6 @@ def checkpoint_problem(checkpoint, cfg: Config, optimizer: torch.optim.Optimizer
             ):
                 return f"its optimizer's {key} is {str(group[key])[:40]}, the config's is {value}"
     return None
-
-
-def _recorded_memory_format(path: Path) -> str | None:
-    """The memory format a run being resumed was trained in (its ``env.json``), None where it was not recorded."""
-    try:
-        env = json.loads((path / "env.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return env.get("memory_format") if isinstance(env, dict) else None
 
 
 def _setup(
