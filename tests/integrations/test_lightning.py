@@ -226,12 +226,12 @@ def test_under_ddp_every_rank_probes_only_rank_0_writes_and_training_is_unchange
     assert not torch.equal(plain.net[0].weight, Module().net[0].weight)  # the trained weights came back
 
 
-class ShardedModule(pl.LightningModule):
+class ShardedModule(Module):
     """An MLP sharded by FSDP2 (``fully_shard`` per layer and at the root) in ``configure_model``, as Lightning's
-    ModelParallelStrategy asks."""
+    ModelParallelStrategy asks; the step and optimizer are Module's."""
 
     def __init__(self):
-        super().__init__()
+        pl.LightningModule.__init__(self)
         torch.manual_seed(0)
         self.net = nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 4))
 
@@ -243,16 +243,6 @@ class ShardedModule(pl.LightningModule):
             if isinstance(layer, nn.Linear):
                 fully_shard(layer, mesh=mesh)
         fully_shard(self.net, mesh=mesh)
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
 def _sharded_data():
