@@ -8,6 +8,11 @@ order changes the last bits, and a chaotic training run then diverges from the r
 
     python benchmarks/bench_cpu_paths.py [--steps 20] [--repeats 3]
 
+Then the floor: the floating-point operations of one training step (``torch.utils.flop_counter``: convolutions and
+matrix products, forward and backward; BN, ReLU, pooling and the update are not counted) against the rate this
+machine reaches on one large float32 matrix product on the same threads. The step's time can approach
+``flops / rate`` but not go below it, whatever the kernels: the bound for the main job's training steps.
+
 Times are medians of ``--repeats`` runs of ``--steps`` steps after a warm-up; nothing here asserts a time.
 """
 
@@ -55,7 +60,31 @@ def path(name: str, data, steps: int, repeats: int) -> tuple[float, float, float
         for x, y in data[1 : steps + 1]:
             loss = step(x, y)
         times.append((time.perf_counter() - t0) / steps)
-    return statistics.median(times), compile_s, float(loss)
+    return statistics.median(times), compile_s, loss.item()
+
+
+def step_flops(data) -> int:
+    """Floating-point operations one training step's convolutions and matrix products do (forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model(ModelConfig(arch="vgg", norm="batch", vgg=VggConfig(width=0.25)), seed=0)
+    x, y = data[0]
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+    return counter.get_total_flops()
+
+
+def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of an n x n float32 matrix product on this process's threads (the best of ``repeats``)."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
 
 
 if __name__ == "__main__":
@@ -68,7 +97,7 @@ if __name__ == "__main__":
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, VGG-11 width 0.25 with BN, batch 128\n")
     print("| path | s per step | / default | compile s | loss after the timed steps |")
     print("|---|---|---|---|---|")
-    base = None
+    base, fastest = None, float("inf")
     for name in a.paths.split(","):
         try:
             t, c, loss = path(name, data, a.steps, a.repeats)
@@ -76,4 +105,15 @@ if __name__ == "__main__":
             print(f"| {name} | failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]} | | | |")
             continue
         base = base or t
+        fastest = min(fastest, t)
         print(f"| {name} | {t:.4f} | {t / base:.2f} | {c:.1f} | {loss:.6f} |")
+    flops, rate = step_flops(data), matmul_rate()
+    print("\n| the floor | value |\n|---|---|")
+    print(f"| FLOPs of one training step (convolutions and products, forward and backward) | {flops / 1e9:.2f} G |")
+    threads = torch.get_num_threads()
+    print(f"| rate of a 2048 x 2048 float32 matrix product, {threads} threads | {rate / 1e9:.1f} GFLOP/s |")
+    print(f"| one step at that rate (the floor) | {flops / rate:.4f} s |")
+    if fastest < float("inf"):
+        share = f"{flops / fastest / 1e9:.1f} GFLOP/s, {flops / rate / fastest:.0%} of the product's rate"
+        print(f"| the fastest path above | {fastest:.4f} s: {share} |")
+    print(f"| 8,000 steps (the main job's 8 VGG runs of 1,000) at the floor | {8000 * flops / rate:.0f} s |")

@@ -59,16 +59,21 @@ class Launch:
 def pending(specs: list[RunSpec], runs_dir: Path, device: str | None, log: Log) -> tuple[list[Config], dict[str, str]]:
     """Configs still to train, and the status of the runs already finished (skipped).
 
-    A run directory made with another config is refused before any work starts."""
+    A run directory made with another config is refused before any work starts, except a finished run made with
+    the same config and more probes (:meth:`Run.serves`), which stands for the planned one."""
     todo, finished = [], {}
     unique = {s.name: s for s in specs}
     for i, spec in enumerate(unique.values(), 1):
         cfg = spec.cfg if device is None else build_config([{"device": device}], base=spec.cfg)
-        if Run.check(runs_dir / spec.name, cfg, resume=True) == "resume":
-            run = read_run(runs_dir / spec.name)
+        path = runs_dir / spec.name
+        saved = Run(path).config() if Run(path).serves(cfg) else None
+        more = saved is not None and set(saved.probes.enabled) > set(cfg.probes.enabled)  # made with more probes
+        if more or Run.check(path, cfg, resume=True) == "resume":
+            run = read_run(path)
             if run.state in FINISHED:
                 finished[spec.name] = run.state
-                log(f"[{i}/{len(unique)}] {spec.name}: {run.describe_status()} (already complete, skipped)")
+                made = ", made with more probes" if more else ""
+                log(f"[{i}/{len(unique)}] {spec.name}: {run.describe_status()} (already complete{made}, skipped)")
                 continue
         todo.append(cfg)
     return todo, finished

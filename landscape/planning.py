@@ -122,8 +122,38 @@ def paired_run(
     return RunSpec(name, arch, net, lr, seed, build_config([*sections, own, *overrides, *after]), variant)
 
 
+# What the experiments read from a VGG run of the ``vgg`` family (their claims and their report figures), where it is
+# less than every probe of the preset: a run carries only these. Probes never change training (tested bitwise), so
+# this saves time and changes no weight, claim or figure (tests/experiments/test_experiments.py runs reproduce
+# both ways and compares). By network, at the preset's first lr (norms: Figure 5's bands, sharpness panel and
+# activation ridges; ics-distrib: Figure 2's activation statistics):
+NET_READS = {
+    "noisy_bn": ("activation_stats",),
+    "l1": ("gradient_sweep", "sharpness", "activation_stats"),
+    "l2": ("gradient_sweep", "sharpness", "activation_stats"),
+    "linf": ("gradient_sweep", "sharpness", "activation_stats"),
+}
+WIDTH_LR = 0.1  # the width experiment's lr when its preset section names none (landscape.experiments.width)
+
+
+def vgg_reads(preset: dict, net: str, lr: float) -> tuple[str, ...] | None:
+    """The probes the experiments read from the run of ``net`` at ``lr`` (None: all of them). At another lr than the
+    preset's first, train-compare is the only reader (Figure 1's curves and accuracy: none), unless it is the width
+    experiment's lr (whose lr-0.25 run is this run)."""
+    if lr != preset["lrs"][0] and lr != float((preset.get("width") or {}).get("lr", WIDTH_LR)):
+        return ()
+    return NET_READS.get(net)
+
+
 def vgg_run(preset: dict, net: str, lr: float, seed: int, overrides: list[dict] = ()) -> RunSpec:
-    return paired_run("vgg", "vgg", net, lr, seed, [preset.get("vgg", {})], overrides)
+    """A VGG run of the preset's ``vgg`` section, with only the probes an experiment reads from it (a ``--set`` of
+    ``probes.enabled`` still decides)."""
+    section = preset.get("vgg", {})
+    reads = vgg_reads(preset, net, lr)
+    if reads is not None:
+        enabled = (section.get("probes") or {}).get("enabled") or []
+        section = _deep_merge(section, {"probes": {"enabled": [p for p in enabled if p in reads]}})
+    return paired_run("vgg", "vgg", net, lr, seed, [section], overrides)
 
 
 def dln_run(

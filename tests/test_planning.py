@@ -73,3 +73,28 @@ def test_the_eta_weighs_each_remaining_run_by_its_steps_and_its_kinds_pace():
     pace[_kind(todo[8])] = 0.002
     pace[_kind(todo[12])] = 0.003
     assert eta(todo[5:], pace) == f", about {(3 * 120 + 4 * 6 + 4 * 9) / 60:.0f} min left for 11 runs"
+
+
+@pytest.mark.parametrize("name", ["quick", "cpu", "paper"])
+def test_a_vgg_run_carries_the_probes_its_experiments_read(name):
+    """Every probe of the preset on the runs Figures 1-4, width and the slices share; the second lr's runs (Figure 1's
+    curves) none; noisy BN Figure 2's activation statistics; the l_p runs what Figure 5 draws. A --set decides."""
+    p = planning.load_preset(name, preset_keys())
+    every = tuple(p["vgg"]["probes"]["enabled"])
+    experiments = ("train-compare", "ics-distrib", "norms")
+    specs = {s.name: s.cfg.probes.enabled for e in experiments for s in plan(get(e), p, [0])}
+    assert specs["vgg-standard-lr0.1-s0"] == specs["vgg-bn-lr0.1-s0"] == every
+    assert specs["vgg-standard-lr0.5-s0"] == specs["vgg-bn-lr0.5-s0"] == ()
+    assert specs["vgg-noisy_bn-lr0.1-s0"] == ("activation_stats",)
+    assert set(specs["vgg-linf-lr0.1-s0"]) == {"gradient_sweep", "activation_stats", "sharpness"}
+    for spec in plan(get("width"), p, [0]):
+        assert "gradient_sweep" in spec.cfg.probes.enabled  # the width claims' probe, at every width
+    chosen = planning.vgg_run(p, "noisy_bn", 0.1, 0, [{"probes": {"enabled": ["sharpness"]}}])
+    assert chosen.cfg.probes.enabled == ("sharpness",)
+
+
+def test_the_width_experiment_reuses_its_run_at_its_own_lr_with_every_probe():
+    """A preset whose width lr is its second lr: that run is the width experiment's too, so it keeps its probes."""
+    p = {**planning.load_preset("quick", preset_keys()), "width": {"widths": [0.25], "lr": 0.5}}
+    (spec,) = [s for s in plan(get("width"), p, [0]) if s.net == "bn"]
+    assert spec.name == "vgg-bn-lr0.5-s0" and spec.cfg.probes.enabled == tuple(p["vgg"]["probes"]["enabled"])

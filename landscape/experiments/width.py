@@ -26,12 +26,12 @@ import dataclasses
 from landscape.claims import PHASES, Claim, in_phase, median_probe
 from landscape.experiments import Experiment, Figure, register
 from landscape.experiments.smoothness import COMPANIONS, PHASE_TEXT, SWEEP, grad_norm_note, standard_over_bn
-from landscape.planning import RunSpec, paired_run, vgg_run
+from landscape.planning import WIDTH_LR, RunSpec, paired_run, vgg_run
 from landscape.report import figures as F
 from landscape.results import med
 
 PAPER_WIDTH = 1.0
-DEFAULTS = {"widths": [0.25, 0.5, 1.0], "lr": 0.1, "vgg": {}}
+DEFAULTS = {"widths": [0.25, 0.5, 1.0], "lr": WIDTH_LR, "vgg": {}}
 
 
 def settings(preset: dict) -> dict:
