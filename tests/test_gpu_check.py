@@ -34,3 +34,27 @@ def test_the_gpu_check_dry_run_goes_through_every_section(tmp_path):
     assert report["host syncs"]["result"]["applies"] is False  # CUDA's sync debug mode: not on a CPU
     md = (tmp_path / "out" / "gpu_check.md").read_text()
     assert "| probe |" in md and "Projected reproduce wall time" in md and "trainer / bare loop" in md
+
+
+def test_each_kind_is_timed_on_its_most_probed_run_and_a_run_without_probes_projects_none(monkeypatch):
+    """A kind (architecture and norm) mixes runs with every probe (lr 0.1) and none (lr 0.5, Figure 1's curves): the
+    probed run is the one timed, and the projection counts no probe events for the other."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    kinds = gpu_check.paper_kinds("paper")
+    for kind in ("vgg-none", "vgg-batch"):
+        first, second = kinds[kind]
+        assert first.lr == 0.1 and first.cfg.probes.enabled and second.lr == 0.5 and not second.cfg.probes.enabled
+    times = {"setup": 1.0, "training steps": 2.0, "probe: sharpness": 5.0, "evaluation": 0.0}
+    monkeypatch.setattr(gpu_check, "paper_kinds", lambda name: {"vgg-none": kinds["vgg-none"]})
+    monkeypatch.setattr(gpu_check, "load_data", lambda data, data_dir: None)
+    monkeypatch.setattr(gpu_check, "time_run", lambda spec, data_dir, splits: times)
+    out = gpu_check.paper_preset("cpu", None, 100, "paper")["kinds"]["vgg-none"]
+    total = kinds["vgg-none"][0].cfg.steps
+    events = len(gpu_check.scheduled(kinds["vgg-none"][0].cfg, total))
+    timed_events = out["probe_events_timed"]
+    expected = [1.0 + total * 2.0 / 100 + events * 5.0 / timed_events, 1.0 + total * 2.0 / 100]
+    assert out["projected_seconds"] == pytest.approx(sum(expected), rel=1e-9)
