@@ -66,8 +66,7 @@ def pending(specs: list[RunSpec], runs_dir: Path, device: str | None, log: Log) 
     for i, spec in enumerate(unique.values(), 1):
         cfg = spec.cfg if device is None else build_config([{"device": device}], base=spec.cfg)
         path = runs_dir / spec.name
-        saved = Run(path).config() if Run(path).serves(cfg) else None
-        more = saved is not None and set(saved.probes.enabled) > set(cfg.probes.enabled)  # made with more probes
+        more = Run(path).serves(cfg)  # finished, made with more probes than planned
         if more or Run.check(path, cfg, resume=True) == "resume":
             run = read_run(path)
             if run.state in FINISHED:

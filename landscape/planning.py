@@ -125,8 +125,8 @@ def paired_run(
 # What the experiments read from a VGG run of the ``vgg`` family (their claims and their report figures), where it is
 # less than every probe of the preset: a run carries only these. Probes never change training (tested bitwise), so
 # this saves time and changes no weight, claim or figure (tests/experiments/test_experiments.py runs reproduce
-# both ways and compares). By network, at the preset's first lr (norms: Figure 5's bands, sharpness panel and
-# activation ridges; ics-distrib: Figure 2's activation statistics):
+# both ways and compares). By network, at the preset's first lr (norms: the l_p appendix's bands, sharpness panel
+# and activation ridges; ics-distrib: Figure 2's activation statistics):
 NET_READS = {
     "noisy_bn": ("activation_stats",),
     "l1": ("gradient_sweep", "sharpness", "activation_stats"),
@@ -139,7 +139,7 @@ WIDTH_LR = 0.1  # the width experiment's lr when its preset section names none (
 def vgg_reads(preset: dict, net: str, lr: float) -> tuple[str, ...] | None:
     """The probes the experiments read from the run of ``net`` at ``lr`` (None: all of them). At another lr than the
     preset's first, train-compare is the only reader (Figure 1's curves and accuracy: none), unless it is the width
-    experiment's lr (whose lr-0.25 run is this run)."""
+    experiment's lr (its run at the preset's own width is this run)."""
     if lr != preset["lrs"][0] and lr != float((preset.get("width") or {}).get("lr", WIDTH_LR)):
         return ()
     return NET_READS.get(net)

@@ -98,15 +98,15 @@ class Run(RunDir):
         raise UserError(f"run '{path}' already exists; pass --resume to continue it or --force to overwrite it")
 
     def serves(self, cfg: Config) -> bool:
-        """Whether this run, finished, stands for a run of ``cfg``: made with the same config and more probes (as
-        runs of releases before 0.5 were, which probed every run with every probe of its preset). Its records
-        hold every probe ``cfg`` asks for, at the same steps of the same training."""
+        """Whether this run, finished, stands for a run of ``cfg``: made with the same config and strictly more probes
+        (as runs of earlier releases were, which probed every run with every probe of its preset). Its records hold
+        every probe ``cfg`` asks for, at the same steps of the same training."""
         saved = self.config() if self.path.is_dir() else None
         if saved is None or self.status().get("status") not in FINISHED:
             return False
         mine, theirs = to_dict(saved), to_dict(cfg)
         wanted = theirs["probes"]["enabled"]
-        if not set(wanted) <= set(mine["probes"]["enabled"]):
+        if not set(wanted) < set(mine["probes"]["enabled"]):
             return False
         mine["probes"] = {**mine["probes"], "enabled": wanted}
         return _comparable(mine) == _comparable(theirs)
